@@ -1,0 +1,18 @@
+// Quantization row kernels for avx512: quant_simd.inc compiled with this ISA's flags
+// (set on this file only, in CMakeLists.txt) inside its own namespace, so no inline
+// function built with these flags can be merged into another ISA's code.
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+#include "common/half.h"
+#include "cpu/quant_common.h"
+#include "cpu/row_kernels.h"
+
+namespace slmops::cpu::avx512 {
+#include "cpu/simd/vec_avx512.h"
+#include "cpu/simd/quant_simd.inc"
+}  // namespace slmops::cpu::avx512

@@ -1,0 +1,60 @@
+// The vector vocabulary quant_simd.inc is written in, for AVX-512 (16 fp32 lanes).
+// Included only by the AVX-512 translation unit, inside namespace slmops::cpu::avx512.
+
+
+
+using VF = __m512;
+using VI = __m512i;
+constexpr int W = 16;
+
+static inline VF loadf(const float* p) { return _mm512_loadu_ps(p); }
+static inline void storef(float* p, VF v) { _mm512_storeu_ps(p, v); }
+static inline VF set1(float x) { return _mm512_set1_ps(x); }
+static inline VF absf(VF x) { return _mm512_abs_ps(x); }
+static inline VF maxf(VF a, VF b) { return _mm512_max_ps(a, b); }
+static inline VF minf(VF a, VF b) { return _mm512_min_ps(a, b); }
+static inline VF mulf(VF a, VF b) { return _mm512_mul_ps(a, b); }
+static inline VF addf(VF a, VF b) { return _mm512_add_ps(a, b); }
+static inline VF subf(VF a, VF b) { return _mm512_sub_ps(a, b); }
+static inline VF divf(VF a, VF b) { return _mm512_div_ps(a, b); }
+static inline float hmax(VF v) { return _mm512_reduce_max_ps(v); }
+static inline float hmin(VF v) { return _mm512_reduce_min_ps(v); }
+static inline VI rne_i32(VF x) { return _mm512_cvtps_epi32(x); }
+static inline VI trunc_i32(VF x) { return _mm512_cvttps_epi32(x); }
+static inline VF round_away(VF x) {
+  const VF t = _mm512_roundscale_ps(x, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
+  const __mmask16 ge_half = _mm512_cmp_ps_mask(_mm512_abs_ps(_mm512_sub_ps(x, t)), _mm512_set1_ps(0.5f), _CMP_GE_OQ);
+  const VF one = _mm512_castsi512_ps(_mm512_or_si512(
+      _mm512_and_si512(_mm512_castps_si512(x), _mm512_set1_epi32(int(0x80000000u))),
+      _mm512_castps_si512(_mm512_set1_ps(1.0f))));
+  return _mm512_mask_add_ps(t, ge_half, t, one);
+}
+static inline VI clampi(VI v, int lo, int hi) {
+  return _mm512_min_epi32(_mm512_max_epi32(v, _mm512_set1_epi32(lo)), _mm512_set1_epi32(hi));
+}
+static inline VI mini(VI v, int hi) { return _mm512_min_epi32(v, _mm512_set1_epi32(hi)); }
+static inline VI addi(VI v, int c) { return _mm512_add_epi32(v, _mm512_set1_epi32(c)); }
+static inline VF cvt_f32(VI v) { return _mm512_cvtepi32_ps(v); }
+static inline void store_u8(uint8_t* p, VI v) {
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm512_cvtepi32_epi8(v));
+}
+static inline VI load_u8(const uint8_t* p) {
+  return _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+}
+static inline VI load_i8(const int8_t* p) {
+  return _mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+}
+static inline VI count_gt(VF v, const float* t, int n) {
+  __m512i acc = _mm512_setzero_si512();
+  const __m512i one = _mm512_set1_epi32(1);
+  for (int i = 0; i < n; ++i)
+    acc = _mm512_mask_add_epi32(acc, _mm512_cmp_ps_mask(v, _mm512_set1_ps(t[i]), _CMP_GT_OQ), acc, one);
+  return acc;
+}
+static inline VF lut16(VI idx, const float* table) { return _mm512_permutexvar_ps(idx, _mm512_loadu_ps(table)); }
+static inline void f16_to_f32_w(const uint16_t* p, float* dst) {
+  _mm512_storeu_ps(dst, _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))));
+}
+static inline void f32_to_f16_w(const float* src, uint16_t* p) {
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), _mm512_cvtps_ph(_mm512_loadu_ps(src), _MM_FROUND_TO_NEAREST_INT));
+}

@@ -1,0 +1,15 @@
+// Built instead of the CUDA sources when CUDA is off, so callers link either way.
+#include <stdexcept>
+
+#include "slmops/cuda.h"
+
+namespace slmops::cuda {
+
+bool compiled() { return false; }
+int device_count() { return 0; }
+std::string architectures() { return ""; }
+void dequantize(const QuantSpec&, ConstQuantStorage, int64_t, int64_t, void*, DType, void*) {
+  throw std::runtime_error("slmops was built without CUDA; rebuild with SLMOPS_WITH_CUDA=ON and nvcc on PATH");
+}
+
+}  // namespace slmops::cuda

@@ -1,0 +1,212 @@
+// Every quantization kernel on every ISA this machine has, against the ref kernels:
+// codes, scales and dequantized values must match bit for bit, on tail shapes.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "common/half.h"
+#include "slmops/quant.h"
+
+using namespace slmops;
+
+namespace {
+
+struct Case {
+  QuantFormat format;
+  int64_t group_size;
+  bool symmetric;
+};
+
+std::string case_name(const Case& c) {
+  std::string s = quant_format_info(c.format).name;
+  if (c.group_size) s += "_g" + std::to_string(c.group_size);
+  if (!c.symmetric) s += "_asym";
+  return s;
+}
+
+const Case kCases[] = {
+    {QuantFormat::kInt8, 0, true},      {QuantFormat::kInt8, 32, true},      {QuantFormat::kInt4, 16, true},
+    {QuantFormat::kInt4, 32, true},     {QuantFormat::kInt4, 64, false},     {QuantFormat::kInt4, 128, true},
+    {QuantFormat::kInt4, 128, false},   {QuantFormat::kNF4, 64, true},       {QuantFormat::kNF4, 16, true},
+    {QuantFormat::kTernary, 0, true},   {QuantFormat::kQ4_0, 0, true},       {QuantFormat::kQ8_0, 0, true},
+    {QuantFormat::kQ4_K, 0, true},      {QuantFormat::kQ6_K, 0, true},       {QuantFormat::kTQ2_0, 0, true},
+};
+
+// K values: tails for the formats that allow any K, block multiples for the rest.
+std::vector<int64_t> k_values(const Case& c) {
+  const QuantFormatInfo& info = quant_format_info(c.format);
+  if (info.block_size) return {int64_t(info.block_size), 3LL * info.block_size, 7LL * info.block_size};
+  if (c.format == QuantFormat::kNF4) return {c.group_size, 3 * c.group_size, 11 * c.group_size};
+  return {1, 3, 7, 31, 33, 65, 127, 1000};
+}
+
+struct Quantized {
+  std::vector<uint8_t> data, zero_points;
+  std::vector<float> scales;
+};
+
+Quantized run_quantize(const Case& c, const std::vector<float>& w, int64_t rows, int64_t K, CpuIsa isa,
+                       DType dtype = DType::kF32, const void* src = nullptr) {
+  const QuantSpec spec{c.format, c.group_size, c.symmetric};
+  const QuantLayout L = quant_layout(spec, K);
+  Quantized q;
+  q.data.assign(size_t(rows * L.data_bytes_per_row), 0xAB);  // poison: every byte must be written
+  q.scales.assign(L.tensor_scale ? 1 : size_t(rows * L.scales_per_row), -1.0f);
+  q.zero_points.assign(size_t(rows * L.zero_point_bytes_per_row), 0xAB);
+  quantize(spec, src ? src : w.data(), dtype, rows, K, {q.data.data(), q.scales.data(), q.zero_points.data()}, isa);
+  return q;
+}
+
+std::vector<float> run_dequantize(const Case& c, const Quantized& q, int64_t rows, int64_t K, CpuIsa isa) {
+  std::vector<float> out(size_t(rows * K), NAN);
+  dequantize({c.format, c.group_size, c.symmetric}, {q.data.data(), q.scales.data(), q.zero_points.data()}, rows, K,
+             out.data(), DType::kF32, isa);
+  return out;
+}
+
+// Weights with the features that break kernels: an all-zero row group, exact ties at
+// +-max, values at rounding midpoints, and a heavy outlier.
+std::vector<float> make_weights(int64_t rows, int64_t K, unsigned seed) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> nd(0.0f, 0.05f);
+  std::vector<float> w(size_t(rows * K));
+  for (auto& v : w) v = nd(rng);
+  if (rows > 1) std::fill(w.begin() + K, w.begin() + 2 * K, 0.0f);  // row 1 all zero
+  if (K >= 4) {
+    w[0] = 0.25f;
+    w[1] = -0.25f;  // tie in magnitude with the opposite sign
+    w[2] = 0.125f;
+  }
+  if (rows > 2) w[size_t(2 * K)] = 4.0f;  // outlier
+  return w;
+}
+
+bool same_bits(const std::vector<float>& a, const std::vector<float>& b) {
+  return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * 4) == 0;
+}
+
+}  // namespace
+
+class QuantIsaTest : public ::testing::TestWithParam<Case> {};
+
+TEST_P(QuantIsaTest, MatchesRefBitForBit) {
+  const Case c = GetParam();
+  for (CpuIsa isa : available_cpu_isas()) {
+    for (int64_t K : k_values(c)) {
+      for (int64_t rows : {1, 5}) {
+        SCOPED_TRACE(std::string(cpu_isa_name(isa)) + " rows=" + std::to_string(rows) + " K=" + std::to_string(K));
+        const auto w = make_weights(rows, K, unsigned(K * 31 + rows));
+        const Quantized ref = run_quantize(c, w, rows, K, CpuIsa::kRef);
+        const Quantized got = run_quantize(c, w, rows, K, isa);
+        EXPECT_EQ(got.data, ref.data);
+        EXPECT_TRUE(same_bits(got.scales, ref.scales));
+        EXPECT_EQ(got.zero_points, ref.zero_points);
+        const auto dref = run_dequantize(c, ref, rows, K, CpuIsa::kRef);
+        EXPECT_TRUE(same_bits(run_dequantize(c, ref, rows, K, isa), dref));
+        for (float v : dref) ASSERT_TRUE(std::isfinite(v));
+      }
+    }
+  }
+}
+
+TEST_P(QuantIsaTest, HalfInputsMatchTheirFloatValues) {
+  // Quantizing fp16/bf16 weights must equal quantizing the same values given as fp32.
+  const Case c = GetParam();
+  const int64_t rows = 3, K = k_values(c)[1];
+  auto w = make_weights(rows, K, 7);
+  std::vector<uint16_t> h(w.size()), bf(w.size());
+  std::vector<float> wh(w.size()), wbf(w.size());
+  for (size_t i = 0; i < w.size(); ++i) {
+    h[i] = f32_to_f16(w[i]);
+    wh[i] = f16_to_f32(h[i]);
+    bf[i] = f32_to_bf16(w[i]);
+    wbf[i] = bf16_to_f32(bf[i]);
+  }
+  for (CpuIsa isa : available_cpu_isas()) {
+    SCOPED_TRACE(cpu_isa_name(isa));
+    EXPECT_EQ(run_quantize(c, wh, rows, K, isa, DType::kF16, h.data()).data, run_quantize(c, wh, rows, K, CpuIsa::kRef).data);
+    EXPECT_EQ(run_quantize(c, wbf, rows, K, isa, DType::kBF16, bf.data()).data,
+              run_quantize(c, wbf, rows, K, CpuIsa::kRef).data);
+  }
+}
+
+TEST_P(QuantIsaTest, RoundTripErrorIsBounded) {
+  // A loose sanity bound per element: |w - dq(q(w))| <= step of the group. The precise
+  // budgets per format live in the Python tests; this catches gross layout bugs per ISA.
+  const Case c = GetParam();
+  const int64_t rows = 4, K = k_values(c).back();
+  const auto w = make_weights(rows, K, 3);
+  for (CpuIsa isa : available_cpu_isas()) {
+    const auto dq = run_dequantize(c, run_quantize(c, w, rows, K, isa), rows, K, isa);
+    double err = 0, norm = 0;
+    for (size_t i = 0; i < w.size(); ++i) {
+      err += double(w[i] - dq[i]) * (w[i] - dq[i]);
+      norm += double(w[i]) * w[i];
+    }
+    // Normalized MSE; ternary is a lossy projection of non-ternary data, so only a
+    // bound that catches wrong packing applies to it.
+    const double budget = c.format == QuantFormat::kTernary || c.format == QuantFormat::kTQ2_0 ? 1.0 : 0.05;
+    EXPECT_LT(err / norm, budget) << cpu_isa_name(isa);
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(AllFormats, QuantIsaTest, ::testing::ValuesIn(kCases),
+                         [](const auto& info) { return case_name(info.param); });
+
+TEST(QuantLayout, RejectsBadSpecsWithReasons) {
+  EXPECT_THROW(quant_layout({QuantFormat::kQ4_0, 0, true}, 33), std::invalid_argument);
+  EXPECT_THROW(quant_layout({QuantFormat::kQ4_K, 0, true}, 128), std::invalid_argument);
+  EXPECT_THROW(quant_layout({QuantFormat::kInt4, 48, true}, 128), std::invalid_argument);
+  EXPECT_THROW(quant_layout({QuantFormat::kInt4, 8, true}, 128), std::invalid_argument);
+  EXPECT_THROW(quant_layout({QuantFormat::kNF4, 64, true}, 100), std::invalid_argument);
+  EXPECT_THROW(quant_layout({QuantFormat::kQ8_0, 0, false}, 64), std::invalid_argument);
+  EXPECT_THROW(quant_layout({QuantFormat::kQ8_0, 64, true}, 64), std::invalid_argument);
+  EXPECT_THROW(quant_layout({QuantFormat::kInt8, 0, true}, 0), std::invalid_argument);
+  try {
+    quant_layout({QuantFormat::kQ4_K, 0, true}, 896);
+    FAIL();
+  } catch (const std::invalid_argument& e) {
+    EXPECT_NE(std::string(e.what()).find("multiple of 256"), std::string::npos) << e.what();
+  }
+  EXPECT_THROW(quant_format_from_name("int3"), std::invalid_argument);
+}
+
+TEST(QuantLayout, SizesMatchTheFormats) {
+  // MatMulNBits: B [N, ceil(K/block), block/2], zero points [N, ceil(k_blocks/2)].
+  auto L = quant_layout({QuantFormat::kInt4, 32, false}, 100);
+  EXPECT_EQ(L.groups_per_row, 4);
+  EXPECT_EQ(L.data_bytes_per_row, 64);
+  EXPECT_EQ(L.zero_point_bytes_per_row, 2);
+  EXPECT_EQ(quant_layout({QuantFormat::kQ4_0, 0, true}, 64).data_bytes_per_row, 36);
+  EXPECT_EQ(quant_layout({QuantFormat::kQ6_K, 0, true}, 512).data_bytes_per_row, 420);
+  EXPECT_EQ(quant_layout({QuantFormat::kTernary, 0, true}, 9).data_bytes_per_row, 3);
+}
+
+TEST(HalfConversion, MatchesIeeeOnEveryF16Value) {
+  // f16 -> f32 -> f16 must be the identity on every non-NaN half.
+  for (uint32_t h = 0; h < 0x10000; ++h) {
+    if ((h & 0x7c00) == 0x7c00 && (h & 0x3ff)) continue;
+    ASSERT_EQ(f32_to_f16(f16_to_f32(uint16_t(h))), h) << h;
+  }
+  EXPECT_EQ(f32_to_f16(65520.0f), 0x7c00);        // rounds to +inf
+  EXPECT_EQ(f32_to_f16(65519.0f), 0x7bff);        // max half
+  EXPECT_EQ(f32_to_f16(std::ldexp(1.0f, -25)), 0);  // tie at half the smallest subnormal -> even (0)
+  EXPECT_EQ(f32_to_f16(std::ldexp(1.5f, -25)), 1);
+  EXPECT_EQ(f32_to_bf16(1.00390625f), 0x3f80);      // tie -> even
+  EXPECT_EQ(f32_to_bf16(1.01171875f), 0x3f82);      // tie -> even (up)
+}
+
+TEST(DoubleQuant, ReconstructsScalesClosely) {
+  std::vector<float> a(1000);
+  for (size_t i = 0; i < a.size(); ++i) a[i] = 0.01f + 0.001f * float(i % 97);
+  std::vector<int8_t> codes(a.size());
+  std::vector<float> bs((a.size() + kNF4DoubleQuantBlock - 1) / kNF4DoubleQuantBlock), back(a.size());
+  float off;
+  double_quantize_scales(a.data(), int64_t(a.size()), codes.data(), bs.data(), &off);
+  double_dequantize_scales(codes.data(), bs.data(), off, int64_t(a.size()), back.data());
+  for (size_t i = 0; i < a.size(); ++i) EXPECT_NEAR(back[i], a[i], 0.5f * bs[i / kNF4DoubleQuantBlock] + 1e-7f);
+}
