@@ -1,0 +1,239 @@
+// slmops._C: the pybind11 module. Decodes and validates arguments, releases the GIL and
+// calls layer 0. Outputs are allocated by the caller (python/slmops/ops), in the caller's
+// framework, and passed in.
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <string>
+
+#include "slmops/build_info.h"
+#include "slmops/cpu_features.h"
+#include "slmops/cuda.h"
+#include "slmops/quant.h"
+#include "slmops/threading.h"
+#include "tensor_arg.h"
+
+namespace py = pybind11;
+using namespace slmops;
+using bindings::ElemType;
+using bindings::TensorArg;
+using bindings::tensor_arg;
+
+namespace {
+
+QuantSpec make_spec(const std::string& format, int64_t group_size, bool symmetric) {
+  if (group_size < 0) throw py::value_error("group_size must be >= 0, got " + std::to_string(group_size));
+  return QuantSpec{quant_format_from_name(format), group_size, symmetric};
+}
+
+py::dict layout_dict(const QuantLayout& L) {
+  py::dict d;
+  d["group_size"] = L.group_size;
+  d["groups_per_row"] = L.groups_per_row;
+  d["data_bytes_per_row"] = L.data_bytes_per_row;
+  d["scales_per_row"] = L.scales_per_row;
+  d["zero_point_bytes_per_row"] = L.zero_point_bytes_per_row;
+  d["tensor_scale"] = L.tensor_scale;
+  return d;
+}
+
+// The storage buffers of one quantized tensor, checked against the layout for [rows, K].
+struct StorageArgs {
+  TensorArg data, scales, zero_points;
+  bool has_scales = false, has_zero_points = false;
+};
+
+StorageArgs storage_args(const QuantSpec& spec, const QuantLayout& L, int64_t rows, py::handle data, py::handle scales,
+                         py::handle zero_points, bool writing, py::object stream) {
+  StorageArgs s;
+  s.data = tensor_arg(data, "data", stream);
+  bindings::expect_type(s.data, spec.format == QuantFormat::kInt8 ? std::initializer_list<ElemType>{ElemType::kI8, ElemType::kU8}
+                                                                  : std::initializer_list<ElemType>{ElemType::kU8});
+  bindings::expect_numel(s.data, rows * L.data_bytes_per_row, "rows * data bytes per row");
+  const int64_t n_scales = L.tensor_scale ? 1 : rows * L.scales_per_row;
+  if (n_scales > 0) {
+    s.scales = tensor_arg(scales, "scales", stream);
+    bindings::expect_type(s.scales, {ElemType::kF32});
+    bindings::expect_numel(s.scales, n_scales, L.tensor_scale ? "one scale for the tensor" : "rows * groups per row");
+    bindings::expect_same_device(s.data, s.scales);
+    s.has_scales = true;
+  }
+  const int64_t n_zp = rows * L.zero_point_bytes_per_row;
+  if (n_zp > 0) {
+    s.zero_points = tensor_arg(zero_points, "zero_points", stream);
+    bindings::expect_type(s.zero_points, {ElemType::kU8});
+    bindings::expect_numel(s.zero_points, n_zp, "rows * ceil(groups / 2) packed 4-bit zero points");
+    bindings::expect_same_device(s.data, s.zero_points);
+    s.has_zero_points = true;
+  }
+  if (writing) {
+    bindings::expect_writeable(s.data);
+    if (s.has_scales) bindings::expect_writeable(s.scales);
+    if (s.has_zero_points) bindings::expect_writeable(s.zero_points);
+  }
+  return s;
+}
+
+void expect_cpu(const TensorArg& t) {
+  if (t.cuda) throw py::value_error(t.name + " is a CUDA tensor; this operation runs on the CPU only");
+}
+
+void py_quantize(py::handle src, const std::string& format, int64_t group_size, bool symmetric, py::handle data,
+                 py::handle scales, py::handle zero_points, const std::string& isa) {
+  const QuantSpec spec = make_spec(format, group_size, symmetric);
+  TensorArg w = tensor_arg(src, "weight");
+  expect_cpu(w);
+  bindings::expect_ndim(w, 2, "[out_features, in_features]");
+  const DType dtype = w.float_dtype();
+  const int64_t rows = w.shape[0], K = w.shape[1];
+  if (rows == 0 || K == 0) throw py::value_error("weight is empty, shape " + w.shape_str() + "; nothing to quantize");
+  const QuantLayout L = quant_layout(spec, K);
+  StorageArgs s = storage_args(spec, L, rows, data, scales, zero_points, true, py::none());
+  expect_cpu(s.data);
+  const CpuIsa cpu_isa = cpu_isa_from_name(isa);
+  int64_t bad;
+  {
+    py::gil_scoped_release release;
+    bad = find_non_finite(w.data, dtype, rows * K);
+    if (bad < 0)
+      quantize(spec, w.data, dtype, rows, K,
+               {static_cast<uint8_t*>(s.data.data), static_cast<float*>(s.scales.data),
+                static_cast<uint8_t*>(s.zero_points.data)},
+               cpu_isa);
+  }
+  if (bad >= 0)
+    throw py::value_error("weight contains NaN or Inf at [" + std::to_string(bad / K) + ", " + std::to_string(bad % K) +
+                          "]; quantization needs finite weights");
+}
+
+void py_dequantize(const std::string& format, int64_t group_size, bool symmetric, py::handle data, py::handle scales,
+                   py::handle zero_points, py::handle dst, const std::string& isa, py::object cuda_stream) {
+  const QuantSpec spec = make_spec(format, group_size, symmetric);
+  TensorArg out = tensor_arg(dst, "dst", cuda_stream);
+  bindings::expect_ndim(out, 2, "[out_features, in_features]");
+  bindings::expect_writeable(out);
+  const DType dtype = out.float_dtype();
+  const int64_t rows = out.shape[0], K = out.shape[1];
+  if (K == 0) throw py::value_error("dst has no columns, shape " + out.shape_str());
+  const QuantLayout L = quant_layout(spec, K);
+  StorageArgs s = storage_args(spec, L, rows, data, scales, zero_points, false, cuda_stream);
+  bindings::expect_same_device(s.data, out);
+  const ConstQuantStorage storage{static_cast<const uint8_t*>(s.data.data), static_cast<const float*>(s.scales.data),
+                                  static_cast<const uint8_t*>(s.zero_points.data)};
+  if (out.cuda) {
+    void* stream = cuda_stream.is_none() ? nullptr : reinterpret_cast<void*>(cuda_stream.cast<intptr_t>());
+    py::gil_scoped_release release;
+    cuda::dequantize(spec, storage, rows, K, out.data, dtype, stream);
+    return;
+  }
+  const CpuIsa cpu_isa = cpu_isa_from_name(isa);
+  py::gil_scoped_release release;
+  dequantize(spec, storage, rows, K, out.data, dtype, cpu_isa);
+}
+
+int64_t py_find_non_finite(py::handle src) {
+  TensorArg t = tensor_arg(src, "src");
+  expect_cpu(t);
+  const DType dtype = t.float_dtype();
+  py::gil_scoped_release release;
+  return find_non_finite(t.data, dtype, t.numel());
+}
+
+float py_double_quantize_scales(py::handle src, py::handle codes, py::handle block_scales) {
+  TensorArg a = tensor_arg(src, "scales"), c = tensor_arg(codes, "codes"), b = tensor_arg(block_scales, "block_scales");
+  for (const TensorArg* t : {&a, &c, &b}) expect_cpu(*t);
+  bindings::expect_type(a, {ElemType::kF32});
+  bindings::expect_type(c, {ElemType::kI8});
+  bindings::expect_type(b, {ElemType::kF32});
+  const int64_t n = a.numel();
+  bindings::expect_numel(c, n, "one code per scale");
+  bindings::expect_numel(b, (n + kNF4DoubleQuantBlock - 1) / kNF4DoubleQuantBlock, "one per block of 256 scales");
+  bindings::expect_writeable(c);
+  bindings::expect_writeable(b);
+  float offset = 0.0f;
+  double_quantize_scales(static_cast<const float*>(a.data), n, static_cast<int8_t*>(c.data),
+                         static_cast<float*>(b.data), &offset);
+  return offset;
+}
+
+void py_double_dequantize_scales(py::handle codes, py::handle block_scales, float offset, py::handle dst) {
+  TensorArg c = tensor_arg(codes, "codes"), b = tensor_arg(block_scales, "block_scales"), d = tensor_arg(dst, "dst");
+  for (const TensorArg* t : {&c, &b, &d}) expect_cpu(*t);
+  bindings::expect_type(c, {ElemType::kI8});
+  bindings::expect_type(b, {ElemType::kF32});
+  bindings::expect_type(d, {ElemType::kF32});
+  const int64_t n = c.numel();
+  bindings::expect_numel(d, n, "one scale per code");
+  bindings::expect_numel(b, (n + kNF4DoubleQuantBlock - 1) / kNF4DoubleQuantBlock, "one per block of 256 scales");
+  bindings::expect_writeable(d);
+  double_dequantize_scales(static_cast<const int8_t*>(c.data), static_cast<const float*>(b.data), offset, n,
+                           static_cast<float*>(d.data));
+}
+
+py::dict py_build_info() {
+  const BuildInfo b = build_info();
+  py::dict d;
+  d["version"] = b.version;
+  d["compiler"] = b.compiler;
+  d["openmp"] = b.openmp;
+  d["num_threads"] = b.num_threads;
+  d["cpu_isa_detected"] = b.cpu_isa_detected;
+  d["cpu_isa"] = b.cpu_isa_active;
+  d["cpu_isas_compiled"] = b.cpu_isas_compiled;
+  d["onednn"] = b.onednn;
+  d["onednn_version"] = b.onednn ? py::object(py::str(b.onednn_version)) : py::object(py::none());
+  d["cuda"] = b.cuda;
+  d["cuda_architectures"] = b.cuda ? py::object(py::str(b.cuda_architectures)) : py::object(py::none());
+  d["cuda_devices"] = b.cuda_devices;
+  return d;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_C, m, py::mod_gil_not_used()) {
+  m.doc() = "slmops C++ kernels (layer 1 bindings). Use the slmops package, not this module, directly.";
+
+  m.def("build_info", &py_build_info);
+  m.def("set_num_threads", &set_num_threads, py::arg("n"));
+  m.def("get_num_threads", &get_num_threads);
+  m.def("available_cpu_isas", [] {
+    std::vector<std::string> out;
+    for (CpuIsa i : available_cpu_isas()) out.push_back(cpu_isa_name(i));
+    return out;
+  });
+
+  m.def("quant_formats", [] {
+    py::list out;
+    for (int i = 0; i < kNumQuantFormats; ++i) {
+      const QuantFormatInfo& f = quant_format_info(static_cast<QuantFormat>(i));
+      py::dict d;
+      d["name"] = f.name;
+      d["bits"] = f.bits;
+      d["block_size"] = f.block_size;
+      d["block_bytes"] = f.block_bytes;
+      d["has_group_size"] = f.has_group_size;
+      d["has_symmetric_option"] = f.has_symmetric_option;
+      d["default_group_size"] = f.default_group_size;
+      out.append(d);
+    }
+    return out;
+  });
+  m.def(
+      "quant_layout",
+      [](const std::string& format, int64_t K, int64_t group_size, bool symmetric) {
+        return layout_dict(quant_layout(make_spec(format, group_size, symmetric), K));
+      },
+      py::arg("format"), py::arg("K"), py::arg("group_size") = 0, py::arg("symmetric") = true);
+  m.def("quantize", &py_quantize, py::arg("weight"), py::arg("format"), py::arg("group_size"), py::arg("symmetric"),
+        py::arg("data"), py::arg("scales").none(true), py::arg("zero_points").none(true), py::arg("isa") = "auto");
+  m.def("dequantize", &py_dequantize, py::arg("format"), py::arg("group_size"), py::arg("symmetric"), py::arg("data"),
+        py::arg("scales").none(true), py::arg("zero_points").none(true), py::arg("dst"), py::arg("isa") = "auto",
+        py::arg("cuda_stream") = py::none());
+  m.def("find_non_finite", &py_find_non_finite, py::arg("src"));
+  m.def("double_quantize_scales", &py_double_quantize_scales, py::arg("scales"), py::arg("codes"),
+        py::arg("block_scales"));
+  m.def("double_dequantize_scales", &py_double_dequantize_scales, py::arg("codes"), py::arg("block_scales"),
+        py::arg("offset"), py::arg("dst"));
+  m.attr("NF4_CODEBOOK") = std::vector<float>(kNF4Codebook, kNF4Codebook + 16);
+  m.attr("NF4_DOUBLE_QUANT_BLOCK") = kNF4DoubleQuantBlock;
+}

@@ -1,0 +1,168 @@
+#include "tensor_arg.h"
+
+#include <pybind11/numpy.h>
+
+#include <sstream>
+
+#include "dlpack.h"
+
+namespace slmops::bindings {
+namespace {
+
+ElemType from_numpy(const py::dtype& dt) {
+  const char kind = dt.kind();
+  const auto size = dt.itemsize();
+  if (kind == 'f' && size == 4) return ElemType::kF32;
+  if (kind == 'f' && size == 2) return ElemType::kF16;
+  if (kind == 'u' && size == 1) return ElemType::kU8;
+  if (kind == 'i' && size == 1) return ElemType::kI8;
+  if (kind == 'i' && size == 4) return ElemType::kI32;
+  return ElemType::kOther;
+}
+
+ElemType from_dlpack(const dlpack::DLDataType& dt) {
+  if (dt.lanes != 1) return ElemType::kOther;
+  if (dt.code == dlpack::kDLFloat && dt.bits == 32) return ElemType::kF32;
+  if (dt.code == dlpack::kDLFloat && dt.bits == 16) return ElemType::kF16;
+  if (dt.code == dlpack::kDLBfloat && dt.bits == 16) return ElemType::kBF16;
+  if (dt.code == dlpack::kDLUInt && dt.bits == 8) return ElemType::kU8;
+  if (dt.code == dlpack::kDLInt && dt.bits == 8) return ElemType::kI8;
+  if (dt.code == dlpack::kDLInt && dt.bits == 32) return ElemType::kI32;
+  return ElemType::kOther;
+}
+
+[[noreturn]] void not_contiguous(const std::string& name) {
+  throw py::value_error(name + " must be C-contiguous; call .contiguous() (torch) or np.ascontiguousarray (numpy) first");
+}
+
+// Strides (in elements) describe C order, ignoring dimensions of size 1 whose stride
+// is meaningless (torch and numpy both produce arbitrary strides there).
+bool is_c_contiguous(const std::vector<int64_t>& shape, const int64_t* strides) {
+  int64_t expected = 1;
+  for (size_t i = shape.size(); i-- > 0;) {
+    if (shape[i] != 1 && strides[i] != expected) return false;
+    expected *= shape[i];
+  }
+  return true;
+}
+
+}  // namespace
+
+const char* elem_type_name(ElemType t) {
+  switch (t) {
+    case ElemType::kF32: return "float32";
+    case ElemType::kF16: return "float16";
+    case ElemType::kBF16: return "bfloat16";
+    case ElemType::kU8: return "uint8";
+    case ElemType::kI8: return "int8";
+    case ElemType::kI32: return "int32";
+    default: return "unsupported";
+  }
+}
+
+int64_t TensorArg::numel() const {
+  int64_t n = 1;
+  for (int64_t d : shape) n *= d;
+  return n;
+}
+
+std::string TensorArg::shape_str() const {
+  std::ostringstream s;
+  s << "(";
+  for (size_t i = 0; i < shape.size(); ++i) s << (i ? ", " : "") << shape[i];
+  s << (shape.size() == 1 ? ",)" : ")");
+  return s.str();
+}
+
+DType TensorArg::float_dtype() const {
+  switch (type) {
+    case ElemType::kF32: return DType::kF32;
+    case ElemType::kF16: return DType::kF16;
+    case ElemType::kBF16: return DType::kBF16;
+    default:
+      throw py::type_error(name + " must be float32, float16 or bfloat16, got " + elem_type_name(type));
+  }
+}
+
+TensorArg tensor_arg(py::handle obj, const char* name, py::object cuda_stream) {
+  TensorArg t;
+  t.name = name;
+  if (obj.is_none()) throw py::type_error(t.name + " is required, got None");
+  if (py::isinstance<py::array>(obj)) {
+    // numpy: the buffer protocol handles read-only arrays, which DLPack cannot flag.
+    auto arr = py::reinterpret_borrow<py::array>(obj);
+    t.type = from_numpy(arr.dtype());
+    if (t.type == ElemType::kOther)
+      throw py::type_error(t.name + " has unsupported dtype " + std::string(py::str(arr.dtype())));
+    t.data = const_cast<void*>(arr.data());
+    t.writeable = arr.writeable();
+    std::vector<int64_t> strides;
+    for (py::ssize_t i = 0; i < arr.ndim(); ++i) {
+      t.shape.push_back(arr.shape(i));
+      strides.push_back(arr.strides(i) / arr.itemsize());
+      if (arr.strides(i) % arr.itemsize() != 0) not_contiguous(t.name);
+    }
+    if (!is_c_contiguous(t.shape, strides.data())) not_contiguous(t.name);
+    t.owner = py::reinterpret_borrow<py::object>(obj);
+    return t;
+  }
+  if (!py::hasattr(obj, "__dlpack__"))
+    throw py::type_error(t.name + " must be a numpy array or a tensor that supports DLPack (torch.Tensor), got " +
+                         std::string(py::str(py::type::of(obj).attr("__name__"))));
+  py::object capsule = cuda_stream.is_none() ? obj.attr("__dlpack__")() : obj.attr("__dlpack__")(py::arg("stream") = cuda_stream);
+  // Borrow only: the capsule keeps its name and stays alive in t.owner, so the producer's
+  // capsule destructor frees the DLManagedTensor once the call is over (DLPack spec).
+  auto* managed = static_cast<dlpack::DLManagedTensor*>(PyCapsule_GetPointer(capsule.ptr(), "dltensor"));
+  if (!managed) {
+    PyErr_Clear();
+    throw py::type_error(t.name + ": __dlpack__() did not return a 'dltensor' capsule");
+  }
+  const dlpack::DLTensor& dl = managed->dl_tensor;
+  if (dl.device.device_type == dlpack::kDLCUDA || dl.device.device_type == dlpack::kDLCUDAManaged) {
+    t.cuda = true;
+  } else if (dl.device.device_type != dlpack::kDLCPU && dl.device.device_type != dlpack::kDLCUDAHost) {
+    throw py::value_error(t.name + " is on an unsupported device (DLPack device type " +
+                          std::to_string(dl.device.device_type) + "); use a CPU or CUDA tensor");
+  }
+  t.device_id = dl.device.device_id;
+  t.type = from_dlpack(dl.dtype);
+  if (t.type == ElemType::kOther)
+    throw py::type_error(t.name + " has an unsupported dtype (DLPack code " + std::to_string(dl.dtype.code) + ", " +
+                         std::to_string(dl.dtype.bits) + " bits)");
+  t.shape.assign(dl.shape, dl.shape + dl.ndim);
+  if (dl.strides && !is_c_contiguous(t.shape, dl.strides)) not_contiguous(t.name);
+  t.data = static_cast<char*>(dl.data) + dl.byte_offset;
+  t.owner = capsule;
+  return t;
+}
+
+void expect_ndim(const TensorArg& t, int ndim, const char* what) {
+  if (int(t.shape.size()) != ndim)
+    throw py::value_error(t.name + " must be " + std::to_string(ndim) + "-D " + what + ", got shape " + t.shape_str());
+}
+
+void expect_type(const TensorArg& t, std::initializer_list<ElemType> types) {
+  std::string names;
+  for (ElemType e : types) {
+    if (e == t.type) return;
+    names += std::string(names.empty() ? "" : " or ") + elem_type_name(e);
+  }
+  throw py::type_error(t.name + " must be " + names + ", got " + elem_type_name(t.type));
+}
+
+void expect_numel(const TensorArg& t, int64_t n, const char* what) {
+  if (t.numel() != n)
+    throw py::value_error(t.name + " must hold " + std::to_string(n) + " elements (" + what + "), got shape " +
+                          t.shape_str());
+}
+
+void expect_writeable(const TensorArg& t) {
+  if (!t.writeable) throw py::value_error(t.name + " is read-only; pass a writeable output array");
+}
+
+void expect_same_device(const TensorArg& a, const TensorArg& b) {
+  if (a.cuda != b.cuda || (a.cuda && a.device_id != b.device_id))
+    throw py::value_error(a.name + " and " + b.name + " must be on the same device");
+}
+
+}  // namespace slmops::bindings

@@ -1,0 +1,42 @@
+"""slmops: make small language models small and fast, on our own C++/CUDA kernels.
+
+Layers (see DESIGN.md): ``slmops.ops`` (kernels over numpy arrays and torch tensors),
+later ``slmops.nn``, the whole-model algorithms and the workflow engine and CLI.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from . import _C
+from .ops import QuantizedTensor, dequantize, quantize
+
+__version__: str = _C.build_info()["version"]
+
+
+def build_info() -> dict[str, Any]:
+    """Version, CPU ISA detected and used, OpenMP threads, oneDNN and CUDA status."""
+    info = _C.build_info()
+    info["cpu_isas_available"] = _C.available_cpu_isas()
+    return info
+
+
+def set_num_threads(n: int) -> None:
+    """Threads used by the CPU kernels (OpenMP). Overrides OMP_NUM_THREADS."""
+    if not isinstance(n, int) or isinstance(n, bool):
+        raise TypeError(f"n must be an int, got {type(n).__name__}")
+    _C.set_num_threads(n)
+
+
+def get_num_threads() -> int:
+    return _C.get_num_threads()
+
+
+__all__ = [
+    "QuantizedTensor",
+    "build_info",
+    "dequantize",
+    "get_num_threads",
+    "quantize",
+    "set_num_threads",
+]

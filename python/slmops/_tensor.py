@@ -1,0 +1,60 @@
+"""Framework helpers shared by the ops: numpy and torch in, the same framework out."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+try:  # torch is a declared dependency, but the ops also serve numpy-only callers
+    import torch
+except ImportError:  # pragma: no cover - exercised only without torch
+    torch = None  # type: ignore[assignment]
+
+FLOAT_DTYPES = ("float32", "float16", "bfloat16")
+
+
+def is_torch(x: Any) -> bool:
+    return torch is not None and isinstance(x, torch.Tensor)
+
+
+def dtype_name(x: Any) -> str:
+    """'float32', 'float16', 'bfloat16', 'uint8', ... for a numpy array or torch tensor."""
+    if is_torch(x):
+        return str(x.dtype).removeprefix("torch.")
+    return np.dtype(x.dtype).name
+
+
+def check_array(x: Any, name: str) -> None:
+    if not (isinstance(x, np.ndarray) or is_torch(x)):
+        raise TypeError(f"{name} must be a numpy array or a torch tensor, got {type(x).__name__}")
+
+
+def kernel_input(x: Any) -> Any:
+    """A C-contiguous view (or copy, when strided) that the kernels can read zero-copy."""
+    if is_torch(x):
+        return x.detach().contiguous()
+    return np.ascontiguousarray(x)
+
+
+def empty(like: Any, shape: tuple[int, ...], dtype: str) -> Any:
+    """An uninitialized array in like's framework and device."""
+    if is_torch(like):
+        return torch.empty(shape, dtype=getattr(torch, dtype), device=like.device)
+    if dtype == "bfloat16":
+        raise TypeError("numpy has no bfloat16; use torch tensors for bfloat16, or dtype='float32'")
+    return np.empty(shape, dtype=dtype)
+
+
+def to_numpy(x: Any) -> np.ndarray:
+    if is_torch(x):
+        if x.dtype == torch.bfloat16:
+            raise TypeError("numpy has no bfloat16")
+        return x.detach().cpu().numpy()
+    return np.asarray(x)
+
+
+def from_numpy(x: np.ndarray, framework: str) -> Any:
+    if framework == "torch":
+        return torch.from_numpy(np.ascontiguousarray(x))
+    return x

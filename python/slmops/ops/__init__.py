@@ -1,0 +1,5 @@
+"""Layer 2: kernels over numpy arrays and torch tensors, with the packed formats."""
+
+from .quant import FORMATS, QuantizedTensor, dequantize, quantize
+
+__all__ = ["FORMATS", "QuantizedTensor", "dequantize", "quantize"]

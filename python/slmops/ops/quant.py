@@ -1,0 +1,333 @@
+"""Weight quantization: ``quantize(w, format) -> QuantizedTensor`` and back.
+
+Formats (the table lives in C++, ``cpp/src/common/quant_formats.cpp``):
+
+==========  ====================================================================
+``int8``    symmetric, scale = absmax/127 per output row (or per ``group_size``)
+``int4``    group-wise along K in the ONNX Runtime MatMulNBits layout; symmetric
+            (scale = signed absmax / -8, zero point 8) or asymmetric (4-bit zero
+            points); ``group_size`` a power of two >= 16, default 32
+``nf4``     QLoRA NormalFloat4 codebook, absmax per block of 64 (bitsandbytes
+            nibble order); ``double_quant=True`` stores the absmax values as int8
+``ternary`` BitNet b1.58: {-1, 0, +1} times the tensor's mean |w|, 2 bits a weight
+``q4_0`` ``q8_0`` ``q4_k`` ``q6_k`` ``tq2_0``: GGUF blocks, byte layout of ggml
+==========  ====================================================================
+
+Rounding: int8/int4/nf4/ternary round half to even; q4_0, q8_0 and tq2_0 follow ggml's
+reference quantizers bit for bit (q4_0 truncates x/d + 8.5, q8_0 and tq2_0 round half
+away from zero); q4_k and q6_k round half to even. An all-zero group gets scale 0 and
+dequantizes to exact zeros. NaN or Inf in the weight raise ``ValueError``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from .. import _C
+from .._tensor import FLOAT_DTYPES, check_array, dtype_name, empty, from_numpy, is_torch, kernel_input, to_numpy
+
+FORMATS: dict[str, dict[str, Any]] = {f["name"]: f for f in _C.quant_formats()}
+_STORAGE_VERSION = 1
+_DQ_KEYS = ("scale_codes", "scale_block_scales", "scale_offset")
+
+
+def _format_info(format: str) -> dict[str, Any]:
+    if format not in FORMATS:
+        raise ValueError(f"unknown format {format!r}; expected one of {', '.join(map(repr, FORMATS))}")
+    return FORMATS[format]
+
+
+class QuantizedTensor:
+    """A quantized 2-D weight ``[out_features, in_features]`` and everything needed to
+    dequantize it. Its buffers live in the framework (numpy or torch) and on the device
+    of the weight it was made from.
+
+    Buffers, by name: ``data`` (codes or GGUF blocks), ``scales`` (float32, absent for
+    GGUF formats), ``zero_points`` (int4 asymmetric), and for nf4 with double
+    quantization ``scale_codes``/``scale_block_scales``/``scale_offset`` in place of
+    ``scales``.
+    """
+
+    def __init__(
+        self,
+        format: str,
+        shape: tuple[int, int],
+        tensors: Mapping[str, Any],
+        *,
+        group_size: int = 0,
+        symmetric: bool = True,
+        dtype: str = "float32",
+    ) -> None:
+        info = _format_info(format)
+        if len(shape) != 2 or min(shape) <= 0:
+            raise ValueError(f"shape must be (out_features, in_features) with both > 0, got {tuple(shape)}")
+        self.format = format
+        self.shape = (int(shape[0]), int(shape[1]))
+        self.symmetric = bool(symmetric)
+        self.dtype = dtype
+        self.layout = _C.quant_layout(format, self.shape[1], group_size if info["has_group_size"] else 0, symmetric)
+        self.group_size = int(self.layout["group_size"])
+        self.tensors = dict(tensors)
+        self._check_tensors()
+
+    # -- properties -----------------------------------------------------------------
+    @property
+    def _option_group_size(self) -> int:
+        """group_size as the kernels take it: 0 for formats whose block size is fixed."""
+        return self.group_size if FORMATS[self.format]["has_group_size"] else 0
+
+    @property
+    def double_quant(self) -> bool:
+        return "scale_codes" in self.tensors
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of all buffers: codes, scales and zero points."""
+        return int(sum(t.numel() * t.element_size() if is_torch(t) else t.nbytes for t in self.tensors.values()))
+
+    @property
+    def bits_per_weight(self) -> float:
+        return 8.0 * self.nbytes / (self.shape[0] * self.shape[1])
+
+    @property
+    def framework(self) -> str:
+        return "torch" if is_torch(self.tensors["data"]) else "numpy"
+
+    def __repr__(self) -> str:
+        opts = f", group_size={self.group_size}" if FORMATS[self.format]["has_group_size"] else ""
+        if FORMATS[self.format]["has_symmetric_option"]:
+            opts += f", symmetric={self.symmetric}"
+        if self.double_quant:
+            opts += ", double_quant=True"
+        return (
+            f"QuantizedTensor(format={self.format!r}, shape={self.shape}{opts}, "
+            f"bits_per_weight={self.bits_per_weight:.3f}, nbytes={self.nbytes})"
+        )
+
+    # -- dequantize -----------------------------------------------------------------
+    def dequantize(self, dtype: str | None = None, *, isa: str = "auto") -> Any:
+        """The float weight ``[out_features, in_features]`` in this tensor's framework and
+        device; ``dtype`` defaults to the dtype of the quantized weight."""
+        dtype = dtype or self.dtype
+        if dtype not in FLOAT_DTYPES:
+            raise ValueError(f"dtype must be one of {FLOAT_DTYPES}, got {dtype!r}")
+        data = self.tensors["data"]
+        dst = empty(data, self.shape, dtype)
+        stream = None
+        if is_torch(data) and data.is_cuda:
+            import torch
+
+            stream = torch.cuda.current_stream(data.device).cuda_stream
+        _C.dequantize(
+            self.format, self._option_group_size, self.symmetric, data, self._scales(), self.tensors.get("zero_points"),
+            dst, isa=isa, cuda_stream=stream,
+        )
+        return dst
+
+    def _scales(self) -> Any:
+        if not self.double_quant:
+            return self.tensors.get("scales")
+        t = self.tensors
+        codes = to_numpy(t["scale_codes"])
+        out = np.empty(codes.shape, dtype=np.float32)
+        _C.double_dequantize_scales(codes, to_numpy(t["scale_block_scales"]), float(to_numpy(t["scale_offset"])[0]), out)
+        scales = from_numpy(out, self.framework)
+        if is_torch(t["data"]) and t["data"].is_cuda:
+            scales = scales.to(t["data"].device)
+        return scales
+
+    # -- MatMulNBits interchange (int4 only) --------------------------------------------
+    def to_matmulnbits(self, scale_dtype: str = "float32") -> dict[str, Any]:
+        """The tensors and attributes of an ONNX Runtime ``com.microsoft.MatMulNBits`` node:
+        ``B`` uint8 [N, k_blocks, block_size/2], ``scales`` [N, k_blocks] (flattened as ORT
+        stores them, N * k_blocks), ``zero_points`` uint8 [N, ceil(k_blocks/2)] or None for
+        the default 8, and ``K``, ``N``, ``bits``, ``block_size``. Exact: no requantization
+        (a float16 ``scale_dtype`` rounds the scales, which is the only loss)."""
+        if self.format != "int4":
+            raise ValueError(f"to_matmulnbits needs format 'int4', this tensor is {self.format!r}")
+        if scale_dtype not in ("float32", "float16"):
+            raise ValueError(f"scale_dtype must be 'float32' or 'float16', got {scale_dtype!r}")
+        n, k = self.shape
+        kb = self.layout["groups_per_row"]
+        out = {
+            "B": to_numpy(self.tensors["data"]).reshape(n, kb, self.group_size // 2).copy(),
+            "scales": to_numpy(self.tensors["scales"]).reshape(n * kb).astype(scale_dtype),
+            "zero_points": None,
+            "K": k, "N": n, "bits": 4, "block_size": self.group_size,
+        }
+        if not self.symmetric:
+            out["zero_points"] = to_numpy(self.tensors["zero_points"]).reshape(n, (kb + 1) // 2).copy()
+        return out
+
+    @classmethod
+    def from_matmulnbits(
+        cls, B: Any, scales: Any, zero_points: Any = None, *, K: int, N: int, block_size: int, bits: int = 4,
+    ) -> QuantizedTensor:
+        """Wraps MatMulNBits tensors (numpy) as an int4 QuantizedTensor without changing a
+        code. Without ``zero_points`` the tensor is symmetric (ORT's default zero point 8)."""
+        if bits != 4:
+            raise ValueError(f"only 4-bit MatMulNBits weights are supported, got bits={bits}")
+        layout = _C.quant_layout("int4", K, block_size, zero_points is None)
+        kb = layout["groups_per_row"]
+        b = np.asarray(B)
+        if b.dtype != np.uint8 or b.size != N * kb * block_size // 2:
+            raise ValueError(f"B must be uint8 [N, k_blocks, block_size/2] = [{N}, {kb}, {block_size // 2}], "
+                             f"got {b.dtype} {b.shape}")
+        s = np.asarray(scales)
+        if s.size != N * kb or s.dtype not in (np.float32, np.float16):
+            raise ValueError(f"scales must be float32/float16 with N * k_blocks = {N * kb} values, got {s.dtype} {s.shape}")
+        tensors = {"data": b.reshape(N, -1).copy(), "scales": s.astype(np.float32).reshape(N, kb)}
+        if zero_points is not None:
+            z = np.asarray(zero_points)
+            if z.dtype != np.uint8 or z.size != N * ((kb + 1) // 2):
+                raise ValueError(f"zero_points must be uint8 [N, ceil(k_blocks/2)] = [{N}, {(kb + 1) // 2}], "
+                                 f"got {z.dtype} {z.shape}")
+            tensors["zero_points"] = z.reshape(N, -1).copy()
+        return cls("int4", (N, K), tensors, group_size=block_size, symmetric=zero_points is None)
+
+    # -- safetensors ----------------------------------------------------------------
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Writes a .safetensors file atomically (temp file, then rename)."""
+        from safetensors.numpy import save_file
+
+        meta = {
+            "slmops_quantized_tensor": str(_STORAGE_VERSION),
+            "format": self.format,
+            "shape": json.dumps(list(self.shape)),
+            "group_size": str(self.group_size),
+            "symmetric": str(self.symmetric).lower(),
+            "dtype": self.dtype,
+        }
+        arrays = {k: np.ascontiguousarray(to_numpy(v)) for k, v in self.tensors.items()}
+        path = os.fspath(path)
+        fd, tmp = tempfile.mkstemp(prefix=".slmops-", suffix=".tmp", dir=os.path.dirname(os.path.abspath(path)))
+        os.close(fd)
+        try:
+            save_file(arrays, tmp, metadata=meta)
+            os.replace(tmp, path)
+        except BaseException:
+            os.unlink(tmp)
+            raise
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str], *, framework: str = "numpy") -> QuantizedTensor:
+        """Reads a file written by :meth:`save`; ``framework`` is 'numpy' or 'torch'."""
+        from safetensors import safe_open
+        from safetensors.numpy import load_file
+
+        if framework not in ("numpy", "torch"):
+            raise ValueError(f"framework must be 'numpy' or 'torch', got {framework!r}")
+        with safe_open(os.fspath(path), framework="numpy") as f:
+            meta = f.metadata() or {}
+        if "slmops_quantized_tensor" not in meta:
+            raise ValueError(f"{os.fspath(path)} is not a QuantizedTensor file (no slmops metadata)")
+        if int(meta["slmops_quantized_tensor"]) > _STORAGE_VERSION:
+            raise ValueError(f"{os.fspath(path)} was written by a newer slmops (storage version "
+                             f"{meta['slmops_quantized_tensor']}); upgrade slmops")
+        tensors = {k: from_numpy(v, framework) for k, v in load_file(os.fspath(path)).items()}
+        return cls(meta["format"], tuple(json.loads(meta["shape"])), tensors, group_size=int(meta["group_size"]),
+                   symmetric=meta["symmetric"] == "true", dtype=meta["dtype"])
+
+    # -- validation -----------------------------------------------------------------
+    def _check_tensors(self) -> None:
+        n = self.shape[0]
+        L = self.layout
+        expected = {"data": (n * L["data_bytes_per_row"], ("uint8", "int8"))}
+        if self.double_quant:
+            if self.format != "nf4":
+                raise ValueError("double-quantized scales are only defined for format 'nf4'")
+            count = n * L["scales_per_row"]
+            blocks = -(-count // _C.NF4_DOUBLE_QUANT_BLOCK)
+            expected.update({"scale_codes": (count, ("int8",)), "scale_block_scales": (blocks, ("float32",)),
+                             "scale_offset": (1, ("float32",))})
+        elif L["tensor_scale"] or L["scales_per_row"]:
+            expected["scales"] = (1 if L["tensor_scale"] else n * L["scales_per_row"], ("float32",))
+        if L["zero_point_bytes_per_row"]:
+            expected["zero_points"] = (n * L["zero_point_bytes_per_row"], ("uint8",))
+        missing = set(expected) - set(self.tensors)
+        extra = set(self.tensors) - set(expected)
+        if missing or extra:
+            raise ValueError(f"{self.format} tensor buffers must be {sorted(expected)}, got {sorted(self.tensors)}")
+        for name, (count, dtypes) in expected.items():
+            t = self.tensors[name]
+            size = t.numel() if is_torch(t) else t.size
+            if size != count or dtype_name(t) not in dtypes:
+                raise ValueError(f"buffer {name!r} must hold {count} {'/'.join(dtypes)} values, "
+                                 f"got {dtype_name(t)} with {size}")
+
+
+def quantize(
+    w: Any,
+    format: str,
+    *,
+    group_size: int | None = None,
+    symmetric: bool | None = None,
+    double_quant: bool = False,
+    isa: str = "auto",
+) -> QuantizedTensor:
+    """Quantizes a 2-D weight ``[out_features, in_features]`` (numpy array or torch CPU
+    tensor; float32, float16 or bfloat16) along its input dimension.
+
+    ``group_size``: int4 (default 32), nf4 (default 64) and int8 (default: one scale per
+    row). ``symmetric``: int4 only (default True). ``double_quant``: nf4 only. ``isa``
+    forces a kernel set ('ref', 'avx2', 'avx512'); the default picks the best one.
+    Strided inputs are copied to contiguous memory first.
+    """
+    info = _format_info(format)
+    check_array(w, "weight")
+    if len(w.shape) != 2:
+        raise ValueError(f"weight must be 2-D [out_features, in_features], got shape {tuple(w.shape)}")
+    if min(w.shape) == 0:
+        raise ValueError(f"weight is empty, shape {tuple(w.shape)}; nothing to quantize")
+    dtype = dtype_name(w)
+    if dtype not in FLOAT_DTYPES:
+        raise TypeError(f"weight must be float32, float16 or bfloat16, got {dtype}; convert it first, "
+                        "e.g. w.astype(np.float32) or w.float()")
+    if is_torch(w) and w.device.type != "cpu":
+        raise ValueError(f"quantize runs on the CPU; the weight is on {w.device}. Call w.cpu() first")
+    if group_size is not None and not info["has_group_size"]:
+        raise ValueError(f"format {format!r} has a fixed block size; do not pass group_size")
+    if group_size is not None and (not isinstance(group_size, int) or group_size <= 0):
+        raise ValueError(f"group_size must be a positive int, got {group_size!r}")
+    if symmetric is False and not info["has_symmetric_option"]:
+        raise ValueError(f"format {format!r} is symmetric only; symmetric=False is supported by 'int4'")
+    if double_quant and format != "nf4":
+        raise ValueError("double_quant=True applies to format 'nf4' only")
+    sym = True if symmetric is None else bool(symmetric)
+    gs = group_size or 0
+
+    n, k = (int(d) for d in w.shape)
+    layout = _C.quant_layout(format, k, gs, sym)
+    src = kernel_input(w)
+    tensors = {"data": empty(src, (n, layout["data_bytes_per_row"]), "int8" if format == "int8" else "uint8")}
+    if layout["tensor_scale"]:
+        tensors["scales"] = empty(src, (1,), "float32")
+    elif layout["scales_per_row"]:
+        tensors["scales"] = empty(src, (n, layout["scales_per_row"]), "float32")
+    if layout["zero_point_bytes_per_row"]:
+        tensors["zero_points"] = empty(src, (n, layout["zero_point_bytes_per_row"]), "uint8")
+    _C.quantize(src, format, gs, sym, tensors["data"], tensors.get("scales"), tensors.get("zero_points"), isa=isa)
+
+    if double_quant:
+        scales = to_numpy(tensors.pop("scales")).reshape(-1)
+        codes = np.empty(scales.shape, dtype=np.int8)
+        block_scales = np.empty(-(-scales.size // _C.NF4_DOUBLE_QUANT_BLOCK), dtype=np.float32)
+        offset = _C.double_quantize_scales(scales, codes, block_scales)
+        framework = "torch" if is_torch(src) else "numpy"
+        tensors.update({"scale_codes": from_numpy(codes, framework),
+                        "scale_block_scales": from_numpy(block_scales, framework),
+                        "scale_offset": from_numpy(np.array([offset], dtype=np.float32), framework)})
+    return QuantizedTensor(format, (n, k), tensors, group_size=layout["group_size"], symmetric=sym, dtype=dtype)
+
+
+def dequantize(qw: QuantizedTensor, dtype: str | None = None) -> Any:
+    """Same as ``qw.dequantize(dtype)``."""
+    if not isinstance(qw, QuantizedTensor):
+        raise TypeError(f"expected a QuantizedTensor, got {type(qw).__name__}")
+    return qw.dequantize(dtype)
