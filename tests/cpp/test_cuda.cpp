@@ -1,0 +1,241 @@
+// CUDA dequantization against the CPU ref kernels, bit for bit, for every format and
+// output dtype. Runs only where a GPU is visible; elsewhere the GPU tests skip and only
+// the driver-free behaviour (device_count, argument checks) is tested.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <random>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "slmops/cuda.h"
+#include "slmops/quant.h"
+
+// SLMOPS_TESTS_HAVE_CUDA comes from tests/cpp/CMakeLists.txt in CUDA builds, where the
+// test binary links cudart; a CPU-only build must not pick up a stray cuda_runtime.h.
+#if defined(SLMOPS_TESTS_HAVE_CUDA) && __has_include(<cuda_runtime.h>)
+#include <cuda_runtime.h>
+#define SLMOPS_CUDA_TESTS 1
+#else
+#define SLMOPS_CUDA_TESTS 0
+#endif
+
+using namespace slmops;
+
+namespace {
+
+struct Case {
+  QuantFormat format;
+  int64_t group_size;
+  bool symmetric;
+};
+
+std::string case_name(const Case& c) {
+  std::string s = quant_format_info(c.format).name;
+  if (c.group_size) s += "_g" + std::to_string(c.group_size);
+  if (!c.symmetric) s += "_asym";
+  return s;
+}
+
+// Same list as test_quant.cpp.
+const Case kCases[] = {
+    {QuantFormat::kInt8, 0, true},      {QuantFormat::kInt8, 32, true},      {QuantFormat::kInt4, 16, true},
+    {QuantFormat::kInt4, 32, true},     {QuantFormat::kInt4, 64, false},     {QuantFormat::kInt4, 128, true},
+    {QuantFormat::kInt4, 128, false},   {QuantFormat::kNF4, 64, true},       {QuantFormat::kNF4, 16, true},
+    {QuantFormat::kTernary, 0, true},   {QuantFormat::kQ4_0, 0, true},       {QuantFormat::kQ8_0, 0, true},
+    {QuantFormat::kQ4_K, 0, true},      {QuantFormat::kQ6_K, 0, true},       {QuantFormat::kTQ2_0, 0, true},
+};
+
+bool gpu_visible() { return cuda::compiled() && cuda::device_count() > 0; }
+
+}  // namespace
+
+TEST(CudaInfoTest, DeviceCountNeverThrows) {
+  int n = -1;
+  EXPECT_NO_THROW(n = cuda::device_count());
+  EXPECT_GE(n, 0);
+  if (!cuda::compiled()) {
+    EXPECT_EQ(n, 0);
+    EXPECT_EQ(cuda::architectures(), "");
+  } else {
+    EXPECT_FALSE(cuda::architectures().empty());
+  }
+}
+
+TEST(CudaInfoTest, DeviceCountIsZeroWithNoGpuVisible) {
+  // In a fresh process with every GPU hidden, device_count() must report 0, not throw.
+  const std::string style = GTEST_FLAG_GET(death_test_style);
+  GTEST_FLAG_SET(death_test_style, "threadsafe");  // re-exec: CUDA not yet initialized
+  EXPECT_EXIT(
+      {
+        setenv("CUDA_VISIBLE_DEVICES", "-1", 1);
+        int n = -1;
+        try {
+          n = cuda::device_count();
+        } catch (...) {
+          std::_Exit(2);
+        }
+        std::_Exit(n == 0 ? 0 : 1);
+      },
+      ::testing::ExitedWithCode(0), "");
+  GTEST_FLAG_SET(death_test_style, style);
+}
+
+TEST(CudaInfoTest, DequantizeChecksArgumentsBeforeTouchingTheGpu) {
+  if (!cuda::compiled()) {
+    EXPECT_THROW(cuda::dequantize({QuantFormat::kInt8, 0, true}, {}, 1, 8, nullptr, DType::kF32, nullptr),
+                 std::runtime_error);
+    return;
+  }
+  // K not a multiple of the GGUF block, and a negative row count: invalid_argument.
+  EXPECT_THROW(cuda::dequantize({QuantFormat::kQ4_K, 0, true}, {}, 1, 100, nullptr, DType::kF32, nullptr),
+               std::invalid_argument);
+  EXPECT_THROW(cuda::dequantize({QuantFormat::kInt8, 0, true}, {}, -1, 8, nullptr, DType::kF32, nullptr),
+               std::invalid_argument);
+  // rows == 0 is a no-op, with or without a GPU.
+  EXPECT_NO_THROW(cuda::dequantize({QuantFormat::kInt8, 0, true}, {}, 0, 8, nullptr, DType::kF32, nullptr));
+  if (cuda::device_count() == 0) {
+    // A real launch without a GPU reports the CUDA error as runtime_error, not a crash.
+    uint8_t data[8] = {};
+    float scale = 1.0f, out[8];
+    EXPECT_THROW(cuda::dequantize({QuantFormat::kInt8, 0, true}, {data, &scale, nullptr}, 1, 8, out, DType::kF32,
+                                  nullptr),
+                 std::runtime_error);
+    EXPECT_EQ(cuda::device_count(), 0);
+  }
+}
+
+class CudaDequantTest : public ::testing::TestWithParam<Case> {};
+
+#if SLMOPS_CUDA_TESTS
+namespace {
+
+#define CUDA_CHECK(expr)                                                       \
+  do {                                                                         \
+    const cudaError_t err_ = (expr);                                           \
+    ASSERT_EQ(err_, cudaSuccess) << #expr << ": " << cudaGetErrorString(err_); \
+  } while (0)
+
+// Owns one device buffer; frees it on scope exit so a failed ASSERT does not leak.
+struct DeviceBuffer {
+  void* p = nullptr;
+  ~DeviceBuffer() {
+    if (p) cudaFree(p);
+  }
+};
+
+std::vector<float> make_weights(int64_t rows, int64_t K, unsigned seed) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> nd(0.0f, 0.05f);
+  std::vector<float> w(size_t(rows * K));
+  for (auto& v : w) v = nd(rng);
+  if (rows > 1) std::fill(w.begin() + K, w.begin() + 2 * K, 0.0f);  // an all-zero row
+  if (K >= 4) {
+    w[0] = 0.25f;
+    w[1] = -0.25f;
+    w[2] = 0.125f;
+  }
+  if (rows > 2) w[size_t(2 * K)] = 4.0f;  // outlier
+  return w;
+}
+
+std::vector<int64_t> k_values(const Case& c) {
+  const QuantFormatInfo& info = quant_format_info(c.format);
+  if (info.block_size) return {int64_t(info.block_size), 3LL * info.block_size, 7LL * info.block_size};
+  if (c.format == QuantFormat::kNF4) return {c.group_size, 3 * c.group_size, 11 * c.group_size};
+  return {1, 3, 7, 31, 33, 65, 127, 1000};
+}
+
+template <typename T>
+void to_device(DeviceBuffer& d, const std::vector<T>& h) {
+  const size_t bytes = std::max<size_t>(h.size() * sizeof(T), 1);
+  CUDA_CHECK(cudaMalloc(&d.p, bytes));
+  if (!h.empty()) CUDA_CHECK(cudaMemcpy(d.p, h.data(), h.size() * sizeof(T), cudaMemcpyHostToDevice));
+}
+
+void check_case(const Case& c, int64_t rows, int64_t K) {
+  const QuantSpec spec{c.format, c.group_size, c.symmetric};
+  const QuantLayout L = quant_layout(spec, K);
+  const auto w = make_weights(rows, K, unsigned(K * 31 + rows));
+  std::vector<uint8_t> data(size_t(rows * L.data_bytes_per_row));
+  std::vector<float> scales(L.tensor_scale ? 1 : size_t(rows * L.scales_per_row));
+  std::vector<uint8_t> zps(size_t(rows * L.zero_point_bytes_per_row));
+  quantize(spec, w.data(), DType::kF32, rows, K, {data.data(), scales.data(), zps.data()}, CpuIsa::kRef);
+
+  DeviceBuffer d_data, d_scales, d_zps, d_out;
+  to_device(d_data, data);
+  to_device(d_scales, scales);
+  to_device(d_zps, zps);
+  CUDA_CHECK(cudaMalloc(&d_out.p, size_t(rows * K) * 4));
+  if (::testing::Test::HasFatalFailure()) return;
+  const ConstQuantStorage d_src{static_cast<const uint8_t*>(d_data.p), static_cast<const float*>(d_scales.p),
+                                static_cast<const uint8_t*>(d_zps.p)};
+
+  for (DType dt : {DType::kF32, DType::kF16, DType::kBF16}) {
+    SCOPED_TRACE(std::string(dtype_name(dt)) + " rows=" + std::to_string(rows) + " K=" + std::to_string(K));
+    const size_t bytes = size_t(rows * K) * size_t(dtype_size(dt));
+    std::vector<uint8_t> want(bytes, 0xCD), got(bytes, 0xEF);
+    dequantize(spec, {data.data(), scales.data(), zps.data()}, rows, K, want.data(), dt, CpuIsa::kRef);
+    CUDA_CHECK(cudaMemset(d_out.p, 0xEF, bytes));  // poison: every element must be written
+    ASSERT_NO_THROW(cuda::dequantize(spec, d_src, rows, K, d_out.p, dt, nullptr));
+    CUDA_CHECK(cudaDeviceSynchronize());
+    CUDA_CHECK(cudaMemcpy(got.data(), d_out.p, bytes, cudaMemcpyDeviceToHost));
+    if (want != got) {
+      size_t e = 0;
+      while (want[e] == got[e]) ++e;
+      const size_t el = e / size_t(dtype_size(dt));
+      FAIL() << "first differing element " << el << " (row " << el / size_t(K) << ", col " << el % size_t(K) << ")";
+    }
+  }
+}
+
+}  // namespace
+
+TEST_P(CudaDequantTest, MatchesCpuRefBitForBit) {
+  if (!gpu_visible()) GTEST_SKIP() << "no CUDA GPU visible";
+  const Case c = GetParam();
+  for (int64_t K : k_values(c))
+    for (int64_t rows : {1, 5}) {
+      check_case(c, rows, K);
+      if (HasFatalFailure()) return;
+    }
+}
+
+TEST(CudaDequantStreamTest, RunsOnAGivenStream) {
+  if (!gpu_visible()) GTEST_SKIP() << "no CUDA GPU visible";
+  const int64_t rows = 3, K = 256;
+  const QuantSpec spec{QuantFormat::kQ4_K, 0, true};
+  const QuantLayout L = quant_layout(spec, K);
+  const auto w = make_weights(rows, K, 11);
+  std::vector<uint8_t> data(size_t(rows * L.data_bytes_per_row));
+  quantize(spec, w.data(), DType::kF32, rows, K, {data.data(), nullptr, nullptr}, CpuIsa::kRef);
+  std::vector<float> want(size_t(rows * K)), got(want.size(), NAN);
+  dequantize(spec, {data.data(), nullptr, nullptr}, rows, K, want.data(), DType::kF32, CpuIsa::kRef);
+
+  cudaStream_t stream;
+  CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+  DeviceBuffer d_data, d_out;
+  to_device(d_data, data);
+  CUDA_CHECK(cudaMalloc(&d_out.p, want.size() * 4));
+  EXPECT_NO_THROW(cuda::dequantize(spec, {static_cast<const uint8_t*>(d_data.p), nullptr, nullptr}, rows, K, d_out.p,
+                                   DType::kF32, stream));
+  CUDA_CHECK(cudaStreamSynchronize(stream));
+  CUDA_CHECK(cudaMemcpy(got.data(), d_out.p, want.size() * 4, cudaMemcpyDeviceToHost));
+  CUDA_CHECK(cudaStreamDestroy(stream));
+  EXPECT_EQ(std::memcmp(got.data(), want.data(), want.size() * 4), 0);
+}
+
+#else  // no CUDA runtime in this build: the GPU tests exist and say why they skip
+
+TEST_P(CudaDequantTest, MatchesCpuRefBitForBit) {
+  EXPECT_FALSE(gpu_visible());
+  GTEST_SKIP() << "no CUDA GPU visible (built without CUDA)";
+}
+
+#endif
+
+INSTANTIATE_TEST_SUITE_P(AllFormats, CudaDequantTest, ::testing::ValuesIn(kCases),
+                         [](const ::testing::TestParamInfo<Case>& info) { return case_name(info.param); });
