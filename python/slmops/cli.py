@@ -18,9 +18,18 @@ from .ops import FORMATS, quantize
 
 # (format, options) pairs the self-check runs; every format at least once.
 _SELF_CHECK_CASES: list[tuple[str, dict]] = [
-    ("int8", {}), ("int8", {"group_size": 64}), ("int4", {"group_size": 32}),
-    ("int4", {"group_size": 128, "symmetric": False}), ("nf4", {}), ("nf4", {"double_quant": True}),
-    ("ternary", {}), ("q4_0", {}), ("q8_0", {}), ("q4_k", {}), ("q6_k", {}), ("tq2_0", {}),
+    ("int8", {}),
+    ("int8", {"group_size": 64}),
+    ("int4", {"group_size": 32}),
+    ("int4", {"group_size": 128, "symmetric": False}),
+    ("nf4", {}),
+    ("nf4", {"double_quant": True}),
+    ("ternary", {}),
+    ("q4_0", {}),
+    ("q8_0", {}),
+    ("q4_k", {}),
+    ("q6_k", {}),
+    ("tq2_0", {}),
 ]
 
 
@@ -36,10 +45,19 @@ def self_check(rows: int = 67, cols: int = 768, seed: int = 0) -> list[dict]:
         ref_dq = ref.dequantize(isa="ref")
         for isa in _C.available_cpu_isas():
             q = quantize(w, fmt, isa=isa, **opts)
-            same_codes = all(np.array_equal(np.asarray(q.tensors[k]), np.asarray(ref.tensors[k])) for k in ref.tensors)
+            same_codes = all(
+                np.array_equal(np.asarray(q.tensors[k]), np.asarray(ref.tensors[k])) for k in ref.tensors
+            )
             same_values = np.array_equal(q.dequantize(isa=isa).view(np.uint32), ref_dq.view(np.uint32))
-            results.append({"format": fmt, "options": opts, "isa": isa, "ok": bool(same_codes and same_values),
-                            "bits_per_weight": round(q.bits_per_weight, 4)})
+            results.append(
+                {
+                    "format": fmt,
+                    "options": opts,
+                    "isa": isa,
+                    "ok": bool(same_codes and same_values),
+                    "bits_per_weight": round(q.bits_per_weight, 4),
+                }
+            )
     return results
 
 
@@ -51,11 +69,17 @@ def _cmd_info(args: argparse.Namespace) -> int:
         print(json.dumps({"build": info, "self_check": checks, "ok": ok}, indent=2))
         return 0 if ok else 1
     print(f"slmops {info['version']}  ({info['compiler']})")
-    print(f"  CPU ISA      {info['cpu_isa']} (detected {info['cpu_isa_detected']}; "
-          f"compiled {', '.join(info['cpu_isas_compiled'])}; cap with SLMOPS_MAX_CPU_ISA)")
+    print(
+        f"  CPU ISA      {info['cpu_isa']} (detected {info['cpu_isa_detected']}; "
+        f"compiled {', '.join(info['cpu_isas_compiled'])}; cap with SLMOPS_MAX_CPU_ISA)"
+    )
     print(f"  threads      {info['num_threads']} ({'OpenMP' if info['openmp'] else 'serial build'})")
     print(f"  oneDNN       {info['onednn_version'] or 'not built in'}")
-    cuda = f"architectures {info['cuda_architectures']}, {info['cuda_devices']} GPU(s) visible" if info["cuda"] else "not built in"
+    cuda = (
+        f"architectures {info['cuda_architectures']}, {info['cuda_devices']} GPU(s) visible"
+        if info["cuda"]
+        else "not built in"
+    )
     print(f"  CUDA         {cuda}")
     print("\nself-check: each kernel against the scalar reference, bit for bit")
     isas = _C.available_cpu_isas()

@@ -1,6 +1,5 @@
 import numpy as np
 import pytest
-
 from slmops import _C
 
 ISAS = _C.available_cpu_isas()

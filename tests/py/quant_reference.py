@@ -6,11 +6,27 @@ import numpy as np
 
 f32 = np.float32
 
-NF4 = np.array([
-    -1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453,
-    -0.28444138169288635, -0.18477343022823334, -0.09105003625154495, 0.0,
-    0.07958029955625534, 0.16093020141124725, 0.24611230194568634, 0.33791524171829224,
-    0.44070982933044434, 0.5626170039176941, 0.7229568362236023, 1.0], dtype=f32)
+NF4 = np.array(
+    [
+        -1.0,
+        -0.6961928009986877,
+        -0.5250730514526367,
+        -0.39491748809814453,
+        -0.28444138169288635,
+        -0.18477343022823334,
+        -0.09105003625154495,
+        0.0,
+        0.07958029955625534,
+        0.16093020141124725,
+        0.24611230194568634,
+        0.33791524171829224,
+        0.44070982933044434,
+        0.5626170039176941,
+        0.7229568362236023,
+        1.0,
+    ],
+    dtype=f32,
+)
 
 
 def _safe_inv(s):
@@ -84,7 +100,11 @@ def matmulnbits_dequantize(B, scales, zero_points, K, N, block_size):
     W[n, k] = (q - zp) * scale, q the nibble of B[n, k // bs, (k % bs) // 2] (low first),
     zp the nibble (low first) of zero_points[n, (k // bs) // 2], default 8."""
     kb = -(-K // block_size)
-    q = unpack_nibbles_low_first(B.reshape(N, kb, block_size // 2)).reshape(N, kb * block_size).astype(np.int32)
+    q = (
+        unpack_nibbles_low_first(B.reshape(N, kb, block_size // 2))
+        .reshape(N, kb * block_size)
+        .astype(np.int32)
+    )
     if zero_points is None:
         zp = np.full((N, kb), 8, np.int32)
     else:

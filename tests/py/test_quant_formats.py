@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import quant_reference as ref
 from conftest import ISAS, gaussian, normalized_mse
-
 from slmops.ops import FORMATS, quantize
 
 # Shapes: tails for the formats that allow any K, block multiples for the rest.
@@ -40,15 +39,22 @@ def test_int8_matches_reference(rng, isa, shape, group_size):
 
 @pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("shape", ANY_K)
-@pytest.mark.parametrize(("group_size", "symmetric"), [(16, True), (32, True), (64, False), (128, True), (128, False)])
+@pytest.mark.parametrize(
+    ("group_size", "symmetric"), [(16, True), (32, True), (64, False), (128, True), (128, False)]
+)
 def test_int4_matches_reference_and_matmulnbits(rng, isa, shape, group_size, symmetric):
     w = with_edge_cases(gaussian(rng, shape))
     q = quantize(w, "int4", group_size=group_size, symmetric=symmetric, isa=isa)
     codes, scales, zp = ref.int4(w, group_size, symmetric)
-    np.testing.assert_array_equal(q.tensors["data"].reshape(codes.shape[0], -1), ref.pack_nibbles_low_first(codes).reshape(codes.shape[0], -1))
+    np.testing.assert_array_equal(
+        q.tensors["data"].reshape(codes.shape[0], -1),
+        ref.pack_nibbles_low_first(codes).reshape(codes.shape[0], -1),
+    )
     np.testing.assert_array_equal(q.tensors["scales"], scales)
     m = q.to_matmulnbits()
-    expected = ref.matmulnbits_dequantize(m["B"], m["scales"], m["zero_points"], shape[1], shape[0], group_size)
+    expected = ref.matmulnbits_dequantize(
+        m["B"], m["scales"], m["zero_points"], shape[1], shape[0], group_size
+    )
     np.testing.assert_array_equal(q.dequantize(isa=isa), expected)
     if not symmetric:
         np.testing.assert_array_equal(ref.unpack_nibbles_low_first(m["zero_points"])[:, : zp.shape[1]], zp)
@@ -117,16 +123,19 @@ def test_tq2_0_is_lossless_on_ternary_weights(rng):
 # over its number of levels; E[absmax] of n Gaussians is ~2.1 sigma for n=32, ~3.6 for
 # n=4096) with about 1.5x headroom; a layout bug gives O(1) errors, far above all of them.
 NMSE_BUDGET = {
-    ("int8", ()): 1.5e-4,               # (3.6/127)^2/12 = 6.7e-5
+    ("int8", ()): 1.5e-4,  # (3.6/127)^2/12 = 6.7e-5
     ("int8", (("group_size", 128),)): 1e-4,
-    ("int4", (("group_size", 32),)): 1.2e-2,   # signed absmax/8 step: (2.1/8)^2/12 = 5.7e-3 (+ clipping of +max)
+    (
+        "int4",
+        (("group_size", 32),),
+    ): 1.2e-2,  # signed absmax/8 step: (2.1/8)^2/12 = 5.7e-3 (+ clipping of +max)
     ("int4", (("group_size", 128), ("symmetric", False))): 1.5e-2,  # range 5.3 sigma / 15 levels
-    ("nf4", ()): 1.5e-2,                # QLoRA's NF4 on N(0,1): ~0.009
+    ("nf4", ()): 1.5e-2,  # QLoRA's NF4 on N(0,1): ~0.009
     ("nf4", (("double_quant", True),)): 1.5e-2,
-    ("q4_0", ()): 1.2e-2,               # as int4 g32 symmetric, fp16 scale
-    ("q8_0", ()): 5e-5,                 # (2.1/127)^2/12 = 2.3e-5
-    ("q4_k", ()): 1.5e-2,               # min/max over 32 in 15 steps + 6-bit sub-scales
-    ("q6_k", ()): 8e-4,                 # (1.9/32)^2/12 = 2.9e-4 + 8-bit sub-scales
+    ("q4_0", ()): 1.2e-2,  # as int4 g32 symmetric, fp16 scale
+    ("q8_0", ()): 5e-5,  # (2.1/127)^2/12 = 2.3e-5
+    ("q4_k", ()): 1.5e-2,  # min/max over 32 in 15 steps + 6-bit sub-scales
+    ("q6_k", ()): 8e-4,  # (1.9/32)^2/12 = 2.9e-4 + 8-bit sub-scales
 }
 
 
@@ -140,14 +149,25 @@ def test_round_trip_error_budget(rng, fmt, opts):
 
 def test_bits_per_weight_and_nbytes(rng):
     w = gaussian(rng, (128, 4096))
-    expected_bpw = {"int8": 8 + 32 / 4096, "q4_0": 4.5, "q8_0": 8.5, "q4_k": 4.5, "q6_k": 6.5625, "tq2_0": 2.0625,
-                    "nf4": 4.5, "ternary": 2 + 32 / (128 * 4096)}
+    expected_bpw = {
+        "int8": 8 + 32 / 4096,
+        "q4_0": 4.5,
+        "q8_0": 8.5,
+        "q4_k": 4.5,
+        "q6_k": 6.5625,
+        "tq2_0": 2.0625,
+        "nf4": 4.5,
+        "ternary": 2 + 32 / (128 * 4096),
+    }
     for fmt, bpw in expected_bpw.items():
         q = quantize(w, fmt)
         assert q.bits_per_weight == pytest.approx(bpw), fmt
         assert q.nbytes == sum(np.asarray(t).nbytes for t in q.tensors.values())
     assert quantize(w, "int4", group_size=32).bits_per_weight == pytest.approx(5.0)
-    assert quantize(w, "int4", group_size=128, symmetric=False).bits_per_weight == pytest.approx(4 + 32 / 128 + 4 / 128)
+    assert quantize(w, "int4", group_size=128, symmetric=False).bits_per_weight == pytest.approx(
+        4 + 32 / 128 + 4 / 128
+    )
     # Double quantization: 8-bit codes + one fp32 per 256 blocks: 4 + 8/64 + 32/(64*256) + 32/N*K.
-    assert quantize(w, "nf4", double_quant=True).bits_per_weight == pytest.approx(4 + 8 / 64 + 32 / (64 * 256),
-                                                                                   abs=1e-4)
+    assert quantize(w, "nf4", double_quant=True).bits_per_weight == pytest.approx(
+        4 + 8 / 64 + 32 / (64 * 256), abs=1e-4
+    )

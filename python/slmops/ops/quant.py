@@ -30,7 +30,16 @@ from typing import Any
 import numpy as np
 
 from .. import _C
-from .._tensor import FLOAT_DTYPES, check_array, dtype_name, empty, from_numpy, is_torch, kernel_input, to_numpy
+from .._tensor import (
+    FLOAT_DTYPES,
+    check_array,
+    dtype_name,
+    empty,
+    from_numpy,
+    is_torch,
+    kernel_input,
+    to_numpy,
+)
 
 FORMATS: dict[str, dict[str, Any]] = {f["name"]: f for f in _C.quant_formats()}
 _STORAGE_VERSION = 1
@@ -71,7 +80,9 @@ class QuantizedTensor:
         self.shape = (int(shape[0]), int(shape[1]))
         self.symmetric = bool(symmetric)
         self.dtype = dtype
-        self.layout = _C.quant_layout(format, self.shape[1], group_size if info["has_group_size"] else 0, symmetric)
+        self.layout = _C.quant_layout(
+            format, self.shape[1], group_size if info["has_group_size"] else 0, symmetric
+        )
         self.group_size = int(self.layout["group_size"])
         self.tensors = dict(tensors)
         self._check_tensors()
@@ -89,7 +100,9 @@ class QuantizedTensor:
     @property
     def nbytes(self) -> int:
         """Bytes of all buffers: codes, scales and zero points."""
-        return int(sum(t.numel() * t.element_size() if is_torch(t) else t.nbytes for t in self.tensors.values()))
+        return int(
+            sum(t.numel() * t.element_size() if is_torch(t) else t.nbytes for t in self.tensors.values())
+        )
 
     @property
     def bits_per_weight(self) -> float:
@@ -125,8 +138,15 @@ class QuantizedTensor:
 
             stream = torch.cuda.current_stream(data.device).cuda_stream
         _C.dequantize(
-            self.format, self._option_group_size, self.symmetric, data, self._scales(), self.tensors.get("zero_points"),
-            dst, isa=isa, cuda_stream=stream,
+            self.format,
+            self._option_group_size,
+            self.symmetric,
+            data,
+            self._scales(),
+            self.tensors.get("zero_points"),
+            dst,
+            isa=isa,
+            cuda_stream=stream,
         )
         return dst
 
@@ -136,7 +156,9 @@ class QuantizedTensor:
         t = self.tensors
         codes = to_numpy(t["scale_codes"])
         out = np.empty(codes.shape, dtype=np.float32)
-        _C.double_dequantize_scales(codes, to_numpy(t["scale_block_scales"]), float(to_numpy(t["scale_offset"])[0]), out)
+        _C.double_dequantize_scales(
+            codes, to_numpy(t["scale_block_scales"]), float(to_numpy(t["scale_offset"])[0]), out
+        )
         scales = from_numpy(out, self.framework)
         if is_torch(t["data"]) and t["data"].is_cuda:
             scales = scales.to(t["data"].device)
@@ -159,7 +181,10 @@ class QuantizedTensor:
             "B": to_numpy(self.tensors["data"]).reshape(n, kb, self.group_size // 2).copy(),
             "scales": to_numpy(self.tensors["scales"]).reshape(n * kb).astype(scale_dtype),
             "zero_points": None,
-            "K": k, "N": n, "bits": 4, "block_size": self.group_size,
+            "K": k,
+            "N": n,
+            "bits": 4,
+            "block_size": self.group_size,
         }
         if not self.symmetric:
             out["zero_points"] = to_numpy(self.tensors["zero_points"]).reshape(n, (kb + 1) // 2).copy()
@@ -167,7 +192,15 @@ class QuantizedTensor:
 
     @classmethod
     def from_matmulnbits(
-        cls, B: Any, scales: Any, zero_points: Any = None, *, K: int, N: int, block_size: int, bits: int = 4,
+        cls,
+        B: Any,
+        scales: Any,
+        zero_points: Any = None,
+        *,
+        K: int,
+        N: int,
+        block_size: int,
+        bits: int = 4,
     ) -> QuantizedTensor:
         """Wraps MatMulNBits tensors (numpy) as an int4 QuantizedTensor without changing a
         code. Without ``zero_points`` the tensor is symmetric (ORT's default zero point 8)."""
@@ -177,17 +210,23 @@ class QuantizedTensor:
         kb = layout["groups_per_row"]
         b = np.asarray(B)
         if b.dtype != np.uint8 or b.size != N * kb * block_size // 2:
-            raise ValueError(f"B must be uint8 [N, k_blocks, block_size/2] = [{N}, {kb}, {block_size // 2}], "
-                             f"got {b.dtype} {b.shape}")
+            raise ValueError(
+                f"B must be uint8 [N, k_blocks, block_size/2] = [{N}, {kb}, {block_size // 2}], "
+                f"got {b.dtype} {b.shape}"
+            )
         s = np.asarray(scales)
         if s.size != N * kb or s.dtype not in (np.float32, np.float16):
-            raise ValueError(f"scales must be float32/float16 with N * k_blocks = {N * kb} values, got {s.dtype} {s.shape}")
+            raise ValueError(
+                f"scales must be float32/float16 with N * k_blocks = {N * kb} values, got {s.dtype} {s.shape}"
+            )
         tensors = {"data": b.reshape(N, -1).copy(), "scales": s.astype(np.float32).reshape(N, kb)}
         if zero_points is not None:
             z = np.asarray(zero_points)
             if z.dtype != np.uint8 or z.size != N * ((kb + 1) // 2):
-                raise ValueError(f"zero_points must be uint8 [N, ceil(k_blocks/2)] = [{N}, {(kb + 1) // 2}], "
-                                 f"got {z.dtype} {z.shape}")
+                raise ValueError(
+                    f"zero_points must be uint8 [N, ceil(k_blocks/2)] = [{N}, {(kb + 1) // 2}], "
+                    f"got {z.dtype} {z.shape}"
+                )
             tensors["zero_points"] = z.reshape(N, -1).copy()
         return cls("int4", (N, K), tensors, group_size=block_size, symmetric=zero_points is None)
 
@@ -206,7 +245,9 @@ class QuantizedTensor:
         }
         arrays = {k: np.ascontiguousarray(to_numpy(v)) for k, v in self.tensors.items()}
         path = os.fspath(path)
-        fd, tmp = tempfile.mkstemp(prefix=".slmops-", suffix=".tmp", dir=os.path.dirname(os.path.abspath(path)))
+        fd, tmp = tempfile.mkstemp(
+            prefix=".slmops-", suffix=".tmp", dir=os.path.dirname(os.path.abspath(path))
+        )
         os.close(fd)
         try:
             save_file(arrays, tmp, metadata=meta)
@@ -223,16 +264,31 @@ class QuantizedTensor:
 
         if framework not in ("numpy", "torch"):
             raise ValueError(f"framework must be 'numpy' or 'torch', got {framework!r}")
-        with safe_open(os.fspath(path), framework="numpy") as f:
-            meta = f.metadata() or {}
+        try:
+            with safe_open(os.fspath(path), framework="numpy") as f:
+                meta = f.metadata() or {}
+        except Exception as e:  # SafetensorError derives from Exception only
+            raise ValueError(f"{os.fspath(path)} is not a valid safetensors file: {e}") from e
         if "slmops_quantized_tensor" not in meta:
             raise ValueError(f"{os.fspath(path)} is not a QuantizedTensor file (no slmops metadata)")
         if int(meta["slmops_quantized_tensor"]) > _STORAGE_VERSION:
-            raise ValueError(f"{os.fspath(path)} was written by a newer slmops (storage version "
-                             f"{meta['slmops_quantized_tensor']}); upgrade slmops")
-        tensors = {k: from_numpy(v, framework) for k, v in load_file(os.fspath(path)).items()}
-        return cls(meta["format"], tuple(json.loads(meta["shape"])), tensors, group_size=int(meta["group_size"]),
-                   symmetric=meta["symmetric"] == "true", dtype=meta["dtype"])
+            raise ValueError(
+                f"{os.fspath(path)} was written by a newer slmops (storage version "
+                f"{meta['slmops_quantized_tensor']}); upgrade slmops"
+            )
+        try:
+            arrays = load_file(os.fspath(path))
+        except Exception as e:
+            raise ValueError(f"{os.fspath(path)} is not a valid safetensors file: {e}") from e
+        tensors = {k: from_numpy(v, framework) for k, v in arrays.items()}
+        return cls(
+            meta["format"],
+            tuple(json.loads(meta["shape"])),
+            tensors,
+            group_size=int(meta["group_size"]),
+            symmetric=meta["symmetric"] == "true",
+            dtype=meta["dtype"],
+        )
 
     # -- validation -----------------------------------------------------------------
     def _check_tensors(self) -> None:
@@ -244,8 +300,13 @@ class QuantizedTensor:
                 raise ValueError("double-quantized scales are only defined for format 'nf4'")
             count = n * L["scales_per_row"]
             blocks = -(-count // _C.NF4_DOUBLE_QUANT_BLOCK)
-            expected.update({"scale_codes": (count, ("int8",)), "scale_block_scales": (blocks, ("float32",)),
-                             "scale_offset": (1, ("float32",))})
+            expected.update(
+                {
+                    "scale_codes": (count, ("int8",)),
+                    "scale_block_scales": (blocks, ("float32",)),
+                    "scale_offset": (1, ("float32",)),
+                }
+            )
         elif L["tensor_scale"] or L["scales_per_row"]:
             expected["scales"] = (1 if L["tensor_scale"] else n * L["scales_per_row"], ("float32",))
         if L["zero_point_bytes_per_row"]:
@@ -253,13 +314,17 @@ class QuantizedTensor:
         missing = set(expected) - set(self.tensors)
         extra = set(self.tensors) - set(expected)
         if missing or extra:
-            raise ValueError(f"{self.format} tensor buffers must be {sorted(expected)}, got {sorted(self.tensors)}")
+            raise ValueError(
+                f"{self.format} tensor buffers must be {sorted(expected)}, got {sorted(self.tensors)}"
+            )
         for name, (count, dtypes) in expected.items():
             t = self.tensors[name]
             size = t.numel() if is_torch(t) else t.size
             if size != count or dtype_name(t) not in dtypes:
-                raise ValueError(f"buffer {name!r} must hold {count} {'/'.join(dtypes)} values, "
-                                 f"got {dtype_name(t)} with {size}")
+                raise ValueError(
+                    f"buffer {name!r} must hold {count} {'/'.join(dtypes)} values, "
+                    f"got {dtype_name(t)} with {size}"
+                )
 
 
 def quantize(
@@ -287,8 +352,10 @@ def quantize(
         raise ValueError(f"weight is empty, shape {tuple(w.shape)}; nothing to quantize")
     dtype = dtype_name(w)
     if dtype not in FLOAT_DTYPES:
-        raise TypeError(f"weight must be float32, float16 or bfloat16, got {dtype}; convert it first, "
-                        "e.g. w.astype(np.float32) or w.float()")
+        raise TypeError(
+            f"weight must be float32, float16 or bfloat16, got {dtype}; convert it first, "
+            "e.g. w.astype(np.float32) or w.float()"
+        )
     if is_torch(w) and w.device.type != "cpu":
         raise ValueError(f"quantize runs on the CPU; the weight is on {w.device}. Call w.cpu() first")
     if group_size is not None and not info["has_group_size"]:
@@ -312,7 +379,9 @@ def quantize(
         tensors["scales"] = empty(src, (n, layout["scales_per_row"]), "float32")
     if layout["zero_point_bytes_per_row"]:
         tensors["zero_points"] = empty(src, (n, layout["zero_point_bytes_per_row"]), "uint8")
-    _C.quantize(src, format, gs, sym, tensors["data"], tensors.get("scales"), tensors.get("zero_points"), isa=isa)
+    _C.quantize(
+        src, format, gs, sym, tensors["data"], tensors.get("scales"), tensors.get("zero_points"), isa=isa
+    )
 
     if double_quant:
         scales = to_numpy(tensors.pop("scales")).reshape(-1)
@@ -320,10 +389,16 @@ def quantize(
         block_scales = np.empty(-(-scales.size // _C.NF4_DOUBLE_QUANT_BLOCK), dtype=np.float32)
         offset = _C.double_quantize_scales(scales, codes, block_scales)
         framework = "torch" if is_torch(src) else "numpy"
-        tensors.update({"scale_codes": from_numpy(codes, framework),
-                        "scale_block_scales": from_numpy(block_scales, framework),
-                        "scale_offset": from_numpy(np.array([offset], dtype=np.float32), framework)})
-    return QuantizedTensor(format, (n, k), tensors, group_size=layout["group_size"], symmetric=sym, dtype=dtype)
+        tensors.update(
+            {
+                "scale_codes": from_numpy(codes, framework),
+                "scale_block_scales": from_numpy(block_scales, framework),
+                "scale_offset": from_numpy(np.array([offset], dtype=np.float32), framework),
+            }
+        )
+    return QuantizedTensor(
+        format, (n, k), tensors, group_size=layout["group_size"], symmetric=sym, dtype=dtype
+    )
 
 
 def dequantize(qw: QuantizedTensor, dtype: str | None = None) -> Any:
