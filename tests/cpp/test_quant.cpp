@@ -2,6 +2,7 @@
 // codes, scales and dequantized values must match bit for bit, on tail shapes.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <random>
@@ -82,6 +83,13 @@ std::vector<float> make_weights(int64_t rows, int64_t K, unsigned seed) {
     w[2] = 0.125f;
   }
   if (rows > 2) w[size_t(2 * K)] = 4.0f;  // outlier
+  // Rows whose step is exactly 1 (absmax 127 for the 8-bit formats, signed max -8 for the
+  // 4-bit ones), filled with k + 0.5: every element is a rounding tie, so a kernel with the
+  // wrong tie rule (half even vs half away vs truncation) cannot pass.
+  for (int64_t r = 3; r < std::min<int64_t>(rows, 5); ++r) {
+    for (int64_t i = 0; i < K; ++i) w[size_t(r * K + i)] = float(int(i % 7) - 3) + 0.5f;
+    for (int64_t i = 0; i < K; i += 16) w[size_t(r * K + i)] = r == 3 ? 127.0f : -8.0f;
+  }
   return w;
 }
 

@@ -20,6 +20,12 @@ def with_edge_cases(w):
     if w.shape[1] >= 2:
         w[0, :2] = [0.5, -0.5]
     w[-1, -1] = 8.0
+    # Rows whose step is exactly 1 (absmax 127: 8-bit formats; signed max -8: 4-bit ones),
+    # filled with k + 0.5 so every element is a rounding tie and the tie rule is tested.
+    for r, head in ((2, 127.0), (3, -8.0)):
+        if w.shape[0] > r:
+            w[r] = (np.arange(w.shape[1]) % 7 - 3) + 0.5
+            w[r, ::16] = head
     return w
 
 
