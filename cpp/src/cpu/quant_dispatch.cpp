@@ -115,17 +115,35 @@ void dequantize(const QuantSpec& spec, ConstQuantStorage src, int64_t rows, int6
 
 int64_t find_non_finite(const void* src, DType dtype, int64_t n) {
   // Exponent all ones marks Inf and NaN in every float format; checking bits avoids
-  // converting and is immune to -ffast-math assumptions.
-  if (dtype == DType::kF32) {
-    const auto* u = static_cast<const uint32_t*>(src);
-    for (int64_t i = 0; i < n; ++i)
-      if ((u[i] & 0x7f800000u) == 0x7f800000u) return i;
-  } else {
-    const uint16_t mask = dtype == DType::kF16 ? 0x7c00 : 0x7f80;
-    const auto* u = static_cast<const uint16_t*>(src);
-    for (int64_t i = 0; i < n; ++i)
-      if ((u[i] & mask) == mask) return i;
-  }
+  // converting and is immune to -ffast-math assumptions. Threads scan contiguous chunks;
+  // the first bad index of the earliest chunk is the answer, as in a serial scan.
+  constexpr int64_t kChunk = 1 << 16;
+  const int64_t chunks = (n + kChunk - 1) / kChunk;
+  std::vector<int64_t> first_bad(size_t(chunks), -1);
+  parallel_for(chunks, [&](int64_t c0, int64_t c1) {
+    for (int64_t c = c0; c < c1; ++c) {
+      const int64_t begin = c * kChunk, end = std::min(n, begin + kChunk);
+      // A branch-free OR over the chunk vectorizes; the position is searched only on a hit.
+      int64_t bad = -1;
+      if (dtype == DType::kF32) {
+        const auto* u = static_cast<const uint32_t*>(src);
+        bool any = false;
+        for (int64_t i = begin; i < end; ++i) any |= (u[i] & 0x7f800000u) == 0x7f800000u;
+        for (int64_t i = begin; any && bad < 0; ++i)
+          if ((u[i] & 0x7f800000u) == 0x7f800000u) bad = i;
+      } else {
+        const uint16_t mask = dtype == DType::kF16 ? 0x7c00 : 0x7f80;
+        const auto* u = static_cast<const uint16_t*>(src);
+        bool any = false;
+        for (int64_t i = begin; i < end; ++i) any |= (u[i] & mask) == mask;
+        for (int64_t i = begin; any && bad < 0; ++i)
+          if ((u[i] & mask) == mask) bad = i;
+      }
+      first_bad[size_t(c)] = bad;
+    }
+  });
+  for (int64_t bad : first_bad)
+    if (bad >= 0) return bad;
   return -1;
 }
 
