@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "quant_cases.h"
 #include "slmops/cuda.h"
 #include "slmops/quant.h"
 
@@ -24,30 +25,12 @@
 #endif
 
 using namespace slmops;
+using namespace slmops::test_cases;
 
 namespace {
 
-struct Case {
-  QuantFormat format;
-  int64_t group_size;
-  bool symmetric;
-};
 
-std::string case_name(const Case& c) {
-  std::string s = quant_format_info(c.format).name;
-  if (c.group_size) s += "_g" + std::to_string(c.group_size);
-  if (!c.symmetric) s += "_asym";
-  return s;
-}
 
-// Same list as test_quant.cpp.
-const Case kCases[] = {
-    {QuantFormat::kInt8, 0, true},      {QuantFormat::kInt8, 32, true},      {QuantFormat::kInt4, 16, true},
-    {QuantFormat::kInt4, 32, true},     {QuantFormat::kInt4, 64, false},     {QuantFormat::kInt4, 128, true},
-    {QuantFormat::kInt4, 128, false},   {QuantFormat::kNF4, 64, true},       {QuantFormat::kNF4, 16, true},
-    {QuantFormat::kTernary, 0, true},   {QuantFormat::kQ4_0, 0, true},       {QuantFormat::kQ8_0, 0, true},
-    {QuantFormat::kQ4_K, 0, true},      {QuantFormat::kQ6_K, 0, true},       {QuantFormat::kTQ2_0, 0, true},
-};
 
 bool gpu_visible() { return cuda::compiled() && cuda::device_count() > 0; }
 
@@ -127,27 +110,7 @@ struct DeviceBuffer {
   }
 };
 
-std::vector<float> make_weights(int64_t rows, int64_t K, unsigned seed) {
-  std::mt19937 rng(seed);
-  std::normal_distribution<float> nd(0.0f, 0.05f);
-  std::vector<float> w(size_t(rows * K));
-  for (auto& v : w) v = nd(rng);
-  if (rows > 1) std::fill(w.begin() + K, w.begin() + 2 * K, 0.0f);  // an all-zero row
-  if (K >= 4) {
-    w[0] = 0.25f;
-    w[1] = -0.25f;
-    w[2] = 0.125f;
-  }
-  if (rows > 2) w[size_t(2 * K)] = 4.0f;  // outlier
-  return w;
-}
 
-std::vector<int64_t> k_values(const Case& c) {
-  const QuantFormatInfo& info = quant_format_info(c.format);
-  if (info.block_size) return {int64_t(info.block_size), 3LL * info.block_size, 7LL * info.block_size};
-  if (c.format == QuantFormat::kNF4) return {c.group_size, 3 * c.group_size, 11 * c.group_size};
-  return {1, 3, 7, 31, 33, 65, 127, 1000};
-}
 
 template <typename T>
 void to_device(DeviceBuffer& d, const std::vector<T>& h) {

@@ -27,6 +27,15 @@ const cpu::RowKernels& kernels_for(CpuIsa isa) {
   }
 }
 
+// Row r of src [rows, K] as fp32: a pointer into src, or the row converted into buf.
+const float* row_as_f32(const cpu::RowKernels& k, const void* src, DType dtype, int64_t r, int64_t K,
+                        std::vector<float>& buf) {
+  if (dtype == DType::kF32) return static_cast<const float*>(src) + r * K;
+  const auto* row = static_cast<const uint16_t*>(src) + r * K;
+  (dtype == DType::kF16 ? k.f16_to_f32 : k.bf16_to_f32)(row, K, buf.data());
+  return buf.data();
+}
+
 // BitNet b1.58 absmean, clamped as the reference training code does (min 1e-5). Summed
 // per row in double and then over rows in order, so the result does not depend on the
 // ISA or the thread count: every kernel set then sees the same scale bits.
@@ -35,14 +44,7 @@ float ternary_scale(const cpu::RowKernels& k, const void* src, DType dtype, int6
   parallel_for(rows, [&](int64_t r0, int64_t r1) {
     std::vector<float> buf(static_cast<size_t>(K));
     for (int64_t r = r0; r < r1; ++r) {
-      const float* x;
-      if (dtype == DType::kF32) {
-        x = static_cast<const float*>(src) + r * K;
-      } else {
-        const auto* row = static_cast<const uint16_t*>(src) + r * K;
-        (dtype == DType::kF16 ? k.f16_to_f32 : k.bf16_to_f32)(row, K, buf.data());
-        x = buf.data();
-      }
+      const float* x = row_as_f32(k, src, dtype, r, K, buf);
       double s = 0.0;
       for (int64_t i = 0; i < K; ++i) s += std::fabs(double(x[i]));
       row_sums[size_t(r)] = s;
@@ -74,14 +76,7 @@ void quantize(const QuantSpec& spec, const void* src, DType src_dtype, int64_t r
   parallel_for(rows, [&](int64_t r0, int64_t r1) {
     std::vector<float> buf(src_dtype == DType::kF32 ? 0 : size_t(K));
     for (int64_t r = r0; r < r1; ++r) {
-      const float* x;
-      if (src_dtype == DType::kF32) {
-        x = static_cast<const float*>(src) + r * K;
-      } else {
-        const auto* row = static_cast<const uint16_t*>(src) + r * K;
-        (src_dtype == DType::kF16 ? k.f16_to_f32 : k.bf16_to_f32)(row, K, buf.data());
-        x = buf.data();
-      }
+      const float* x = row_as_f32(k, src, src_dtype, r, K, buf);
       cpu::RowDst d{dst.data + r * L.data_bytes_per_row,
                     L.tensor_scale ? nullptr : dst.scales + r * L.scales_per_row,
                     dst.zero_points + r * L.zero_point_bytes_per_row};
