@@ -77,3 +77,52 @@ static inline void f16_to_f32_w(const uint16_t* p, float* dst) {
 static inline void f32_to_f16_w(const float* src, uint16_t* p) {
   _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm256_cvtps_ph(_mm256_loadu_ps(src), _MM_FROUND_TO_NEAREST_INT));
 }
+
+// ---- for the matmul kernels: byte vectors are VI seen as 4W = 32 bytes ----------------
+static inline VF fmaddf(VF a, VF b, VF c) { return _mm256_fmadd_ps(a, b, c); }
+static inline float hsum(VF v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+static inline VI load_bytes(const void* p) { return _mm256_loadu_si256(static_cast<const __m256i*>(p)); }
+static inline VI low_nibbles(VI b) { return _mm256_and_si256(b, _mm256_set1_epi8(0x0F)); }
+static inline VI high_nibbles(VI b) { return _mm256_and_si256(_mm256_srli_epi16(b, 4), _mm256_set1_epi8(0x0F)); }
+static inline VI crumbs(VI b, int j) {  // 2-bit field j of every byte
+  return _mm256_and_si256(_mm256_srli_epi16(b, 2 * j), _mm256_set1_epi8(0x03));
+}
+// acc (int32 lanes) += sum of the 4 byte products u8[4l..4l+3] * s8[4l..4l+3] per lane.
+// maddubs saturates int16 only above 32767: our unsigned operands are <= 15 (codes).
+static inline VI dot_u8s8(VI acc, VI u8, VI s8) {
+  return _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(u8, s8), _mm256_set1_epi16(1)));
+}
+// Signed x signed: |a| against b with a's sign, so no product exceeds 127*127.
+static inline VI dot_s8s8(VI acc, VI a, VI b) {
+  return dot_u8s8(acc, _mm256_abs_epi8(a), _mm256_sign_epi8(b, a));
+}
+// Lanes of int32 from W bytes (zero-extended).
+static inline VI expand_u8(const uint8_t* p) { return load_u8(p); }
+static inline VF permute_f(VF table8, VI idx) { return _mm256_permutevar8x32_ps(table8, idx); }
+// Up to W floats from p (n may be less: the rest are zero).
+static inline VF load_partial_f(const float* p, int n) {
+  alignas(32) float tmp[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  for (int i = 0; i < n && i < 8; ++i) tmp[i] = p[i];
+  return _mm256_load_ps(tmp);
+}
+static inline VI set_lanes(const int* v) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(v)); }
+static inline VI andi(VI v, int m) { return _mm256_and_si256(v, _mm256_set1_epi32(m)); }
+static inline VI srli32(VI v, int s) { return _mm256_srli_epi32(v, s); }
+static inline VI zero_i() { return _mm256_setzero_si256(); }
+// T[i] = s*i + o and T[i] = code[i]*s for i in 0..15, the per-group decoding tables.
+static inline void affine_table16(float* T, float s, float o) {
+  const VF vs = _mm256_set1_ps(s), vo = _mm256_set1_ps(o);
+  _mm256_storeu_ps(T, _mm256_fmadd_ps(_mm256_setr_ps(0, 1, 2, 3, 4, 5, 6, 7), vs, vo));
+  _mm256_storeu_ps(T + 8, _mm256_fmadd_ps(_mm256_setr_ps(8, 9, 10, 11, 12, 13, 14, 15), vs, vo));
+}
+static inline void scaled_table16(float* T, const float* code, float s) {
+  const VF vs = _mm256_set1_ps(s);
+  _mm256_storeu_ps(T, _mm256_mul_ps(_mm256_loadu_ps(code), vs));
+  _mm256_storeu_ps(T + 8, _mm256_mul_ps(_mm256_loadu_ps(code + 8), vs));
+}
+static inline VI sub_i(VI a, VI b) { return _mm256_sub_epi32(a, b); }

@@ -58,3 +58,37 @@ static inline void f16_to_f32_w(const uint16_t* p, float* dst) {
 static inline void f32_to_f16_w(const float* src, uint16_t* p) {
   _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), _mm512_cvtps_ph(_mm512_loadu_ps(src), _MM_FROUND_TO_NEAREST_INT));
 }
+
+// ---- for the matmul kernels: byte vectors are VI seen as 4W = 64 bytes ----------------
+static inline VF fmaddf(VF a, VF b, VF c) { return _mm512_fmadd_ps(a, b, c); }
+static inline float hsum(VF v) { return _mm512_reduce_add_ps(v); }
+static inline VI load_bytes(const void* p) { return _mm512_loadu_si512(p); }
+static inline VI low_nibbles(VI b) { return _mm512_and_si512(b, _mm512_set1_epi8(0x0F)); }
+static inline VI high_nibbles(VI b) { return _mm512_and_si512(_mm512_srli_epi16(b, 4), _mm512_set1_epi8(0x0F)); }
+static inline VI crumbs(VI b, int j) {
+  return _mm512_and_si512(_mm512_srli_epi16(b, unsigned(2 * j)), _mm512_set1_epi8(0x03));
+}
+// VNNI: one instruction, exact int32 accumulation.
+static inline VI dot_u8s8(VI acc, VI u8, VI s8) { return _mm512_dpbusd_epi32(acc, u8, s8); }
+static inline VI dot_s8s8(VI acc, VI a, VI b) {
+  const __mmask64 neg = _mm512_movepi8_mask(a);
+  const VI zero = _mm512_setzero_si512();
+  return _mm512_dpbusd_epi32(acc, _mm512_abs_epi8(a), _mm512_mask_sub_epi8(b, neg, zero, b));
+}
+static inline VI expand_u8(const uint8_t* p) { return load_u8(p); }
+static inline VF permute_f(VF table16, VI idx) { return _mm512_permutexvar_ps(idx, table16); }
+static inline VF load_partial_f(const float* p, int n) {
+  return _mm512_maskz_loadu_ps(__mmask16(n >= 16 ? 0xFFFF : (1u << n) - 1), p);
+}
+static inline VI set_lanes(const int* v) { return _mm512_loadu_si512(v); }
+static inline VI andi(VI v, int m) { return _mm512_and_si512(v, _mm512_set1_epi32(m)); }
+static inline VI srli32(VI v, int s) { return _mm512_srli_epi32(v, unsigned(s)); }
+static inline VI zero_i() { return _mm512_setzero_si512(); }
+static inline void affine_table16(float* T, float s, float o) {
+  const VF iota = _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  _mm512_storeu_ps(T, _mm512_fmadd_ps(iota, _mm512_set1_ps(s), _mm512_set1_ps(o)));
+}
+static inline void scaled_table16(float* T, const float* code, float s) {
+  _mm512_storeu_ps(T, _mm512_mul_ps(_mm512_loadu_ps(code), _mm512_set1_ps(s)));
+}
+static inline VI sub_i(VI a, VI b) { return _mm512_sub_epi32(a, b); }

@@ -1,0 +1,72 @@
+// Quantized matmul: y[M, N] = x[M, K] @ W^T (+ bias), W [N, K] quantized.
+//
+// A weight is packed once (pack_weight) into the layout its kernels read, then multiplied
+// any number of times. Packing borrows the quantized buffers where the kernels read them
+// as they are (int4, int8, nf4, ternary) and copies what must be rearranged (the GGUF
+// blocks: their fp16 scales are split out as fp32, exactly). The caller keeps borrowed
+// buffers alive while the PackedWeight is used.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "slmops/cpu_features.h"
+#include "slmops/dtype.h"
+#include "slmops/quant.h"
+
+namespace slmops {
+
+// How activations meet the weights:
+//   kFloat: weights are decoded in registers and multiplied with the float activations.
+//   kInt8:  each activation row is quantized to int8 in blocks of kActBlock (symmetric,
+//           scale absmax/127, half to even: the int8 format with group 32), and the
+//           products are integer dot products (AVX-512 VNNI / AVX2 maddubs).
+enum class QMatmulActivation : int { kFloat = 0, kInt8 = 1 };
+constexpr int64_t kActBlock = 32;
+
+// Packed kernel families. Every format packs into one of them.
+enum class PackedKind : int {
+  kNibbleAffine,  // 4-bit codes q, w = s*q + o per group (int4, q4_0, q4_k)
+  kNibbleTable,   // 4-bit codes into a 16-value table times a group scale (nf4)
+  kInt8,          // int8 codes, w = s*q per group (int8, q8_0)
+  kTernary,       // 2-bit codes c, w = s*(c-1), one scale (ternary)
+  kDequantize,    // no fused kernel: rows are dequantized into a buffer (q6_k, tq2_0)
+};
+
+// Where element k of a group sits in the 4-bit code bytes of its row.
+enum class NibbleOrder : int {
+  kLowFirst,   // element 2i low nibble, 2i+1 high nibble of byte i (MatMulNBits)
+  kHighFirst,  // element 2i high nibble, 2i+1 low nibble (bitsandbytes nf4)
+  kSplit32,    // per 32 elements, element i<16 low nibble of byte i, i+16 high (q4_0)
+  kSplit64,    // per 64 elements, element i<32 low nibble of byte i, i+32 high (q4_k)
+};
+
+struct PackedWeight {
+  QuantSpec spec;
+  int64_t N = 0, K = 0;
+  PackedKind kind = PackedKind::kDequantize;
+  NibbleOrder order = NibbleOrder::kLowFirst;
+  int64_t group = 0;        // elements per scale (K for one scale per row)
+  int64_t row_bytes = 0;    // code bytes per row
+  int64_t row_groups = 0;   // scales (and offsets) per row
+  const uint8_t* codes = nullptr;
+  const float* scales = nullptr;   // [N, row_groups]; ternary: one
+  const float* offsets = nullptr;  // [N, row_groups] for kNibbleAffine
+  ConstQuantStorage source;        // the quantized buffers (kDequantize reads these)
+  std::vector<uint8_t> owned_codes;
+  std::vector<float> owned_scales, owned_offsets;
+
+  PackedWeight() = default;
+  PackedWeight(const PackedWeight&) = delete;  // views point into the owned vectors
+  PackedWeight& operator=(const PackedWeight&) = delete;
+  PackedWeight(PackedWeight&&) = default;
+};
+
+// Validates the spec against K and packs [N, K] weights stored as quant_layout says.
+PackedWeight pack_weight(const QuantSpec& spec, ConstQuantStorage src, int64_t N, int64_t K);
+
+// y [M, N] of y_dtype = x [M, K] of x_dtype @ W^T + bias (bias: N floats or nullptr).
+void qmatmul(const PackedWeight& w, const void* x, DType x_dtype, int64_t M, const float* bias, void* y,
+             DType y_dtype, QMatmulActivation act, CpuIsa isa = CpuIsa::kAuto);
+
+}  // namespace slmops

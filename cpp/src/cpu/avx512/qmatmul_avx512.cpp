@@ -1,0 +1,16 @@
+// Quantized matmul tiles for avx512: qmatmul_simd.inc compiled with this ISA's flags inside
+// its own namespace (see quant_avx512.cpp).
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+#include "cpu/qmatmul_kernels.h"
+#include "cpu/quant_common.h"
+
+namespace slmops::cpu::avx512 {
+#include "cpu/simd/vec_avx512.h"
+#include "cpu/simd/qmatmul_simd.inc"
+}  // namespace slmops::cpu::avx512

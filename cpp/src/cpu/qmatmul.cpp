@@ -1,0 +1,255 @@
+// Packing of quantized weights for the matmul kernels, and the qmatmul driver: activation
+// conversion and int8 quantization, the split of output columns over threads, bias and
+// output dtype. Baseline compiler flags only.
+#include "slmops/qmatmul.h"
+
+#include <algorithm>
+#include <cstring>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "common/half.h"
+#include "cpu/quant_common.h"
+#include "cpu/qmatmul_kernels.h"
+#include "cpu/row_kernels.h"
+#include "slmops/threading.h"
+
+namespace slmops {
+namespace {
+
+float f16_at(const uint8_t* p) {
+  uint16_t h;
+  std::memcpy(&h, p, 2);
+  return f16_to_f32(h);
+}
+
+// GGUF blocks interleave fp16 scales with the codes; the kernels want the codes of a row
+// contiguous and the scales as fp32 (exact: every fp16 is an fp32).
+void pack_q4_0(PackedWeight& p) {
+  const int64_t blocks = p.K / cpu::kQK4_0;
+  p.owned_codes.resize(size_t(p.N * blocks * 16));
+  p.owned_scales.resize(size_t(p.N * blocks));
+  p.owned_offsets.resize(size_t(p.N * blocks));
+  for (int64_t n = 0; n < p.N; ++n)
+    for (int64_t b = 0; b < blocks; ++b) {
+      const uint8_t* blk = p.source.data + (n * blocks + b) * cpu::kQ4_0Bytes;
+      std::memcpy(&p.owned_codes[size_t((n * blocks + b) * 16)], blk + 2, 16);
+      const float d = f16_at(blk);
+      p.owned_scales[size_t(n * blocks + b)] = d;
+      p.owned_offsets[size_t(n * blocks + b)] = -8.0f * d;  // w = d*(q-8) = d*q - 8d
+    }
+}
+
+void pack_q4_k(PackedWeight& p) {
+  const int64_t blocks = p.K / cpu::kQK_K;
+  p.owned_codes.resize(size_t(p.N * blocks * 128));
+  p.owned_scales.resize(size_t(p.N * blocks * 8));
+  p.owned_offsets.resize(size_t(p.N * blocks * 8));
+  for (int64_t n = 0; n < p.N; ++n)
+    for (int64_t b = 0; b < blocks; ++b) {
+      const uint8_t* blk = p.source.data + (n * blocks + b) * cpu::kQ4_KBytes;
+      std::memcpy(&p.owned_codes[size_t((n * blocks + b) * 128)], blk + 16, 128);
+      const float d = f16_at(blk), dmin = f16_at(blk + 2);
+      for (int j = 0; j < 8; ++j) {
+        uint8_t sc, m;
+        cpu::q4k_unpack_scale(blk + 4, j, &sc, &m);
+        p.owned_scales[size_t((n * blocks + b) * 8 + j)] = d * float(sc);
+        p.owned_offsets[size_t((n * blocks + b) * 8 + j)] = -(dmin * float(m));
+      }
+    }
+}
+
+void pack_q8_0(PackedWeight& p) {
+  const int64_t blocks = p.K / cpu::kQK8_0;
+  p.owned_codes.resize(size_t(p.N * p.K));
+  p.owned_scales.resize(size_t(p.N * blocks));
+  for (int64_t n = 0; n < p.N; ++n)
+    for (int64_t b = 0; b < blocks; ++b) {
+      const uint8_t* blk = p.source.data + (n * blocks + b) * cpu::kQ8_0Bytes;
+      std::memcpy(&p.owned_codes[size_t(n * p.K + b * 32)], blk + 2, 32);
+      p.owned_scales[size_t(n * blocks + b)] = f16_at(blk);
+    }
+}
+
+const cpu::QMatmulKernels& kernels_for(CpuIsa isa) {
+  switch (resolve_cpu_isa(isa)) {
+#ifdef SLMOPS_HAVE_AVX512
+    case CpuIsa::kAvx512: return cpu::avx512::qmatmul_kernels();
+#endif
+#ifdef SLMOPS_HAVE_AVX2
+    case CpuIsa::kAvx2: return cpu::avx2::qmatmul_kernels();
+#endif
+    default: return cpu::ref::qmatmul_kernels();
+  }
+}
+
+const cpu::RowKernels& row_kernels_for(CpuIsa isa) {
+  switch (resolve_cpu_isa(isa)) {
+#ifdef SLMOPS_HAVE_AVX512
+    case CpuIsa::kAvx512: return cpu::avx512::row_kernels();
+#endif
+#ifdef SLMOPS_HAVE_AVX2
+    case CpuIsa::kAvx2: return cpu::avx2::row_kernels();
+#endif
+    default: return cpu::ref::row_kernels();
+  }
+}
+
+}  // namespace
+
+PackedWeight pack_weight(const QuantSpec& spec, ConstQuantStorage src, int64_t N, int64_t K) {
+  const QuantLayout L = quant_layout(spec, K);
+  if (N <= 0) throw std::invalid_argument("N (out_features) must be positive, got " + std::to_string(N));
+  PackedWeight p;
+  p.spec = spec;
+  p.N = N;
+  p.K = K;
+  p.source = src;
+  p.group = L.group_size ? L.group_size : K;
+  switch (spec.format) {
+    case QuantFormat::kInt4: {
+      p.kind = PackedKind::kNibbleAffine;
+      p.order = NibbleOrder::kLowFirst;
+      p.row_bytes = L.data_bytes_per_row;
+      p.row_groups = L.groups_per_row;
+      p.codes = src.data;
+      p.scales = src.scales;
+      // w = s*(q - zp) = s*q + o with o = -zp*s.
+      p.owned_offsets.resize(size_t(N * L.groups_per_row));
+      for (int64_t n = 0; n < N; ++n)
+        for (int64_t g = 0; g < L.groups_per_row; ++g) {
+          const int zp = spec.symmetric ? 8 : (src.zero_points[n * L.zero_point_bytes_per_row + g / 2] >> ((g & 1) * 4)) & 0xF;
+          p.owned_offsets[size_t(n * L.groups_per_row + g)] = -float(zp) * src.scales[n * L.groups_per_row + g];
+        }
+      break;
+    }
+    case QuantFormat::kNF4:
+      p.kind = PackedKind::kNibbleTable;
+      p.order = NibbleOrder::kHighFirst;
+      p.row_bytes = L.data_bytes_per_row;
+      p.row_groups = L.groups_per_row;
+      p.codes = src.data;
+      p.scales = src.scales;
+      break;
+    case QuantFormat::kInt8:
+      p.kind = PackedKind::kInt8;
+      p.row_bytes = K;
+      p.row_groups = L.groups_per_row;
+      p.codes = src.data;
+      p.scales = src.scales;
+      break;
+    case QuantFormat::kTernary:
+      p.kind = PackedKind::kTernary;
+      p.row_bytes = L.data_bytes_per_row;
+      p.row_groups = 0;
+      p.codes = src.data;
+      p.scales = src.scales;
+      break;
+    case QuantFormat::kQ4_0:
+      p.kind = PackedKind::kNibbleAffine;
+      p.order = NibbleOrder::kSplit32;
+      p.group = 32;
+      p.row_bytes = K / 2;
+      p.row_groups = K / 32;
+      pack_q4_0(p);
+      break;
+    case QuantFormat::kQ4_K:
+      p.kind = PackedKind::kNibbleAffine;
+      p.order = NibbleOrder::kSplit64;
+      p.group = 32;
+      p.row_bytes = K / 2;
+      p.row_groups = K / 32;
+      pack_q4_k(p);
+      break;
+    case QuantFormat::kQ8_0:
+      p.kind = PackedKind::kInt8;
+      p.group = 32;
+      p.row_bytes = K;
+      p.row_groups = K / 32;
+      pack_q8_0(p);
+      break;
+    default:  // q6_k, tq2_0: dequantized row by row
+      p.kind = PackedKind::kDequantize;
+      p.row_bytes = L.data_bytes_per_row;
+      break;
+  }
+  if (!p.owned_codes.empty()) p.codes = p.owned_codes.data();
+  if (!p.owned_scales.empty()) p.scales = p.owned_scales.data();
+  if (!p.owned_offsets.empty()) p.offsets = p.owned_offsets.data();
+  return p;
+}
+
+void qmatmul(const PackedWeight& w, const void* x, DType x_dtype, int64_t M, const float* bias, void* y,
+             DType y_dtype, QMatmulActivation act, CpuIsa isa) {
+  if (M < 0) throw std::invalid_argument("M must be >= 0");
+  if (M == 0) return;
+  const CpuIsa resolved = resolve_cpu_isa(isa);
+  const cpu::QMatmulKernels& kernels = kernels_for(resolved);
+  const cpu::RowKernels& rows = row_kernels_for(resolved);
+  const int64_t K = w.K, N = w.N;
+
+  // fp32 activations (converted once; the kernels read them many times).
+  std::vector<float> x32;
+  const float* xf = static_cast<const float*>(x);
+  if (x_dtype != DType::kF32) {
+    x32.resize(size_t(M * K));
+    parallel_for(M, [&](int64_t m0, int64_t m1) {
+      for (int64_t m = m0; m < m1; ++m)
+        (x_dtype == DType::kF16 ? rows.f16_to_f32 : rows.bf16_to_f32)(static_cast<const uint16_t*>(x) + m * K, K,
+                                                                     &x32[size_t(m * K)]);
+    });
+    xf = x32.data();
+  }
+
+  cpu::TileArgs args{&w, M, xf, nullptr, nullptr, 0, nullptr};
+  const int64_t code_elements = w.kind == PackedKind::kTernary ? 4 * w.row_bytes
+                                : w.kind == PackedKind::kInt8  ? w.row_bytes
+                                                               : 2 * w.row_bytes;
+  args.Kp = (std::max(K, code_elements) + 255) / 256 * 256;
+
+  std::vector<int8_t> xq;
+  std::vector<float> xs, xhat;
+  cpu::TileFn tile = kernels.float_act;
+  if (act == QMatmulActivation::kInt8) {
+    // Per row, blocks of 32, symmetric int8: exactly the int8 format's row kernel.
+    const int64_t blocks = args.Kp / kActBlock;
+    xq.assign(size_t(M * args.Kp), 0);
+    xs.assign(size_t(M * blocks), 0.0f);
+    xhat.resize(size_t(M * K));
+    const cpu::RowParams params{kActBlock, true, 0.0f};
+    parallel_for(M, [&](int64_t m0, int64_t m1) {
+      for (int64_t m = m0; m < m1; ++m) {
+        int8_t* q = &xq[size_t(m * args.Kp)];
+        float* s = &xs[size_t(m * blocks)];
+        rows.quantize[int(QuantFormat::kInt8)](xf + m * K, K, params, {reinterpret_cast<uint8_t*>(q), s, nullptr});
+        for (int64_t k = 0; k < K; ++k) xhat[size_t(m * K + k)] = float(q[k]) * s[k / kActBlock];
+      }
+    });
+    args.x = xhat.data();
+    args.xq = xq.data();
+    args.xs = xs.data();
+    tile = kernels.int8_act;
+  }
+
+  std::vector<float> y32;
+  float* yf = static_cast<float*>(y);
+  if (y_dtype != DType::kF32) {
+    y32.resize(size_t(M * N));
+    yf = y32.data();
+  }
+  args.y = yf;
+  parallel_for(N, [&](int64_t n0, int64_t n1) { tile(args, n0, n1); });
+
+  parallel_for(M, [&](int64_t m0, int64_t m1) {
+    for (int64_t m = m0; m < m1; ++m) {
+      float* row = yf + m * N;
+      if (bias)
+        for (int64_t n = 0; n < N; ++n) row[n] += bias[n];
+      if (y_dtype != DType::kF32)
+        (y_dtype == DType::kF16 ? rows.f32_to_f16 : rows.f32_to_bf16)(row, N, static_cast<uint16_t*>(y) + m * N);
+    }
+  });
+}
+
+}  // namespace slmops

@@ -1,0 +1,128 @@
+// qmatmul on every ISA against a float64 product of the ref-dequantized weight with the
+// activations (for int8 activations: with the ref int8-quantized, dequantized ones).
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "quant_cases.h"
+#include "slmops/qmatmul.h"
+#include "slmops/quant.h"
+
+using namespace slmops;
+using namespace slmops::test_cases;
+
+namespace {
+
+struct Quantized {
+  std::vector<uint8_t> data, zero_points;
+  std::vector<float> scales;
+  ConstQuantStorage storage() const { return {data.data(), scales.data(), zero_points.data()}; }
+};
+
+Quantized quantize_ref(const QuantSpec& spec, const std::vector<float>& w, int64_t N, int64_t K) {
+  const QuantLayout L = quant_layout(spec, K);
+  Quantized q;
+  q.data.resize(size_t(N * L.data_bytes_per_row));
+  q.scales.resize(L.tensor_scale ? 1 : size_t(N * L.scales_per_row));
+  q.zero_points.resize(size_t(N * L.zero_point_bytes_per_row));
+  quantize(spec, w.data(), DType::kF32, N, K, {q.data.data(), q.scales.data(), q.zero_points.data()}, CpuIsa::kRef);
+  return q;
+}
+
+std::vector<float> dequantize_ref(const QuantSpec& spec, const Quantized& q, int64_t N, int64_t K) {
+  std::vector<float> out(size_t(N * K));
+  dequantize(spec, q.storage(), N, K, out.data(), DType::kF32, CpuIsa::kRef);
+  return out;
+}
+
+// The int8 activations the kernels use: int8 format, groups of kActBlock, dequantized.
+std::vector<float> int8_activations(const std::vector<float>& x, int64_t M, int64_t K) {
+  const QuantSpec spec{QuantFormat::kInt8, kActBlock, true};
+  return dequantize_ref(spec, quantize_ref(spec, x, M, K), M, K);
+}
+
+void check(const Case& c, int64_t M, int64_t N, int64_t K, QMatmulActivation act, CpuIsa isa) {
+  const QuantSpec spec{c.format, c.group_size, c.symmetric};
+  const auto w = make_weights(N, K, unsigned(N * 131 + K));
+  std::mt19937 rng(unsigned(M * 7 + K));
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  std::vector<float> x(static_cast<size_t>(M * K)), bias(static_cast<size_t>(N));
+  for (auto& v : x) v = nd(rng);
+  for (auto& v : bias) v = nd(rng);
+  const Quantized q = quantize_ref(spec, w, N, K);
+  const auto wd = dequantize_ref(spec, q, N, K);
+  const auto xe = act == QMatmulActivation::kInt8 ? int8_activations(x, M, K) : x;
+
+  const PackedWeight packed = pack_weight(spec, q.storage(), N, K);
+  std::vector<float> y(size_t(M * N), NAN);
+  qmatmul(packed, x.data(), DType::kF32, M, bias.data(), y.data(), DType::kF32, act, isa);
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t n = 0; n < N; ++n) {
+      double ref = bias[size_t(n)], xabs = 0.0, wmax = 0.0;
+      for (int64_t k = 0; k < K; ++k) {
+        ref += double(xe[size_t(m * K + k)]) * wd[size_t(n * K + k)];
+        xabs += std::fabs(double(xe[size_t(m * K + k)]));
+        wmax = std::max(wmax, std::fabs(double(wd[size_t(n * K + k)])));
+      }
+      // The kernels sum s*q*x and o*x (or c*x and x for ternary) separately, in fp32 over
+      // K terms, so the rounding error scales with sum|x| * (|s*q| + |o|) <= 3 max|w| * sum|x|,
+      // not with the (possibly much smaller) result; a few ulp of that per term.
+      const double mag = 3.0 * wmax * xabs + std::fabs(bias[size_t(n)]);
+      const double tol = (16.0 + 2.0 * double(K)) * std::ldexp(1.0, -24) * mag + 1e-30;
+      ASSERT_NEAR(y[size_t(m * N + n)], ref, tol) << "m=" << m << " n=" << n;
+    }
+}
+
+class QMatmulTest : public ::testing::TestWithParam<Case> {};
+
+TEST_P(QMatmulTest, MatchesDequantizedProductOnEveryIsa) {
+  const Case c = GetParam();
+  for (CpuIsa isa : available_cpu_isas())
+    for (QMatmulActivation act : {QMatmulActivation::kFloat, QMatmulActivation::kInt8})
+      for (int64_t K : k_values(c))
+        for (auto [M, N] : {std::pair<int64_t, int64_t>{1, 7}, {3, 5}, {6, 33}, {37, 9}}) {
+          SCOPED_TRACE(std::string(cpu_isa_name(isa)) + (act == QMatmulActivation::kInt8 ? " int8" : " float") +
+                       " M=" + std::to_string(M) + " N=" + std::to_string(N) + " K=" + std::to_string(K));
+          check(c, M, N, K, act, isa);
+          if (HasFatalFailure()) return;
+        }
+}
+
+INSTANTIATE_TEST_SUITE_P(AllFormats, QMatmulTest, ::testing::ValuesIn(kCases),
+                         [](const auto& info) { return case_name(info.param); });
+
+TEST(QMatmul, HalfActivationsAndOutputs) {
+  const QuantSpec spec{QuantFormat::kInt4, 32, true};
+  const int64_t M = 3, N = 4, K = 64;
+  const auto w = make_weights(N, K, 5);
+  const Quantized q = quantize_ref(spec, w, N, K);
+  const PackedWeight packed = pack_weight(spec, q.storage(), N, K);
+  std::vector<float> x(size_t(M * K));
+  for (size_t i = 0; i < x.size(); ++i) x[i] = float(int(i % 9) - 4) * 0.25f;  // exact in fp16 and bf16
+  std::vector<uint16_t> xh(x.size()), yh(size_t(M * N));
+  for (size_t i = 0; i < x.size(); ++i) xh[i] = uint16_t(0x3c00);  // overwritten below
+  std::vector<float> y32(size_t(M * N)), y_from_half(size_t(M * N));
+  qmatmul(packed, x.data(), DType::kF32, M, nullptr, y32.data(), DType::kF32, QMatmulActivation::kFloat);
+  // bf16 of these values is their top 16 bits.
+  for (size_t i = 0; i < x.size(); ++i) {
+    uint32_t u;
+    std::memcpy(&u, &x[i], 4);
+    xh[i] = uint16_t(u >> 16);
+  }
+  qmatmul(packed, xh.data(), DType::kBF16, M, nullptr, y_from_half.data(), DType::kF32, QMatmulActivation::kFloat);
+  EXPECT_EQ(y32, y_from_half);
+  qmatmul(packed, x.data(), DType::kF32, M, nullptr, yh.data(), DType::kBF16, QMatmulActivation::kFloat);
+  for (size_t i = 0; i < yh.size(); ++i) {
+    uint32_t u = uint32_t(yh[i]) << 16;
+    float f;
+    std::memcpy(&f, &u, 4);
+    EXPECT_NEAR(f, y32[i], std::fabs(y32[i]) * 0.0079f + 1e-6f);  // bf16 keeps 8 significant bits
+  }
+}
+
+}  // namespace
