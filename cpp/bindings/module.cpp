@@ -4,11 +4,13 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <memory>
 #include <string>
 
 #include "slmops/build_info.h"
 #include "slmops/cpu_features.h"
 #include "slmops/cuda.h"
+#include "slmops/qmatmul.h"
 #include "slmops/quant.h"
 #include "slmops/threading.h"
 #include "tensor_arg.h"
@@ -170,6 +172,69 @@ void py_double_dequantize_scales(py::handle codes, py::handle block_scales, floa
                            static_cast<float*>(d.data));
 }
 
+// A packed weight and the Python arrays it borrows from, kept alive together.
+struct PyPackedWeight {
+  PackedWeight w;
+  py::object data, scales, zero_points;
+};
+
+std::unique_ptr<PyPackedWeight> py_pack_weight(const std::string& format, int64_t group_size, bool symmetric,
+                                               py::handle data, py::handle scales, py::handle zero_points,
+                                               int64_t N, int64_t K) {
+  const QuantSpec spec = make_spec(format, group_size, symmetric);
+  if (N <= 0 || K <= 0)
+    throw py::value_error("shape must be positive, got (" + std::to_string(N) + ", " + std::to_string(K) + ")");
+  const QuantLayout L = quant_layout(spec, K);
+  StorageArgs s = storage_args(spec, L, N, data, scales, zero_points, false, py::none());
+  expect_cpu(s.data);
+  auto out = std::make_unique<PyPackedWeight>();
+  out->data = s.data.owner;
+  out->scales = s.scales.owner;
+  out->zero_points = s.zero_points.owner;
+  const ConstQuantStorage storage{static_cast<const uint8_t*>(s.data.data), static_cast<const float*>(s.scales.data),
+                                  static_cast<const uint8_t*>(s.zero_points.data)};
+  py::gil_scoped_release release;
+  out->w = pack_weight(spec, storage, N, K);
+  return out;
+}
+
+void py_qmatmul(const PyPackedWeight& pw, py::handle x, py::handle bias, py::handle y, const std::string& activation,
+                const std::string& isa) {
+  const PackedWeight& w = pw.w;
+  TensorArg xa = tensor_arg(x, "x");
+  expect_cpu(xa);
+  bindings::expect_ndim(xa, 2, "[M, in_features]");
+  if (xa.shape[1] != w.K)
+    throw py::value_error("x has " + std::to_string(xa.shape[1]) + " features, the weight expects in_features = " +
+                          std::to_string(w.K));
+  const DType x_dtype = xa.float_dtype();
+  const int64_t M = xa.shape[0];
+  TensorArg ya = tensor_arg(y, "y");
+  expect_cpu(ya);
+  bindings::expect_ndim(ya, 2, "[M, out_features]");
+  bindings::expect_writeable(ya);
+  if (ya.shape[0] != M || ya.shape[1] != w.N)
+    throw py::value_error("y must have shape (" + std::to_string(M) + ", " + std::to_string(w.N) + "), got " +
+                          ya.shape_str());
+  const DType y_dtype = ya.float_dtype();
+  const float* bias_ptr = nullptr;
+  TensorArg ba;
+  if (!bias.is_none()) {
+    ba = tensor_arg(bias, "bias");
+    expect_cpu(ba);
+    bindings::expect_type(ba, {ElemType::kF32});
+    bindings::expect_numel(ba, w.N, "out_features");
+    bias_ptr = static_cast<const float*>(ba.data);
+  }
+  QMatmulActivation act;
+  if (activation == "float") act = QMatmulActivation::kFloat;
+  else if (activation == "int8") act = QMatmulActivation::kInt8;
+  else throw py::value_error("activation must be 'float' or 'int8', got '" + activation + "'");
+  const CpuIsa cpu_isa = cpu_isa_from_name(isa);
+  py::gil_scoped_release release;
+  qmatmul(w, xa.data, x_dtype, M, bias_ptr, ya.data, y_dtype, act, cpu_isa);
+}
+
 py::dict py_build_info() {
   const BuildInfo b = build_info();
   py::dict d;
@@ -234,6 +299,19 @@ PYBIND11_MODULE(_C, m, py::mod_gil_not_used()) {
         py::arg("block_scales"));
   m.def("double_dequantize_scales", &py_double_dequantize_scales, py::arg("codes"), py::arg("block_scales"),
         py::arg("offset"), py::arg("dst"));
+  py::class_<PyPackedWeight>(m, "PackedWeight", "A quantized weight packed for the qmatmul kernels.")
+      .def_property_readonly("shape", [](const PyPackedWeight& p) { return py::make_tuple(p.w.N, p.w.K); })
+      .def_property_readonly("kind", [](const PyPackedWeight& p) {
+        static const char* names[] = {"nibble_affine", "nibble_table", "int8", "ternary", "dequantize"};
+        return std::string(names[int(p.w.kind)]);
+      })
+      .def_property_readonly("nbytes", [](const PyPackedWeight& p) {
+        return p.w.owned_codes.size() + 4 * (p.w.owned_scales.size() + p.w.owned_offsets.size());
+      });
+  m.def("pack_weight", &py_pack_weight, py::arg("format"), py::arg("group_size"), py::arg("symmetric"),
+        py::arg("data"), py::arg("scales").none(true), py::arg("zero_points").none(true), py::arg("N"), py::arg("K"));
+  m.def("qmatmul", &py_qmatmul, py::arg("packed"), py::arg("x"), py::arg("bias").none(true), py::arg("y"),
+        py::arg("activation") = "float", py::arg("isa") = "auto");
   m.attr("NF4_CODEBOOK") = std::vector<float>(kNF4Codebook, kNF4Codebook + 16);
   m.attr("NF4_DOUBLE_QUANT_BLOCK") = kNF4DoubleQuantBlock;
 }

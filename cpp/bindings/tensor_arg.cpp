@@ -38,6 +38,8 @@ ElemType from_dlpack(const dlpack::DLDataType& dt) {
 // Strides (in elements) describe C order, ignoring dimensions of size 1 whose stride
 // is meaningless (torch and numpy both produce arbitrary strides there).
 bool is_c_contiguous(const std::vector<int64_t>& shape, const int64_t* strides) {
+  for (int64_t d : shape)
+    if (d == 0) return true;  // no elements: any strides describe the same (empty) memory
   int64_t expected = 1;
   for (size_t i = shape.size(); i-- > 0;) {
     if (shape[i] != 1 && strides[i] != expected) return false;

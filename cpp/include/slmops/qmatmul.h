@@ -59,7 +59,8 @@ struct PackedWeight {
   PackedWeight() = default;
   PackedWeight(const PackedWeight&) = delete;  // views point into the owned vectors
   PackedWeight& operator=(const PackedWeight&) = delete;
-  PackedWeight(PackedWeight&&) = default;
+  PackedWeight(PackedWeight&&) = default;  // moving a vector keeps its buffer: views stay valid
+  PackedWeight& operator=(PackedWeight&&) = default;
 };
 
 // Validates the spec against K and packs [N, K] weights stored as quant_layout says.

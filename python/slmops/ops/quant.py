@@ -86,6 +86,7 @@ class QuantizedTensor:
         self.group_size = int(self.layout["group_size"])
         self.tensors = dict(tensors)
         self._check_tensors()
+        self._packed: Any = None
 
     # -- properties -----------------------------------------------------------------
     @property
@@ -163,6 +164,26 @@ class QuantizedTensor:
         if is_torch(t["data"]) and t["data"].is_cuda:
             scales = scales.to(t["data"].device)
         return scales
+
+    def packed(self) -> Any:
+        """The weight packed for the qmatmul kernels (made once, then cached). It borrows
+        this tensor's buffers, so write to them only through a new QuantizedTensor."""
+        if self._packed is None:
+            if is_torch(self.tensors["data"]) and self.tensors["data"].device.type != "cpu":
+                raise ValueError(
+                    f"qmatmul runs on the CPU; this QuantizedTensor is on {self.tensors['data'].device}"
+                )
+            self._packed = _C.pack_weight(
+                self.format,
+                self._option_group_size,
+                self.symmetric,
+                self.tensors["data"],
+                self._scales(),
+                self.tensors.get("zero_points"),
+                self.shape[0],
+                self.shape[1],
+            )
+        return self._packed
 
     # -- MatMulNBits interchange (int4 only) --------------------------------------------
     def to_matmulnbits(self, scale_dtype: str = "float32") -> dict[str, Any]:

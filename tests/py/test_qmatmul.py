@@ -1,0 +1,101 @@
+"""qmatmul against torch: float64 products of the dequantized weight with the activations
+(for activation='int8', with the int8-quantized activations the kernels use)."""
+
+import numpy as np
+import pytest
+import torch
+from conftest import ISAS, gaussian
+from slmops.ops import qmatmul, quantize
+
+CASES = [
+    ("int8", {}),
+    ("int8", {"group_size": 64}),
+    ("int4", {"group_size": 32}),
+    ("int4", {"group_size": 128, "symmetric": False}),
+    ("int4", {"group_size": 16}),
+    ("nf4", {}),
+    ("ternary", {}),
+    ("q4_0", {}),
+    ("q8_0", {}),
+    ("q4_k", {}),
+    ("q6_k", {}),
+    ("tq2_0", {}),
+]
+
+
+def int8_activations(x: np.ndarray) -> np.ndarray:
+    """The activations the int8 path multiplies: int8 in blocks of 32, dequantized."""
+    return quantize(x, "int8", group_size=32, isa="ref").dequantize()
+
+
+def reference(x, q, bias, activation):
+    xe = int8_activations(x) if activation == "int8" else x
+    y = xe.astype(np.float64) @ q.dequantize().astype(np.float64).T
+    return y + (bias.astype(np.float64) if bias is not None else 0)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("activation", ["float", "int8"])
+@pytest.mark.parametrize(("fmt", "opts"), CASES, ids=[f"{f}{o}" for f, o in CASES])
+def test_qmatmul_matches_torch_float64(rng, isa, activation, fmt, opts):
+    K = 512 if fmt in ("q4_k", "q6_k", "tq2_0") else 320
+    for M, N in [(1, 67), (5, 33), (70, 9)]:
+        w = gaussian(rng, (N, K), std=0.05)
+        x = gaussian(rng, (M, K))
+        bias = gaussian(rng, (N,))
+        q = quantize(w, fmt, **opts)
+        y = qmatmul(x, q, bias=bias, activation=activation, isa=isa)
+        ref = reference(x, q, bias, activation)
+        # fp32 accumulation of K products: relative to the sum of |products|, a few ulp per term.
+        mag = np.abs(x if activation == "float" else int8_activations(x)) @ np.abs(
+            q.dequantize()
+        ).T * 3 + np.abs(bias)
+        assert np.all(np.abs(y - ref) <= (16 + 2 * K) * 2.0**-24 * mag + 1e-30), (M, N)
+
+
+def test_int8_activation_error_is_small_against_the_float_path(rng):
+    """The documented cost of activation='int8': per-32-block int8 activations. On Gaussian
+    activations the relative error of the outputs is ~ 1/(127*sqrt(3)) * absmax/rms of a
+    block ~ 0.5%; the budget is 1.5% of the output rms."""
+    w = gaussian(rng, (256, 2048), std=0.02)
+    x = gaussian(rng, (16, 2048))
+    for fmt in ("int4", "int8", "q4_0", "ternary"):
+        q = quantize(w, fmt)
+        yf = qmatmul(x, q)
+        yi = qmatmul(x, q, activation="int8")
+        rel = np.sqrt(np.mean((yi - yf) ** 2) / np.mean(yf**2))
+        assert rel < 0.015, (fmt, rel)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_torch_inputs_keep_dtype_and_leading_dims(rng, dtype):
+    w = gaussian(rng, (48, 256), std=0.05)
+    q = quantize(torch.from_numpy(w), "int4")
+    x = torch.from_numpy(gaussian(rng, (2, 3, 256))).to(dtype)
+    y = qmatmul(x, q)
+    assert y.dtype == dtype and y.shape == (2, 3, 48)
+    ref = x.double() @ q.dequantize("float32").double().T
+    tol = {torch.float32: 1e-4, torch.float16: 2e-2, torch.bfloat16: 1e-1}[dtype]
+    torch.testing.assert_close(y.double(), ref, rtol=tol, atol=tol)
+
+
+def test_non_contiguous_x_and_zero_rows(rng):
+    w = gaussian(rng, (16, 128))
+    q = quantize(w, "q8_0")
+    x = torch.from_numpy(gaussian(rng, (128, 7))).t()  # strided view
+    torch.testing.assert_close(qmatmul(x, q), qmatmul(x.contiguous(), q), rtol=0, atol=0)
+    assert qmatmul(np.zeros((0, 128), np.float32), q).shape == (0, 16)
+
+
+def test_bad_input(rng):
+    q = quantize(gaussian(rng, (8, 64)), "int4")
+    with pytest.raises(ValueError, match="in_features=64"):
+        qmatmul(np.zeros((2, 63), np.float32), q)
+    with pytest.raises(ValueError, match="activation must be"):
+        qmatmul(np.zeros((2, 64), np.float32), q, activation="int4")
+    with pytest.raises(TypeError, match="float32, float16 or bfloat16"):
+        qmatmul(np.zeros((2, 64), np.int32), q)
+    with pytest.raises(ValueError, match="bias must have shape"):
+        qmatmul(np.zeros((2, 64), np.float32), q, bias=np.zeros(7, np.float32))
+    with pytest.raises(TypeError, match="QuantizedTensor"):
+        qmatmul(np.zeros((2, 64), np.float32), np.zeros((8, 64), np.float32))
