@@ -56,6 +56,16 @@ struct PackedWeight {
   std::vector<uint8_t> owned_codes;
   std::vector<float> owned_scales, owned_offsets;
 
+  // kNibbleAffine only: the same codes in row panels for the int8-activation kernels,
+  // which keep one output row per int32 lane and run along K. Panel p holds rows
+  // 16p..16p+15; per 8 elements k8..k8+7 it stores 16 rows x 4 bytes, byte i of a row
+  // holding element k8+i in the low nibble and k8+4+i in the high nibble. Scales and
+  // offsets per panel and group: [panels][row_groups][16]. Rows past N are zero.
+  static constexpr int64_t kPanelRows = 16;
+  int64_t panel_octets = 0;  // 8-element steps per row (code elements / 8)
+  std::vector<uint8_t> panel_codes;
+  std::vector<float> panel_scales, panel_offsets;
+
   PackedWeight() = default;
   PackedWeight(const PackedWeight&) = delete;  // views point into the owned vectors
   PackedWeight& operator=(const PackedWeight&) = delete;

@@ -96,6 +96,32 @@ const cpu::RowKernels& row_kernels_for(CpuIsa isa) {
   }
 }
 
+// Rearranges 4-bit affine codes into the row panels described in qmatmul.h.
+void pack_panels(PackedWeight& p) {
+  constexpr int64_t R = PackedWeight::kPanelRows;
+  const int64_t panels = (p.N + R - 1) / R;
+  const int64_t elements = 2 * p.row_bytes;
+  p.panel_octets = elements / 8;
+  p.panel_codes.assign(size_t(panels * p.panel_octets * R * 4), 0);
+  p.panel_scales.assign(size_t(panels * p.row_groups * R), 0.0f);
+  p.panel_offsets.assign(p.panel_scales.size(), 0.0f);
+  for (int64_t n = 0; n < p.N; ++n) {
+    const int64_t pi = n / R, r = n % R;
+    const uint8_t* row = p.codes + n * p.row_bytes;
+    for (int64_t j = 0; j < p.row_bytes; ++j)
+      for (int h = 0; h < 2; ++h) {
+        const int64_t e = cpu::nibble_element(p.order, j, h);
+        const int code = (row[j] >> (4 * h)) & 0xF;
+        const int64_t t = e / 8, i = e % 8;
+        p.panel_codes[size_t(((pi * p.panel_octets + t) * R + r) * 4 + i % 4)] |= uint8_t(code << (4 * (i / 4)));
+      }
+    for (int64_t g = 0; g < p.row_groups; ++g) {
+      p.panel_scales[size_t((pi * p.row_groups + g) * R + r)] = p.scales[n * p.row_groups + g];
+      p.panel_offsets[size_t((pi * p.row_groups + g) * R + r)] = p.offsets[n * p.row_groups + g];
+    }
+  }
+}
+
 }  // namespace
 
 PackedWeight pack_weight(const QuantSpec& spec, ConstQuantStorage src, int64_t N, int64_t K) {
@@ -177,6 +203,7 @@ PackedWeight pack_weight(const QuantSpec& spec, ConstQuantStorage src, int64_t N
   if (!p.owned_codes.empty()) p.codes = p.owned_codes.data();
   if (!p.owned_scales.empty()) p.scales = p.owned_scales.data();
   if (!p.owned_offsets.empty()) p.offsets = p.owned_offsets.data();
+  if (p.kind == PackedKind::kNibbleAffine) pack_panels(p);
   return p;
 }
 
@@ -239,7 +266,9 @@ void qmatmul(const PackedWeight& w, const void* x, DType x_dtype, int64_t M, con
     yf = y32.data();
   }
   args.y = yf;
-  parallel_for(N, [&](int64_t n0, int64_t n1) { tile(args, n0, n1); });
+  // Split output columns in whole panels, so panel kernels never share a panel.
+  constexpr int64_t R = PackedWeight::kPanelRows;
+  parallel_for((N + R - 1) / R, [&](int64_t p0, int64_t p1) { tile(args, p0 * R, std::min(N, p1 * R)); });
 
   parallel_for(M, [&](int64_t m0, int64_t m1) {
     for (int64_t m = m0; m < m1; ++m) {

@@ -126,3 +126,8 @@ static inline void scaled_table16(float* T, const float* code, float s) {
   _mm256_storeu_ps(T + 8, _mm256_mul_ps(_mm256_loadu_ps(code + 8), vs));
 }
 static inline VI sub_i(VI a, VI b) { return _mm256_sub_epi32(a, b); }
+static inline VI bcast4(const void* p) {
+  int32_t v;
+  std::memcpy(&v, p, 4);
+  return _mm256_set1_epi32(v);
+}

@@ -92,3 +92,8 @@ static inline void scaled_table16(float* T, const float* code, float s) {
   _mm512_storeu_ps(T, _mm512_mul_ps(_mm512_loadu_ps(code), _mm512_set1_ps(s)));
 }
 static inline VI sub_i(VI a, VI b) { return _mm512_sub_epi32(a, b); }
+static inline VI bcast4(const void* p) {
+  int32_t v;
+  std::memcpy(&v, p, 4);
+  return _mm512_set1_epi32(v);
+}
