@@ -61,10 +61,17 @@ struct PackedWeight {
   // 16p..16p+15; per 8 elements k8..k8+7 it stores 16 rows x 4 bytes, byte i of a row
   // holding element k8+i in the low nibble and k8+4+i in the high nibble. Scales and
   // offsets per panel and group: [panels][row_groups][16]. Rows past N are zero.
+  //
+  // kInt8 (when each group holds whole 4-element quads): per 4 elements k4..k4+3 the
+  // panel stores 16 rows x 4 int8 codes; K is zero-padded to whole 32-element segments,
+  // and panel_wsums holds each row's code sum per segment, [panels][segments][16], for
+  // kernels that offset the activations by 128 to use unsigned x signed dot products.
   static constexpr int64_t kPanelRows = 16;
-  int64_t panel_octets = 0;  // 8-element steps per row (code elements / 8)
+  int64_t panel_octets = 0;  // kNibbleAffine: 8-element steps per row (code elements / 8)
+  int64_t panel_quads = 0;   // kInt8: 4-element steps per row (padded K / 4)
   std::vector<uint8_t> panel_codes;
   std::vector<float> panel_scales, panel_offsets;
+  std::vector<int32_t> panel_wsums;
 
   PackedWeight() = default;
   PackedWeight(const PackedWeight&) = delete;  // views point into the owned vectors

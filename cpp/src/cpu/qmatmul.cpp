@@ -122,6 +122,32 @@ void pack_panels(PackedWeight& p) {
   }
 }
 
+// int8 codes in row panels (see qmatmul.h); only when every 4-element quad and every
+// 32-element segment lies in one group.
+bool int8_panels_fit(const PackedWeight& p) {
+  return p.group == p.K || p.group % 32 == 0 || (32 % p.group == 0 && p.group % 4 == 0);
+}
+
+void pack_int8_panels(PackedWeight& p) {
+  constexpr int64_t R = PackedWeight::kPanelRows;
+  const int64_t panels = (p.N + R - 1) / R;
+  const int64_t Kpad = (p.K + 31) / 32 * 32, segments = Kpad / 32;
+  p.panel_quads = Kpad / 4;
+  p.panel_codes.assign(size_t(panels * p.panel_quads * R * 4), 0);
+  p.panel_scales.assign(size_t(panels * p.row_groups * R), 0.0f);
+  p.panel_wsums.assign(size_t(panels * segments * R), 0);
+  for (int64_t n = 0; n < p.N; ++n) {
+    const int64_t pi = n / R, r = n % R;
+    const auto* row = reinterpret_cast<const int8_t*>(p.codes + n * p.K);
+    for (int64_t k = 0; k < p.K; ++k) {
+      p.panel_codes[size_t(((pi * p.panel_quads + k / 4) * R + r) * 4 + k % 4)] = uint8_t(row[k]);
+      p.panel_wsums[size_t((pi * segments + k / 32) * R + r)] += row[k];
+    }
+    for (int64_t g = 0; g < p.row_groups; ++g)
+      p.panel_scales[size_t((pi * p.row_groups + g) * R + r)] = p.scales[n * p.row_groups + g];
+  }
+}
+
 }  // namespace
 
 PackedWeight pack_weight(const QuantSpec& spec, ConstQuantStorage src, int64_t N, int64_t K) {
@@ -204,6 +230,7 @@ PackedWeight pack_weight(const QuantSpec& spec, ConstQuantStorage src, int64_t N
   if (!p.owned_scales.empty()) p.scales = p.owned_scales.data();
   if (!p.owned_offsets.empty()) p.offsets = p.owned_offsets.data();
   if (p.kind == PackedKind::kNibbleAffine) pack_panels(p);
+  if (p.kind == PackedKind::kInt8 && int8_panels_fit(p)) pack_int8_panels(p);
   return p;
 }
 

@@ -131,3 +131,8 @@ static inline VI bcast4(const void* p) {
   std::memcpy(&v, p, 4);
   return _mm256_set1_epi32(v);
 }
+static inline VI mul_i(VI v, int c) { return _mm256_mullo_epi32(v, _mm256_set1_epi32(c)); }
+// AVX2 has no unsigned x signed product without int16 saturation for |x| up to 255, so the
+// int8 panels use the sign trick on the raw signed activations.
+constexpr bool kShiftedActivations = false;
+static inline VI dot_panel_s8(VI acc, VI w, VI, VI x_s8) { return dot_s8s8(acc, w, x_s8); }
