@@ -537,7 +537,7 @@ def bench_format(run: Run, fmt: Format, w: np.ndarray, threads: int) -> None:
     n, k = w.shape
     shape = (n, k)
     try:
-        ref_q = slmops.quantize(w, fmt.slmops_format, **fmt.options)
+        ref_q = slmops.ops.quantize(w, fmt.slmops_format, **fmt.options)
     except ValueError as e:
         print(f"{fmt.name}: skipped at {n}x{k}: {e}")
         return
@@ -549,7 +549,7 @@ def bench_format(run: Run, fmt: Format, w: np.ndarray, threads: int) -> None:
             if bq is not None:
                 fns["baseline"] = lambda: bq(w)
             for isa in run.isas:
-                fns[isa] = lambda isa=isa: slmops.quantize(w, fmt.slmops_format, isa=isa, **fmt.options)
+                fns[isa] = lambda isa=isa: slmops.ops.quantize(w, fmt.slmops_format, isa=isa, **fmt.options)
         else:
             if bd is not None:
                 fns["baseline"] = lambda: bd(ref_q.tensors, shape)

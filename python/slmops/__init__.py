@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import _C
-from .ops import QuantizedTensor, dequantize, quantize
+from . import _C, nn, ops
+from .ops import QuantizedTensor
+from .quantize import QuantizationSummary, quantize_model  # slmops.quantize is the layer-4 package
 
 __version__: str = _C.build_info()["version"]
 
@@ -33,10 +34,12 @@ def get_num_threads() -> int:
 
 
 __all__ = [
+    "QuantizationSummary",
     "QuantizedTensor",
     "build_info",
-    "dequantize",
     "get_num_threads",
-    "quantize",
+    "nn",
+    "ops",
+    "quantize_model",
     "set_num_threads",
 ]

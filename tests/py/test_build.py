@@ -51,9 +51,9 @@ def test_results_do_not_depend_on_thread_count(rng):
     before = slmops.get_num_threads()
     try:
         slmops.set_num_threads(1)
-        one = slmops.quantize(w, "ternary")  # includes the per-tensor reduction
+        one = slmops.ops.quantize(w, "ternary")  # includes the per-tensor reduction
         slmops.set_num_threads(2)
-        two = slmops.quantize(w, "ternary")
+        two = slmops.ops.quantize(w, "ternary")
     finally:
         slmops.set_num_threads(before)
     np.testing.assert_array_equal(one.tensors["data"], two.tensors["data"])
@@ -80,7 +80,7 @@ def test_forcing_an_unavailable_isa_is_an_error():
     if "avx512" in _C.available_cpu_isas():
         pytest.skip("every ISA is available on this machine")
     with pytest.raises(ValueError, match="not available"):
-        slmops.quantize(np.zeros((2, 64), np.float32), "int8", isa="avx512")
+        slmops.ops.quantize(np.zeros((2, 64), np.float32), "int8", isa="avx512")
 
 
 def test_torch_and_slmops_parallel_kernels_share_one_process():
@@ -92,8 +92,8 @@ torch.set_num_threads(2); slmops.set_num_threads(2)
 a = torch.randn(512, 512)
 for _ in range(3):
     b = a @ a
-    q = slmops.quantize(a, "q4_k")
-    c = torch.from_numpy(np.asarray(slmops.quantize(a.numpy(), "int8").dequantize()))
+    q = slmops.ops.quantize(a, "q4_k")
+    c = torch.from_numpy(np.asarray(slmops.ops.quantize(a.numpy(), "int8").dequantize()))
 torch.testing.assert_close(b, a @ a)
 print("ok", torch.get_num_threads(), slmops.get_num_threads())
 """

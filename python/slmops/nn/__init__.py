@@ -1,0 +1,5 @@
+"""Layer 3: torch modules on slmops kernels."""
+
+from .quant_linear import QuantLinear
+
+__all__ = ["QuantLinear"]

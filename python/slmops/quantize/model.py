@@ -1,0 +1,92 @@
+"""``quantize_model``: replace the linear layers of a torch model by ``QuantLinear``."""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import nn
+
+from ..nn import QuantLinear
+
+METHODS = ("rtn",)
+DEFAULT_SKIP = ("lm_head", "*.lm_head")
+
+
+@dataclass
+class QuantizationSummary:
+    """What ``quantize_model`` did: per replaced layer its name; per kept layer why."""
+
+    format: str
+    replaced: list[str] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)
+    bytes_before: int = 0  # weights of the replaced layers, as they were
+    bytes_after: int = 0  # the same weights quantized (codes, scales, zero points)
+
+    @property
+    def ratio(self) -> float:
+        return self.bytes_before / self.bytes_after if self.bytes_after else 1.0
+
+    def __str__(self) -> str:
+        lines = [
+            f"quantized {len(self.replaced)} linear layers to {self.format}: "
+            f"{self.bytes_before / 2**20:.2f} MiB -> {self.bytes_after / 2**20:.2f} MiB ({self.ratio:.2f}x smaller)"
+        ]
+        lines += [f"  kept {name}: {why}" for name, why in self.skipped.items()]
+        return "\n".join(lines)
+
+
+def _matches(name: str, patterns: Sequence[str]) -> bool:
+    return any(fnmatch.fnmatchcase(name, p) for p in patterns)
+
+
+def quantize_model(
+    model: nn.Module,
+    method: str = "rtn",
+    *,
+    format: str = "int4",
+    skip: Sequence[str] = DEFAULT_SKIP,
+    include: Sequence[str] | None = None,
+    activation: str = "float",
+    **quant_options: Any,
+) -> QuantizationSummary:
+    """Replaces, in place, every ``nn.Linear`` of ``model`` by a ``QuantLinear``.
+
+    ``method``: 'rtn' (round to nearest). ``format`` and ``quant_options`` (group_size,
+    symmetric, double_quant) as for ``slmops.ops.quantize``. ``skip`` and ``include`` are
+    fnmatch patterns on module names (``model.layers.0.mlp.down_proj``); by default the
+    ``lm_head`` stays float (embeddings are not linear layers). A layer whose shape the
+    format cannot take (e.g. in_features not a multiple of 256 for q4_k) is kept float and
+    reported in the summary's ``skipped``, never silently dropped.
+    """
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    summary = QuantizationSummary(format=format)
+    targets = []
+    for name, module in model.named_modules():
+        if not isinstance(module, nn.Linear) or isinstance(module, QuantLinear):
+            continue
+        if _matches(name, skip):
+            summary.skipped[name] = "matches skip"
+        elif include is not None and not _matches(name, include):
+            summary.skipped[name] = "not in include"
+        else:
+            targets.append(name)
+    for name in targets:
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        linear = getattr(parent, child)
+        try:
+            q = QuantLinear.from_linear(linear, format, activation=activation, **quant_options)
+        except ValueError as e:  # shapes the format cannot take
+            summary.skipped[name] = str(e)
+            continue
+        setattr(parent, child, q)
+        summary.replaced.append(name)
+        summary.bytes_before += linear.weight.numel() * linear.weight.element_size()
+        summary.bytes_after += q.qweight.nbytes
+    return summary
