@@ -158,8 +158,6 @@ class QuantLinear(nn.Module):
         opts = f", group_size={q.group_size}" if FORMATS[q.format]["has_group_size"] else ""
         if FORMATS[q.format]["has_symmetric_option"]:
             opts += f", symmetric={q.symmetric}"
-        return (
-            f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
-            f"format={q.format}{opts}, activation={self.activation}, bits_per_weight={q.bits_per_weight:.3f}, "
-            f"weight_bytes={q.nbytes}"
-        )
+        head = f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+        quant = f"format={q.format}{opts}, activation={self.activation}"
+        return f"{head}, {quant}, bits_per_weight={q.bits_per_weight:.3f}, weight_bytes={q.nbytes}"

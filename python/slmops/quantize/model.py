@@ -30,10 +30,8 @@ class QuantizationSummary:
         return self.bytes_before / self.bytes_after if self.bytes_after else 1.0
 
     def __str__(self) -> str:
-        lines = [
-            f"quantized {len(self.replaced)} linear layers to {self.format}: "
-            f"{self.bytes_before / 2**20:.2f} MiB -> {self.bytes_after / 2**20:.2f} MiB ({self.ratio:.2f}x smaller)"
-        ]
+        mib = f"{self.bytes_before / 2**20:.2f} MiB -> {self.bytes_after / 2**20:.2f} MiB"
+        lines = [f"quantized {len(self.replaced)} linear layers to {self.format}: {mib} ({self.ratio:.2f}x smaller)"]
         lines += [f"  kept {name}: {why}" for name, why in self.skipped.items()]
         return "\n".join(lines)
 
