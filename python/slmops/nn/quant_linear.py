@@ -158,6 +158,7 @@ class QuantLinear(nn.Module):
         opts = f", group_size={q.group_size}" if FORMATS[q.format]["has_group_size"] else ""
         if FORMATS[q.format]["has_symmetric_option"]:
             opts += f", symmetric={q.symmetric}"
-        head = f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+        bias = self.bias is not None
+        head = f"in_features={self.in_features}, out_features={self.out_features}, bias={bias}"
         quant = f"format={q.format}{opts}, activation={self.activation}"
         return f"{head}, {quant}, bits_per_weight={q.bits_per_weight:.3f}, weight_bytes={q.nbytes}"

@@ -31,7 +31,8 @@ class QuantizationSummary:
 
     def __str__(self) -> str:
         mib = f"{self.bytes_before / 2**20:.2f} MiB -> {self.bytes_after / 2**20:.2f} MiB"
-        lines = [f"quantized {len(self.replaced)} linear layers to {self.format}: {mib} ({self.ratio:.2f}x smaller)"]
+        head = f"quantized {len(self.replaced)} linear layers to {self.format}"
+        lines = [f"{head}: {mib} ({self.ratio:.2f}x smaller)"]
         lines += [f"  kept {name}: {why}" for name, why in self.skipped.items()]
         return "\n".join(lines)
 
