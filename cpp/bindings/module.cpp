@@ -312,6 +312,14 @@ PYBIND11_MODULE(_C, m, py::mod_gil_not_used()) {
         py::arg("data"), py::arg("scales").none(true), py::arg("zero_points").none(true), py::arg("N"), py::arg("K"));
   m.def("qmatmul", &py_qmatmul, py::arg("packed"), py::arg("x"), py::arg("bias").none(true), py::arg("y"),
         py::arg("activation") = "float", py::arg("isa") = "auto");
+  m.def(
+      "read_bandwidth",
+      [](int64_t bytes, int repeats) {
+        py::gil_scoped_release release;
+        return measure_read_bandwidth(bytes, repeats);
+      },
+      py::arg("bytes") = int64_t(512) << 20, py::arg("repeats") = 5,
+      "Read bandwidth in GB/s: the best of `repeats` parallel sums over a buffer of `bytes`.");
   m.attr("NF4_CODEBOOK") = std::vector<float>(kNF4Codebook, kNF4Codebook + 16);
   m.attr("NF4_DOUBLE_QUANT_BLOCK") = kNF4DoubleQuantBlock;
 }

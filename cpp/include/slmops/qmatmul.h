@@ -87,4 +87,9 @@ PackedWeight pack_weight(const QuantSpec& spec, ConstQuantStorage src, int64_t N
 void qmatmul(const PackedWeight& w, const void* x, DType x_dtype, int64_t M, const float* bias, void* y,
              DType y_dtype, QMatmulActivation act, CpuIsa isa = CpuIsa::kAuto);
 
+// The machine's read bandwidth in GB/s, the ceiling of a memory-bound GEMV: the best of
+// `repeats` parallel passes summing a buffer of `bytes` (make it several times the
+// last-level cache) with the current threads and kernel set.
+double measure_read_bandwidth(int64_t bytes, int repeats, CpuIsa isa = CpuIsa::kAuto);
+
 }  // namespace slmops

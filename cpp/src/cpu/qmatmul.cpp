@@ -4,6 +4,7 @@
 #include "slmops/qmatmul.h"
 
 #include <algorithm>
+#include <chrono>
 #include <cstring>
 #include <stdexcept>
 #include <string>
@@ -306,6 +307,30 @@ void qmatmul(const PackedWeight& w, const void* x, DType x_dtype, int64_t M, con
         (y_dtype == DType::kF16 ? rows.f32_to_f16 : rows.f32_to_bf16)(row, N, static_cast<uint16_t*>(y) + m * N);
     }
   });
+}
+
+double measure_read_bandwidth(int64_t bytes, int repeats, CpuIsa isa) {
+  if (bytes < (1 << 20) || repeats < 1) throw std::invalid_argument("need bytes >= 1 MiB and repeats >= 1");
+  const cpu::QMatmulKernels& k = kernels_for(isa);
+  const int64_t n = bytes / 4;
+  constexpr int64_t kChunk = 1 << 18;  // 1 MiB of floats per work item
+  std::vector<float> buf(static_cast<size_t>(n));
+  parallel_for(n, [&](int64_t i0, int64_t i1) {  // first touch by the threads that read it
+    for (int64_t i = i0; i < i1; ++i) buf[size_t(i)] = 1.0f;
+  });
+  const int64_t chunks = (n + kChunk - 1) / kChunk;
+  std::vector<float> partial(static_cast<size_t>(chunks));
+  double best = 0.0;
+  for (int r = 0; r < repeats; ++r) {
+    const auto t0 = std::chrono::steady_clock::now();
+    parallel_for(chunks, [&](int64_t c0, int64_t c1) {
+      for (int64_t c = c0; c < c1; ++c)
+        partial[size_t(c)] = k.sum_f32(buf.data() + c * kChunk, std::min(kChunk, n - c * kChunk));
+    });
+    const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    best = std::max(best, double(n) * 4.0 / s / 1e9);
+  }
+  return best;
 }
 
 }  // namespace slmops

@@ -26,10 +26,16 @@ void tile_dequantize(const TileArgs& a, int64_t n0, int64_t n1) {
   }
 }
 
+float sum_f32(const float* src, int64_t n) {
+  float s = 0.0f;
+  for (int64_t i = 0; i < n; ++i) s += src[i];
+  return s;
+}
+
 }  // namespace
 
 const QMatmulKernels& qmatmul_kernels() {
-  static const QMatmulKernels k{tile_dequantize, tile_dequantize};
+  static const QMatmulKernels k{tile_dequantize, tile_dequantize, sum_f32};
   return k;
 }
 
