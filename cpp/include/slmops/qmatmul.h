@@ -70,7 +70,8 @@ struct PackedWeight {
   int64_t panel_octets = 0;  // kNibbleAffine: 8-element steps per row (code elements / 8)
   int64_t panel_quads = 0;   // kInt8: 4-element steps per row (padded K / 4)
   std::vector<uint8_t> panel_codes;
-  std::vector<float> panel_scales, panel_offsets;
+  std::vector<float> panel_scales, panel_offsets;  // no offsets when o = -panel_zero_point * s
+  int panel_zero_point = 0;                        // 8 for symmetric codes (int4, q4_0)
   std::vector<int32_t> panel_wsums;
 
   PackedWeight() = default;

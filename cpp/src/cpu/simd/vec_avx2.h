@@ -136,3 +136,4 @@ static inline VI mul_i(VI v, int c) { return _mm256_mullo_epi32(v, _mm256_set1_e
 // int8 panels use the sign trick on the raw signed activations.
 constexpr bool kShiftedActivations = false;
 static inline VI dot_panel_s8(VI acc, VI w, VI, VI x_s8) { return dot_s8s8(acc, w, x_s8); }
+static inline VI set1_i(int v) { return _mm256_set1_epi32(v); }

@@ -102,3 +102,4 @@ static inline VI mul_i(VI v, int c) { return _mm512_mullo_epi32(v, _mm512_set1_e
 // one instruction per 64 products, the 128 * sum(w) it adds removed per segment.
 constexpr bool kShiftedActivations = true;
 static inline VI dot_panel_s8(VI acc, VI w, VI x_u8, VI) { return _mm512_dpbusd_epi32(acc, x_u8, w); }
+static inline VI set1_i(int v) { return _mm512_set1_epi32(v); }
