@@ -63,16 +63,15 @@ struct PackedWeight {
   // offsets per panel and group: [panels][row_groups][16]. Rows past N are zero.
   //
   // kInt8 (when each group holds whole 4-element quads): per 4 elements k4..k4+3 the
-  // panel stores 16 rows x 4 int8 codes; K is zero-padded to whole 32-element segments,
-  // and panel_wsums holds each row's code sum per segment, [panels][segments][16], for
-  // kernels that offset the activations by 128 to use unsigned x signed dot products.
+  // panel stores 16 rows x 4 codes as offset binary, w + 128 (unsigned, so VNNI can take
+  // the weights as its unsigned operand and the correction depends on the activations
+  // only); K is zero-padded (code 128) to whole 32-element segments.
   static constexpr int64_t kPanelRows = 16;
   int64_t panel_octets = 0;  // kNibbleAffine: 8-element steps per row (code elements / 8)
   int64_t panel_quads = 0;   // kInt8: 4-element steps per row (padded K / 4)
   std::vector<uint8_t> panel_codes;
   std::vector<float> panel_scales, panel_offsets;  // no offsets when o = -panel_zero_point * s
   int panel_zero_point = 0;                        // 8 for symmetric codes (int4, q4_0)
-  std::vector<int32_t> panel_wsums;
 
   PackedWeight() = default;
   PackedWeight(const PackedWeight&) = delete;  // views point into the owned vectors

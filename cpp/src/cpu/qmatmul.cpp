@@ -137,18 +137,15 @@ bool int8_panels_fit(const PackedWeight& p) {
 void pack_int8_panels(PackedWeight& p) {
   constexpr int64_t R = PackedWeight::kPanelRows;
   const int64_t panels = (p.N + R - 1) / R;
-  const int64_t Kpad = (p.K + 31) / 32 * 32, segments = Kpad / 32;
+  const int64_t Kpad = (p.K + 31) / 32 * 32;
   p.panel_quads = Kpad / 4;
-  p.panel_codes.assign(size_t(panels * p.panel_quads * R * 4), 0);
+  p.panel_codes.assign(size_t(panels * p.panel_quads * R * 4), 0x80);  // 0x80: weight 0
   p.panel_scales.assign(size_t(panels * p.row_groups * R), 0.0f);
-  p.panel_wsums.assign(size_t(panels * segments * R), 0);
   for (int64_t n = 0; n < p.N; ++n) {
     const int64_t pi = n / R, r = n % R;
     const auto* row = reinterpret_cast<const int8_t*>(p.codes + n * p.K);
-    for (int64_t k = 0; k < p.K; ++k) {
-      p.panel_codes[size_t(((pi * p.panel_quads + k / 4) * R + r) * 4 + k % 4)] = uint8_t(row[k]);
-      p.panel_wsums[size_t((pi * segments + k / 32) * R + r)] += row[k];
-    }
+    for (int64_t k = 0; k < p.K; ++k)
+      p.panel_codes[size_t(((pi * p.panel_quads + k / 4) * R + r) * 4 + k % 4)] = uint8_t(row[k] + 128);
     for (int64_t g = 0; g < p.row_groups; ++g)
       p.panel_scales[size_t((pi * p.row_groups + g) * R + r)] = p.scales[n * p.row_groups + g];
   }

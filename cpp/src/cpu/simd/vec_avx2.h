@@ -131,9 +131,10 @@ static inline VI bcast4(const void* p) {
   std::memcpy(&v, p, 4);
   return _mm256_set1_epi32(v);
 }
-static inline VI mul_i(VI v, int c) { return _mm256_mullo_epi32(v, _mm256_set1_epi32(c)); }
-// AVX2 has no unsigned x signed product without int16 saturation for |x| up to 255, so the
-// int8 panels use the sign trick on the raw signed activations.
-constexpr bool kShiftedActivations = false;
-static inline VI dot_panel_s8(VI acc, VI w, VI, VI x_s8) { return dot_s8s8(acc, w, x_s8); }
+// int8 panel codes are offset binary (w + 128): maddubs would saturate int16 on them, so
+// AVX2 restores the signed weights (xor 0x80) and uses the sign trick; no bias to undo.
+constexpr int kInt8PanelBias = 0;
+static inline VI dot_int8_panel(VI acc, VI w_offset, VI x_s8) {
+  return dot_s8s8(acc, _mm256_xor_si256(w_offset, _mm256_set1_epi8(char(0x80))), x_s8);
+}
 static inline VI set1_i(int v) { return _mm256_set1_epi32(v); }

@@ -97,9 +97,8 @@ static inline VI bcast4(const void* p) {
   std::memcpy(&v, p, 4);
   return _mm512_set1_epi32(v);
 }
-static inline VI mul_i(VI v, int c) { return _mm512_mullo_epi32(v, _mm512_set1_epi32(c)); }
-// VNNI multiplies unsigned by signed bytes: activations + 128 against the signed weights,
-// one instruction per 64 products, the 128 * sum(w) it adds removed per segment.
-constexpr bool kShiftedActivations = true;
-static inline VI dot_panel_s8(VI acc, VI w, VI x_u8, VI) { return _mm512_dpbusd_epi32(acc, x_u8, w); }
+// int8 panel codes are offset binary (w + 128): VNNI takes them as its unsigned operand,
+// one instruction per 64 products; the 128 * sum(x) this adds is subtracted per segment.
+constexpr int kInt8PanelBias = 128;
+static inline VI dot_int8_panel(VI acc, VI w_offset, VI x_s8) { return _mm512_dpbusd_epi32(acc, w_offset, x_s8); }
 static inline VI set1_i(int v) { return _mm512_set1_epi32(v); }
