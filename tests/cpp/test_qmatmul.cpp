@@ -55,7 +55,17 @@ void check(const Case& c, int64_t M, int64_t N, int64_t K, QMatmulActivation act
   for (auto& v : x) v = nd(rng);
   for (auto& v : bias) v = nd(rng);
   const Quantized q = quantize_ref(spec, w, N, K);
-  const auto wd = dequantize_ref(spec, q, N, K);
+  auto wd = dequantize_ref(spec, q, N, K);
+  if (c.format == QuantFormat::kNF4 && act == QMatmulActivation::kInt8) {
+    // With int8 activations nf4 multiplies the int8-rounded codebook, round(127 * code):
+    // w = absmax / 127 * round(127 * code) (see PackedWeight::panel_table).
+    for (int64_t n = 0; n < N; ++n)
+      for (int64_t k = 0; k < K; ++k) {
+        const int code = (q.data[size_t(n * K / 2 + k / 2)] >> ((k & 1) ? 0 : 4)) & 0xF;
+        wd[size_t(n * K + k)] = q.scales[size_t(n * (K / c.group_size) + k / c.group_size)] / 127.0f *
+                                std::nearbyint(127.0f * kNF4Codebook[code]);
+      }
+  }
   const auto xe = act == QMatmulActivation::kInt8 ? int8_activations(x, M, K) : x;
 
   const PackedWeight packed = pack_weight(spec, q.storage(), N, K);

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import ISAS, gaussian
+from slmops import _C
 from slmops.ops import qmatmul, quantize
 
 CASES = [
@@ -28,9 +29,22 @@ def int8_activations(x: np.ndarray) -> np.ndarray:
     return quantize(x, "int8", group_size=32, isa="ref").dequantize()
 
 
+def int8_codebook_nf4(q) -> np.ndarray:
+    """nf4 as the int8-activation kernels use it: absmax / 127 * round(127 * code value)."""
+    data = np.asarray(q.tensors["data"])
+    codes = np.stack([data >> 4, data & 0xF], axis=-1).reshape(q.shape)  # first element high nibble
+    c8 = np.rint(127 * np.asarray(_C.NF4_CODEBOOK, np.float32))
+    scales = np.repeat(np.asarray(q.tensors["scales"]), q.group_size, axis=1)
+    return (scales / np.float32(127)) * c8[codes]
+
+
+def weight_used(q, activation):
+    return int8_codebook_nf4(q) if (q.format == "nf4" and activation == "int8") else q.dequantize()
+
+
 def reference(x, q, bias, activation):
     xe = int8_activations(x) if activation == "int8" else x
-    y = xe.astype(np.float64) @ q.dequantize().astype(np.float64).T
+    y = xe.astype(np.float64) @ weight_used(q, activation).astype(np.float64).T
     return y + (bias.astype(np.float64) if bias is not None else 0)
 
 
@@ -47,9 +61,8 @@ def test_qmatmul_matches_torch_float64(rng, isa, activation, fmt, opts):
         y = qmatmul(x, q, bias=bias, activation=activation, isa=isa)
         ref = reference(x, q, bias, activation)
         # fp32 accumulation of K products: relative to the sum of |products|, a few ulp per term.
-        mag = np.abs(x if activation == "float" else int8_activations(x)) @ np.abs(
-            q.dequantize()
-        ).T * 3 + np.abs(bias)
+        xe = x if activation == "float" else int8_activations(x)
+        mag = np.abs(xe) @ np.abs(weight_used(q, activation)).T * 3 + np.abs(bias)
         assert np.all(np.abs(y - ref) <= (16 + 2 * K) * 2.0**-24 * mag + 1e-30), (M, N)
 
 

@@ -56,7 +56,7 @@ struct PackedWeight {
   std::vector<uint8_t> owned_codes;
   std::vector<float> owned_scales, owned_offsets;
 
-  // kNibbleAffine only: the same codes in row panels for the int8-activation kernels,
+  // kNibbleAffine and kNibbleTable: the same codes in row panels for the int8-activation kernels,
   // which keep one output row per int32 lane and run along K. Panel p holds rows
   // 16p..16p+15; per 8 elements k8..k8+7 it stores 16 rows x 4 bytes, byte i of a row
   // holding element k8+i in the low nibble and k8+4+i in the high nibble. Scales and
@@ -72,6 +72,11 @@ struct PackedWeight {
   std::vector<uint8_t> panel_codes;
   std::vector<float> panel_scales, panel_offsets;  // no offsets when o = -panel_zero_point * s
   int panel_zero_point = 0;                        // 8 for symmetric codes (int4, q4_0)
+  // kNibbleTable (nf4): the panels hold the 4-bit codes and the kernels map them through
+  // this 16-entry int8 table, round(127 * code value), stored as offset binary (+128);
+  // panel_scales are then absmax / 127. The int8 rounding of the codebook (<= 0.4% of
+  // absmax) is part of the int8-activation mode's error.
+  uint8_t panel_table[16] = {};
 
   PackedWeight() = default;
   PackedWeight(const PackedWeight&) = delete;  // views point into the owned vectors

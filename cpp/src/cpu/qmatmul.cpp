@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstring>
 #include <stdexcept>
 #include <string>
@@ -97,18 +98,22 @@ const cpu::RowKernels& row_kernels_for(CpuIsa isa) {
   }
 }
 
-// Rearranges 4-bit affine codes into the row panels described in qmatmul.h.
+// Rearranges 4-bit codes into the row panels described in qmatmul.h.
 void pack_panels(PackedWeight& p) {
   constexpr int64_t R = PackedWeight::kPanelRows;
   const int64_t panels = (p.N + R - 1) / R;
   const int64_t elements = 2 * p.row_bytes;
+  const bool table = p.kind == PackedKind::kNibbleTable;
   p.panel_octets = elements / 8;
   p.panel_codes.assign(size_t(panels * p.panel_octets * R * 4), 0);
   p.panel_scales.assign(size_t(panels * p.row_groups * R), 0.0f);
+  if (table)
+    for (int i = 0; i < 16; ++i) p.panel_table[i] = uint8_t(int(std::nearbyint(127.0f * cpu::kNF4[i])) + 128);
   // Symmetric codes (o = -8 s exactly) need no offsets: the kernel subtracts 8 * sum(x) in
   // integers, which saves their memory traffic and an FMA per segment.
   bool symmetric = true;
-  for (int64_t i = 0; i < p.N * p.row_groups && symmetric; ++i) symmetric = p.offsets[i] == -8.0f * p.scales[i];
+  for (int64_t i = 0; i < p.N * p.row_groups && symmetric && !table; ++i)
+    symmetric = p.offsets[i] == -8.0f * p.scales[i];
   p.panel_zero_point = symmetric ? 8 : 0;
   if (!symmetric) p.panel_offsets.assign(p.panel_scales.size(), 0.0f);
   for (int64_t n = 0; n < p.N; ++n) {
@@ -122,7 +127,8 @@ void pack_panels(PackedWeight& p) {
         p.panel_codes[size_t(((pi * p.panel_octets + t) * R + r) * 4 + i % 4)] |= uint8_t(code << (4 * (i / 4)));
       }
     for (int64_t g = 0; g < p.row_groups; ++g) {
-      p.panel_scales[size_t((pi * p.row_groups + g) * R + r)] = p.scales[n * p.row_groups + g];
+      p.panel_scales[size_t((pi * p.row_groups + g) * R + r)] =
+          table ? p.scales[n * p.row_groups + g] / 127.0f : p.scales[n * p.row_groups + g];
       if (!symmetric) p.panel_offsets[size_t((pi * p.row_groups + g) * R + r)] = p.offsets[n * p.row_groups + g];
     }
   }
@@ -232,7 +238,7 @@ PackedWeight pack_weight(const QuantSpec& spec, ConstQuantStorage src, int64_t N
   if (!p.owned_codes.empty()) p.codes = p.owned_codes.data();
   if (!p.owned_scales.empty()) p.scales = p.owned_scales.data();
   if (!p.owned_offsets.empty()) p.offsets = p.owned_offsets.data();
-  if (p.kind == PackedKind::kNibbleAffine) pack_panels(p);
+  if (p.kind == PackedKind::kNibbleAffine || p.kind == PackedKind::kNibbleTable) pack_panels(p);
   if (p.kind == PackedKind::kInt8 && int8_panels_fit(p)) pack_int8_panels(p);
   return p;
 }

@@ -19,7 +19,8 @@ def qmatmul(
     ``activation="float"`` multiplies the float activations with weights decoded in
     registers. ``activation="int8"`` first quantizes each activation row to int8 in blocks
     of 32 (symmetric, absmax/127) and uses integer dot products (AVX-512 VNNI, AVX2
-    maddubs): faster on int4/int8/ternary weights, at the cost of that rounding of x.
+    maddubs): faster on 4-bit, int8 and ternary weights, at the cost of that rounding of x
+    (and, for nf4, of rounding the codebook to int8: round(127 * code) / 127 * absmax).
     The weight is packed for the kernels on first use and the packing is kept.
     """
     if not isinstance(qw, QuantizedTensor):

@@ -138,3 +138,7 @@ static inline VI dot_int8_panel(VI acc, VI w_offset, VI x_s8) {
   return dot_s8s8(acc, _mm256_xor_si256(w_offset, _mm256_set1_epi8(char(0x80))), x_s8);
 }
 static inline VI set1_i(int v) { return _mm256_set1_epi32(v); }
+static inline VI table16_bytes(const uint8_t* t) {
+  return _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(t)));
+}
+static inline VI shuffle_bytes(VI table, VI idx) { return _mm256_shuffle_epi8(table, idx); }

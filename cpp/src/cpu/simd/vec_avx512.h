@@ -102,3 +102,7 @@ static inline VI bcast4(const void* p) {
 constexpr int kInt8PanelBias = 128;
 static inline VI dot_int8_panel(VI acc, VI w_offset, VI x_s8) { return _mm512_dpbusd_epi32(acc, w_offset, x_s8); }
 static inline VI set1_i(int v) { return _mm512_set1_epi32(v); }
+static inline VI table16_bytes(const uint8_t* t) {
+  return _mm512_broadcast_i32x4(_mm_loadu_si128(reinterpret_cast<const __m128i*>(t)));
+}
+static inline VI shuffle_bytes(VI table, VI idx) { return _mm512_shuffle_epi8(table, idx); }
