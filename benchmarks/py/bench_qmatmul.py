@@ -25,9 +25,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
-
 import slmops
+import torch
 from slmops.ops import qmatmul, quantize
 
 SHAPES = [(4096, 4096), (14336, 4096), (4096, 14336), (4864, 896), (8960, 1536)]
@@ -72,11 +71,25 @@ def bench_shape(n, k, args, bandwidth, rows, llc):
     for m in args.ms:
         x = torch.from_numpy(rng.standard_normal((m, k)).astype(np.float32))
         it = iter(range(1 << 30))
-        base[m] = median_time(lambda x=x, it=it: x @ fp32_copies[next(it) % len(fp32_copies)].T, args.budget,
-                              args.repeats)
-        rows.append(dict(op="matmul", format="fp32_torch", activation="float", N=n, K=k, M=m, median_s=base[m],
-                         weight_bytes=w.nbytes, gbps=w.nbytes / base[m] / 1e9, gflops=2 * m * n * k / base[m] / 1e9,
-                         bw_fraction=w.nbytes / base[m] / 1e9 / bandwidth, speedup=1.0))
+        base[m] = median_time(
+            lambda x=x, it=it: x @ fp32_copies[next(it) % len(fp32_copies)].T, args.budget, args.repeats
+        )
+        rows.append(
+            dict(
+                op="matmul",
+                format="fp32_torch",
+                activation="float",
+                N=n,
+                K=k,
+                M=m,
+                median_s=base[m],
+                weight_bytes=w.nbytes,
+                gbps=w.nbytes / base[m] / 1e9,
+                gflops=2 * m * n * k / base[m] / 1e9,
+                bw_fraction=w.nbytes / base[m] / 1e9 / bandwidth,
+                speedup=1.0,
+            )
+        )
         print_row(rows[-1])
     for name in args.formats:
         fmt, opts = FORMATS[name]
@@ -85,31 +98,61 @@ def bench_shape(n, k, args, bandwidth, rows, llc):
         except ValueError as e:
             print(f"  {name}: skipped ({e})")
             continue
-        copies = [q0] + [quantize(w * (1 + 1e-3 * i), fmt, **opts) for i in range(1, math.ceil(3 * llc / q0.nbytes))]
+        copies = [q0] + [
+            quantize(w * (1 + 1e-3 * i), fmt, **opts) for i in range(1, math.ceil(3 * llc / q0.nbytes))
+        ]
+        for c in copies:
+            c.packed()  # packing happens once per weight, before the timed calls
         for m in args.ms:
             x = rng.standard_normal((m, k)).astype(np.float32)
             for act in args.activations:
                 it = iter(range(1 << 30))
-                t = median_time(lambda x=x, it=it, act=act: qmatmul(x, copies[next(it) % len(copies)], activation=act),
-                                args.budget, args.repeats)
-                rows.append(dict(op="qmatmul", format=name, activation=act, N=n, K=k, M=m, median_s=t,
-                                 weight_bytes=q0.nbytes, gbps=q0.nbytes / t / 1e9, gflops=2 * m * n * k / t / 1e9,
-                                 bw_fraction=q0.nbytes / t / 1e9 / bandwidth, speedup=base[m] / t))
+                t = median_time(
+                    lambda x=x, it=it, act=act, cs=copies: qmatmul(x, cs[next(it) % len(cs)], activation=act),
+                    args.budget,
+                    args.repeats,
+                )
+                rows.append(
+                    dict(
+                        op="qmatmul",
+                        format=name,
+                        activation=act,
+                        N=n,
+                        K=k,
+                        M=m,
+                        median_s=t,
+                        weight_bytes=q0.nbytes,
+                        gbps=q0.nbytes / t / 1e9,
+                        gflops=2 * m * n * k / t / 1e9,
+                        bw_fraction=q0.nbytes / t / 1e9 / bandwidth,
+                        speedup=base[m] / t,
+                    )
+                )
                 print_row(rows[-1])
 
 
 def print_row(r):
-    print(f"{r['op']:8s} {r['format']:10s} {r['activation']:6s} {r['N']:>6}x{r['K']:<6} M={r['M']:<4} "
-          f"{r['median_s'] * 1e3:9.3f} ms {r['gbps']:7.1f} GB/s {r['bw_fraction'] * 100:5.0f}% bw "
-          f"{r['gflops']:7.1f} GFLOP/s  x{r['speedup']:5.2f} vs fp32", flush=True)
+    print(
+        f"{r['op']:8s} {r['format']:10s} {r['activation']:6s} {r['N']:>6}x{r['K']:<6} M={r['M']:<4} "
+        f"{r['median_s'] * 1e3:9.3f} ms {r['gbps']:7.1f} GB/s {r['bw_fraction'] * 100:5.0f}% bw "
+        f"{r['gflops']:7.1f} GFLOP/s  x{r['speedup']:5.2f} vs fp32",
+        flush=True,
+    )
 
 
 def bench_decode(args, rows):
     """Decode step (one token, KV cache of 32) of an 8-layer hidden-2048 Llama, fp32 vs int4."""
     from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM
 
-    cfg = LlamaConfig(vocab_size=32000, hidden_size=2048, intermediate_size=5632, num_hidden_layers=8,
-                      num_attention_heads=32, num_key_value_heads=4, max_position_embeddings=256)
+    cfg = LlamaConfig(
+        vocab_size=32000,
+        hidden_size=2048,
+        intermediate_size=5632,
+        num_hidden_layers=8,
+        num_attention_heads=32,
+        num_key_value_heads=4,
+        max_position_embeddings=256,
+    )
     torch.manual_seed(0)
     fp32 = LlamaForCausalLM(cfg).eval()
     models = {"fp32": fp32}
@@ -128,29 +171,55 @@ def bench_decode(args, rows):
 
             def step(model=model, cache=cache):
                 model(token, past_key_values=cache, use_cache=True)
-                cache.crop(32)  # keep the context length fixed
+                cache.crop(-1)  # drop the new token: the context stays 32 long
 
             times[name] = median_time(step, args.budget * 3, args.repeats)
-            rows.append(dict(op="decode_step", format=name, activation=name.split("/")[-1], N=0, K=0, M=1,
-                             median_s=times[name], weight_bytes=0, gbps=0.0, gflops=0.0, bw_fraction=0.0,
-                             speedup=times["fp32"] / times[name]))
-            print(f"decode step  {name:16s} {times[name] * 1e3:8.2f} ms  x{times['fp32'] / times[name]:5.2f} vs fp32",
-                  flush=True)
+            rows.append(
+                dict(
+                    op="decode_step",
+                    format=name,
+                    activation=name.split("/")[-1],
+                    N=0,
+                    K=0,
+                    M=1,
+                    median_s=times[name],
+                    weight_bytes=0,
+                    gbps=0.0,
+                    gflops=0.0,
+                    bw_fraction=0.0,
+                    speedup=times["fp32"] / times[name],
+                )
+            )
+            print(
+                f"decode step  {name:16s} {times[name] * 1e3:8.2f} ms  "
+                f"x{times['fp32'] / times[name]:5.2f} vs fp32",
+                flush=True,
+            )
 
 
 def summary(rows, bandwidth):
     def best(fmt, n, k, m):
-        cands = [r for r in rows if r["op"] == "qmatmul" and r["format"] == fmt and (r["N"], r["K"], r["M"]) == (n, k, m)]
+        cands = [
+            r
+            for r in rows
+            if r["op"] == "qmatmul" and r["format"] == fmt and (r["N"], r["K"], r["M"]) == (n, k, m)
+        ]
         return max(cands, key=lambda r: r["bw_fraction"]) if cands else None
 
     checks = []
-    big = [(r["N"], r["K"]) for r in rows if r["op"] == "matmul" and r["M"] == 1 and r["weight_bytes"] / 8 > llc_bytes()]
+    big = [
+        (r["N"], r["K"])
+        for r in rows
+        if r["op"] == "matmul" and r["M"] == 1 and r["weight_bytes"] / 8 > llc_bytes()
+    ]
     big = sorted(set(big)) or sorted({(r["N"], r["K"]) for r in rows if r["op"] == "matmul"})
     for fmt, goal in (("int4_g32", 0.90), ("int4_g128", 0.90), ("int8", 0.90), ("nf4", 0.75)):
         for n, k in big:
             r = best(fmt, n, k, 1)
             if r:
-                checks.append((f"{fmt} GEMV {n}x{k} ({r['activation']} act)", r["bw_fraction"], goal, "of read bw"))
+                checks.append(
+                    (f"{fmt} GEMV {n}x{k} ({r['activation']} act)", r["bw_fraction"], goal, "of read bw")
+                )
     for n, k in big:
         t = best("ternary", n, k, 1)
         i4 = [best(f, n, k, 1) for f in ("int4_g32", "int4_g128")]
@@ -197,20 +266,40 @@ def main() -> None:
     llc = llc_bytes()
     bandwidth = slmops._C.read_bandwidth(512 << 20, 5)
     info = slmops.build_info()
-    print(f"slmops {info['version']} cpu isa {info['cpu_isa']}, {args.threads} threads, torch {torch.__version__}, "
-          f"LLC {llc >> 20} MiB, read bandwidth {bandwidth:.1f} GB/s (512 MiB parallel sum, this run)")
+    print(
+        f"slmops {info['version']} cpu isa {info['cpu_isa']}, {args.threads} threads, "
+        f"torch {torch.__version__}, "
+        f"LLC {llc >> 20} MiB, read bandwidth {bandwidth:.1f} GB/s (512 MiB parallel sum, this run)"
+    )
     rows: list[dict] = []
-    for n, k in args.shapes:
-        bench_shape(n, k, args, bandwidth, rows, llc)
-    if args.e2e:
-        bench_decode(args, rows)
-    summary(rows, bandwidth)
+    try:
+        for n, k in args.shapes:
+            bench_shape(n, k, args, bandwidth, rows, llc)
+        if args.e2e:
+            bench_decode(args, rows)
+    finally:  # an interrupted run still reports and saves what it measured
+        summary(rows, bandwidth)
+        save(args, rows, bandwidth, info)
+
+
+def save(args, rows, bandwidth, info) -> None:
     if args.json:
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
         with args.json.open("a") as f:
             for r in rows:
-                f.write(json.dumps({**r, "threads": args.threads, "isa": info["cpu_isa"], "read_bw_gbps": bandwidth,
-                                    "slmops": info["version"], "timestamp": stamp}) + "\n")
+                f.write(
+                    json.dumps(
+                        {
+                            **r,
+                            "threads": args.threads,
+                            "isa": info["cpu_isa"],
+                            "read_bw_gbps": bandwidth,
+                            "slmops": info["version"],
+                            "timestamp": stamp,
+                        }
+                    )
+                    + "\n"
+                )
 
 
 if __name__ == "__main__":
