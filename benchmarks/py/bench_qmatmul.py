@@ -62,7 +62,15 @@ def median_time(fn, budget: float, max_repeats: int) -> float:
     return statistics.median(times)
 
 
-def bench_shape(n, k, args, bandwidth, rows, llc):
+def probe_bandwidth() -> float:
+    """Median of 5 passes of the read-bandwidth probe: on a shared machine the best pass
+    overstates what the timed kernels (medians too) can get."""
+    return statistics.median(slmops._C.read_bandwidth(512 << 20, 1) for _ in range(5))
+
+
+def bench_shape(n, k, args, rows, llc):
+    bandwidth = probe_bandwidth()  # again for every shape: it drifts with the machine's load
+    print(f"read bandwidth before {n}x{k}: {bandwidth:.1f} GB/s", flush=True)
     rng = np.random.default_rng(0)
     w = (rng.standard_normal((n, k)) * 0.02).astype(np.float32)
     w_t = torch.from_numpy(w)
@@ -207,10 +215,12 @@ def summary(rows, bandwidth):
         return max(cands, key=lambda r: r["bw_fraction"]) if cands else None
 
     checks = []
+    # The GEMV targets are for weights larger than the last-level cache: shapes whose int4
+    # weight (~ fp32 / 8) is at least 90% of it; every shape if none is.
     big = [
         (r["N"], r["K"])
         for r in rows
-        if r["op"] == "matmul" and r["M"] == 1 and r["weight_bytes"] / 8 > llc_bytes()
+        if r["op"] == "matmul" and r["M"] == 1 and r["weight_bytes"] / 8 >= 0.9 * llc_bytes()
     ]
     big = sorted(set(big)) or sorted({(r["N"], r["K"]) for r in rows if r["op"] == "matmul"})
     for fmt, goal in (("int4_g32", 0.90), ("int4_g128", 0.90), ("int8", 0.90), ("nf4", 0.75)):
@@ -227,6 +237,11 @@ def summary(rows, bandwidth):
         if t and i4:
             fastest = min(r["median_s"] for r in i4)
             checks.append((f"ternary GEMV {n}x{k} vs fastest int4", fastest / t["median_s"], 1.7, "x"))
+            g32 = best("int4_g32", n, k, 1)
+            if g32:
+                checks.append(
+                    (f"ternary GEMV {n}x{k} vs int4_g32", g32["median_s"] / t["median_s"], 1.7, "x")
+                )
     for fmt, goal in (("int4_g32", 2.5), ("int4_g128", 2.5), ("int8", 3.0)):
         for r in rows:
             if r["op"] == "qmatmul" and r["format"] == fmt and r["M"] == 512 and r["activation"] == "int8":
@@ -234,7 +249,8 @@ def summary(rows, bandwidth):
     for r in rows:
         if r["op"] == "decode_step" and r["format"] != "fp32":
             checks.append((f"decode step {r['format']} vs fp32", r["speedup"], 3.0, "x"))
-    print(f"\nsummary (read bandwidth {bandwidth:.1f} GB/s, {slmops.get_num_threads()} threads)")
+    threads = slmops.get_num_threads()
+    print(f"\nsummary ({threads} threads; GEMV fractions of the read bandwidth probed before each shape)")
     for name, value, goal, unit in checks:
         shown = f"{value * 100:.0f}%" if unit == "of read bw" else f"{value:.2f}x"
         target = f"{goal * 100:.0f}%" if unit == "of read bw" else f"{goal:.1f}x"
@@ -264,7 +280,7 @@ def main() -> None:
     slmops.set_num_threads(args.threads)
     torch.set_num_threads(args.threads)
     llc = llc_bytes()
-    bandwidth = slmops._C.read_bandwidth(512 << 20, 5)
+    bandwidth = probe_bandwidth()
     info = slmops.build_info()
     print(
         f"slmops {info['version']} cpu isa {info['cpu_isa']}, {args.threads} threads, "
@@ -274,7 +290,7 @@ def main() -> None:
     rows: list[dict] = []
     try:
         for n, k in args.shapes:
-            bench_shape(n, k, args, bandwidth, rows, llc)
+            bench_shape(n, k, args, rows, llc)
         if args.e2e:
             bench_decode(args, rows)
     finally:  # an interrupted run still reports and saves what it measured
