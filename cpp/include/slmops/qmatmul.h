@@ -66,9 +66,14 @@ struct PackedWeight {
   // panel stores 16 rows x 4 codes as offset binary, w + 128 (unsigned, so VNNI can take
   // the weights as its unsigned operand and the correction depends on the activations
   // only); K is zero-padded (code 128) to whole 32-element segments.
+  //
+  // kTernary: per 16 elements k16..k16+15 the panel stores 16 rows x 4 bytes, bits 2j of
+  // byte i holding the code (0, 1, 2) of element k16 + 4j + i; K is padded to whole
+  // 32-element segments with code 1 (weight 0).
   static constexpr int64_t kPanelRows = 16;
   int64_t panel_octets = 0;  // kNibbleAffine: 8-element steps per row (code elements / 8)
   int64_t panel_quads = 0;   // kInt8: 4-element steps per row (padded K / 4)
+  int64_t panel_hexads = 0;  // kTernary: 16-element steps per row (padded K / 16)
   std::vector<uint8_t> panel_codes;
   std::vector<float> panel_scales, panel_offsets;  // no offsets when o = -panel_zero_point * s
   int panel_zero_point = 0;                        // 8 for symmetric codes (int4, q4_0)

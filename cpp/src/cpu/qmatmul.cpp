@@ -157,6 +157,23 @@ void pack_int8_panels(PackedWeight& p) {
   }
 }
 
+void pack_ternary_panels(PackedWeight& p) {
+  constexpr int64_t R = PackedWeight::kPanelRows;
+  const int64_t panels = (p.N + R - 1) / R;
+  const int64_t Kpad = (p.K + 31) / 32 * 32;
+  p.panel_hexads = Kpad / 16;
+  p.panel_codes.assign(size_t(panels * p.panel_hexads * R * 4), cpu::kTernaryPadByte);  // code 1: weight 0
+  for (int64_t n = 0; n < p.N; ++n) {
+    const int64_t pi = n / R, r = n % R;
+    for (int64_t k = 0; k < p.K; ++k) {
+      const int code = (p.codes[n * p.row_bytes + k / 4] >> (2 * (k % 4))) & 3;
+      const int64_t i = k % 4, j = (k % 16) / 4;
+      uint8_t& byte = p.panel_codes[size_t(((pi * p.panel_hexads + k / 16) * R + r) * 4 + i)];
+      byte = uint8_t((byte & ~(3 << (2 * j))) | (code << (2 * j)));
+    }
+  }
+}
+
 }  // namespace
 
 PackedWeight pack_weight(const QuantSpec& spec, ConstQuantStorage src, int64_t N, int64_t K) {
@@ -240,6 +257,7 @@ PackedWeight pack_weight(const QuantSpec& spec, ConstQuantStorage src, int64_t N
   if (!p.owned_offsets.empty()) p.offsets = p.owned_offsets.data();
   if (p.kind == PackedKind::kNibbleAffine || p.kind == PackedKind::kNibbleTable) pack_panels(p);
   if (p.kind == PackedKind::kInt8 && int8_panels_fit(p)) pack_int8_panels(p);
+  if (p.kind == PackedKind::kTernary) pack_ternary_panels(p);
   return p;
 }
 
