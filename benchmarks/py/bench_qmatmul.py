@@ -216,11 +216,11 @@ def summary(rows, bandwidth):
 
     checks = []
     # The GEMV targets are for weights larger than the last-level cache: shapes whose int4
-    # weight (~ fp32 / 8) is at least 90% of it; every shape if none is.
+    # g32 weight (5 bits per weight: fp32 bytes * 5 / 32) exceeds it; every shape if none does.
     big = [
         (r["N"], r["K"])
         for r in rows
-        if r["op"] == "matmul" and r["M"] == 1 and r["weight_bytes"] / 8 >= 0.9 * llc_bytes()
+        if r["op"] == "matmul" and r["M"] == 1 and r["weight_bytes"] * 5 / 32 > llc_bytes()
     ]
     big = sorted(set(big)) or sorted({(r["N"], r["K"]) for r in rows if r["op"] == "matmul"})
     for fmt, goal in (("int4_g32", 0.90), ("int4_g128", 0.90), ("int8", 0.90), ("nf4", 0.75)):

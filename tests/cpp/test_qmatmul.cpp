@@ -136,3 +136,66 @@ TEST(QMatmul, HalfActivationsAndOutputs) {
 }
 
 }  // namespace
+
+namespace {
+
+// The code of element (n, k) read back from the row panels of a packed weight.
+int panel_code(const PackedWeight& p, int64_t n, int64_t k) {
+  constexpr int64_t R = PackedWeight::kPanelRows;
+  const int64_t pi = n / R, r = n % R;
+  switch (p.kind) {
+    case PackedKind::kNibbleAffine:
+    case PackedKind::kNibbleTable: {
+      const uint8_t b = p.panel_codes[size_t(((pi * p.panel_octets + k / 8) * R + r) * 4 + (k % 8) % 4)];
+      return (b >> (4 * ((k % 8) / 4))) & 0xF;
+    }
+    case PackedKind::kInt8:
+      return int(p.panel_codes[size_t(((pi * p.panel_quads + k / 4) * R + r) * 4 + k % 4)]) - 128;
+    case PackedKind::kTernary: {
+      const uint8_t b = p.panel_codes[size_t(((pi * p.panel_hexads + k / 16) * R + r) * 4 + k % 4)];
+      return (b >> (2 * ((k % 16) / 4))) & 3;
+    }
+    default: return -1;
+  }
+}
+
+// The code of element (n, k) in the original quantized storage.
+int source_code(const QuantSpec& spec, const Quantized& q, int64_t n, int64_t k, int64_t K) {
+  const QuantLayout L = quant_layout(spec, K);
+  const uint8_t* row = q.data.data() + n * L.data_bytes_per_row;
+  switch (spec.format) {
+    case QuantFormat::kInt4: return (row[k / 2] >> (4 * (k % 2))) & 0xF;
+    case QuantFormat::kNF4: return (row[k / 2] >> ((k % 2) ? 0 : 4)) & 0xF;
+    case QuantFormat::kInt8: return int(int8_t(row[k]));
+    case QuantFormat::kTernary: return (row[k / 4] >> (2 * (k % 4))) & 3;
+    case QuantFormat::kQ4_0: {
+      const uint8_t* blk = row + (k / 32) * 18 + 2;
+      return (blk[k % 16] >> ((k % 32) < 16 ? 0 : 4)) & 0xF;
+    }
+    case QuantFormat::kQ8_0: return int(int8_t(row[(k / 32) * 34 + 2 + k % 32]));
+    case QuantFormat::kQ4_K: {
+      const uint8_t* qs = row + (k / 256) * 144 + 16;
+      const int64_t e = k % 256;
+      return (qs[32 * (e / 64) + e % 32] >> ((e % 64) < 32 ? 0 : 4)) & 0xF;
+    }
+    default: return -1;
+  }
+}
+
+}  // namespace
+
+TEST(QMatmulPacking, PanelsHoldExactlyTheSourceCodes) {
+  // Repacking is a permutation of codes: every code, every row (also a partial last panel).
+  for (const Case& c : kCases) {
+    if (c.format == QuantFormat::kQ6_K || c.format == QuantFormat::kTQ2_0) continue;  // not packed into panels
+    const QuantSpec spec{c.format, c.group_size, c.symmetric};
+    const int64_t N = 37, K = k_values(c)[1];
+    const auto w = make_weights(N, K, 11);
+    const Quantized q = quantize_ref(spec, w, N, K);
+    const PackedWeight p = pack_weight(spec, q.storage(), N, K);
+    ASSERT_FALSE(p.panel_codes.empty()) << case_name(c);
+    for (int64_t n = 0; n < N; ++n)
+      for (int64_t k = 0; k < K; ++k)
+        ASSERT_EQ(panel_code(p, n, k), source_code(spec, q, n, k, K)) << case_name(c) << " n=" << n << " k=" << k;
+  }
+}
