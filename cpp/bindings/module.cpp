@@ -199,7 +199,7 @@ std::unique_ptr<PyPackedWeight> py_pack_weight(const std::string& format, int64_
 }
 
 void py_qmatmul(const PyPackedWeight& pw, py::handle x, py::handle bias, py::handle y, const std::string& activation,
-                const std::string& isa) {
+                const std::string& isa, const std::string& backend) {
   const PackedWeight& w = pw.w;
   TensorArg xa = tensor_arg(x, "x");
   expect_cpu(xa);
@@ -229,10 +229,16 @@ void py_qmatmul(const PyPackedWeight& pw, py::handle x, py::handle bias, py::han
   QMatmulActivation act;
   if (activation == "float") act = QMatmulActivation::kFloat;
   else if (activation == "int8") act = QMatmulActivation::kInt8;
-  else throw py::value_error("activation must be 'float' or 'int8', got '" + activation + "'");
+  else if (activation == "int8_row") act = QMatmulActivation::kInt8Row;
+  else throw py::value_error("activation must be 'float', 'int8' or 'int8_row', got '" + activation + "'");
+  QMatmulBackend be;
+  if (backend == "auto") be = QMatmulBackend::kAuto;
+  else if (backend == "kernels") be = QMatmulBackend::kKernels;
+  else if (backend == "onednn") be = QMatmulBackend::kOneDnn;
+  else throw py::value_error("backend must be 'auto', 'kernels' or 'onednn', got '" + backend + "'");
   const CpuIsa cpu_isa = cpu_isa_from_name(isa);
   py::gil_scoped_release release;
-  qmatmul(w, xa.data, x_dtype, M, bias_ptr, ya.data, y_dtype, act, cpu_isa);
+  qmatmul(w, xa.data, x_dtype, M, bias_ptr, ya.data, y_dtype, act, cpu_isa, be);
 }
 
 py::dict py_build_info() {
@@ -311,7 +317,7 @@ PYBIND11_MODULE(_C, m, py::mod_gil_not_used()) {
   m.def("pack_weight", &py_pack_weight, py::arg("format"), py::arg("group_size"), py::arg("symmetric"),
         py::arg("data"), py::arg("scales").none(true), py::arg("zero_points").none(true), py::arg("N"), py::arg("K"));
   m.def("qmatmul", &py_qmatmul, py::arg("packed"), py::arg("x"), py::arg("bias").none(true), py::arg("y"),
-        py::arg("activation") = "float", py::arg("isa") = "auto");
+        py::arg("activation") = "float", py::arg("isa") = "auto", py::arg("backend") = "auto");
   m.def(
       "read_bandwidth",
       [](int64_t bytes, int repeats) {

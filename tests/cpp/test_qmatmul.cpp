@@ -7,9 +7,11 @@
 #include <cstring>
 #include <random>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "quant_cases.h"
+#include "slmops/build_info.h"
 #include "slmops/qmatmul.h"
 #include "slmops/quant.h"
 
@@ -40,13 +42,15 @@ std::vector<float> dequantize_ref(const QuantSpec& spec, const Quantized& q, int
   return out;
 }
 
-// The int8 activations the kernels use: int8 format, groups of kActBlock, dequantized.
-std::vector<float> int8_activations(const std::vector<float>& x, int64_t M, int64_t K) {
-  const QuantSpec spec{QuantFormat::kInt8, kActBlock, true};
+// The int8 activations the kernels use: int8 format, groups of kActBlock (or one scale per
+// row for kInt8Row), dequantized.
+std::vector<float> int8_activations(const std::vector<float>& x, int64_t M, int64_t K, QMatmulActivation act) {
+  const QuantSpec spec{QuantFormat::kInt8, act == QMatmulActivation::kInt8Row ? 0 : kActBlock, true};
   return dequantize_ref(spec, quantize_ref(spec, x, M, K), M, K);
 }
 
-void check(const Case& c, int64_t M, int64_t N, int64_t K, QMatmulActivation act, CpuIsa isa) {
+void check(const Case& c, int64_t M, int64_t N, int64_t K, QMatmulActivation act, CpuIsa isa,
+           QMatmulBackend backend = QMatmulBackend::kAuto) {
   const QuantSpec spec{c.format, c.group_size, c.symmetric};
   const auto w = make_weights(N, K, unsigned(N * 131 + K));
   std::mt19937 rng(unsigned(M * 7 + K));
@@ -56,7 +60,7 @@ void check(const Case& c, int64_t M, int64_t N, int64_t K, QMatmulActivation act
   for (auto& v : bias) v = nd(rng);
   const Quantized q = quantize_ref(spec, w, N, K);
   auto wd = dequantize_ref(spec, q, N, K);
-  if (c.format == QuantFormat::kNF4 && act == QMatmulActivation::kInt8) {
+  if (c.format == QuantFormat::kNF4 && act != QMatmulActivation::kFloat) {
     // With int8 activations nf4 multiplies the int8-rounded codebook, round(127 * code):
     // w = absmax / 127 * round(127 * code) (see PackedWeight::panel_table).
     for (int64_t n = 0; n < N; ++n)
@@ -66,11 +70,11 @@ void check(const Case& c, int64_t M, int64_t N, int64_t K, QMatmulActivation act
                                 std::nearbyint(127.0f * kNF4Codebook[code]);
       }
   }
-  const auto xe = act == QMatmulActivation::kInt8 ? int8_activations(x, M, K) : x;
+  const auto xe = act == QMatmulActivation::kFloat ? x : int8_activations(x, M, K, act);
 
   const PackedWeight packed = pack_weight(spec, q.storage(), N, K);
   std::vector<float> y(size_t(M * N), NAN);
-  qmatmul(packed, x.data(), DType::kF32, M, bias.data(), y.data(), DType::kF32, act, isa);
+  qmatmul(packed, x.data(), DType::kF32, M, bias.data(), y.data(), DType::kF32, act, isa, backend);
   for (int64_t m = 0; m < M; ++m)
     for (int64_t n = 0; n < N; ++n) {
       double ref = bias[size_t(n)], xabs = 0.0, wmax = 0.0;
@@ -93,14 +97,33 @@ class QMatmulTest : public ::testing::TestWithParam<Case> {};
 TEST_P(QMatmulTest, MatchesDequantizedProductOnEveryIsa) {
   const Case c = GetParam();
   for (CpuIsa isa : available_cpu_isas())
-    for (QMatmulActivation act : {QMatmulActivation::kFloat, QMatmulActivation::kInt8})
+    for (QMatmulActivation act : {QMatmulActivation::kFloat, QMatmulActivation::kInt8, QMatmulActivation::kInt8Row})
       for (int64_t K : k_values(c))
         for (auto [M, N] : {std::pair<int64_t, int64_t>{1, 7}, {3, 5}, {6, 33}, {37, 9}}) {
-          SCOPED_TRACE(std::string(cpu_isa_name(isa)) + (act == QMatmulActivation::kInt8 ? " int8" : " float") +
+          SCOPED_TRACE(std::string(cpu_isa_name(isa)) + " activation " + std::to_string(int(act)) +
                        " M=" + std::to_string(M) + " N=" + std::to_string(N) + " K=" + std::to_string(K));
           check(c, M, N, K, act, isa);
           if (HasFatalFailure()) return;
         }
+}
+
+TEST(QMatmul, OneDnnW8A8MatchesTheKernelsAndTheReference) {
+  if (!slmops::build_info().onednn) GTEST_SKIP() << "built without oneDNN";
+  const Case c{QuantFormat::kInt8, 0, true};
+  for (auto [M, N, K] : {std::tuple<int64_t, int64_t, int64_t>{1, 7, 33}, {5, 33, 64}, {37, 70, 1000}}) {
+    SCOPED_TRACE("M=" + std::to_string(M) + " N=" + std::to_string(N) + " K=" + std::to_string(K));
+    check(c, M, N, K, QMatmulActivation::kInt8Row, CpuIsa::kAuto, QMatmulBackend::kOneDnn);
+    check(c, M, N, K, QMatmulActivation::kInt8Row, CpuIsa::kAuto, QMatmulBackend::kKernels);
+  }
+  // oneDNN is only for per-channel int8 weights with per-token activations.
+  const QuantSpec spec{QuantFormat::kInt4, 32, true};
+  const auto w = make_weights(4, 64, 1);
+  const Quantized q = quantize_ref(spec, w, 4, 64);
+  const PackedWeight packed = pack_weight(spec, q.storage(), 4, 64);
+  std::vector<float> x(64, 1.0f), y(4);
+  EXPECT_THROW(qmatmul(packed, x.data(), DType::kF32, 1, nullptr, y.data(), DType::kF32, QMatmulActivation::kInt8Row,
+                       CpuIsa::kAuto, QMatmulBackend::kOneDnn),
+               std::invalid_argument);
 }
 
 INSTANTIATE_TEST_SUITE_P(AllFormats, QMatmulTest, ::testing::ValuesIn(kCases),

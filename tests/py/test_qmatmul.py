@@ -24,9 +24,11 @@ CASES = [
 ]
 
 
-def int8_activations(x: np.ndarray) -> np.ndarray:
-    """The activations the int8 path multiplies: int8 in blocks of 32, dequantized."""
-    return quantize(x, "int8", group_size=32, isa="ref").dequantize()
+def int8_activations(x: np.ndarray, activation: str = "int8") -> np.ndarray:
+    """The activations the int8 paths multiply: int8 in blocks of 32 ('int8') or with one
+    scale per row ('int8_row'), dequantized."""
+    group = 32 if activation == "int8" else None
+    return quantize(x, "int8", group_size=group, isa="ref").dequantize()
 
 
 def int8_codebook_nf4(q) -> np.ndarray:
@@ -39,17 +41,17 @@ def int8_codebook_nf4(q) -> np.ndarray:
 
 
 def weight_used(q, activation):
-    return int8_codebook_nf4(q) if (q.format == "nf4" and activation == "int8") else q.dequantize()
+    return int8_codebook_nf4(q) if (q.format == "nf4" and activation != "float") else q.dequantize()
 
 
 def reference(x, q, bias, activation):
-    xe = int8_activations(x) if activation == "int8" else x
+    xe = x if activation == "float" else int8_activations(x, activation)
     y = xe.astype(np.float64) @ weight_used(q, activation).astype(np.float64).T
     return y + (bias.astype(np.float64) if bias is not None else 0)
 
 
 @pytest.mark.parametrize("isa", ISAS)
-@pytest.mark.parametrize("activation", ["float", "int8"])
+@pytest.mark.parametrize("activation", ["float", "int8", "int8_row"])
 @pytest.mark.parametrize(("fmt", "opts"), CASES, ids=[f"{f}{o}" for f, o in CASES])
 def test_qmatmul_matches_torch_float64(rng, isa, activation, fmt, opts):
     K = 512 if fmt in ("q4_k", "q6_k", "tq2_0") else 320
@@ -61,9 +63,25 @@ def test_qmatmul_matches_torch_float64(rng, isa, activation, fmt, opts):
         y = qmatmul(x, q, bias=bias, activation=activation, isa=isa)
         ref = reference(x, q, bias, activation)
         # fp32 accumulation of K products: relative to the sum of |products|, a few ulp per term.
-        xe = x if activation == "float" else int8_activations(x)
+        xe = x if activation == "float" else int8_activations(x, activation)
         mag = np.abs(xe) @ np.abs(weight_used(q, activation)).T * 3 + np.abs(bias)
         assert np.all(np.abs(y - ref) <= (16 + 2 * K) * 2.0**-24 * mag + 1e-30), (M, N)
+
+
+@pytest.mark.skipif(not _C.build_info()["onednn"], reason="built without oneDNN")
+def test_onednn_w8a8_matches_the_kernels(rng):
+    w = gaussian(rng, (96, 1000), std=0.05)
+    x = gaussian(rng, (37, 1000))
+    q = quantize(w, "int8")
+    y1 = qmatmul(x, q, activation="int8_row", backend="onednn")
+    y2 = qmatmul(x, q, activation="int8_row", backend="kernels")
+    ref = reference(x, q, None, "int8_row")
+    np.testing.assert_allclose(y1, ref, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(y2, ref, rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="backend 'onednn' needs"):
+        qmatmul(x, quantize(w, "int8", group_size=32), activation="int8_row", backend="onednn")
+    with pytest.raises(ValueError, match="backend must be"):
+        qmatmul(x, q, backend="mkl")
 
 
 def test_int8_activation_error_is_small_against_the_float_path(rng):

@@ -21,8 +21,16 @@ namespace slmops {
 //   kInt8:  each activation row is quantized to int8 in blocks of kActBlock (symmetric,
 //           scale absmax/127, half to even: the int8 format with group 32), and the
 //           products are integer dot products (AVX-512 VNNI / AVX2 maddubs).
-enum class QMatmulActivation : int { kFloat = 0, kInt8 = 1 };
+//   kInt8Row: as kInt8 with one scale per activation row (per token): W8A8 in the usual
+//           sense. With per-channel int8 weights and oneDNN present this runs on oneDNN's
+//           int8 matmul (see QMatmulBackend).
+enum class QMatmulActivation : int { kFloat = 0, kInt8 = 1, kInt8Row = 2 };
 constexpr int64_t kActBlock = 32;
+
+// Who multiplies: kAuto picks oneDNN for kInt8Row with per-channel int8 weights when the
+// build has it (and the ISA is not forced to ref), our kernels otherwise; kKernels always
+// uses ours; kOneDnn requires that case and throws std::invalid_argument elsewhere.
+enum class QMatmulBackend : int { kAuto = 0, kKernels = 1, kOneDnn = 2 };
 
 // Packed kernel families. Every format packs into one of them.
 enum class PackedKind : int {
@@ -95,7 +103,8 @@ PackedWeight pack_weight(const QuantSpec& spec, ConstQuantStorage src, int64_t N
 
 // y [M, N] of y_dtype = x [M, K] of x_dtype @ W^T + bias (bias: N floats or nullptr).
 void qmatmul(const PackedWeight& w, const void* x, DType x_dtype, int64_t M, const float* bias, void* y,
-             DType y_dtype, QMatmulActivation act, CpuIsa isa = CpuIsa::kAuto);
+             DType y_dtype, QMatmulActivation act, CpuIsa isa = CpuIsa::kAuto,
+             QMatmulBackend backend = QMatmulBackend::kAuto);
 
 // The machine's read bandwidth in GB/s, the ceiling of a memory-bound GEMV: the best of
 // `repeats` parallel passes summing a buffer of `bytes` (make it several times the

@@ -15,6 +15,7 @@
 #include "cpu/quant_common.h"
 #include "cpu/qmatmul_kernels.h"
 #include "cpu/row_kernels.h"
+#include "onednn/onednn_matmul.h"
 #include "slmops/threading.h"
 
 namespace slmops {
@@ -262,10 +263,18 @@ PackedWeight pack_weight(const QuantSpec& spec, ConstQuantStorage src, int64_t N
 }
 
 void qmatmul(const PackedWeight& w, const void* x, DType x_dtype, int64_t M, const float* bias, void* y,
-             DType y_dtype, QMatmulActivation act, CpuIsa isa) {
+             DType y_dtype, QMatmulActivation act, CpuIsa isa, QMatmulBackend backend) {
   if (M < 0) throw std::invalid_argument("M must be >= 0");
-  if (M == 0) return;
   const CpuIsa resolved = resolve_cpu_isa(isa);
+  const bool onednn_fits = act == QMatmulActivation::kInt8Row && w.kind == PackedKind::kInt8 && w.group == w.K &&
+                           onednn::available();
+  if (backend == QMatmulBackend::kOneDnn && !onednn_fits)
+    throw std::invalid_argument(
+        "backend 'onednn' needs activation 'int8_row', per-channel int8 weights (format 'int8' without group_size) "
+        "and a build with oneDNN");
+  const bool use_onednn =
+      onednn_fits && (backend == QMatmulBackend::kOneDnn || (backend == QMatmulBackend::kAuto && resolved != CpuIsa::kRef));
+  if (M == 0) return;
   const cpu::QMatmulKernels& kernels = kernels_for(resolved);
   const cpu::RowKernels& rows = row_kernels_for(resolved);
   const int64_t K = w.K, N = w.N;
@@ -292,18 +301,21 @@ void qmatmul(const PackedWeight& w, const void* x, DType x_dtype, int64_t M, con
   std::vector<int8_t> xq;
   std::vector<float> xs, xhat;
   cpu::TileFn tile = kernels.float_act;
-  if (act == QMatmulActivation::kInt8) {
-    // Per row, blocks of 32, symmetric int8: exactly the int8 format's row kernel.
+  if (act != QMatmulActivation::kFloat) {
+    // Symmetric int8 by the int8 format's row kernel: blocks of 32, or the whole row with
+    // its scale repeated for every block, so the kernels see one layout either way.
+    const bool per_row = act == QMatmulActivation::kInt8Row;
     const int64_t blocks = args.Kp / kActBlock;
     xq.assign(size_t(M * args.Kp), 0);
     xs.assign(size_t(M * blocks), 0.0f);
     xhat.resize(size_t(M * K));
-    const cpu::RowParams params{kActBlock, true, 0.0f};
+    const cpu::RowParams params{per_row ? 0 : kActBlock, true, 0.0f};
     parallel_for(M, [&](int64_t m0, int64_t m1) {
       for (int64_t m = m0; m < m1; ++m) {
         int8_t* q = &xq[size_t(m * args.Kp)];
         float* s = &xs[size_t(m * blocks)];
         rows.quantize[int(QuantFormat::kInt8)](xf + m * K, K, params, {reinterpret_cast<uint8_t*>(q), s, nullptr});
+        if (per_row) std::fill(s + 1, s + blocks, s[0]);
         for (int64_t k = 0; k < K; ++k) xhat[size_t(m * K + k)] = float(q[k]) * s[k / kActBlock];
       }
     });
@@ -320,9 +332,21 @@ void qmatmul(const PackedWeight& w, const void* x, DType x_dtype, int64_t M, con
     yf = y32.data();
   }
   args.y = yf;
-  // Split output columns in whole panels, so panel kernels never share a panel.
-  constexpr int64_t R = PackedWeight::kPanelRows;
-  parallel_for((N + R - 1) / R, [&](int64_t p0, int64_t p1) { tile(args, p0 * R, std::min(N, p1 * R)); });
+  if (use_onednn) {
+    // Exact int32 products from oneDNN, then y = acc * sx[m] * sw[n].
+    std::vector<int32_t> acc(size_t(M * N));
+    onednn::matmul_s8s8s32(xq.data(), M, K, args.Kp, reinterpret_cast<const int8_t*>(w.codes), N, acc.data());
+    const int64_t blocks = args.Kp / kActBlock;
+    parallel_for(M, [&](int64_t m0, int64_t m1) {
+      for (int64_t m = m0; m < m1; ++m)
+        for (int64_t n = 0; n < N; ++n)
+          yf[m * N + n] = float(acc[size_t(m * N + n)]) * (xs[size_t(m * blocks)] * w.scales[n]);
+    });
+  } else {
+    // Split output columns in whole panels, so panel kernels never share a panel.
+    constexpr int64_t R = PackedWeight::kPanelRows;
+    parallel_for((N + R - 1) / R, [&](int64_t p0, int64_t p1) { tile(args, p0 * R, std::min(N, p1 * R)); });
+  }
 
   parallel_for(M, [&](int64_t m0, int64_t m1) {
     for (int64_t m = m0; m < m1; ++m) {

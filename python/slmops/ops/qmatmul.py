@@ -8,11 +8,18 @@ from .. import _C
 from .._tensor import FLOAT_DTYPES, check_array, dtype_name, empty, is_torch, kernel_input
 from .quant import QuantizedTensor
 
-ACTIVATIONS = ("float", "int8")
+ACTIVATIONS = ("float", "int8", "int8_row")
+BACKENDS = ("auto", "kernels", "onednn")
 
 
 def qmatmul(
-    x: Any, qw: QuantizedTensor, *, bias: Any = None, activation: str = "float", isa: str = "auto"
+    x: Any,
+    qw: QuantizedTensor,
+    *,
+    bias: Any = None,
+    activation: str = "float",
+    isa: str = "auto",
+    backend: str = "auto",
 ) -> Any:
     """``x [..., in_features] @ W.T + bias`` -> ``[..., out_features]`` in x's framework and dtype.
 
@@ -21,6 +28,10 @@ def qmatmul(
     of 32 (symmetric, absmax/127) and uses integer dot products (AVX-512 VNNI, AVX2
     maddubs): faster on 4-bit, int8 and ternary weights, at the cost of that rounding of x
     (and, for nf4, of rounding the codebook to int8: round(127 * code) / 127 * absmax).
+    ``activation="int8_row"`` uses one scale per activation row (per token) instead: W8A8
+    as vLLM and SmoothQuant mean it. With per-channel int8 weights it runs on oneDNN's int8
+    matmul where slmops was built with oneDNN (``backend="auto"``); ``backend="kernels"``
+    forces our kernels, ``backend="onednn"`` requires oneDNN.
     The weight is packed for the kernels on first use and the packing is kept.
     """
     if not isinstance(qw, QuantizedTensor):
@@ -28,6 +39,8 @@ def qmatmul(
     check_array(x, "x")
     if activation not in ACTIVATIONS:
         raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     n, k = qw.shape
     if len(x.shape) == 0 or x.shape[-1] != k:
         raise ValueError(f"x must be [..., in_features={k}], got shape {tuple(x.shape)}")
@@ -44,5 +57,5 @@ def qmatmul(
         if tuple(bias.shape) != (n,):
             raise ValueError(f"bias must have shape ({n},), got {tuple(bias.shape)}")
         bias = kernel_input(bias.float() if is_torch(bias) else bias.astype("float32", copy=False))
-    _C.qmatmul(qw.packed(), x2, bias, y, activation=activation, isa=isa)
+    _C.qmatmul(qw.packed(), x2, bias, y, activation=activation, isa=isa, backend=backend)
     return y.reshape(*lead, n)
