@@ -27,9 +27,10 @@ namespace slmops {
 enum class QMatmulActivation : int { kFloat = 0, kInt8 = 1, kInt8Row = 2 };
 constexpr int64_t kActBlock = 32;
 
-// Who multiplies: kAuto picks oneDNN for kInt8Row with per-channel int8 weights when the
-// build has it (and the ISA is not forced to ref), our kernels otherwise; kKernels always
-// uses ours; kOneDnn requires that case and throws std::invalid_argument elsewhere.
+// Who multiplies: kAuto picks oneDNN for kInt8Row with per-channel int8 weights and at
+// least 64 activation rows when the build has it (and the ISA is not forced to ref), our
+// kernels otherwise; kKernels always uses ours; kOneDnn requires the int8 case and throws
+// std::invalid_argument elsewhere.
 enum class QMatmulBackend : int { kAuto = 0, kKernels = 1, kOneDnn = 2 };
 
 // Packed kernel families. Every format packs into one of them.

@@ -272,8 +272,12 @@ void qmatmul(const PackedWeight& w, const void* x, DType x_dtype, int64_t M, con
     throw std::invalid_argument(
         "backend 'onednn' needs activation 'int8_row', per-channel int8 weights (format 'int8' without group_size) "
         "and a build with oneDNN");
+  // Measured on Zen 4, 2 threads (bench_qmatmul): oneDNN's int8 GEMM wins from M ~ 64
+  // (1.4-1.6x our panels at M = 128); below that our panel kernels are 2-4x faster.
+  constexpr int64_t kOneDnnMinRows = 64;
   const bool use_onednn =
-      onednn_fits && (backend == QMatmulBackend::kOneDnn || (backend == QMatmulBackend::kAuto && resolved != CpuIsa::kRef));
+      onednn_fits && (backend == QMatmulBackend::kOneDnn ||
+                      (backend == QMatmulBackend::kAuto && resolved != CpuIsa::kRef && M >= kOneDnnMinRows));
   if (M == 0) return;
   const cpu::QMatmulKernels& kernels = kernels_for(resolved);
   const cpu::RowKernels& rows = row_kernels_for(resolved);

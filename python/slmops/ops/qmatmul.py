@@ -29,9 +29,10 @@ def qmatmul(
     maddubs): faster on 4-bit, int8 and ternary weights, at the cost of that rounding of x
     (and, for nf4, of rounding the codebook to int8: round(127 * code) / 127 * absmax).
     ``activation="int8_row"`` uses one scale per activation row (per token) instead: W8A8
-    as vLLM and SmoothQuant mean it. With per-channel int8 weights it runs on oneDNN's int8
-    matmul where slmops was built with oneDNN (``backend="auto"``); ``backend="kernels"``
-    forces our kernels, ``backend="onednn"`` requires oneDNN.
+    as vLLM and SmoothQuant mean it. With per-channel int8 weights and 64 or more rows it
+    runs on oneDNN's int8 matmul where slmops was built with oneDNN (``backend="auto"``;
+    below 64 rows our kernels are faster); ``backend="kernels"`` forces our kernels,
+    ``backend="onednn"`` requires oneDNN.
     The weight is packed for the kernels on first use and the packing is kept.
     """
     if not isinstance(qw, QuantizedTensor):
