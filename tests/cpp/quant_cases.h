@@ -2,6 +2,7 @@
 #pragma once
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <random>
 #include <string>
@@ -64,6 +65,32 @@ inline std::vector<float> make_weights(int64_t rows, int64_t K, unsigned seed) {
     for (int64_t i = 0; i < K; i += 16) w[size_t(r * K + i)] = r == 3 ? 127.0f : -8.0f;
   }
   return w;
+}
+
+// One quantized weight's buffers, sized by quant_layout.
+struct Quantized {
+  std::vector<uint8_t> data, zero_points;
+  std::vector<float> scales;
+  ConstQuantStorage storage() const { return {data.data(), scales.data(), zero_points.data()}; }
+};
+
+// Quantizes src [rows, K] into poisoned buffers (every byte the kernel owns must be written).
+inline Quantized quantize_with(const QuantSpec& spec, const void* src, DType dtype, int64_t rows, int64_t K,
+                               CpuIsa isa) {
+  const QuantLayout L = quant_layout(spec, K);
+  Quantized q;
+  q.data.assign(size_t(rows * L.data_bytes_per_row), 0xAB);
+  q.scales.assign(L.tensor_scale ? 1 : size_t(rows * L.scales_per_row), -1.0f);
+  q.zero_points.assign(size_t(rows * L.zero_point_bytes_per_row), 0xAB);
+  quantize(spec, src, dtype, rows, K, {q.data.data(), q.scales.data(), q.zero_points.data()}, isa);
+  return q;
+}
+
+inline std::vector<float> dequantize_with(const QuantSpec& spec, const Quantized& q, int64_t rows, int64_t K,
+                                          CpuIsa isa) {
+  std::vector<float> out(size_t(rows * K), NAN);
+  dequantize(spec, q.storage(), rows, K, out.data(), DType::kF32, isa);
+  return out;
 }
 
 }  // namespace slmops::test_cases

@@ -20,26 +20,12 @@ using namespace slmops::test_cases;
 
 namespace {
 
-struct Quantized {
-  std::vector<uint8_t> data, zero_points;
-  std::vector<float> scales;
-  ConstQuantStorage storage() const { return {data.data(), scales.data(), zero_points.data()}; }
-};
-
 Quantized quantize_ref(const QuantSpec& spec, const std::vector<float>& w, int64_t N, int64_t K) {
-  const QuantLayout L = quant_layout(spec, K);
-  Quantized q;
-  q.data.resize(size_t(N * L.data_bytes_per_row));
-  q.scales.resize(L.tensor_scale ? 1 : size_t(N * L.scales_per_row));
-  q.zero_points.resize(size_t(N * L.zero_point_bytes_per_row));
-  quantize(spec, w.data(), DType::kF32, N, K, {q.data.data(), q.scales.data(), q.zero_points.data()}, CpuIsa::kRef);
-  return q;
+  return quantize_with(spec, w.data(), DType::kF32, N, K, CpuIsa::kRef);
 }
 
 std::vector<float> dequantize_ref(const QuantSpec& spec, const Quantized& q, int64_t N, int64_t K) {
-  std::vector<float> out(size_t(N * K));
-  dequantize(spec, q.storage(), N, K, out.data(), DType::kF32, CpuIsa::kRef);
-  return out;
+  return dequantize_with(spec, q, N, K, CpuIsa::kRef);
 }
 
 // The int8 activations the kernels use: int8 format, groups of kActBlock (or one scale per

@@ -22,30 +22,14 @@ namespace {
 
 
 
-struct Quantized {
-  std::vector<uint8_t> data, zero_points;
-  std::vector<float> scales;
-};
-
 Quantized run_quantize(const Case& c, const std::vector<float>& w, int64_t rows, int64_t K, CpuIsa isa,
                        DType dtype = DType::kF32, const void* src = nullptr) {
-  const QuantSpec spec{c.format, c.group_size, c.symmetric};
-  const QuantLayout L = quant_layout(spec, K);
-  Quantized q;
-  q.data.assign(size_t(rows * L.data_bytes_per_row), 0xAB);  // poison: every byte must be written
-  q.scales.assign(L.tensor_scale ? 1 : size_t(rows * L.scales_per_row), -1.0f);
-  q.zero_points.assign(size_t(rows * L.zero_point_bytes_per_row), 0xAB);
-  quantize(spec, src ? src : w.data(), dtype, rows, K, {q.data.data(), q.scales.data(), q.zero_points.data()}, isa);
-  return q;
+  return quantize_with({c.format, c.group_size, c.symmetric}, src ? src : w.data(), dtype, rows, K, isa);
 }
 
 std::vector<float> run_dequantize(const Case& c, const Quantized& q, int64_t rows, int64_t K, CpuIsa isa) {
-  std::vector<float> out(size_t(rows * K), NAN);
-  dequantize({c.format, c.group_size, c.symmetric}, {q.data.data(), q.scales.data(), q.zero_points.data()}, rows, K,
-             out.data(), DType::kF32, isa);
-  return out;
+  return dequantize_with({c.format, c.group_size, c.symmetric}, q, rows, K, isa);
 }
-
 
 bool same_bits(const std::vector<float>& a, const std::vector<float>& b) {
   return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * 4) == 0;

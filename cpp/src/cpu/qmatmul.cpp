@@ -87,17 +87,6 @@ const cpu::QMatmulKernels& kernels_for(CpuIsa isa) {
   }
 }
 
-const cpu::RowKernels& row_kernels_for(CpuIsa isa) {
-  switch (resolve_cpu_isa(isa)) {
-#ifdef SLMOPS_HAVE_AVX512
-    case CpuIsa::kAvx512: return cpu::avx512::row_kernels();
-#endif
-#ifdef SLMOPS_HAVE_AVX2
-    case CpuIsa::kAvx2: return cpu::avx2::row_kernels();
-#endif
-    default: return cpu::ref::row_kernels();
-  }
-}
 
 // Rearranges 4-bit codes into the row panels described in qmatmul.h.
 void pack_panels(PackedWeight& p) {
@@ -280,7 +269,7 @@ void qmatmul(const PackedWeight& w, const void* x, DType x_dtype, int64_t M, con
                       (backend == QMatmulBackend::kAuto && resolved != CpuIsa::kRef && M >= kOneDnnMinRows));
   if (M == 0) return;
   const cpu::QMatmulKernels& kernels = kernels_for(resolved);
-  const cpu::RowKernels& rows = row_kernels_for(resolved);
+  const cpu::RowKernels& rows = cpu::row_kernels_for(resolved);
   const int64_t K = w.K, N = w.N;
 
   // fp32 activations (converted once; the kernels read them many times).

@@ -13,19 +13,20 @@
 #include "slmops/threading.h"
 
 namespace slmops {
-namespace {
 
-const cpu::RowKernels& kernels_for(CpuIsa isa) {
+const cpu::RowKernels& cpu::row_kernels_for(CpuIsa isa) {
   switch (resolve_cpu_isa(isa)) {
 #ifdef SLMOPS_HAVE_AVX512
-    case CpuIsa::kAvx512: return cpu::avx512::row_kernels();
+    case CpuIsa::kAvx512: return avx512::row_kernels();
 #endif
 #ifdef SLMOPS_HAVE_AVX2
-    case CpuIsa::kAvx2: return cpu::avx2::row_kernels();
+    case CpuIsa::kAvx2: return avx2::row_kernels();
 #endif
-    default: return cpu::ref::row_kernels();
+    default: return ref::row_kernels();
   }
 }
+
+namespace {
 
 // Row r of src [rows, K] as fp32: a pointer into src, or the row converted into buf.
 const float* row_as_f32(const cpu::RowKernels& k, const void* src, DType dtype, int64_t r, int64_t K,
@@ -65,7 +66,7 @@ void quantize(const QuantSpec& spec, const void* src, DType src_dtype, int64_t r
               CpuIsa isa) {
   const QuantLayout L = quant_layout(spec, K);
   if (rows < 0) throw std::invalid_argument("rows must be >= 0");
-  const cpu::RowKernels& k = kernels_for(isa);
+  const cpu::RowKernels& k = cpu::row_kernels_for(isa);
   const cpu::QuantizeRowFn fn = k.quantize[static_cast<int>(spec.format)];
   cpu::RowParams p = row_params(spec, L);
   if (L.tensor_scale) {
@@ -89,7 +90,7 @@ void dequantize(const QuantSpec& spec, ConstQuantStorage src, int64_t rows, int6
                 CpuIsa isa) {
   const QuantLayout L = quant_layout(spec, K);
   if (rows < 0) throw std::invalid_argument("rows must be >= 0");
-  const cpu::RowKernels& k = kernels_for(isa);
+  const cpu::RowKernels& k = cpu::row_kernels_for(isa);
   const cpu::DequantizeRowFn fn = k.dequantize[static_cast<int>(spec.format)];
   const cpu::RowParams p = row_params(spec, L);
   parallel_for(rows, [&](int64_t r0, int64_t r1) {

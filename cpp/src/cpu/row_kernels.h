@@ -39,6 +39,9 @@ struct RowKernels {
   FromF32Fn f32_to_f16, f32_to_bf16;
 };
 
+// The kernel set `isa` selects (kAuto: the dispatcher's choice); throws if it cannot run here.
+const RowKernels& row_kernels_for(CpuIsa isa);
+
 namespace ref { const RowKernels& row_kernels(); }
 #ifdef SLMOPS_HAVE_AVX2
 namespace avx2 { const RowKernels& row_kernels(); }
