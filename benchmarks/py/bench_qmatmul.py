@@ -62,10 +62,10 @@ def median_time(fn, budget: float, max_repeats: int) -> float:
     return statistics.median(times)
 
 
-def probe_bandwidth() -> float:
-    """Median of 5 passes of the read-bandwidth probe: on a shared machine the best pass
-    overstates what the timed kernels (medians too) can get."""
-    return statistics.median(slmops._C.read_bandwidth(512 << 20, 1) for _ in range(5))
+def probe_bandwidth(passes: int = 5) -> float:
+    """Median of several passes of the read-bandwidth probe (512 MiB parallel sum): on a
+    shared machine the best pass overstates what the timed kernels (medians too) can get."""
+    return statistics.median(slmops._C.read_bandwidth(512 << 20, 1) for _ in range(passes))
 
 
 def bench_shape(n, k, args, rows, llc):
@@ -115,6 +115,9 @@ def bench_shape(n, k, args, rows, llc):
             x = rng.standard_normal((m, k)).astype(np.float32)
             # Per-token int8 (oneDNN's W8A8 from M = 64) matters for int8 weights only.
             for act in [a for a in args.activations if a != "int8_row" or name == "int8"]:
+                # The machine's bandwidth drifts within minutes here: for GEMV, probe it
+                # right before the measurement it is compared with.
+                bw = probe_bandwidth(3) if m == 1 else bandwidth
                 it = iter(range(1 << 30))
                 t = median_time(
                     lambda x=x, it=it, act=act, cs=copies: qmatmul(x, cs[next(it) % len(cs)], activation=act),
@@ -133,7 +136,7 @@ def bench_shape(n, k, args, rows, llc):
                         weight_bytes=q0.nbytes,
                         gbps=q0.nbytes / t / 1e9,
                         gflops=2 * m * n * k / t / 1e9,
-                        bw_fraction=q0.nbytes / t / 1e9 / bandwidth,
+                        bw_fraction=q0.nbytes / t / 1e9 / bw,
                         speedup=base[m] / t,
                     )
                 )
