@@ -1,7 +1,8 @@
 """slmops: make small language models small and fast, on our own C++/CUDA kernels.
 
-Layers (see DESIGN.md): ``slmops.ops`` (kernels over numpy arrays and torch tensors),
-later ``slmops.nn``, the whole-model algorithms and the workflow engine and CLI.
+Layers (see DESIGN.md): ``slmops.ops`` (kernels over numpy arrays and torch tensors:
+quantize, qmatmul), ``slmops.nn`` (QuantLinear), ``slmops.quantize`` (quantize_model);
+the workflow engine and CLI come later.
 """
 
 from __future__ import annotations
