@@ -10,6 +10,10 @@ from __future__ import annotations
 from typing import Any
 
 from . import _C, nn, ops
+
+# After the submodule import: the name slmops.evaluate is the function (DESIGN's public API);
+# its package stays reachable as slmops.evaluate.metrics through sys.modules.
+from .evaluate import evaluate  # noqa: E402
 from .ops import QuantizedTensor
 from .quantize import QuantizationSummary, quantize_model  # slmops.quantize is the layer-4 package
 
@@ -38,6 +42,7 @@ __all__ = [
     "QuantizationSummary",
     "QuantizedTensor",
     "build_info",
+    "evaluate",
     "get_num_threads",
     "nn",
     "ops",
