@@ -1,0 +1,69 @@
+"""The reference corpus: the King James Version of the Bible, as Debian ships it.
+
+Text and licence: Debian's ``bible-kjv-text`` (4.38) holds the KJV of 1611, whose
+copyright has long expired (public domain); its packaging grants "unrestricted use"
+(``/usr/share/doc/bible-kjv-text/copyright``). The data file is in the package's own
+compressed format, so the text is read through the ``bible`` program of Debian's
+``bible-kjv`` package (``apt-get install bible-kjv``): about 4.3 MB, 31,102 verses.
+
+Splits are by chapter, deterministic: every 20th chapter (index % 20 == 0) is test, the
+next one validation, the rest training, so all three sample the whole book.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from functools import lru_cache
+
+WHOLE_BIBLE = "Gen1:1-Rev22:21"
+SPLITS = ("train", "validation", "test")
+
+_CHAPTER = re.compile(r"^(?:\d )?[A-Z][A-Za-z ]+ \d+$")  # "Genesis 1", "1 Kings 3", "Song of Solomon 2"
+_VERSE = re.compile(r"^\s{0,3}(\d+) (.*)$")
+
+
+def _bible_program() -> str:
+    path = shutil.which("bible")
+    if path is None:
+        raise FileNotFoundError(
+            "the reference corpus is read with the 'bible' program of Debian's bible-kjv package: "
+            "apt-get install bible-kjv")
+    return path
+
+
+@lru_cache(maxsize=1)
+def kjv_chapters() -> tuple[tuple[str, tuple[str, ...]], ...]:
+    """(chapter title, verses) for every chapter, in canonical order."""
+    out = subprocess.run([_bible_program(), WHOLE_BIBLE], capture_output=True, text=True, check=True,
+                         env={"COLUMNS": "80", "PATH": "/usr/bin:/bin"}).stdout
+    chapters: list[tuple[str, list[str]]] = []
+    for raw in out.splitlines():
+        line = raw.rstrip()
+        if not line:
+            continue
+        if _CHAPTER.match(line):
+            chapters.append((line, []))
+            continue
+        m = _VERSE.match(line)
+        if m and chapters and int(m.group(1)) == len(chapters[-1][1]) + 1:
+            chapters[-1][1].append(m.group(2).strip())
+        elif chapters and chapters[-1][1]:  # a verse wrapped onto the next line
+            chapters[-1][1][-1] += " " + line.strip()
+        else:
+            raise ValueError(f"unexpected line in the bible program's output: {raw!r}")
+    return tuple((title, tuple(verses)) for title, verses in chapters)
+
+
+def kjv_split(split: str) -> str:
+    """One split as text: chapters separated by a blank line, one verse per line."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    want = SPLITS.index(split)
+    parts = []
+    for i, (_, verses) in enumerate(kjv_chapters()):
+        kind = 1 if i % 20 == 1 else (2 if i % 20 == 0 else 0)  # 0 train, 1 validation, 2 test
+        if kind == want:
+            parts.append("\n".join(verses))
+    return "\n\n".join(parts)
