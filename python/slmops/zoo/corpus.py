@@ -29,15 +29,21 @@ def _bible_program() -> str:
     if path is None:
         raise FileNotFoundError(
             "the reference corpus is read with the 'bible' program of Debian's bible-kjv package: "
-            "apt-get install bible-kjv")
+            "apt-get install bible-kjv"
+        )
     return path
 
 
 @lru_cache(maxsize=1)
 def kjv_chapters() -> tuple[tuple[str, tuple[str, ...]], ...]:
     """(chapter title, verses) for every chapter, in canonical order."""
-    out = subprocess.run([_bible_program(), WHOLE_BIBLE], capture_output=True, text=True, check=True,
-                         env={"COLUMNS": "80", "PATH": "/usr/bin:/bin"}).stdout
+    out = subprocess.run(
+        [_bible_program(), WHOLE_BIBLE],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={"COLUMNS": "80", "PATH": "/usr/bin:/bin"},
+    ).stdout
     chapters: list[tuple[str, list[str]]] = []
     for raw in out.splitlines():
         line = raw.rstrip()
