@@ -1,15 +1,16 @@
 """slmops: make small language models small and fast, on our own C++/CUDA kernels.
 
 Layers (see DESIGN.md): ``slmops.ops`` (kernels over numpy arrays and torch tensors:
-quantize, qmatmul), ``slmops.nn`` (QuantLinear), ``slmops.quantize`` (quantize_model);
-the workflow engine and CLI come later.
+quantize, qmatmul), ``slmops.nn`` (QuantLinear), ``slmops.quantize`` (quantize_model),
+``slmops.evaluate`` (perplexity, speed, memory); ``slmops.zoo`` holds the reference
+models trained by the project; the workflow engine and CLI come later.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from . import _C, nn, ops
+from . import _C, nn, ops, zoo
 
 # After the submodule import: the name slmops.evaluate is the function (DESIGN's public API);
 # its package stays reachable as slmops.evaluate.metrics through sys.modules.
@@ -48,4 +49,5 @@ __all__ = [
     "ops",
     "quantize_model",
     "set_num_threads",
+    "zoo",
 ]

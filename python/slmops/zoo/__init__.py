@@ -1,6 +1,30 @@
-"""The project's own small reference models, their corpus and tokenizer."""
+"""The project's own small reference models, their corpus and tokenizer.
 
-from .corpus import SPLITS, kjv_chapters, kjv_split
+    import slmops
+    slmops.zoo.list()                                   # ['kjv-student', 'kjv-teacher']
+    model, tokenizer = slmops.zoo.load("kjv-teacher")
+    slmops.evaluate(model, tokenizer, data=slmops.zoo.eval_text())
+"""
+
+from .corpus import SPLITS, kjv_chapters, kjv_eval_slice, kjv_split
+from .registry import DEFAULT_MODEL, check_tokenizer, eval_text, list_models, load, path
 from .tokenizer import CHAT_TEMPLATE, SPECIAL_TOKENS, train_tokenizer
 
-__all__ = ["CHAT_TEMPLATE", "SPECIAL_TOKENS", "SPLITS", "kjv_chapters", "kjv_split", "train_tokenizer"]
+list = list_models  # noqa: A001 - slmops.zoo.list() is the public name
+
+__all__ = [
+    "CHAT_TEMPLATE",
+    "DEFAULT_MODEL",
+    "SPECIAL_TOKENS",
+    "SPLITS",
+    "check_tokenizer",
+    "eval_text",
+    "kjv_chapters",
+    "kjv_eval_slice",
+    "kjv_split",
+    "list",
+    "list_models",
+    "load",
+    "path",
+    "train_tokenizer",
+]

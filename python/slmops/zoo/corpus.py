@@ -7,7 +7,9 @@ compressed format, so the text is read through the ``bible`` program of Debian's
 ``bible-kjv`` package (``apt-get install bible-kjv``): about 4.3 MB, 31,102 verses.
 
 Splits are by chapter, deterministic: every 20th chapter (index % 20 == 0) is test, the
-next one validation, the rest training, so all three sample the whole book.
+next one validation, the rest training, so all three sample the whole book. The
+evaluation slice that ships with slmops (``zoo/data/kjv-test-slice.txt``, for the default
+demo on machines without bible-kjv) is every 100th chapter: 12 chapters of the test split.
 """
 
 from __future__ import annotations
@@ -62,14 +64,17 @@ def kjv_chapters() -> tuple[tuple[str, tuple[str, ...]], ...]:
     return tuple((title, tuple(verses)) for title, verses in chapters)
 
 
+def _split_of(chapter_index: int) -> str:
+    return "test" if chapter_index % 20 == 0 else ("validation" if chapter_index % 20 == 1 else "train")
+
+
 def kjv_split(split: str) -> str:
     """One split as text: chapters separated by a blank line, one verse per line."""
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-    want = SPLITS.index(split)
-    parts = []
-    for i, (_, verses) in enumerate(kjv_chapters()):
-        kind = 1 if i % 20 == 1 else (2 if i % 20 == 0 else 0)  # 0 train, 1 validation, 2 test
-        if kind == want:
-            parts.append("\n".join(verses))
-    return "\n\n".join(parts)
+    return "\n\n".join("\n".join(v) for i, (_, v) in enumerate(kjv_chapters()) if _split_of(i) == split)
+
+
+def kjv_eval_slice() -> str:
+    """The evaluation slice shipped with slmops: every 100th chapter (all in the test split)."""
+    return "\n\n".join("\n".join(v) for i, (_, v) in enumerate(kjv_chapters()) if i % 100 == 0) + "\n"

@@ -1,0 +1,75 @@
+"""The reference models shipped inside the package, and any Hugging Face model folder."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+ZOO_DIR = Path(__file__).parent
+MODELS_DIR = ZOO_DIR / "models"
+EVAL_SLICE = ZOO_DIR / "data" / "kjv-test-slice.txt"
+DEFAULT_MODEL = "kjv-teacher"
+REQUIRED_FILES = ("config.json", "model.safetensors", "tokenizer.json")
+
+
+def list_models() -> list[str]:
+    """Names of the reference models shipped with slmops."""
+    if not MODELS_DIR.is_dir():
+        return []
+    return sorted(p.name for p in MODELS_DIR.iterdir() if (p / "config.json").is_file())
+
+
+def path(name_or_dir: str | os.PathLike[str]) -> Path:
+    """The folder of a shipped model (by name) or of a Hugging Face model folder (by path),
+    checked to hold a config, safetensors weights and a tokenizer."""
+    candidate = Path(name_or_dir)
+    if isinstance(name_or_dir, str) and not candidate.exists() and os.sep not in name_or_dir:
+        if name_or_dir not in list_models():
+            raise ValueError(
+                f"no reference model named {name_or_dir!r}; the zoo has {list_models()}, "
+                "or pass the path of a Hugging Face model folder"
+            )
+        candidate = MODELS_DIR / name_or_dir
+    if not candidate.is_dir():
+        raise FileNotFoundError(f"model folder {candidate} does not exist")
+    missing = [f for f in REQUIRED_FILES if not (candidate / f).is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"model folder {candidate} lacks {', '.join(missing)}; slmops reads Hugging Face folders "
+            "with safetensors weights and a fast tokenizer (save_pretrained writes both)"
+        )
+    return candidate
+
+
+def load(name_or_dir: str | os.PathLike[str], dtype: Any = None) -> tuple[Any, Any]:
+    """``(model, tokenizer)`` of a shipped model or a Hugging Face folder, in eval mode.
+
+    ``dtype`` defaults to float32 (the weights may be stored in float16 or bfloat16; the
+    CPU computes in fp32). A tokenizer whose ids do not fit the model's embedding is an
+    error, not a silent garbage result.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = path(name_or_dir)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype or torch.float32)
+    check_tokenizer(model, tokenizer)
+    model.eval()
+    return model, tokenizer
+
+
+def check_tokenizer(model: Any, tokenizer: Any) -> None:
+    """Raises if the tokenizer can produce ids beyond the model's vocabulary."""
+    vocab = getattr(getattr(model, "config", None), "vocab_size", None)
+    if vocab is not None and len(tokenizer) > vocab:
+        raise ValueError(
+            f"the tokenizer has {len(tokenizer)} tokens but the model's vocabulary is {vocab}: "
+            "they do not belong together"
+        )
+
+
+def eval_text() -> str:
+    """The held-out evaluation slice shipped with slmops (12 chapters of the test split)."""
+    return EVAL_SLICE.read_text(encoding="utf-8")
