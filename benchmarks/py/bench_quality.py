@@ -59,8 +59,20 @@ def linear_bytes(model) -> int:
     return total
 
 
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.machine()
+
+
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--teacher", default="kjv-teacher", help="zoo name or Hugging Face folder")
     parser.add_argument("--student", default="kjv-student", help="zoo name or folder; '' to skip")
     parser.add_argument("--formats", default=",".join(FORMATS), help="comma list of row labels")
@@ -101,7 +113,7 @@ def main() -> int:
 
     base = rows[0]["perplexity"]
     header = (
-        f"slmops {slmops.__version__}, torch {torch.__version__}, {platform.processor() or platform.machine()}, "
+        f"slmops {slmops.__version__}, torch {torch.__version__}, {cpu_name()}, "
         f"{args.threads} threads; perplexity over {rows[0]['tokens']:,} held-out tokens"
     )
     lines = [
@@ -118,7 +130,8 @@ def main() -> int:
     for r in rows:
         a8 = r.get("perplexity_a8")
         lines.append(
-            f"| {r['model']} | {r['format']} | {r['perplexity']:.3f} | {100 * (r['perplexity'] / base - 1):+.1f}% "
+            f"| {r['model']} | {r['format']} | {r['perplexity']:.3f} "
+            f"| {100 * (r['perplexity'] / base - 1):+.1f}% "
             f"| {cell(a8, '.3f')} | {'' if a8 is None else f'{100 * (a8 / base - 1):+.1f}%'} "
             f"| {r['linear_bytes']:,} | {r['model_bytes']:,} | {cell(r['decode_tokens_per_s'], '.0f')} "
             f"| {cell(r.get('decode_tokens_per_s_a8'), '.0f')} |"

@@ -38,7 +38,9 @@ def test_shipped_model_matches_its_card_and_beats_chance(name):
     model, tok = slmops.zoo.load(name)
     assert len(tok) == model.config.vocab_size == 8192
     assert next(model.parameters()).dtype == torch.float32
-    log = [json.loads(line) for line in (slmops.zoo.path(name) / "training_log.jsonl").read_text().splitlines()]
+    log = [
+        json.loads(line) for line in (slmops.zoo.path(name) / "training_log.jsonl").read_text().splitlines()
+    ]
     best_val = min(r["val_loss"] for r in log if "val_loss" in r)
     card = (slmops.zoo.path(name) / "README.md").read_text()
     assert "validation" in card and "Sample" in card

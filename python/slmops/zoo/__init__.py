@@ -1,9 +1,9 @@
 """The project's own small reference models, their corpus and tokenizer.
 
-    import slmops
-    slmops.zoo.list()                                   # ['kjv-student', 'kjv-teacher']
-    model, tokenizer = slmops.zoo.load("kjv-teacher")
-    slmops.evaluate(model, tokenizer, data=slmops.zoo.eval_text())
+import slmops
+slmops.zoo.list()                                   # ['kjv-student', 'kjv-teacher']
+model, tokenizer = slmops.zoo.load("kjv-teacher")
+slmops.evaluate(model, tokenizer, data=slmops.zoo.eval_text())
 """
 
 from .corpus import SPLITS, kjv_chapters, kjv_eval_slice, kjv_split

@@ -105,7 +105,9 @@ def _validation_loss(model: Any, stream: np.ndarray) -> float:
             x = torch.from_numpy(np.stack([stream[r * CONTEXT : (r + 1) * CONTEXT] for r in rows]))
             y = torch.from_numpy(np.stack([stream[r * CONTEXT + 1 : (r + 1) * CONTEXT + 1] for r in rows]))
             logits = model(input_ids=x).logits
-            loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), reduction="sum")
+            loss = torch.nn.functional.cross_entropy(
+                logits.flatten(0, 1).float(), y.flatten(), reduction="sum"
+            )
             total += float(loss)
             count += y.numel()
     model.train()
@@ -135,7 +137,10 @@ def train_model(
     log_path = out_dir / "training_log.jsonl"
     best = (float("inf"), -1, None)
     t0 = time.perf_counter()
-    print(f"[{name}] {n_params / 1e6:.2f}M parameters ({(n_params - n_embed) / 1e6:.2f}M non-embedding)", flush=True)
+    print(
+        f"[{name}] {n_params / 1e6:.2f}M parameters ({(n_params - n_embed) / 1e6:.2f}M non-embedding)",
+        flush=True,
+    )
     with open(log_path, "w") as log:
         for step in range(recipe.steps):
             for group in opt.param_groups:
@@ -152,12 +157,20 @@ def train_model(
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
-            record: dict[str, Any] = {"step": step + 1, "loss": round(loss.item(), 4), "lr": _lr_at(step, recipe)}
+            record: dict[str, Any] = {
+                "step": step + 1,
+                "loss": round(loss.item(), 4),
+                "lr": _lr_at(step, recipe),
+            }
             if (step + 1) % recipe.eval_every == 0 or step + 1 == recipe.steps:
                 val_loss = _validation_loss(model, val)
                 record["val_loss"] = round(val_loss, 4)
                 if val_loss < best[0]:
-                    best = (val_loss, step + 1, {k: v.detach().clone() for k, v in model.state_dict().items()})
+                    best = (
+                        val_loss,
+                        step + 1,
+                        {k: v.detach().clone() for k, v in model.state_dict().items()},
+                    )
                 elapsed = time.perf_counter() - t0
                 print(
                     f"[{name}] step {step + 1}/{recipe.steps} loss {loss.item():.3f} "
@@ -172,7 +185,13 @@ def train_model(
     # Shipped in float16: half the bytes of fp32, lossless for evaluation in fp32 to ~3 digits.
     model.to(torch.float16)
     model.generation_config = GenerationConfig(
-        bos_token_id=0, eos_token_id=2, pad_token_id=3, do_sample=True, temperature=0.8, top_k=50, max_new_tokens=64
+        bos_token_id=0,
+        eos_token_id=2,
+        pad_token_id=3,
+        do_sample=True,
+        temperature=0.8,
+        top_k=50,
+        max_new_tokens=64,
     )
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
@@ -212,6 +231,25 @@ def _sample(model: Any, tokenizer: Any, prompt: str, seed: int) -> str:
 
 def _model_card(f: dict[str, Any]) -> str:
     r = f["recipe"]
+    rows = {
+        "parameters": f"{f['parameters'] / 1e6:.2f}M "
+        f"({f['non_embedding_parameters'] / 1e6:.2f}M non-embedding, embedding tied to the output)",
+        "shape": f"hidden {r['hidden_size']}, intermediate {r['intermediate_size']}, "
+        f"{r['num_hidden_layers']} layers, {r['num_attention_heads']} heads "
+        f"({r['num_key_value_heads']} key/value), context {CONTEXT}, vocabulary {VOCAB_SIZE}",
+        "data": "King James Bible (public domain, Debian `bible-kjv-text`), "
+        f"train split: {f['train_tokens']:,} tokens",
+        "training": f"{r['steps']} steps x {r['batch_size']} x {CONTEXT} tokens ({f['tokens_seen']:,} seen), "
+        f"AdamW lr {r['lr']} (warm-up {r['warmup_steps']}, cosine to 10%), weight decay {r['weight_decay']}, "
+        f"seed {r['seed']}; {f['train_minutes']} min on {f['threads']} CPU threads (bf16 autocast), "
+        f"torch {f['torch']}",
+        "kept": f"the step with the best validation loss: {f['best_step']}",
+        "validation": f"loss {f['validation_loss']}, perplexity {f['validation_perplexity']} over "
+        f"{f['validation_tokens']:,} tokens (non-overlapping {CONTEXT}-token windows), "
+        "weights as shipped (float16) evaluated in fp32",
+        "weights": "float16 safetensors",
+    }
+    table = "\n".join(f"| {k} | {v} |" for k, v in rows.items())
     return f"""---
 license: other
 language: en
@@ -226,17 +264,7 @@ costs on real trained weights; it is not a useful language model.
 
 | | |
 |---|---|
-| parameters | {f["parameters"] / 1e6:.2f}M ({f["non_embedding_parameters"] / 1e6:.2f}M non-embedding, embedding tied to the output) |
-| shape | hidden {r["hidden_size"]}, intermediate {r["intermediate_size"]}, {r["num_hidden_layers"]} layers, \
-{r["num_attention_heads"]} heads ({r["num_key_value_heads"]} key/value), context {CONTEXT}, vocabulary {VOCAB_SIZE} |
-| data | King James Bible (public domain, Debian `bible-kjv-text`), train split: {f["train_tokens"]:,} tokens |
-| training | {r["steps"]} steps x {r["batch_size"]} x {CONTEXT} tokens ({f["tokens_seen"]:,} seen), AdamW lr {r["lr"]} \
-(warm-up {r["warmup_steps"]}, cosine to 10%), weight decay {r["weight_decay"]}, seed {r["seed"]}; \
-{f["train_minutes"]} min on {f["threads"]} CPU threads (bf16 autocast), torch {f["torch"]} |
-| kept | the step with the best validation loss: {f["best_step"]} |
-| validation | loss {f["validation_loss"]}, perplexity {f["validation_perplexity"]} over {f["validation_tokens"]:,} tokens \
-(non-overlapping {CONTEXT}-token windows), weights as shipped (float16) evaluated in fp32 |
-| weights | float16 safetensors |
+{table}
 
 Sample (prompt "{f["sample_prompt"]}", temperature 0.8, top-k 50, seed {r["seed"]}):
 
@@ -247,8 +275,12 @@ The loss by step is in `training_log.jsonl`.
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, required=True, help="folder that receives one sub-folder per model")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--out", type=Path, required=True, help="folder that receives one sub-folder per model"
+    )
     parser.add_argument("--only", choices=sorted(RECIPES), action="append", help="train only these models")
     parser.add_argument("--steps", type=int, help="override the recipe's step count (for a quick try)")
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads")
@@ -264,7 +296,9 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.only or list(RECIPES):
         recipe = RECIPES[name]
         if args.steps is not None:
-            recipe = ModelRecipe(**{**asdict(recipe), "steps": args.steps, "eval_every": max(1, args.steps // 4)})
+            recipe = ModelRecipe(
+                **{**asdict(recipe), "steps": args.steps, "eval_every": max(1, args.steps // 4)}
+            )
         facts = train_model(name, recipe, tokenizer, train, val, args.out / name)
         print(json.dumps({k: v for k, v in facts.items() if k != "recipe"}, indent=1), flush=True)
     return 0
