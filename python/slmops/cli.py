@@ -1,7 +1,14 @@
 """The ``slmops`` command line.
 
-``slmops info``: what this build contains and picked on this machine, then a self-check of
-every kernel on every ISA the machine has against its scalar reference.
+    slmops demo                                   # the whole pipeline on the bundled reference teacher
+    slmops run config.yaml                        # a run config: passes, evaluation, goals, search
+    slmops optimize --model kjv-teacher --precision int4 --output-dir out
+    slmops quantize --model ./my-hf-model --format q4_k --output-dir out
+    slmops evaluate --model out/model --metrics perplexity speed
+    slmops info                                   # build info and a self-check of every kernel
+
+Exit codes: 0 done (for runs: a candidate met the goals), 1 an error while running,
+2 bad arguments or config, 3 the run finished but no candidate met the goals.
 """
 
 from __future__ import annotations
@@ -10,11 +17,14 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 
 from . import _C, build_info
 from .ops import FORMATS, quantize
+
+DEMO_CONFIG = Path(__file__).parent / "workflow" / "recipes" / "demo.yaml"
 
 # (format, options) pairs the self-check runs; every format at least once.
 _SELF_CHECK_CASES: list[tuple[str, dict]] = [
@@ -93,14 +103,235 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_GOALS_MISSED = 0, 1, 2, 3
+PRECISIONS = {  # slmops optimize --precision: the quantize pass options of each
+    "int4": {"format": "int4", "group_size": 32, "symmetric": False},
+    "int8": {"format": "int8"},
+    "nf4": {"format": "nf4"},
+    "q4_0": {"format": "q4_0"},
+    "q4_k": {"format": "q4_k"},
+    "ternary": {"format": "ternary"},
+}
+
+
+def _run_config(raw: dict, args: argparse.Namespace, source: str) -> int:
+    from .workflow import parse_config, run_workflow
+
+    if getattr(args, "output_dir", None):
+        raw["output_dir"] = str(args.output_dir)
+    cfg = parse_config(raw, source=source)
+    return _finish(run_workflow(cfg, progress=not args.quiet), args)
+
+
+def _finish(result, args: argparse.Namespace) -> int:
+    best = result.best_candidate
+    if not args.quiet:
+        print(f"report: {result.output_dir / 'report.md'} (and report.html)")
+    if best is None:
+        print("no candidate met the goals; see the report for what each missed", file=sys.stderr)
+        return EXIT_GOALS_MISSED
+    m = best.metrics
+    line = f"best: {best.id} -> {result.output_dir / 'model'}"
+    if m.get("perplexity_change_pct") is not None:
+        line += f"; perplexity {m['perplexity']:.3f} ({m['perplexity_change_pct']:+.2f}%)"
+    if m.get("size_ratio") is not None:
+        line += f", weights {m['size_ratio']:.3f}x"
+    if m.get("decode_speedup") is not None:
+        line += f", decode {m['decode_speedup']:.2f}x"
+    print(line)
+    return EXIT_OK
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from .workflow import load_config, run_workflow
+
+    cfg = load_config(args.config)
+    return _finish(run_workflow(cfg, output_dir=args.output_dir, progress=not args.quiet), args)
+
+
+def _data_entry(data: str) -> dict:
+    if data == "eval_slice":
+        return {"type": "eval_slice"}
+    if data.startswith("kjv:"):
+        return {"type": "kjv", "split": data.split(":", 1)[1]}
+    return {"type": "jsonl" if data.endswith(".jsonl") else "text", "path": str(Path(data).resolve())}
+
+
+def _cmd_optimize(args: argparse.Namespace) -> int:
+    quant = {"type": "quantize", "algorithm": args.algorithm, **PRECISIONS[args.precision]}
+    if args.activation:
+        quant["activation"] = args.activation
+    raw = {
+        "model": args.model,
+        "data": {"eval": _data_entry(args.data)},
+        "passes": [quant],
+        "evaluate": {"data": "eval", "metrics": ["perplexity", "decode_speed", "size"]},
+    }
+    return _run_config(raw, args, source="slmops optimize")
+
+
+def _cmd_quantize(args: argparse.Namespace) -> int:
+    quant = {
+        "type": "quantize",
+        "algorithm": args.algorithm,
+        "format": args.format,
+        "activation": args.activation,
+    }
+    if args.group_size is not None:
+        quant["group_size"] = args.group_size
+    if args.asymmetric:
+        quant["symmetric"] = False
+    raw = {"model": args.model, "passes": [quant], "evaluate": {"metrics": ["size"]}}
+    return _run_config(raw, args, source="slmops quantize")
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    import yaml
+
+    text = DEMO_CONFIG.read_text()
+    if args.print_config:
+        print(text, end="")
+        return EXIT_OK
+    return _run_config(yaml.safe_load(text), args, source=str(DEMO_CONFIG))
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from . import zoo
+    from .evaluate import evaluate
+
+    model, tokenizer = zoo.load(args.model)
+    data = None
+    if "perplexity" in args.metrics:
+        entry = _data_entry(args.data)
+        from .workflow.config import DataConfig
+        from .workflow.engine import _read_data
+
+        data = _read_data(DataConfig(**entry))
+    result = evaluate(
+        model,
+        tokenizer,
+        metrics=args.metrics,
+        data=data,
+        seq_len=args.seq_len,
+        model_dir=zoo.path(args.model),
+        output=args.json,
+    )
+    print(json.dumps(result, indent=2))
+    return EXIT_OK
+
+
+def _add_run_flags(p: argparse.ArgumentParser, output_required: bool = False) -> None:
+    p.add_argument(
+        "--output-dir",
+        "-o",
+        type=Path,
+        required=output_required,
+        help="folder for the model, report, run_history.json, log and cache",
+    )
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .ops import FORMATS
+    from .ops.qmatmul import ACTIVATIONS
+    from .quantize.model import METHODS
+
+    fmt = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(prog="slmops", description=__doc__, formatter_class=fmt)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser(
+        "demo",
+        help="the whole pipeline on the bundled reference teacher (a few minutes)",
+        description="Quantize the bundled teacher to every 4-bit format and int8, evaluate each "
+        "against the float model, pick the best and write the report.\n\n  slmops demo -o demo",
+        formatter_class=fmt,
+    )
+    _add_run_flags(p)
+    p.add_argument("--print-config", action="store_true", help="print the demo's run config and exit")
+    p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser(
+        "run",
+        help="run a YAML/JSON run config",
+        formatter_class=fmt,
+        description="Run a config: model, data, passes, evaluate (metrics, goals), search, "
+        "output_dir.\n\n  slmops run config.yaml\n  slmops run config.json -o out",
+    )
+    p.add_argument("config", type=Path)
+    _add_run_flags(p)
+    p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser(
+        "optimize",
+        help="one line: quantize a model to a precision, evaluate, report",
+        formatter_class=fmt,
+        description="A sensible recipe in one line.\n\n"
+        "  slmops optimize --model kjv-teacher --precision int4 -o out\n"
+        "  slmops optimize --model ./hf-folder --precision q4_k --data eval.txt -o out",
+    )
+    p.add_argument("--model", "-m", required=True, help="zoo name or Hugging Face folder")
+    p.add_argument("--precision", "-p", required=True, choices=sorted(PRECISIONS))
+    p.add_argument("--algorithm", default="rtn", choices=METHODS)
+    p.add_argument("--activation", choices=ACTIVATIONS, help="activation mode of the quantized matmul")
+    p.add_argument(
+        "--data",
+        default="eval_slice",
+        help="evaluation text: a .txt or .jsonl file, kjv:<split>, or eval_slice (default)",
+    )
+    _add_run_flags(p, output_required=True)
+    p.set_defaults(func=_cmd_optimize)
+
+    p = sub.add_parser(
+        "quantize",
+        help="quantize a model's linear layers and save it",
+        formatter_class=fmt,
+        description="  slmops quantize --model kjv-teacher --format q4_k -o out\n"
+        "  slmops quantize --model ./hf-folder --format int4 --group-size 128 --asymmetric -o out",
+    )
+    p.add_argument("--model", "-m", required=True, help="zoo name or Hugging Face folder")
+    p.add_argument("--format", "-f", required=True, choices=sorted(FORMATS))
+    p.add_argument("--algorithm", default="rtn", choices=METHODS)
+    p.add_argument("--group-size", type=int)
+    p.add_argument("--asymmetric", action="store_true", help="int4 with zero points")
+    p.add_argument("--activation", default="float", choices=ACTIVATIONS)
+    _add_run_flags(p, output_required=True)
+    p.set_defaults(func=_cmd_quantize)
+
+    p = sub.add_parser(
+        "evaluate",
+        help="perplexity, speed and memory of a model",
+        formatter_class=fmt,
+        description="  slmops evaluate --model kjv-teacher\n"
+        "  slmops evaluate --model out/model --metrics perplexity speed --json eval.json",
+    )
+    p.add_argument("--model", "-m", required=True, help="zoo name, Hugging Face folder or slmops checkpoint")
+    p.add_argument("--metrics", nargs="+", default=["perplexity"], choices=["perplexity", "speed", "memory"])
+    p.add_argument("--data", default="eval_slice", help="a .txt or .jsonl file, kjv:<split>, or eval_slice")
+    p.add_argument(
+        "--seq-len", type=int, help="perplexity window (default: the model's context, at most 512)"
+    )
+    p.add_argument("--json", type=Path, help="also write the result to this file")
+    p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser("info", help="build info and a self-check of every kernel on this machine")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=_cmd_info)
+    return parser
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="slmops", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    info = sub.add_parser("info", help="build info and a self-check of every kernel on this machine")
-    info.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    info.set_defaults(func=_cmd_info)
-    args = parser.parse_args(argv)
-    return args.func(args)
+    from .workflow import ConfigError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ConfigError as e:
+        print(f"slmops: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except (ValueError, FileNotFoundError, KeyError) as e:
+        print(f"slmops {args.command}: error: {e}", file=sys.stderr)
+        return EXIT_ERROR
 
 
 if __name__ == "__main__":

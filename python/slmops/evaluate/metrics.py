@@ -18,6 +18,7 @@ import torch
 import slmops
 
 METRICS = ("perplexity", "speed", "memory")
+DEFAULT_SEQ_LEN = 512
 
 
 def _context_length(model: Any) -> int | None:
@@ -174,7 +175,7 @@ def evaluate(
     metrics: Sequence[str] = ("perplexity",),
     data: Any = None,
     *,
-    seq_len: int = 256,
+    seq_len: int | None = None,
     stride: int | None = None,
     prompt_tokens: int = 64,
     decode_tokens: int = 32,
@@ -188,7 +189,8 @@ def evaluate(
 
     - ``perplexity`` of ``data`` (a str with ``tokenizer``, a ``pathlib.Path`` of a text
       file, or token ids) with
-      windows of ``seq_len`` tokens every ``stride`` (default seq_len // 2); the number of
+      windows of ``seq_len`` tokens (default: the model's context, at most 512) every
+      ``stride`` (default seq_len // 2); the number of
       predicted tokens is reported.
     - ``speed``: prefill and decode tokens/s, median and p90 over ``repeats`` runs after
       ``warmup`` runs, with the thread counts.
@@ -198,6 +200,8 @@ def evaluate(
     unknown = set(metrics) - set(METRICS)
     if unknown:
         raise ValueError(f"unknown metrics {sorted(unknown)}; expected some of {METRICS}")
+    if seq_len is None:
+        seq_len = min(DEFAULT_SEQ_LEN, _context_length(model) or DEFAULT_SEQ_LEN)
     stride = stride or max(1, seq_len // 2)
     if "perplexity" in metrics:
         if seq_len < 2:

@@ -1,0 +1,141 @@
+"""slmops checkpoints: a Hugging Face model folder whose linear layers may be slmops modules.
+
+The folder is what ``save_pretrained`` writes (config, tokenizer, generation config), with
+every tensor of the model's state in ``model.safetensors``: float parameters as they are,
+a ``QuantLinear`` as its quantized buffers (``<layer>.qweight_data``, ``..._scales``, ...).
+``config.json`` gains ``quantization_config = {"quant_method": "slmops", "layers": {name:
+format options}}``, so the loader can rebuild those modules before loading the tensors.
+Writes go to a temporary sibling folder that is renamed into place: an interrupted save
+never leaves a half-written checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+QUANT_METHOD = "slmops"
+
+
+def _slmops_layers(model: Any) -> dict[str, dict]:
+    from ..nn import QuantLinear
+
+    return {
+        name: {**m.get_extra_state(), "bias": m.bias is not None, "double_quant": m.qweight.double_quant}
+        for name, m in model.named_modules()
+        if isinstance(m, QuantLinear)
+    }
+
+
+def is_checkpoint(folder: str | os.PathLike[str]) -> bool:
+    """True if the folder's config names slmops as its quantization method."""
+    cfg = Path(folder) / "config.json"
+    if not cfg.is_file():
+        return False
+    qc = json.loads(cfg.read_text()).get("quantization_config") or {}
+    return qc.get("quant_method") == QUANT_METHOD
+
+
+def _unique_tensors(model: Any) -> dict[str, Any]:
+    """The state's tensors, each storage once: a tied lm_head is the embedding, and the
+    extra state of slmops modules (format options) goes to config.json instead."""
+    import torch
+
+    out, seen = {}, set()
+    for name, t in model.state_dict().items():
+        if not isinstance(t, torch.Tensor):
+            continue
+        key = (t.untyped_storage().data_ptr(), t.storage_offset(), t.shape, t.dtype)
+        if key in seen:
+            continue
+        seen.add(key)
+        out[name] = t.detach().contiguous()
+    return out
+
+
+def save_checkpoint(model: Any, tokenizer: Any, folder: str | os.PathLike[str]) -> Path:
+    """Writes ``model`` (any transformers model, slmops modules included) and ``tokenizer``."""
+    from safetensors.torch import save_file
+
+    dst = Path(folder)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}-", dir=dst.parent))
+    try:
+        layers = _slmops_layers(model)
+        model.config.save_pretrained(tmp)
+        cfg = json.loads((tmp / "config.json").read_text())
+        if layers:
+            cfg["quantization_config"] = {"quant_method": QUANT_METHOD, "layers": layers}
+        else:
+            cfg.pop("quantization_config", None)
+        (tmp / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+        if getattr(model, "generation_config", None) is not None:
+            model.generation_config.save_pretrained(tmp)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        save_file(_unique_tensors(model), str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        if dst.exists():
+            shutil.rmtree(dst)
+        os.replace(tmp, dst)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return dst
+
+
+def load_checkpoint(folder: str | os.PathLike[str], dtype: Any = None) -> Any:
+    """The model of an slmops checkpoint (float parameters in ``dtype``, default float32)."""
+    import torch
+    from safetensors.torch import load_file
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from ..nn import QuantLinear
+    from ..ops import FORMATS
+
+    src = Path(folder)
+    config = AutoConfig.from_pretrained(src)
+    qc = getattr(config, "quantization_config", None) or {}
+    layers = qc.get("layers", {}) if isinstance(qc, dict) else {}
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config  # transformers would look for a quantizer of that name
+    model = AutoModelForCausalLM.from_config(config, dtype=dtype or torch.float32)
+    for name, spec in layers.items():
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        out_features, in_features = spec["shape"]
+        setattr(
+            parent,
+            child,
+            QuantLinear(
+                in_features,
+                out_features,
+                bias=spec["bias"],
+                format=spec["format"],
+                group_size=(spec["group_size"] or None)
+                if FORMATS[spec["format"]]["has_group_size"]
+                else None,
+                symmetric=spec["symmetric"] if FORMATS[spec["format"]]["has_symmetric_option"] else None,
+                double_quant=spec["double_quant"],
+                activation=spec["activation"],
+                dtype=getattr(torch, spec["dtype"]),
+            ),
+        )
+    state = load_file(str(src / "model.safetensors"))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    model.tie_weights()
+    tied = {n for n, _ in model.named_parameters(remove_duplicate=False)} - {
+        n for n, _ in model.named_parameters()
+    }
+    missing = [k for k in missing if not k.endswith("_extra_state") and k not in tied]
+    if missing or unexpected:
+        raise ValueError(
+            f"checkpoint {src} does not match its config: missing {missing[:5]}, unexpected {unexpected[:5]}"
+        )
+    for name, spec in layers.items():  # the extra state (activation mode) is not a tensor
+        model.get_submodule(name).set_extra_state(spec)
+    model.eval()
+    return model

@@ -1,0 +1,26 @@
+"""Layer 5: config-driven runs. A run config names a model, data, passes, evaluation with
+goals and a search; the engine runs the candidates (caching every pass output), picks the
+Pareto front and the best candidate, and writes ``run_history.json`` and a report."""
+
+from .config import ConfigError, RunConfig, load_config, parse_config
+from .engine import Engine, RunResult, expand_search, pareto_front, run_workflow
+from .registry import Pass, PassContext, PassOptions, PassOutput, available_passes, get_pass, register_pass
+
+__all__ = [
+    "ConfigError",
+    "Engine",
+    "Pass",
+    "PassContext",
+    "PassOptions",
+    "PassOutput",
+    "RunConfig",
+    "RunResult",
+    "available_passes",
+    "expand_search",
+    "get_pass",
+    "load_config",
+    "pareto_front",
+    "parse_config",
+    "register_pass",
+    "run_workflow",
+]

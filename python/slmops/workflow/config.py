@@ -1,0 +1,220 @@
+"""The run config: a model, data, passes, evaluation with goals, a search, an output folder.
+
+    model: kjv-teacher                      # a zoo name or a Hugging Face folder
+    data:
+      eval: {type: eval_slice}             # the held-out slice shipped with slmops
+      calib: {type: kjv, split: train, max_chars: 200000}
+    passes:
+      - {type: quantize, algorithm: rtn, format: int4, group_size: 32}
+    evaluate:
+      data: eval
+      metrics: [perplexity, decode_speed, size]
+      goals: {perplexity_increase_pct: 5, size_ratio: 0.3}
+    search:
+      space: {quantize.format: [int4, q4_k, nf4], quantize.group_size: [32, 128]}
+    output_dir: runs/int4
+
+Validation names every problem with its place (``passes[0].format``) and the allowed
+values; pass options are checked against the options model the pass registered.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .registry import get_pass
+
+
+class ConfigError(ValueError):
+    """A run config that cannot be used; the message lists every problem with its place."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DataConfig(_Strict):
+    """A named dataset. ``kjv``: a split of the reference corpus (needs Debian's bible-kjv);
+    ``eval_slice``: the held-out slice shipped with slmops; ``text``: a UTF-8 file;
+    ``jsonl``: one JSON object per line, text in ``field``."""
+
+    type: Literal["kjv", "eval_slice", "text", "jsonl"]
+    path: str | None = None
+    split: Literal["train", "validation", "test"] = "train"
+    field: str = "text"
+    max_chars: Annotated[int, Field(gt=0)] | None = None
+
+    @model_validator(mode="after")
+    def _path_when_needed(self) -> DataConfig:
+        if self.type in ("text", "jsonl") and not self.path:
+            raise ValueError(f"data of type {self.type!r} needs a path")
+        return self
+
+
+METRICS = ("perplexity", "decode_speed", "prefill_speed", "memory", "size")
+
+
+class CustomMetric(_Strict):
+    """A metric computed by ``module:function(model, tokenizer, data_text) -> float``."""
+
+    name: str
+    function: str
+    higher_is_better: bool = False
+
+
+class Goals(_Strict):
+    """Constraints a candidate must meet, relative to the input model."""
+
+    perplexity_increase_pct: float | None = None  # at most this % above the input's
+    size_ratio: Annotated[float, Field(gt=0)] | None = None  # weight bytes at most this x the input's
+    decode_speedup: Annotated[float, Field(gt=0)] | None = None  # decode tokens/s at least this x
+
+
+class EvaluateConfig(_Strict):
+    data: str | None = None
+    metrics: list[str | CustomMetric] = ["perplexity", "decode_speed", "size"]
+    seq_len: Annotated[int, Field(ge=2)] | None = None  # default: the model's context, at most 512
+    stride: Annotated[int, Field(ge=1)] | None = None
+    prompt_tokens: Annotated[int, Field(ge=1)] = 64
+    decode_tokens: Annotated[int, Field(ge=1)] = 32
+    repeats: Annotated[int, Field(ge=1)] = 5
+    goals: Goals = Goals()
+    # The order in which the best candidate is chosen among those meeting the goals.
+    priority: list[Literal["perplexity", "size", "decode_speed"]] = ["perplexity", "size", "decode_speed"]
+
+    @field_validator("metrics")
+    @classmethod
+    def _known_metrics(cls, metrics: list) -> list:
+        for i, m in enumerate(metrics):
+            if isinstance(m, str) and m not in METRICS:
+                raise ValueError(
+                    f"metric [{i}] {m!r} is not one of {list(METRICS)}; a custom metric is "
+                    "{name: ..., function: 'module:function'}"
+                )
+        return metrics
+
+
+class SearchConfig(_Strict):
+    """Option values to try: ``"<pass name>.<option>": [values]`` or ``{min, max, step}``."""
+
+    strategy: Literal["grid", "random"] = "grid"
+    max_trials: Annotated[int, Field(ge=1)] | None = None
+    seed: int = 0
+    space: dict[str, list[Any] | dict[str, float]] = {}
+
+
+class PassConfig(BaseModel):
+    """One pass: ``type``, an optional unique ``name`` (default: the type), and the pass's
+    own options as further keys, validated by the pass."""
+
+    model_config = ConfigDict(extra="allow")
+    type: str
+    name: str | None = None
+
+    @property
+    def options(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class RunConfig(_Strict):
+    model: str
+    data: dict[str, DataConfig] = {}
+    passes: list[PassConfig] = []
+    evaluate: EvaluateConfig = EvaluateConfig()
+    search: SearchConfig | None = None
+    output_dir: str = "slmops-run"
+    seed: int = 0
+
+    def pass_names(self) -> list[str]:
+        return [p.name or p.type for p in self.passes]
+
+
+def _where(loc: tuple) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _format_errors(source: str, errors: list[tuple[str, str]]) -> str:
+    lines = [f"{source}: {len(errors)} problem{'s' if len(errors) > 1 else ''}"]
+    lines += [f"  {where}: {msg}" for where, msg in errors]
+    return "\n".join(lines)
+
+
+def parse_config(raw: Any, source: str = "config", base_dir: Path | None = None) -> RunConfig:
+    """Validates a config (a dict, as read from YAML or JSON) and its pass options."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: the config must be a mapping, got {type(raw).__name__}")
+    try:
+        cfg = RunConfig.model_validate(raw)
+    except ValidationError as e:
+        problems = []
+        for err in e.errors():
+            msg = err["msg"]
+            if err["type"] == "extra_forbidden":
+                msg = "unknown key"
+            elif err["type"] == "literal_error":
+                msg = f"{msg}, got {err['input']!r}"
+            problems.append((_where(err["loc"]), msg))
+        raise ConfigError(_format_errors(source, problems)) from None
+    problems: list[tuple[str, str]] = []
+    names = cfg.pass_names()
+    for i, p in enumerate(cfg.passes):
+        where = f"passes[{i}]"
+        try:
+            pass_cls = get_pass(p.type)
+        except KeyError as e:
+            problems.append((f"{where}.type", str(e.args[0])))
+            continue
+        try:
+            pass_cls.Options.model_validate(p.options)
+        except ValidationError as e:
+            for err in e.errors():
+                msg = "unknown option" if err["type"] == "extra_forbidden" else err["msg"]
+                if err["type"] == "literal_error":
+                    msg = f"{msg}, got {err['input']!r}"
+                problems.append((f"{where}.{_where(err['loc'])}", msg))
+        if names.count(names[i]) > 1:
+            problems.append(
+                (f"{where}.name", f"pass name {names[i]!r} is used twice; give each a unique name")
+            )
+    for key in cfg.search.space if cfg.search else {}:
+        pass_name, _, option = key.partition(".")
+        if pass_name not in names:
+            problems.append((f"search.space.{key}", f"no pass named {pass_name!r}; passes are {names}"))
+        elif option not in get_pass(cfg.passes[names.index(pass_name)].type).Options.model_fields:
+            problems.append((f"search.space.{key}", f"pass {pass_name!r} has no option {option!r}"))
+    if cfg.evaluate.data is not None and cfg.evaluate.data not in cfg.data:
+        problems.append(
+            ("evaluate.data", f"no dataset named {cfg.evaluate.data!r}; data has {sorted(cfg.data)}")
+        )
+    for name, d in cfg.data.items():
+        if d.path and base_dir is not None and not Path(d.path).is_absolute():
+            d.path = str(base_dir / d.path)
+        if d.path and not Path(d.path).is_file():
+            problems.append((f"data.{name}.path", f"file {d.path} does not exist"))
+    if problems:
+        raise ConfigError(_format_errors(source, problems))
+    return cfg
+
+
+def load_config(path: str | os.PathLike[str]) -> RunConfig:
+    """Reads a YAML (.yaml, .yml) or JSON (.json) run config; relative data paths are taken
+    from the config file's folder."""
+    import yaml
+
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {p} does not exist")
+    text = p.read_text(encoding="utf-8")
+    try:
+        raw = json.loads(text) if p.suffix == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as e:
+        raise ConfigError(f"{p}: not valid {'JSON' if p.suffix == '.json' else 'YAML'}: {e}") from None
+    return parse_config(raw, source=str(p), base_dir=p.parent)

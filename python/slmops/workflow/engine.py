@@ -1,0 +1,511 @@
+"""The engine: runs the passes of every candidate in order, caches each pass output by a hash
+of (input, pass, options), evaluates, checks the goals, picks the Pareto front and the best
+candidate, and writes ``run_history.json`` and the report.
+
+Cache: ``<output_dir>/cache/<key>/`` holds ``model/`` (an slmops checkpoint), the pass's
+``artifacts/`` and ``result.json``, written to a temporary folder and renamed, so a key
+either is complete or absent. A rerun, or a run resumed after a crash, reuses every
+finished pass and evaluation.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import itertools
+import json
+import logging
+import math
+import os
+import random
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .config import CustomMetric, RunConfig
+from .registry import PassContext, get_pass
+
+HISTORY_FILE = "run_history.json"
+LOG_FILE = "run.log"
+
+
+def _hash(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def hash_model_folder(folder: Path) -> str:
+    """Content hash of the files that define a model (config, weights, tokenizer)."""
+    h = hashlib.sha256()
+    for p in sorted(folder.iterdir()):
+        if p.is_file() and (p.suffix in (".json", ".safetensors", ".model", ".jinja", ".txt")):
+            h.update(p.name.encode())
+            with open(p, "rb") as f:
+                for chunk in iter(lambda: f.read(1 << 20), b""):
+                    h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+def write_json_atomic(obj: Any, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(obj, f, indent=2, default=str)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+# -- search -------------------------------------------------------------------------
+
+
+def _values(spec: list | dict) -> list:
+    if isinstance(spec, list):
+        return spec
+    lo, hi, step = spec.get("min"), spec.get("max"), spec.get("step")
+    if lo is None or hi is None or not step:
+        raise ValueError(f"a range needs min, max and a non-zero step, got {spec}")
+    n = int(math.floor((hi - lo) / step + 1e-9)) + 1
+    vals = [lo + i * step for i in range(n)]
+    return [int(v) if all(isinstance(x, int) for x in (lo, step)) else round(v, 10) for v in vals]
+
+
+def expand_search(cfg: RunConfig) -> list[dict[str, dict[str, Any]]]:
+    """The candidates as option overrides per pass name: ``[{"quantize": {"format": "nf4"}}]``."""
+    if cfg.search is None or not cfg.search.space:
+        return [{}]
+    keys = list(cfg.search.space)
+    grid = list(itertools.product(*(_values(cfg.search.space[k]) for k in keys)))
+    if cfg.search.strategy == "random":
+        random.Random(cfg.search.seed).shuffle(grid)
+    if cfg.search.max_trials is not None:
+        grid = grid[: cfg.search.max_trials]
+    candidates = []
+    for combo in grid:
+        overrides: dict[str, dict[str, Any]] = {}
+        for key, value in zip(keys, combo, strict=True):
+            pass_name, _, option = key.partition(".")
+            overrides.setdefault(pass_name, {})[option] = value
+        candidates.append(overrides)
+    return candidates
+
+
+# -- selection ------------------------------------------------------------------------
+
+# Objectives of the Pareto front and the priority: metric key and whether higher is better.
+OBJECTIVES = {
+    "perplexity": ("perplexity", False),
+    "size": ("weight_bytes", False),
+    "decode_speed": ("decode_tokens_per_s", True),
+}
+
+
+def pareto_front(rows: list[dict[str, Any]], objectives: list[tuple[str, bool]]) -> list[int]:
+    """Indices of the rows no other row dominates (at least as good on every objective and
+    better on one). Rows missing an objective are left out."""
+    usable = [i for i, r in enumerate(rows) if all(r.get(k) is not None for k, _ in objectives)]
+
+    def better_or_equal(a: dict, b: dict) -> bool:
+        return all((a[k] >= b[k]) if hi else (a[k] <= b[k]) for k, hi in objectives)
+
+    def strictly_better(a: dict, b: dict) -> bool:
+        return any((a[k] > b[k]) if hi else (a[k] < b[k]) for k, hi in objectives)
+
+    return [
+        i
+        for i in usable
+        if not any(
+            j != i and better_or_equal(rows[j], rows[i]) and strictly_better(rows[j], rows[i]) for j in usable
+        )
+    ]
+
+
+def check_goals(metrics: dict[str, Any], baseline: dict[str, Any], goals: Any) -> list[str]:
+    """The goals a candidate misses, in words (empty: it meets them all)."""
+    missed = []
+    if goals.perplexity_increase_pct is not None:
+        inc = metrics.get("perplexity_change_pct")
+        if inc is None or inc > goals.perplexity_increase_pct:
+            missed.append(
+                f"perplexity +{inc:.2f}% > {goals.perplexity_increase_pct}%"
+                if inc is not None
+                else "perplexity not measured"
+            )
+    if goals.size_ratio is not None:
+        r = metrics.get("size_ratio")
+        if r is None or r > goals.size_ratio:
+            missed.append(f"size {r:.3f}x > {goals.size_ratio}x" if r is not None else "size not measured")
+    if goals.decode_speedup is not None:
+        s = metrics.get("decode_speedup")
+        if s is None or s < goals.decode_speedup:
+            missed.append(
+                f"decode {s:.2f}x < {goals.decode_speedup}x" if s is not None else "decode speed not measured"
+            )
+    return missed
+
+
+# -- the run ----------------------------------------------------------------------------
+
+
+@dataclass
+class Candidate:
+    id: str
+    overrides: dict[str, dict[str, Any]]
+    passes: list[dict[str, Any]] = field(default_factory=list)  # per pass: name, type, options, key, info
+    status: str = "pending"  # ok | failed
+    error: str | None = None
+    metrics: dict[str, Any] = field(default_factory=dict)
+    missed_goals: list[str] = field(default_factory=list)
+    model_dir: str | None = None
+    artifacts: dict[str, str] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+@dataclass
+class RunResult:
+    output_dir: Path
+    input: dict[str, Any]
+    candidates: list[Candidate]
+    front: list[str]
+    best: str | None
+
+    @property
+    def best_candidate(self) -> Candidate | None:
+        return next((c for c in self.candidates if c.id == self.best), None)
+
+
+class Engine:
+    def __init__(
+        self, cfg: RunConfig, output_dir: str | os.PathLike[str] | None = None, progress: bool = True
+    ):
+        self.cfg = cfg
+        self.out = Path(output_dir or cfg.output_dir)
+        self.cache = self.out / "cache"
+        self.progress = progress
+        self._texts: dict[str, str] = {}
+        self.log = logging.getLogger(f"slmops.workflow.{id(self)}")
+
+    # -- data and model ------------------------------------------------------------
+    def data_text(self, name: str) -> str:
+        if name not in self.cfg.data:
+            raise KeyError(f"no dataset named {name!r}; the config's data has {sorted(self.cfg.data)}")
+        if name not in self._texts:
+            self._texts[name] = _read_data(self.cfg.data[name])
+        return self._texts[name]
+
+    def _input_folder(self) -> Path:
+        from .. import zoo
+
+        return zoo.path(self.cfg.model)
+
+    # -- caching -------------------------------------------------------------------
+    def _run_pass_cached(self, key: str, parent_dir: Path, pass_obj: Any, options: Any) -> dict[str, Any]:
+        """The cached result of one pass (running it when absent): {'model_dir', 'info', 'artifacts'}."""
+        from .. import zoo
+        from ..export import save_checkpoint
+
+        done = self.cache / key / "result.json"
+        if done.is_file():
+            self.log.info("pass %s: cached (%s)", pass_obj.type, key)
+            return json.loads(done.read_text())
+        self.cache.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=self.cache))
+        try:
+            model, tokenizer = zoo.load(parent_dir)
+            ctx = PassContext(
+                data=self.data_text, artifacts_dir=tmp / "artifacts", seed=self.cfg.seed, log=self.log
+            )
+            ctx.artifacts_dir.mkdir()
+            t0 = time.perf_counter()
+            out = pass_obj.run(model, tokenizer, options, ctx)
+            save_checkpoint(out.model, out.tokenizer, tmp / "model")
+            result = {
+                "model_dir": str(self.cache / key / "model"),
+                "info": out.info,
+                "artifacts": {k: str(self.cache / key / "artifacts" / v) for k, v in out.artifacts.items()},
+                "seconds": round(time.perf_counter() - t0, 2),
+            }
+            write_json_atomic(result, tmp / "result.json")
+            final = self.cache / key
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        self.log.info("pass %s: done in %.1f s (%s)", pass_obj.type, result["seconds"], key)
+        return result
+
+    def _evaluate_cached(self, model_key: str, model_dir: Path) -> dict[str, Any]:
+        ev = self.cfg.evaluate
+        eval_key = _hash(
+            {
+                "model": model_key,
+                "evaluate": ev.model_dump(mode="json"),
+                "data": self.cfg.data[ev.data].model_dump() if ev.data else None,
+            }
+        )
+        path = self.cache / "eval" / f"{eval_key}.json"
+        if path.is_file():
+            return json.loads(path.read_text())
+        metrics = self._evaluate(model_dir)
+        write_json_atomic(metrics, path)
+        return metrics
+
+    def _evaluate(self, model_dir: Path) -> dict[str, Any]:
+        from .. import zoo
+        from ..evaluate import evaluate
+
+        ev = self.cfg.evaluate
+        model, tokenizer = zoo.load(model_dir)
+        names = [m for m in ev.metrics if isinstance(m, str)]
+        wanted = []
+        if "perplexity" in names:
+            wanted.append("perplexity")
+        if "decode_speed" in names or "prefill_speed" in names:
+            wanted.append("speed")
+        if "memory" in names or "size" in names:
+            wanted.append("memory")
+        text = self.data_text(ev.data) if ev.data else None
+        if "perplexity" in names and text is None:
+            raise ValueError("evaluate.metrics has perplexity but evaluate.data names no dataset")
+        r = evaluate(
+            model,
+            tokenizer,
+            metrics=wanted,
+            data=text,
+            seq_len=ev.seq_len,
+            stride=ev.stride,
+            prompt_tokens=ev.prompt_tokens,
+            decode_tokens=ev.decode_tokens,
+            repeats=ev.repeats,
+            model_dir=model_dir,
+        )
+        m: dict[str, Any] = {}
+        if "perplexity" in r:
+            m["perplexity"] = r["perplexity"]["perplexity"]
+            m["perplexity_tokens"] = r["perplexity"]["tokens"]
+            m["perplexity_seq_len"] = r["perplexity"]["seq_len"]
+        if "speed" in r:
+            s = r["speed"]
+            m.update(
+                {
+                    k: s[k]
+                    for k in (
+                        "decode_tokens_per_s",
+                        "decode_tokens_per_s_p90",
+                        "prefill_tokens_per_s",
+                        "prefill_tokens_per_s_p90",
+                        "threads",
+                    )
+                }
+            )
+        if "memory" in r:
+            m["weight_bytes"] = r["memory"]["model_bytes_in_memory"]
+            m["bytes_on_disk"] = r["memory"]["model_bytes_on_disk"]
+            m["peak_rss_bytes"] = r["memory"]["peak_rss_bytes"]
+        for custom in (x for x in ev.metrics if isinstance(x, CustomMetric)):
+            m[custom.name] = float(_import(custom.function)(model, tokenizer, text))
+        return m
+
+    def _plan(self, overrides: list[dict[str, dict[str, Any]]], input_key: str) -> list[Candidate]:
+        """One candidate per distinct chain of effective options: combinations that differ
+        only in options a pass ignores (group_size of q4_k) are run once."""
+        candidates, seen = [], set()
+        for o in overrides:
+            cand = Candidate(id=f"c{len(candidates)}", overrides=o)
+            parent_key = input_key
+            try:
+                for pc in self.cfg.passes:
+                    name = pc.name or pc.type
+                    pass_obj = get_pass(pc.type)()
+                    options = pass_obj.Options.model_validate({**pc.options, **o.get(name, {})})
+                    effective = pass_obj.normalize(options)
+                    key = _hash(
+                        {
+                            "parent": parent_key,
+                            "type": pc.type,
+                            "version": pass_obj.version,
+                            "options": effective,
+                            "seed": self.cfg.seed,
+                        }
+                    )
+                    cand.passes.append(
+                        {
+                            "name": name,
+                            "type": pc.type,
+                            "options": effective,
+                            "key": key,
+                            "_pass": pass_obj,
+                            "_options": options,
+                        }
+                    )
+                    parent_key = key
+            except ValueError as e:  # pydantic's ValidationError is a ValueError
+                cand.status, cand.error = "failed", f"invalid options {o}: {e}"
+            if cand.status != "failed" and parent_key in seen:
+                self.log.info("skipping %s: same effective options as an earlier candidate", o)
+                continue
+            seen.add(parent_key)
+            candidates.append(cand)
+        return candidates
+
+    # -- the run -------------------------------------------------------------------
+    def run(self) -> RunResult:
+        self.out.mkdir(parents=True, exist_ok=True)
+        handler = logging.FileHandler(self.out / LOG_FILE)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        self.log.addHandler(handler)
+        self.log.setLevel(logging.INFO)
+        try:
+            return self._run()
+        finally:
+            self.log.removeHandler(handler)
+            handler.close()
+
+    def _run(self) -> RunResult:
+        from tqdm.auto import tqdm
+
+        cfg = self.cfg
+        src = self._input_folder()
+        input_key = hash_model_folder(src)
+        self.log.info("input model %s (%s)", src, input_key)
+        base = self._evaluate_cached(input_key, src)
+        input_info = {"model": cfg.model, "path": str(src), "key": input_key, "metrics": base}
+        candidates = self._plan(expand_search(cfg), input_key)
+        history_path = self.out / HISTORY_FILE
+        bar = tqdm(candidates, desc="candidates", unit="cand", disable=not self.progress)
+        for cand in bar:
+            if cand.status == "failed":  # options the pass rejected
+                continue
+            t0 = time.perf_counter()
+            bar.set_postfix_str(json.dumps(cand.overrides) if cand.overrides else "")
+            parent_key, parent_dir = input_key, src
+            try:
+                for step in cand.passes:
+                    result = self._run_pass_cached(
+                        step["key"], parent_dir, step.pop("_pass"), step.pop("_options")
+                    )
+                    step.update(info=result["info"], seconds=result["seconds"])
+                    cand.artifacts.update({f"{step['name']}.{k}": v for k, v in result["artifacts"].items()})
+                    parent_key, parent_dir = step["key"], Path(result["model_dir"])
+                cand.model_dir = str(parent_dir)
+                cand.metrics = self._evaluate_cached(parent_key, parent_dir)
+                _add_changes(cand.metrics, base)
+                cand.missed_goals = check_goals(cand.metrics, base, cfg.evaluate.goals)
+                cand.status = "ok"
+            except Exception as e:  # one failing candidate must not end the search
+                cand.status, cand.error = "failed", f"{type(e).__name__}: {e}"
+                self.log.exception("candidate %s failed", cand.id)
+            cand.seconds = round(time.perf_counter() - t0, 2)
+            self._write_history(history_path, input_info, candidates, [], None)
+        ok = [c for c in candidates if c.status == "ok"]
+        objectives = [OBJECTIVES[p] for p in cfg.evaluate.priority]
+        front_idx = pareto_front([c.metrics for c in ok], objectives)
+        front = [ok[i].id for i in front_idx]
+        feasible = [c for c in ok if not c.missed_goals]
+        best = None
+        if feasible:
+
+            def rank(c: Candidate) -> tuple:
+                return tuple(
+                    -c.metrics.get(k, -math.inf) if hi else c.metrics.get(k, math.inf) for k, hi in objectives
+                )
+
+            best = min(feasible, key=rank).id
+        self._write_history(history_path, input_info, candidates, front, best)
+        self.log.info("front %s, best %s", front, best)
+        return RunResult(self.out, input_info, candidates, front, best)
+
+    def _write_history(
+        self, path: Path, input_info: dict, candidates: list[Candidate], front: list[str], best: str | None
+    ) -> None:
+        from dataclasses import asdict
+
+        rows = []
+        for c in candidates:
+            row = asdict(c)
+            row["passes"] = [{k: v for k, v in p.items() if not k.startswith("_")} for p in c.passes]
+            rows.append(row)
+        write_json_atomic(
+            {
+                "config": self.cfg.model_dump(mode="json"),
+                "input": input_info,
+                "candidates": rows,
+                "pareto_front": front,
+                "best": best,
+            },
+            path,
+        )
+
+
+def _add_changes(m: dict[str, Any], base: dict[str, Any]) -> None:
+    if m.get("perplexity") is not None and base.get("perplexity"):
+        m["perplexity_change_pct"] = 100.0 * (m["perplexity"] / base["perplexity"] - 1.0)
+    if m.get("weight_bytes") and base.get("weight_bytes"):
+        m["size_ratio"] = m["weight_bytes"] / base["weight_bytes"]
+    if m.get("decode_tokens_per_s") and base.get("decode_tokens_per_s"):
+        m["decode_speedup"] = m["decode_tokens_per_s"] / base["decode_tokens_per_s"]
+
+
+def _import(spec: str) -> Any:
+    module, _, attr = spec.partition(":")
+    if not module or not attr:
+        raise ValueError(f"a custom metric function is 'module:function', got {spec!r}")
+    return getattr(importlib.import_module(module), attr)
+
+
+def _read_data(d: Any) -> str:
+    from .. import zoo
+
+    if d.type == "kjv":
+        text = zoo.kjv_split(d.split)
+    elif d.type == "eval_slice":
+        text = zoo.eval_text()
+    elif d.type == "text":
+        text = Path(d.path).read_text(encoding="utf-8")
+    else:  # jsonl
+        lines = []
+        for i, line in enumerate(Path(d.path).read_text(encoding="utf-8").splitlines()):
+            if not line.strip():
+                continue
+            try:
+                lines.append(str(json.loads(line)[d.field]))
+            except (json.JSONDecodeError, KeyError, TypeError) as e:
+                raise ValueError(
+                    f"{d.path} line {i + 1}: expected a JSON object with a {d.field!r} field"
+                ) from e
+        text = "\n\n".join(lines)
+    return text[: d.max_chars] if d.max_chars else text
+
+
+def run_workflow(
+    cfg: RunConfig,
+    output_dir: str | os.PathLike[str] | None = None,
+    progress: bool = True,
+    report: bool = True,
+) -> RunResult:
+    """Runs a config; writes ``run_history.json``, ``run.log``, the best candidate's model as
+    ``<output_dir>/model`` and (``report``) ``report.md`` / ``report.html``."""
+    result = Engine(cfg, output_dir, progress).run()
+    best = result.best_candidate
+    if best is not None and best.model_dir is not None:
+        dst = result.output_dir / "model"
+        tmp = Path(tempfile.mkdtemp(prefix=".model-", dir=result.output_dir))
+        try:
+            shutil.copytree(best.model_dir, tmp, dirs_exist_ok=True)
+            if dst.exists():
+                shutil.rmtree(dst)
+            os.replace(tmp, dst)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    if report:
+        from .report import write_report
+
+        write_report(result, cfg)
+    return result

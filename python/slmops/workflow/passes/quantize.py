@@ -1,0 +1,87 @@
+"""``type: quantize``: every linear layer (but the lm_head) to a weight format."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import field_validator
+
+from ...ops import FORMATS
+from ...ops.qmatmul import ACTIVATIONS
+from ...quantize.model import METHODS, quantize_model
+from ..registry import Pass, PassContext, PassOptions, PassOutput, register_pass
+
+
+class QuantizeOptions(PassOptions):
+    algorithm: str = "rtn"
+    format: str = "int4"
+    group_size: int | None = None
+    symmetric: bool | None = None
+    double_quant: bool = False
+    activation: str = "float"
+    skip: list[str] = ["lm_head", "*.lm_head"]
+    include: list[str] | None = None
+
+    # Checked against the lists the lower layers own, so a new format or algorithm is
+    # accepted here the day it lands.
+    @field_validator("algorithm")
+    @classmethod
+    def _algorithm(cls, v: str) -> str:
+        return _one_of("algorithm", v, METHODS)
+
+    @field_validator("format")
+    @classmethod
+    def _format(cls, v: str) -> str:
+        return _one_of("format", v, tuple(FORMATS))
+
+    @field_validator("activation")
+    @classmethod
+    def _activation(cls, v: str) -> str:
+        return _one_of("activation", v, ACTIVATIONS)
+
+
+def _one_of(name: str, value: str, allowed: tuple) -> str:
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {list(allowed)}, got {value!r}")
+    return value
+
+
+@register_pass
+class QuantizePass(Pass):
+    type = "quantize"
+    Options = QuantizeOptions
+
+    def normalize(self, options: QuantizeOptions) -> dict[str, Any]:
+        opts = options.model_dump()
+        info = FORMATS[options.format]
+        if not info["has_group_size"]:
+            opts.pop("group_size")
+        if not info["has_symmetric_option"]:
+            opts.pop("symmetric")
+        if options.format != "nf4":
+            opts.pop("double_quant")
+        return opts
+
+    def run(self, model: Any, tokenizer: Any, options: QuantizeOptions, ctx: PassContext) -> PassOutput:
+        opts = self.normalize(options)
+        quant_options = {k: opts[k] for k in ("group_size", "symmetric", "double_quant") if opts.get(k)}
+        if opts.get("symmetric") is False:
+            quant_options["symmetric"] = False
+        summary = quantize_model(
+            model,
+            opts["algorithm"],
+            format=opts["format"],
+            skip=opts["skip"],
+            include=opts["include"],
+            activation=opts["activation"],
+            **quant_options,
+        )
+        ctx.log.info("%s", summary)
+        info = {
+            "summary": str(summary),
+            "layers_quantized": len(summary.replaced),
+            "layers_kept": summary.skipped,
+            "bytes_before": summary.bytes_before,
+            "bytes_after": summary.bytes_after,
+        }
+        return PassOutput(model, tokenizer, info=info)

@@ -1,0 +1,404 @@
+"""The workflow layer: config validation, the engine (ordering, caching, resume, search,
+Pareto selection) with fake passes on a tiny random model, and the CLI end to end."""
+
+import json
+import math
+import random
+from pathlib import Path
+
+import pytest
+import slmops
+import torch
+from slmops.cli import main as cli
+from slmops.workflow import (
+    ConfigError,
+    Pass,
+    PassOptions,
+    PassOutput,
+    expand_search,
+    load_config,
+    pareto_front,
+    parse_config,
+    register_pass,
+    run_workflow,
+)
+
+TEXT = "In the beginning God created the heaven and the earth. And the earth was without form, and void.\n"
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory) -> Path:
+    """A random 2-layer Llama (hidden 64) with a 300-token byte-level BPE tokenizer."""
+    from slmops.zoo import train_tokenizer
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    folder = tmp_path_factory.mktemp("tiny")
+    tok = train_tokenizer([TEXT] * 20, vocab_size=300)
+    torch.manual_seed(0)
+    cfg = LlamaConfig(
+        vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+    )  # fmt: skip
+    LlamaForCausalLM(cfg).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture
+def text_file(tmp_path) -> Path:
+    p = tmp_path / "eval.txt"
+    p.write_text(TEXT * 8)
+    return p
+
+
+# -- fake passes: they record every real run in a file, so caching is observable -------------
+
+CALLS: list[str] = []
+
+
+class ScaleOptions(PassOptions):
+    factor: float = 1.0
+    fail_marker: str | None = None  # fail while this file does not exist
+
+
+@register_pass
+class ScaleMLP(Pass):
+    """Multiplies every down_proj weight by ``factor``."""
+
+    type = "test_scale_mlp"
+    Options = ScaleOptions
+
+    def run(self, model, tokenizer, options, ctx):
+        CALLS.append(f"{self.type}:{options.factor}")
+        if options.fail_marker and not Path(options.fail_marker).exists():
+            raise RuntimeError("the fake pass fails until its marker file exists")
+        with torch.no_grad():
+            for layer in model.model.layers:
+                layer.mlp.down_proj.weight.mul_(options.factor)
+        (ctx.artifacts_dir / "note.txt").write_text(f"scaled by {options.factor}")
+        return PassOutput(model, tokenizer, info={"factor": options.factor}, artifacts={"note": "note.txt"})
+
+
+class ShiftOptions(PassOptions):
+    shift: float = 0.0
+
+
+@register_pass
+class ShiftMLP(Pass):
+    """Adds ``shift`` to every down_proj weight: applied after a scale, order shows."""
+
+    type = "test_shift_mlp"
+    Options = ShiftOptions
+
+    def run(self, model, tokenizer, options, ctx):
+        CALLS.append(f"{self.type}:{options.shift}")
+        with torch.no_grad():
+            for layer in model.model.layers:
+                layer.mlp.down_proj.weight.add_(options.shift)
+        return PassOutput(model, tokenizer)
+
+
+def first_token_nll(model, tokenizer, text):
+    """A custom metric: negative log-likelihood of the second token of the text."""
+    ids = torch.tensor([tokenizer(text)["input_ids"][:2]])
+    with torch.no_grad():
+        return -float(torch.log_softmax(model(ids).logits[0, 0], -1)[ids[0, 1]])
+
+
+def _config(model: Path, text_file: Path, out: Path, **extra) -> dict:
+    cfg = {
+        "model": str(model),
+        "data": {"eval": {"type": "text", "path": str(text_file)}},
+        "passes": [{"type": "test_scale_mlp", "factor": 2.0}, {"type": "test_shift_mlp", "shift": 0.01}],
+        "evaluate": {"data": "eval", "metrics": ["perplexity", "size"], "seq_len": 64},
+        "output_dir": str(out),
+    }
+    cfg.update(extra)
+    return cfg
+
+
+# -- config validation ------------------------------------------------------------------------
+
+
+def test_a_good_config_parses_from_yaml_and_json(tmp_path, tiny_model, text_file):
+    import yaml
+
+    raw = _config(tiny_model, text_file, tmp_path / "out")
+    raw["passes"].append({"type": "quantize", "format": "int4", "group_size": 32})
+    raw["search"] = {
+        "space": {
+            "quantize.format": ["int4", "q4_0"],
+            "test_scale_mlp.factor": {"min": 1, "max": 3, "step": 1},
+        }
+    }
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(raw))
+    (tmp_path / "c.json").write_text(json.dumps(raw))
+    a, b = load_config(tmp_path / "c.yaml"), load_config(tmp_path / "c.json")
+    assert a == b
+    assert a.pass_names() == ["test_scale_mlp", "test_shift_mlp", "quantize"]
+    assert len(expand_search(a)) == 6
+
+
+@pytest.mark.parametrize(
+    "change, where, message",
+    [
+        ({"modle": "x"}, "modle", "unknown key"),
+        ({"evaluate": {"seq_len": "long"}}, "evaluate.seq_len", "valid integer"),
+        ({"evaluate": {"metrics": ["perplexity", "bleu"]}}, "evaluate.metrics", "[1] 'bleu' is not one of"),
+        ({"passes": [{"type": "quantise"}]}, "passes[0].type", "unknown pass type 'quantise'; available: ["),
+        ({"passes": [{"type": "quantize", "bits": 4}]}, "passes[0].bits", "unknown option"),
+        ({"passes": [{"type": "quantize", "format": "int3"}]}, "passes[0].format", "format must be one of"),
+        ({"passes": [{"type": "quantize", "algorithm": "magic"}]}, "passes[0].algorithm", "'rtn'"),
+        ({"passes": [{"type": "quantize"}, {"type": "quantize"}]}, "passes[1].name", "used twice"),
+        (
+            {"search": {"space": {"prune.sparsity": [0.5]}}},
+            "search.space.prune.sparsity",
+            "no pass named 'prune'",
+        ),
+        (
+            {"search": {"space": {"test_scale_mlp.bits": [1]}}},
+            "search.space.test_scale_mlp.bits",
+            "no option 'bits'",
+        ),
+        ({"evaluate": {"data": "calib"}}, "evaluate.data", "no dataset named 'calib'"),
+        (
+            {"data": {"eval": {"type": "text", "path": "/nonexistent.txt"}}},
+            "data.eval.path",
+            "does not exist",
+        ),
+        ({"data": {"eval": {"type": "csv"}}}, "data.eval.type", "'kjv'"),
+    ],
+)
+def test_bad_configs_say_what_and_where(tmp_path, tiny_model, text_file, change, where, message):
+    raw = _config(tiny_model, text_file, tmp_path / "out")
+    raw.update(change)
+    with pytest.raises(ConfigError) as e:
+        parse_config(raw, source="my.yaml")
+    text = str(e.value)
+    assert text.startswith("my.yaml: ")
+    line = next((ln for ln in text.splitlines() if ln.strip().startswith(where + ":")), None)
+    assert line is not None, text
+    assert message in line, text
+
+
+def test_unreadable_config_files(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "absent.yaml")
+    (tmp_path / "bad.yaml").write_text("model: [unclosed")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(tmp_path / "bad.yaml")
+    (tmp_path / "list.yaml").write_text("- a\n- b\n")
+    with pytest.raises(ConfigError, match="must be a mapping"):
+        load_config(tmp_path / "list.yaml")
+
+
+# -- the engine -----------------------------------------------------------------------------
+
+
+def _down_proj(folder: Path) -> torch.Tensor:
+    model, _ = slmops.zoo.load(folder)
+    return model.model.layers[0].mlp.down_proj.weight.detach().clone()
+
+
+def test_passes_run_in_order_and_are_cached(tmp_path, tiny_model, text_file):
+    CALLS.clear()
+    cfg = parse_config(_config(tiny_model, text_file, tmp_path / "out"))
+    result = run_workflow(cfg, progress=False)
+    assert CALLS == ["test_scale_mlp:2.0", "test_shift_mlp:0.01"]
+    # Order matters: (w * 2) + 0.01, not (w + 0.01) * 2.
+    torch.testing.assert_close(_down_proj(tmp_path / "out" / "model"), _down_proj(tiny_model) * 2 + 0.01)
+    cand = result.candidates[0]
+    assert cand.status == "ok" and result.best == cand.id
+    assert Path(cand.artifacts["test_scale_mlp.note"]).read_text() == "scaled by 2.0"
+    history = json.loads((tmp_path / "out" / "run_history.json").read_text())
+    assert history["best"] == cand.id and history["candidates"][0]["metrics"]["perplexity"] > 1
+    assert (tmp_path / "out" / "run.log").read_text().count("done in") == 2
+
+    CALLS.clear()
+    again = run_workflow(cfg, progress=False)  # everything comes from the cache
+    assert CALLS == []
+    assert again.candidates[0].metrics == cand.metrics
+
+    CALLS.clear()
+    changed = _config(tiny_model, text_file, tmp_path / "out")
+    changed["passes"][1]["shift"] = 0.02  # only the second pass reruns
+    run_workflow(parse_config(changed), progress=False)
+    assert CALLS == ["test_shift_mlp:0.02"]
+
+
+def test_a_run_resumes_after_a_failure_in_the_middle(tmp_path, tiny_model, text_file):
+    CALLS.clear()
+    marker = tmp_path / "fixed"
+    raw = _config(tiny_model, text_file, tmp_path / "out")
+    raw["passes"] = [
+        {"type": "test_shift_mlp", "shift": 0.5},
+        {"type": "test_scale_mlp", "factor": 3.0, "fail_marker": str(marker)},
+    ]
+    first = run_workflow(parse_config(raw), progress=False)
+    assert first.candidates[0].status == "failed" and "marker" in first.candidates[0].error
+    assert first.best is None
+    assert not any(
+        p.name.startswith(".") for p in (tmp_path / "out" / "cache").iterdir()
+    )  # no half-written entry
+    marker.write_text("")
+    CALLS.clear()
+    second = run_workflow(parse_config(raw), progress=False)
+    assert CALLS == ["test_scale_mlp:3.0"]  # the first pass came from the cache
+    assert second.candidates[0].status == "ok"
+    torch.testing.assert_close(_down_proj(tmp_path / "out" / "model"), (_down_proj(tiny_model) + 0.5) * 3)
+
+
+def test_search_goals_pareto_and_best(tmp_path, tiny_model, text_file):
+    raw = _config(tiny_model, text_file, tmp_path / "out")
+    raw["passes"] = [{"type": "quantize", "format": "int8"}]
+    raw["search"] = {
+        "space": {"quantize.format": ["int8", "int4", "ternary", "q4_0"], "quantize.group_size": [32, 64]}
+    }
+    raw["evaluate"]["metrics"] = [
+        "perplexity",
+        "size",
+        {"name": "nll1", "function": "test_workflow:first_token_nll"},
+    ]
+    raw["evaluate"]["goals"] = {"perplexity_increase_pct": 2.0, "size_ratio": 0.5}
+    raw["evaluate"]["priority"] = ["perplexity", "size"]
+    result = run_workflow(parse_config(raw), progress=False)
+    # q4_0 and ternary ignore group_size: 8 combinations, 6 distinct candidates.
+    formats = [
+        (c.passes[0]["options"]["format"], c.passes[0]["options"].get("group_size"))
+        for c in result.candidates
+    ]
+    assert formats == [
+        ("int8", 32),
+        ("int8", 64),
+        ("int4", 32),
+        ("int4", 64),
+        ("ternary", None),
+        ("q4_0", None),
+    ]
+    ok = [c for c in result.candidates if c.status == "ok"]
+    assert len(ok) == 6
+    for c in ok:
+        assert math.isfinite(c.metrics["nll1"])
+        assert c.metrics["size_ratio"] < 1
+    # The front, recomputed by brute force over (perplexity, size).
+    rows = [c.metrics for c in ok]
+
+    def dominated(m):
+        p, w = m["perplexity"], m["weight_bytes"]
+        return any(
+            o["perplexity"] <= p and o["weight_bytes"] <= w and (o["perplexity"] < p or o["weight_bytes"] < w)
+            for o in rows
+        )
+
+    front = {c.id for c in ok if not dominated(c.metrics)}
+    assert set(result.front) == front
+    feasible = [c for c in ok if c.metrics["perplexity_change_pct"] <= 2.0 and c.metrics["size_ratio"] <= 0.5]
+    assert all((c in feasible) == (not c.missed_goals) for c in ok)
+    if feasible:
+        assert result.best == min(feasible, key=lambda c: c.metrics["perplexity"]).id
+    else:
+        assert result.best is None
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "| c0 |" in report and "Pareto" in report
+    html = (tmp_path / "out" / "report.html").read_text()
+    assert html.count("data:image/png;base64,") == 1  # perplexity vs size (no speed measured)
+
+
+def test_pareto_front_against_brute_force():
+    rng = random.Random(0)
+    rows = [{"a": rng.randint(0, 5), "b": rng.randint(0, 5), "c": rng.random()} for _ in range(40)]
+    rows.append({"a": 1})  # a row missing an objective is never on the front
+    objectives = [("a", False), ("b", False), ("c", True)]
+    got = set(pareto_front(rows, objectives))
+
+    def dominates(x, y):
+        le = x["a"] <= y["a"] and x["b"] <= y["b"] and x["c"] >= y["c"]
+        return le and (x["a"] < y["a"] or x["b"] < y["b"] or x["c"] > y["c"])
+
+    full = [i for i, r in enumerate(rows) if len(r) == 3]
+    assert got == {i for i in full if not any(dominates(rows[j], rows[i]) for j in full)}
+
+
+def test_search_expansion_grid_random_and_ranges(tmp_path, tiny_model, text_file):
+    raw = _config(tiny_model, text_file, tmp_path / "out")
+    raw["search"] = {"space": {"test_scale_mlp.factor": {"min": 0.5, "max": 2.0, "step": 0.5},
+                               "test_shift_mlp.shift": [0, 1]}}  # fmt: skip
+    grid = expand_search(parse_config(raw))
+    assert [c["test_scale_mlp"]["factor"] for c in grid] == [0.5, 0.5, 1.0, 1.0, 1.5, 1.5, 2.0, 2.0]
+    raw["search"].update(strategy="random", max_trials=3, seed=7)
+    picked = expand_search(parse_config(raw))
+    assert len(picked) == 3 and all(p in grid for p in picked)
+    assert picked == expand_search(parse_config(raw))  # the seed fixes the sample
+
+
+# -- the CLI ----------------------------------------------------------------------------------
+
+
+def test_cli_quantize_optimize_evaluate_end_to_end(tmp_path, tiny_model, text_file, capsys):
+    assert (
+        cli(["quantize", "--model", str(tiny_model), "--format", "int8", "-o", str(tmp_path / "q"), "-q"])
+        == 0
+    )
+    model, _ = slmops.zoo.load(tmp_path / "q" / "model")
+    assert isinstance(model.model.layers[0].mlp.down_proj, slmops.nn.QuantLinear)
+    assert (tmp_path / "q" / "report.html").is_file()
+
+    code = cli(
+        [
+            "optimize",
+            "-m",
+            str(tiny_model),
+            "-p",
+            "int4",
+            "--data",
+            str(text_file),
+            "-o",
+            str(tmp_path / "o"),
+            "-q",
+        ]
+    )
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "best: c0" in out and "perplexity" in out
+    history = json.loads((tmp_path / "o" / "run_history.json").read_text())
+    assert history["candidates"][0]["passes"][0]["options"]["format"] == "int4"
+
+    assert cli(["evaluate", "-m", str(tmp_path / "o" / "model"), "--data", str(text_file),
+                "--json", str(tmp_path / "e.json")]) == 0  # fmt: skip
+    ppl = json.loads((tmp_path / "e.json").read_text())["perplexity"]["perplexity"]
+    assert ppl == pytest.approx(history["candidates"][0]["metrics"]["perplexity"], rel=1e-6)
+
+
+def test_cli_exit_codes(tmp_path, tiny_model, text_file, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(f"model: {tiny_model}\npasses:\n  - {{type: quantize, bitz: 4}}\n")
+    assert cli(["run", str(bad)]) == 2
+    assert "passes[0].bitz: unknown option" in capsys.readouterr().err
+    assert cli(["evaluate", "-m", str(tmp_path / "nothing")]) == 1
+    assert "does not exist" in capsys.readouterr().err
+    strict = tmp_path / "strict.yaml"
+    raw = _config(tiny_model, text_file, tmp_path / "s")
+    raw["passes"] = [{"type": "quantize", "format": "ternary"}]
+    raw["evaluate"]["goals"] = {"perplexity_increase_pct": 0.0}  # ternary cannot be free
+    strict.write_text(json.dumps(raw))
+    assert cli(["run", str(strict), "-q"]) == 3
+    assert "no candidate met the goals" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        cli(["optimize", "--model", "x", "--precision", "int3", "-o", str(tmp_path)])
+    assert e.value.code == 2
+
+
+@pytest.mark.slow
+def test_demo_end_to_end_on_the_reference_teacher(tmp_path, capsys):
+    assert cli(["demo", "-o", str(tmp_path / "demo"), "-q"]) == 0
+    out = capsys.readouterr().out
+    assert "best: " in out
+    history = json.loads((tmp_path / "demo" / "run_history.json").read_text())
+    ok = [c for c in history["candidates"] if c["status"] == "ok"]
+    assert len(ok) == 10
+    best = next(c for c in ok if c["id"] == history["best"])
+    assert best["metrics"]["perplexity_change_pct"] <= 5 and best["metrics"]["size_ratio"] <= 0.5
+    model, tok = slmops.zoo.load(tmp_path / "demo" / "model")
+    ppl = slmops.evaluate(model, tok, data=slmops.zoo.eval_text(), seq_len=512)["perplexity"]["perplexity"]
+    assert ppl == pytest.approx(best["metrics"]["perplexity"], rel=1e-6)
+    assert "report" in (tmp_path / "demo" / "report.html").read_text()
