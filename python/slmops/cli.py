@@ -5,6 +5,7 @@
     slmops optimize --model kjv-teacher --precision int4 --output-dir out
     slmops quantize --model ./my-hf-model --format q4_k --output-dir out
     slmops evaluate --model out/model --metrics perplexity speed
+    slmops bench qmatmul --quick                  # kernel benchmarks: quant, qmatmul, quality
     slmops info                                   # build info and a self-check of every kernel
 
 Exit codes: 0 done (for runs: a candidate met the goals), 1 an error while running,
@@ -22,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from . import _C, build_info
+from .bench import BENCHMARKS
 from .ops import FORMATS, quantize
 
 DEMO_CONFIG = Path(__file__).parent / "workflow" / "recipes" / "demo.yaml"
@@ -220,6 +222,12 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_bench(args: argparse.Namespace) -> int:
+    import importlib
+
+    return importlib.import_module(f"slmops.bench.{args.name}").main(args.options)
+
+
 def _add_run_flags(p: argparse.ArgumentParser, output_required: bool = False) -> None:
     p.add_argument(
         "--output-dir",
@@ -313,6 +321,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--json", type=Path, help="also write the result to this file")
     p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser(
+        "bench",
+        help="the kernel and quality benchmarks (quant, qmatmul, quality)",
+        formatter_class=fmt,
+        description="Options after the name go to the benchmark; "
+        "'slmops bench qmatmul --help' lists them.\n\n  slmops bench qmatmul --quick\n"
+        "  slmops bench quant --formats q4_0,q4_k --threads 1\n  slmops bench quality --json q.json",
+    )
+    p.add_argument("name", choices=BENCHMARKS)
+    p.add_argument("options", nargs=argparse.REMAINDER, help="options of the benchmark")
+    p.set_defaults(func=_cmd_bench)
 
     p = sub.add_parser("info", help="build info and a self-check of every kernel on this machine")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")

@@ -1,0 +1,6 @@
+"""The benchmarks an installed slmops carries (``slmops bench NAME``): ``quant`` (quantize
+and dequantize against numpy), ``qmatmul`` (quantized matmul against fp32 torch and the
+machine's read bandwidth), ``quality`` (the reference teacher under each RTN format).
+Every speed figure is a ratio measured side by side in one run; see benchmarks/README.md."""
+
+BENCHMARKS = ("quant", "qmatmul", "quality")
