@@ -1,0 +1,104 @@
+"""``slmops.export(model, target, out_dir)``: one entry point for every target; each writes
+into a temporary sibling folder that is renamed at the end, with ``manifest.json`` listing
+every file with its size and SHA-256."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+TARGETS = ("gguf", "hf", "slmops")
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def export(
+    model: Any,
+    target: str,
+    out_dir: str | os.PathLike[str],
+    tokenizer: Any = None,
+    **options: Any,
+) -> dict[str, Any]:
+    """Writes ``model`` for a runtime and returns the manifest.
+
+    ``model``: a transformers causal LM (slmops ``QuantLinear`` layers included) with its
+    ``tokenizer``, or a zoo name / model folder (loaded with its tokenizer). Targets:
+
+    - ``"gguf"``: ``model.gguf`` and an Ollama ``Modelfile`` for llama.cpp / Ollama.
+      Options: ``tensor_types`` (fnmatch pattern on GGUF names -> f32, f16, q8_0, q4_0,
+      q4_k, q6_k, tq2_0; for float tensors), ``default_type`` (default f16).
+    - ``"hf"``: a plain Hugging Face folder (float models).
+    - ``"slmops"``: an slmops checkpoint (quantized linears as their codes and scales).
+
+    Unsupported architectures or formats raise ``ValueError`` before anything is written.
+    """
+    from .. import zoo
+    from ..nn import QuantLinear
+    from .checkpoint import save_checkpoint
+    from .gguf import check_gguf_exportable, ollama_modelfile, write_gguf
+
+    if target not in TARGETS:
+        raise ValueError(f"unknown export target {target!r}; expected one of {TARGETS}")
+    if isinstance(model, (str, os.PathLike)):
+        model, loaded_tok = zoo.load(model)
+        tokenizer = tokenizer or loaded_tok
+    if tokenizer is None:
+        raise ValueError("export needs the model's tokenizer: pass tokenizer=...")
+    zoo.check_tokenizer(model, tokenizer)
+    allowed = {"gguf": {"tensor_types", "default_type", "name"}, "hf": set(), "slmops": set()}[target]
+    unknown = set(options) - allowed
+    if unknown:
+        raise ValueError(
+            f"unknown options for target {target!r}: {sorted(unknown)}; allowed: {sorted(allowed)}"
+        )
+    if target == "gguf":
+        check_gguf_exportable(model, options.get("tensor_types") or {})
+    if target == "hf" and any(isinstance(m, QuantLinear) for m in model.modules()):
+        raise ValueError(
+            "target 'hf' writes float models; this one has slmops-quantized layers: export it as "
+            "'slmops' (our checkpoint) or 'gguf'"
+        )
+
+    dst = Path(out_dir)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}-", dir=dst.parent))
+    try:
+        details: dict[str, Any] = {}
+        if target == "gguf":
+            details["tensors"] = write_gguf(model, tokenizer, tmp / "model.gguf", **options)
+            (tmp / "Modelfile").write_text(
+                ollama_modelfile("model.gguf", tokenizer, model.config.max_position_embeddings)
+            )
+        elif target == "hf":
+            model.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+        else:
+            save_checkpoint(model, tokenizer, tmp / "_ckpt")
+            for p in (tmp / "_ckpt").iterdir():
+                os.replace(p, tmp / p.name)
+            (tmp / "_ckpt").rmdir()
+        files = [
+            {"path": p.relative_to(tmp).as_posix(), "bytes": p.stat().st_size, "sha256": _sha256(p)}
+            for p in sorted(tmp.rglob("*"))
+            if p.is_file()
+        ]
+        manifest = {"target": target, "options": options, "files": files, **details}
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str) + "\n")
+        if dst.exists():
+            shutil.rmtree(dst)
+        os.replace(tmp, dst)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return manifest
