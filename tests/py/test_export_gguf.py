@@ -61,7 +61,8 @@ def test_mixed_types_read_back_exactly(tmp_path, tiny):
     cfg = q.config
     assert "output.weight" not in tensors  # tied: llama.cpp falls back to token_embd
     expected_types = {"attn_q": "Q4_K", "attn_k": "Q4_K", "attn_v": "Q4_K", "attn_output": "Q4_K",
-                      "ffn_gate": "Q8_0", "ffn_up": "Q8_0", "ffn_down": "Q6_K", "attn_norm": "F32", "ffn_norm": "F32"}  # fmt: skip
+                      "ffn_gate": "Q8_0", "ffn_up": "Q8_0", "ffn_down": "Q6_K",
+                      "attn_norm": "F32", "ffn_norm": "F32"}  # fmt: skip
     for i, layer in enumerate(q.model.layers):
         for short, t in expected_types.items():
             assert tensors[f"blk.{i}.{short}.weight"].tensor_type.name == t
@@ -91,8 +92,8 @@ def test_mixed_types_read_back_exactly(tmp_path, tiny):
         "llama.block_count": 2, "llama.feed_forward_length": 512, "llama.attention.head_count": 4,
         "llama.attention.head_count_kv": 2, "llama.rope.dimension_count": 64,
         "general.quantization_version": 2, "tokenizer.ggml.model": "gpt2", "tokenizer.ggml.pre": "gpt-2",
-        "tokenizer.ggml.bos_token_id": 0, "tokenizer.ggml.eos_token_id": 2, "tokenizer.ggml.padding_token_id": 3,
-        "llama.vocab_size": 320,
+        "tokenizer.ggml.bos_token_id": 0, "tokenizer.ggml.eos_token_id": 2,
+        "tokenizer.ggml.padding_token_id": 3, "llama.vocab_size": 320,
     }  # fmt: skip
     for key, value in want.items():
         assert fields[key] == value, key
