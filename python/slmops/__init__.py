@@ -15,6 +15,7 @@ from . import _C, nn, ops, zoo
 # After the submodule import: the name slmops.evaluate is the function (DESIGN's public API);
 # its package stays reachable as slmops.evaluate.metrics through sys.modules.
 from .evaluate import evaluate  # noqa: E402
+from .export import export  # noqa: E402 - likewise: slmops.export is the function
 from .ops import QuantizedTensor
 from .quantize import QuantizationSummary, quantize_model  # slmops.quantize is the layer-4 package
 
@@ -44,6 +45,7 @@ __all__ = [
     "QuantizedTensor",
     "build_info",
     "evaluate",
+    "export",
     "get_num_threads",
     "nn",
     "ops",

@@ -5,6 +5,7 @@
     slmops optimize --model kjv-teacher --precision int4 --output-dir out
     slmops quantize --model ./my-hf-model --format q4_k --output-dir out
     slmops evaluate --model out/model --metrics perplexity speed
+    slmops export --model out/model --target gguf --output-dir gguf
     slmops bench qmatmul --quick                  # kernel benchmarks: quant, qmatmul, quality
     slmops info                                   # build info and a self-check of every kernel
 
@@ -222,6 +223,20 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    from .export import export
+
+    options: dict = {}
+    if args.tensor_type:
+        options["tensor_types"] = dict(t.split("=", 1) for t in args.tensor_type)
+    if args.default_type:
+        options["default_type"] = args.default_type
+    manifest = export(args.model, args.target, args.output_dir, **options)
+    for f in manifest["files"]:
+        print(f"{args.output_dir / f['path']}  {f['bytes']:,} bytes  sha256 {f['sha256'][:16]}")
+    return EXIT_OK
+
+
 def _cmd_bench(args: argparse.Namespace) -> int:
     import importlib
 
@@ -240,6 +255,7 @@ def _add_run_flags(p: argparse.ArgumentParser, output_required: bool = False) ->
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .export import TARGETS
     from .ops import FORMATS
     from .ops.qmatmul import ACTIVATIONS
     from .quantize.model import METHODS
@@ -305,6 +321,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--activation", default="float", choices=ACTIVATIONS)
     _add_run_flags(p, output_required=True)
     p.set_defaults(func=_cmd_quantize)
+
+    p = sub.add_parser(
+        "export",
+        help="write a model for a runtime (gguf, hf, slmops)",
+        formatter_class=fmt,
+        description="  slmops export -m out/model -t gguf -o gguf-out\n"
+        "  slmops export -m kjv-teacher -t gguf --default-type q4_k --tensor-type token_embd.weight=q6_k",
+    )
+    p.add_argument("--model", "-m", required=True, help="zoo name, Hugging Face folder or slmops checkpoint")
+    p.add_argument("--target", "-t", required=True, choices=TARGETS)
+    p.add_argument(
+        "--tensor-type",
+        action="append",
+        metavar="PATTERN=TYPE",
+        help="gguf: type of the float tensors whose GGUF name matches (repeatable)",
+    )
+    p.add_argument("--default-type", help="gguf: type of the other float matrices (default f16)")
+    p.add_argument("--output-dir", "-o", type=Path, required=True)
+    p.set_defaults(func=_cmd_export)
 
     p = sub.add_parser(
         "evaluate",

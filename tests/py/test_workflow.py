@@ -369,6 +369,37 @@ def test_cli_quantize_optimize_evaluate_end_to_end(tmp_path, tiny_model, text_fi
     assert ppl == pytest.approx(history["candidates"][0]["metrics"]["perplexity"], rel=1e-6)
 
 
+def test_cli_export_and_the_export_pass(tmp_path, tiny_model, text_file, capsys):
+    assert (
+        cli(
+            [
+                "export",
+                "-m",
+                str(tiny_model),
+                "-t",
+                "gguf",
+                "--default-type",
+                "q8_0",
+                "-o",
+                str(tmp_path / "g"),
+            ]
+        )
+        == 0
+    )
+    assert "model.gguf" in capsys.readouterr().out
+    manifest = json.loads((tmp_path / "g" / "manifest.json").read_text())
+    assert {f["path"] for f in manifest["files"]} == {"model.gguf", "Modelfile"}
+    raw = _config(tiny_model, text_file, tmp_path / "run")
+    raw["passes"] = [{"type": "quantize", "format": "q8_0"}, {"type": "export", "target": "gguf"}]
+    result = run_workflow(parse_config(raw), progress=False)
+    assert result.best == "c0"
+    assert (tmp_path / "run" / "export-gguf" / "model.gguf").is_file()
+    assert "export-gguf" in (tmp_path / "run" / "report.md").read_text()
+    raw["passes"][0]["format"] = "int4"  # GGUF cannot hold int4: the candidate fails, with the reason
+    failed = run_workflow(parse_config(raw), progress=False)
+    assert failed.best is None and "cannot hold exactly" in failed.candidates[0].error
+
+
 def test_cli_exit_codes(tmp_path, tiny_model, text_file, capsys):
     bad = tmp_path / "bad.yaml"
     bad.write_text(f"model: {tiny_model}\npasses:\n  - {{type: quantize, bitz: 4}}\n")
@@ -395,10 +426,18 @@ def test_demo_end_to_end_on_the_reference_teacher(tmp_path, capsys):
     assert "best: " in out
     history = json.loads((tmp_path / "demo" / "run_history.json").read_text())
     ok = [c for c in history["candidates"] if c["status"] == "ok"]
-    assert len(ok) == 10
+    assert len(ok) == 6
     best = next(c for c in ok if c["id"] == history["best"])
     assert best["metrics"]["perplexity_change_pct"] <= 5 and best["metrics"]["size_ratio"] <= 0.5
     model, tok = slmops.zoo.load(tmp_path / "demo" / "model")
     ppl = slmops.evaluate(model, tok, data=slmops.zoo.eval_text(), seq_len=512)["perplexity"]["perplexity"]
     assert ppl == pytest.approx(best["metrics"]["perplexity"], rel=1e-6)
     assert "report" in (tmp_path / "demo" / "report.html").read_text()
+    # The chosen model also went out as GGUF, its weights the same bytes.
+    import gguf
+
+    reader = gguf.GGUFReader(str(tmp_path / "demo" / "export-gguf" / "model.gguf"))
+    down = next(t for t in reader.tensors if t.name == "blk.0.ffn_down.weight")
+    ours = model.model.layers[0].mlp.down_proj.qweight
+    assert down.tensor_type.name == ours.format.upper()
+    assert bytes(down.data) == ours.tensors["data"].numpy().tobytes()

@@ -483,6 +483,27 @@ def _read_data(d: Any) -> str:
     return text[: d.max_chars] if d.max_chars else text
 
 
+def _copy_atomic(src: Path, dst: Path) -> None:
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}-", dir=dst.parent))
+    try:
+        if src.is_dir():
+            shutil.copytree(src, tmp, dirs_exist_ok=True)
+        else:
+            tmp.rmdir()
+            shutil.copy2(src, tmp)
+        if dst.is_dir():
+            shutil.rmtree(dst)
+        elif dst.exists():
+            dst.unlink()
+        os.replace(tmp, dst)
+    except BaseException:
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            tmp.unlink(missing_ok=True)
+        raise
+
+
 def run_workflow(
     cfg: RunConfig,
     output_dir: str | os.PathLike[str] | None = None,
@@ -490,20 +511,15 @@ def run_workflow(
     report: bool = True,
 ) -> RunResult:
     """Runs a config; writes ``run_history.json``, ``run.log``, the best candidate's model as
-    ``<output_dir>/model`` and (``report``) ``report.md`` / ``report.html``."""
+    ``<output_dir>/model`` and its artifacts as ``<output_dir>/<pass>-<artifact>`` (for
+    example ``export-gguf``), and (``report``) ``report.md`` / ``report.html``."""
     result = Engine(cfg, output_dir, progress).run()
     best = result.best_candidate
     if best is not None and best.model_dir is not None:
-        dst = result.output_dir / "model"
-        tmp = Path(tempfile.mkdtemp(prefix=".model-", dir=result.output_dir))
-        try:
-            shutil.copytree(best.model_dir, tmp, dirs_exist_ok=True)
-            if dst.exists():
-                shutil.rmtree(dst)
-            os.replace(tmp, dst)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+        # The chosen model and its artifacts, out of the cache into plain names.
+        _copy_atomic(Path(best.model_dir), result.output_dir / "model")
+        for name, path in best.artifacts.items():
+            _copy_atomic(Path(path), result.output_dir / name.replace(".", "-"))
     if report:
         from .report import write_report
 

@@ -183,8 +183,8 @@ def write_report(result: RunResult, cfg: RunConfig) -> tuple[Path, Path]:
         f"Goals: {goals or 'none'}; priority: {', '.join(cfg.evaluate.priority)}",
     ]
     if best is not None:
-        chosen = [f"Chosen: **{best.id}**, {_describe(best)}", f"Model: `{best.model_dir}`"]
-        chosen += [f"Artifact {k}: `{v}`" for k, v in best.artifacts.items()]
+        chosen = [f"Chosen: **{best.id}**, {_describe(best)}", f"Model: `{out / 'model'}`"]
+        chosen += [f"Artifact {k}: `{out / k.replace('.', '-')}`" for k in best.artifacts]
     else:
         chosen = ["Chosen: none; no candidate met the goals (see the status column)."]
     plots = _plots(result)

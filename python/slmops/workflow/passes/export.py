@@ -1,0 +1,44 @@
+"""``type: export``: writes the model for a runtime (``slmops.export``); the model passes on
+unchanged, the files are the pass's artifacts."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import field_validator
+
+from ...export import TARGETS
+from ...export import export as export_model
+from ..registry import Pass, PassContext, PassOptions, PassOutput, register_pass
+
+
+class ExportOptions(PassOptions):
+    target: str = "gguf"
+    tensor_types: dict[str, str] | None = None  # gguf: fnmatch pattern -> type, for float tensors
+    default_type: str | None = None  # gguf: type of the float matrices no pattern names
+
+    @field_validator("target")
+    @classmethod
+    def _target(cls, v: str) -> str:
+        if v not in TARGETS:
+            raise ValueError(f"target must be one of {list(TARGETS)}, got {v!r}")
+        return v
+
+
+@register_pass
+class ExportPass(Pass):
+    type = "export"
+    Options = ExportOptions
+
+    def normalize(self, options: ExportOptions) -> dict[str, Any]:
+        return options.model_dump(exclude_none=True)
+
+    def run(self, model: Any, tokenizer: Any, options: ExportOptions, ctx: PassContext) -> PassOutput:
+        opts = self.normalize(options)
+        target = opts.pop("target")
+        manifest = export_model(model, target, ctx.artifacts_dir / target, tokenizer=tokenizer, **opts)
+        files = {f["path"]: f["bytes"] for f in manifest["files"]}
+        ctx.log.info("exported %s: %s", target, files)
+        return PassOutput(
+            model, tokenizer, info={"target": target, "files": files}, artifacts={target: target}
+        )
