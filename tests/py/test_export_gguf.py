@@ -192,7 +192,7 @@ def test_bad_exports_fail_before_writing(tmp_path, tiny):
 
 def test_a_failure_while_writing_leaves_nothing(tmp_path, tiny, monkeypatch):
     model, tok = tiny
-    import slmops.export.gguf as g
+    from slmops.export import gguf as g
 
     def broken(model, tokenizer, path, **kw):
         path.write_bytes(b"GGUF partial")

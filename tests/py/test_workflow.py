@@ -162,6 +162,11 @@ def test_a_good_config_parses_from_yaml_and_json(tmp_path, tiny_model, text_file
         ),
         ({"evaluate": {"data": "calib"}}, "evaluate.data", "no dataset named 'calib'"),
         (
+            {"search": {"space": {"test_scale_mlp.factor": {"min": 1, "max": 2}}}},
+            "search.space.test_scale_mlp.factor",
+            "a range is {min, max, step}",
+        ),
+        (
             {"data": {"eval": {"type": "text", "path": "/nonexistent.txt"}}},
             "data.eval.path",
             "does not exist",

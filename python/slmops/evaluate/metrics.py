@@ -3,11 +3,9 @@ including models whose linears are ``QuantLinear``."""
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import statistics
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -16,6 +14,8 @@ from typing import Any
 import torch
 
 import slmops
+
+from .._io import write_json_atomic
 
 METRICS = ("perplexity", "speed", "memory")
 DEFAULT_SEQ_LEN = 512
@@ -228,18 +228,5 @@ def evaluate(
     finally:
         model.train(was_training)
     if output is not None:
-        _write_json(result, Path(output))
+        write_json_atomic(result, output)
     return result
-
-
-def _write_json(obj: dict, path: Path) -> None:
-    """Atomically: a temp file in the same folder, then a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".slmops-", suffix=".json", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=2)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -7,10 +7,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
+
+from .._io import atomic_dir
 
 TARGETS = ("gguf", "hf", "slmops")
 
@@ -70,10 +70,7 @@ def export(
             "'slmops' (our checkpoint) or 'gguf'"
         )
 
-    dst = Path(out_dir)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}-", dir=dst.parent))
-    try:
+    with atomic_dir(out_dir) as tmp:
         details: dict[str, Any] = {}
         if target == "gguf":
             details["tensors"] = write_gguf(model, tokenizer, tmp / "model.gguf", **options)
@@ -84,10 +81,7 @@ def export(
             model.save_pretrained(tmp)
             tokenizer.save_pretrained(tmp)
         else:
-            save_checkpoint(model, tokenizer, tmp / "_ckpt")
-            for p in (tmp / "_ckpt").iterdir():
-                os.replace(p, tmp / p.name)
-            (tmp / "_ckpt").rmdir()
+            save_checkpoint(model, tokenizer, tmp)
         files = [
             {"path": p.relative_to(tmp).as_posix(), "bytes": p.stat().st_size, "sha256": _sha256(p)}
             for p in sorted(tmp.rglob("*"))
@@ -95,10 +89,4 @@ def export(
         ]
         manifest = {"target": target, "options": options, "files": files, **details}
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str) + "\n")
-        if dst.exists():
-            shutil.rmtree(dst)
-        os.replace(tmp, dst)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return manifest

@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
+
+from .._io import atomic_dir
 
 QUANT_METHOD = "slmops"
 
@@ -62,9 +62,7 @@ def save_checkpoint(model: Any, tokenizer: Any, folder: str | os.PathLike[str]) 
     from safetensors.torch import save_file
 
     dst = Path(folder)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}-", dir=dst.parent))
-    try:
+    with atomic_dir(dst) as tmp:
         layers = _slmops_layers(model)
         model.config.save_pretrained(tmp)
         cfg = json.loads((tmp / "config.json").read_text())
@@ -78,12 +76,6 @@ def save_checkpoint(model: Any, tokenizer: Any, folder: str | os.PathLike[str]) 
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         save_file(_unique_tensors(model), str(tmp / "model.safetensors"), metadata={"format": "pt"})
-        if dst.exists():
-            shutil.rmtree(dst)
-        os.replace(tmp, dst)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return dst
 
 

@@ -19,12 +19,12 @@ import math
 import os
 import random
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .._io import atomic_dir, write_atomic, write_json_atomic
 from .config import CustomMetric, RunConfig
 from .registry import PassContext, get_pass
 
@@ -46,18 +46,6 @@ def hash_model_folder(folder: Path) -> str:
                 for chunk in iter(lambda: f.read(1 << 20), b""):
                     h.update(chunk)
     return h.hexdigest()[:16]
-
-
-def write_json_atomic(obj: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=2, default=str)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 # -- search -------------------------------------------------------------------------
@@ -124,7 +112,7 @@ def pareto_front(rows: list[dict[str, Any]], objectives: list[tuple[str, bool]])
     ]
 
 
-def check_goals(metrics: dict[str, Any], baseline: dict[str, Any], goals: Any) -> list[str]:
+def check_goals(metrics: dict[str, Any], goals: Any) -> list[str]:
     """The goals a candidate misses, in words (empty: it meets them all)."""
     missed = []
     if goals.perplexity_increase_pct is not None:
@@ -212,9 +200,7 @@ class Engine:
         if done.is_file():
             self.log.info("pass %s: cached (%s)", pass_obj.type, key)
             return json.loads(done.read_text())
-        self.cache.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=self.cache))
-        try:
+        with atomic_dir(self.cache / key) as tmp:
             model, tokenizer = zoo.load(parent_dir)
             ctx = PassContext(
                 data=self.data_text, artifacts_dir=tmp / "artifacts", seed=self.cfg.seed, log=self.log
@@ -230,13 +216,6 @@ class Engine:
                 "seconds": round(time.perf_counter() - t0, 2),
             }
             write_json_atomic(result, tmp / "result.json")
-            final = self.cache / key
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(tmp, final)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
         self.log.info("pass %s: done in %.1f s (%s)", pass_obj.type, result["seconds"], key)
         return result
 
@@ -396,7 +375,7 @@ class Engine:
                 cand.model_dir = str(parent_dir)
                 cand.metrics = self._evaluate_cached(parent_key, parent_dir)
                 _add_changes(cand.metrics, base)
-                cand.missed_goals = check_goals(cand.metrics, base, cfg.evaluate.goals)
+                cand.missed_goals = check_goals(cand.metrics, cfg.evaluate.goals)
                 cand.status = "ok"
             except Exception as e:  # one failing candidate must not end the search
                 cand.status, cand.error = "failed", f"{type(e).__name__}: {e}"
@@ -484,24 +463,11 @@ def _read_data(d: Any) -> str:
 
 
 def _copy_atomic(src: Path, dst: Path) -> None:
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}-", dir=dst.parent))
-    try:
-        if src.is_dir():
+    if src.is_dir():
+        with atomic_dir(dst) as tmp:
             shutil.copytree(src, tmp, dirs_exist_ok=True)
-        else:
-            tmp.rmdir()
-            shutil.copy2(src, tmp)
-        if dst.is_dir():
-            shutil.rmtree(dst)
-        elif dst.exists():
-            dst.unlink()
-        os.replace(tmp, dst)
-    except BaseException:
-        if tmp.is_dir():
-            shutil.rmtree(tmp, ignore_errors=True)
-        else:
-            tmp.unlink(missing_ok=True)
-        raise
+    else:
+        write_atomic(dst, src.read_bytes())
 
 
 def run_workflow(

@@ -7,11 +7,10 @@ from __future__ import annotations
 import base64
 import html
 import io
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
+from .._io import write_atomic
 from .config import RunConfig
 from .engine import RunResult
 
@@ -157,17 +156,6 @@ def _plots(result: RunResult) -> dict[str, bytes]:
     return out
 
 
-def _write_atomic(path: Path, data: str | bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data.encode() if isinstance(data, str) else data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_report(result: RunResult, cfg: RunConfig) -> tuple[Path, Path]:
     out = result.output_dir
     rows = _rows(result)
@@ -189,7 +177,7 @@ def write_report(result: RunResult, cfg: RunConfig) -> tuple[Path, Path]:
         chosen = ["Chosen: none; no candidate met the goals (see the status column)."]
     plots = _plots(result)
     for name, png in plots.items():
-        _write_atomic(out / f"{name}.png", png)
+        write_atomic(out / f"{name}.png", png)
 
     md = [
         "# slmops run report",
@@ -203,7 +191,7 @@ def write_report(result: RunResult, cfg: RunConfig) -> tuple[Path, Path]:
     md += [""] + [f"![{name}]({name}.png)" for name in plots]
     md += ["", f"Every candidate and its metrics: `{out / 'run_history.json'}`; log: `{out / 'run.log'}`."]
     md_path = out / "report.md"
-    _write_atomic(md_path, "\n".join(md) + "\n")
+    write_atomic(md_path, "\n".join(md) + "\n")
 
     def esc(s: str) -> str:
         return html.escape(s).replace("**", "")
@@ -226,5 +214,5 @@ figure{{display:inline-block;margin:1em}}</style></head><body><h1>slmops run rep
 <code>{esc(str(out / "run.log"))}</code>.</p></body></html>
 """
     html_path = out / "report.html"
-    _write_atomic(html_path, page)
+    write_atomic(html_path, page)
     return md_path, html_path

@@ -71,7 +71,7 @@ class ModelRecipe:
 # embedding, 2.1M, is shared by construction and cannot shrink with hidden >= 256).
 RECIPES: dict[str, ModelRecipe] = {
     "kjv-teacher": ModelRecipe(256, 768, 6, 4, 2, steps=1200),
-    "kjv-student": ModelRecipe(256, 512, 2, 4, 2, steps=1200),
+    "kjv-student": ModelRecipe(256, 512, 2, 4, 2, steps=600),
 }
 
 
