@@ -184,7 +184,11 @@ def parse_config(raw: Any, source: str = "config", base_dir: Path | None = None)
             problems.append(
                 (f"{where}.name", f"pass name {names[i]!r} is used twice; give each a unique name")
             )
-    for key in cfg.search.space if cfg.search else {}:
+    for key, values in (cfg.search.space if cfg.search else {}).items():
+        if isinstance(values, dict) and (set(values) != {"min", "max", "step"} or not values["step"]):
+            problems.append(
+                (f"search.space.{key}", f"a range is {{min, max, step}} with step != 0, got {values}")
+            )
         pass_name, _, option = key.partition(".")
         if pass_name not in names:
             problems.append((f"search.space.{key}", f"no pass named {pass_name!r}; passes are {names}"))
