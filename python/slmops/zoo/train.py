@@ -250,6 +250,7 @@ def _model_card(f: dict[str, Any]) -> str:
         "weights": "float16 safetensors",
     }
     table = "\n".join(f"| {k} | {v} |" for k, v in rows.items())
+    quoted = "\n".join("> " + line for line in f["sample"].splitlines())
     return f"""---
 license: other
 language: en
@@ -268,7 +269,7 @@ costs on real trained weights; it is not a useful language model.
 
 Sample (prompt "{f["sample_prompt"]}", temperature 0.8, top-k 50, seed {r["seed"]}):
 
-> {f["sample"]}
+{quoted}
 
 The loss by step is in `training_log.jsonl`.
 """
