@@ -29,7 +29,7 @@ def test_the_zoo_ships_a_teacher_and_a_quarter_size_student():
         kv = cfg["num_key_value_heads"] * h // cfg["num_attention_heads"]
         sizes[name] = n * (2 * h * h + 2 * h * kv + 3 * h * i)  # non-embedding linear weights
     assert 0.2 < sizes["kjv-student"] / sizes["kjv-teacher"] < 0.3
-    total = sum(f.stat().st_size for f in (slmops.zoo.MODELS_DIR).rglob("*") if f.is_file())
+    total = sum(f.stat().st_size for f in (slmops.zoo.registry.MODELS_DIR).rglob("*") if f.is_file())
     assert total < 40e6
 
 
