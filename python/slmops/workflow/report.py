@@ -12,7 +12,7 @@ from typing import Any
 
 from .._io import write_atomic
 from .config import RunConfig
-from .engine import RunResult
+from .engine import RunResult, pareto_front
 
 
 def _fmt_bytes(n: float | None) -> str:
@@ -118,16 +118,13 @@ def _plots(result: RunResult) -> dict[str, bytes]:
         ax.scatter([p[0] for p in pts], [p[1] for p in pts], c="tab:blue", label="candidates", zorder=2)
         for x, y, c in pts:
             ax.annotate(c.id, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
-        front = sorted((p for p in pts if p[2].id in result.front), key=lambda p: p[0])
+        # The front of the two metrics this plot shows (the run's front spans all objectives).
+        pair = [("perplexity", False), (key, key == "decode_tokens_per_s")]
+        front_idx = pareto_front([p[2].metrics for p in pts], pair)
+        front = sorted((pts[i] for i in front_idx), key=lambda p: p[0])
         if front:
-            ax.plot(
-                [p[0] for p in front],
-                [p[1] for p in front],
-                "-o",
-                color="tab:orange",
-                label="Pareto front",
-                zorder=3,
-            )
+            ax.plot([p[0] for p in front], [p[1] for p in front], "-o", color="tab:orange",
+                    label="Pareto front of these two", zorder=3)  # fmt: skip
         best = [p for p in pts if p[2].id == result.best]
         if best:
             ax.scatter(
@@ -145,7 +142,9 @@ def _plots(result: RunResult) -> dict[str, bytes]:
             )
         ax.set_xlabel(label)
         ax.set_ylabel("perplexity")
-        ax.set_yscale("log")
+        ys = [p[1] for p in pts] + ([base["perplexity"]] if base.get("perplexity") else [])
+        if max(ys) / min(ys) > 3:  # a log axis only where the range asks for one
+            ax.set_yscale("log")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
         fig.tight_layout()
