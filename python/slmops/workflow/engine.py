@@ -383,7 +383,12 @@ class Engine:
             cand.seconds = round(time.perf_counter() - t0, 2)
             self._write_history(history_path, input_info, candidates, [], None)
         ok = [c for c in candidates if c.status == "ok"]
-        objectives = [OBJECTIVES[p] for p in cfg.evaluate.priority]
+        # Objectives this run measured: a run without speed has a front of perplexity and size.
+        objectives = [
+            OBJECTIVES[p]
+            for p in cfg.evaluate.priority
+            if any(c.metrics.get(OBJECTIVES[p][0]) is not None for c in ok)
+        ]
         front_idx = pareto_front([c.metrics for c in ok], objectives)
         front = [ok[i].id for i in front_idx]
         feasible = [c for c in ok if not c.missed_goals]
