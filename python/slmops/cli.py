@@ -207,9 +207,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     if "perplexity" in args.metrics:
         entry = _data_entry(args.data)
         from .workflow.config import DataConfig
-        from .workflow.engine import _read_data
+        from .workflow.engine import read_data
 
-        data = _read_data(DataConfig(**entry))
+        data = read_data(DataConfig(**entry))
     result = evaluate(
         model,
         tokenizer,
@@ -266,7 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "demo",
-        help="the whole pipeline on the bundled reference teacher (a few minutes)",
+        help="the whole pipeline on the bundled reference teacher (about 30 s)",
         description="Quantize the bundled teacher to every 4-bit format and int8, evaluate each "
         "against the float model, pick the best and write the report.\n\n  slmops demo -o demo",
         formatter_class=fmt,

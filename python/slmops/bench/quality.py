@@ -8,7 +8,7 @@ activations and with int8 activations, its change against the fp32 teacher, the 
 the linear weights and of the whole model in memory, and decode tokens/s (batch 1,
 64-token prompt, median of 5 runs of 32 steps after one warm-up run).
 
-    slmops bench quality                  # ~3 min on 2 cores
+    slmops bench quality                  # 1.5 min on 2 cores (development VM)
     slmops bench quality --json quality.json --markdown quality.md
 """
 

@@ -182,7 +182,7 @@ class Engine:
         if name not in self.cfg.data:
             raise KeyError(f"no dataset named {name!r}; the config's data has {sorted(self.cfg.data)}")
         if name not in self._texts:
-            self._texts[name] = _read_data(self.cfg.data[name])
+            self._texts[name] = read_data(self.cfg.data[name])
         return self._texts[name]
 
     def _input_folder(self) -> Path:
@@ -443,7 +443,8 @@ def _import(spec: str) -> Any:
     return getattr(importlib.import_module(module), attr)
 
 
-def _read_data(d: Any) -> str:
+def read_data(d: Any) -> str:
+    """The text of a dataset entry of a run config."""
     from .. import zoo
 
     if d.type == "kjv":

@@ -19,6 +19,13 @@ class PassOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+def one_of(name: str, value: str, allowed: tuple | list) -> str:
+    """For option validators: ``value`` if it is in ``allowed`` (a list a lower layer owns)."""
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {list(allowed)}, got {value!r}")
+    return value
+
+
 @dataclass
 class PassContext:
     """What a pass may use besides the model: named datasets (as text), a folder for its
@@ -50,7 +57,8 @@ class Pass:
         return options.model_dump()
 
     def run(self, model: Any, tokenizer: Any, options: PassOptions, ctx: PassContext) -> PassOutput:
-        raise NotImplementedError
+        """Transforms the model (in place or not) and returns it; every pass overrides this."""
+        raise NotImplementedError(f"pass {type(self).__name__} does not implement run()")
 
 
 _PASSES: dict[str, type[Pass]] = {}

@@ -9,7 +9,7 @@ from pydantic import field_validator
 
 from ...export import TARGETS
 from ...export import export as export_model
-from ..registry import Pass, PassContext, PassOptions, PassOutput, register_pass
+from ..registry import Pass, PassContext, PassOptions, PassOutput, one_of, register_pass
 
 
 class ExportOptions(PassOptions):
@@ -20,9 +20,7 @@ class ExportOptions(PassOptions):
     @field_validator("target")
     @classmethod
     def _target(cls, v: str) -> str:
-        if v not in TARGETS:
-            raise ValueError(f"target must be one of {list(TARGETS)}, got {v!r}")
-        return v
+        return one_of("target", v, TARGETS)
 
 
 @register_pass

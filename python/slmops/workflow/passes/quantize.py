@@ -9,7 +9,7 @@ from pydantic import field_validator
 from ...ops import FORMATS
 from ...ops.qmatmul import ACTIVATIONS
 from ...quantize.model import METHODS, quantize_model
-from ..registry import Pass, PassContext, PassOptions, PassOutput, register_pass
+from ..registry import Pass, PassContext, PassOptions, PassOutput, one_of, register_pass
 
 
 class QuantizeOptions(PassOptions):
@@ -27,23 +27,17 @@ class QuantizeOptions(PassOptions):
     @field_validator("algorithm")
     @classmethod
     def _algorithm(cls, v: str) -> str:
-        return _one_of("algorithm", v, METHODS)
+        return one_of("algorithm", v, METHODS)
 
     @field_validator("format")
     @classmethod
     def _format(cls, v: str) -> str:
-        return _one_of("format", v, tuple(FORMATS))
+        return one_of("format", v, tuple(FORMATS))
 
     @field_validator("activation")
     @classmethod
     def _activation(cls, v: str) -> str:
-        return _one_of("activation", v, ACTIVATIONS)
-
-
-def _one_of(name: str, value: str, allowed: tuple) -> str:
-    if value not in allowed:
-        raise ValueError(f"{name} must be one of {list(allowed)}, got {value!r}")
-    return value
+        return one_of("activation", v, ACTIVATIONS)
 
 
 @register_pass
@@ -64,9 +58,9 @@ class QuantizePass(Pass):
 
     def run(self, model: Any, tokenizer: Any, options: QuantizeOptions, ctx: PassContext) -> PassOutput:
         opts = self.normalize(options)
-        quant_options = {k: opts[k] for k in ("group_size", "symmetric", "double_quant") if opts.get(k)}
-        if opts.get("symmetric") is False:
-            quant_options["symmetric"] = False
+        quant_options = {
+            k: opts[k] for k in ("group_size", "symmetric", "double_quant") if opts.get(k) is not None
+        }
         summary = quantize_model(
             model,
             opts["algorithm"],
