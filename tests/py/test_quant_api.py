@@ -232,12 +232,43 @@ def test_matmulnbits_round_trip_is_exact(rng, K, block, symmetric):
         QuantizedTensor.from_matmulnbits(
             m["B"][:, :1], m["scales"], m["zero_points"], K=K, N=9, block_size=block
         )
-    with pytest.raises(ValueError, match="needs format 'int4'"):
-        quantize(gaussian(rng, (2, 64)), "q4_0").to_matmulnbits()
 
 
-@pytest.mark.parametrize(("K", "block", "symmetric"), [(64, 32, True), (96, 32, False), (256, 128, False)])
-def test_onnxruntime_matmulnbits_decodes_our_weights(rng, K, block, symmetric):
+@pytest.mark.parametrize(
+    ("format", "K", "opts"),
+    [("int8", 96, {}), ("int8", 100, {"group_size": 32}), ("q4_0", 64, {}), ("q8_0", 96, {})],
+)
+def test_matmulnbits_holds_int8_and_ggml_blocks(rng, format, K, opts):
+    """int8 and ggml's q4_0/q8_0 become 8- or 4-bit MatMulNBits codes with the same values."""
+    q = quantize(gaussian(rng, (5, K)), format, **opts)
+    m = q.to_matmulnbits()
+    back = QuantizedTensor.from_matmulnbits(
+        m["B"], m["scales"], m["zero_points"], K=K, N=5, block_size=m["block_size"], bits=m["bits"]
+    )
+    np.testing.assert_array_equal(back.dequantize(), q.dequantize())
+
+
+def test_matmulnbits_rejects_formats_it_cannot_express(rng):
+    for format in ("nf4", "q4_k", "ternary"):
+        with pytest.raises(ValueError, match="MatMulNBits holds"):
+            quantize(gaussian(rng, (2, 256)), format).to_matmulnbits()
+    with pytest.raises(ValueError, match="power-of-two block"):
+        quantize(gaussian(rng, (2, 72)), "int8").to_matmulnbits()  # 72 = 8 * 9
+
+
+@pytest.mark.parametrize(
+    ("format", "K", "opts"),
+    [
+        ("int4", 64, {"group_size": 32, "symmetric": True}),
+        ("int4", 96, {"group_size": 32, "symmetric": False}),
+        ("int4", 256, {"group_size": 128, "symmetric": False}),
+        ("int8", 96, {}),
+        ("int8", 100, {"group_size": 32}),
+        ("q4_0", 64, {}),
+        ("q8_0", 96, {}),
+    ],
+)
+def test_onnxruntime_matmulnbits_decodes_our_weights(rng, format, K, opts):
     """ONNX Runtime, the public implementation, multiplies by our exported tensors: with
     A = identity it returns the dequantized weight, which must equal ours."""
     pytest.importorskip("onnx")
@@ -245,7 +276,7 @@ def test_onnxruntime_matmulnbits_decodes_our_weights(rng, K, block, symmetric):
     from onnx import TensorProto, helper
 
     N = 24
-    q = quantize(gaussian(rng, (N, K)), "int4", group_size=block, symmetric=symmetric)
+    q = quantize(gaussian(rng, (N, K)), format, **opts)
     m = q.to_matmulnbits()
     inits = [
         helper.make_tensor("B", TensorProto.UINT8, m["B"].shape, m["B"].tobytes(), raw=True),
@@ -263,8 +294,8 @@ def test_onnxruntime_matmulnbits_decodes_our_weights(rng, K, block, symmetric):
         domain="com.microsoft",
         K=K,
         N=N,
-        bits=4,
-        block_size=block,
+        bits=m["bits"],
+        block_size=m["block_size"],
         accuracy_level=0,
     )
     graph = helper.make_graph(

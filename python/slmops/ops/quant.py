@@ -185,31 +185,70 @@ class QuantizedTensor:
             )
         return self._packed
 
-    # -- MatMulNBits interchange (int4 only) --------------------------------------------
+    # -- MatMulNBits interchange --------------------------------------------------------
     def to_matmulnbits(self, scale_dtype: str = "float32") -> dict[str, Any]:
         """The tensors and attributes of an ONNX Runtime ``com.microsoft.MatMulNBits`` node:
-        ``B`` uint8 [N, k_blocks, block_size/2], ``scales`` [N, k_blocks] (flattened as ORT
-        stores them, N * k_blocks), ``zero_points`` uint8 [N, ceil(k_blocks/2)] or None for
-        the default 8, and ``K``, ``N``, ``bits``, ``block_size``. Exact: no requantization
-        (a float16 ``scale_dtype`` rounds the scales, which is the only loss)."""
-        if self.format != "int4":
-            raise ValueError(f"to_matmulnbits needs format 'int4', this tensor is {self.format!r}")
+        ``B`` uint8 [N, k_blocks, block_size * bits / 8], ``scales`` flattened as ORT stores
+        them (N * k_blocks), ``zero_points`` uint8 [N, ceil(k_blocks * bits / 8)] or None for
+        ORT's default ``2^(bits-1)``, and ``K``, ``N``, ``bits``, ``block_size``.
+
+        Exact for every format MatMulNBits can express, codes are only repacked: ``int4``
+        (4 bits, its group size), ``int8`` (8 bits; a per-row scale is repeated over blocks
+        of the largest power of two <= 256 dividing K), ``q4_0`` and ``q8_0`` (blocks of 32,
+        their float16 scales widened). A float16 ``scale_dtype`` rounds the scales, the only
+        loss. nf4, ternary and the k-quants raise ``ValueError``: their dequantization is
+        not ``(q - zero_point) * scale``.
+        """
         if scale_dtype not in ("float32", "float16"):
             raise ValueError(f"scale_dtype must be 'float32' or 'float16', got {scale_dtype!r}")
         n, k = self.shape
-        kb = self.layout["groups_per_row"]
-        out = {
-            "B": to_numpy(self.tensors["data"]).reshape(n, kb, self.group_size // 2).copy(),
-            "scales": to_numpy(self.tensors["scales"]).reshape(n * kb).astype(scale_dtype),
-            "zero_points": None,
+        data = to_numpy(self.tensors["data"])
+        if self.format == "int4":
+            bits, block, kb = 4, self.group_size, self.layout["groups_per_row"]
+            B = data.reshape(n, kb, block // 2)
+            scales = to_numpy(self.tensors["scales"]).reshape(n, kb)
+            zp = None if self.symmetric else to_numpy(self.tensors["zero_points"]).reshape(n, -1)
+        elif self.format == "int8":
+            bits, zp = 8, None
+            block = self.group_size or _largest_pow2_block(k)
+            if block < 16 or block & (block - 1):
+                raise ValueError(
+                    f"MatMulNBits needs a power-of-two block >= 16; this int8 weight has "
+                    f"{'group_size ' + str(block) if self.group_size else 'K=' + str(k)}. Quantize "
+                    "with group_size=32 (or another power of two)"
+                )
+            kb = -(-k // block)
+            codes = np.zeros((n, kb * block), dtype=np.uint8)
+            codes[:, :k] = data.view(np.uint8) ^ 0x80  # int8 q -> uint8 q + 128
+            B = codes.reshape(n, kb, block)
+            s = to_numpy(self.tensors["scales"]).reshape(n, -1)
+            scales = np.repeat(s, kb, axis=1) if s.shape[1] == 1 else s
+        elif self.format in ("q4_0", "q8_0"):  # ggml blocks: float16 d, then 32 codes
+            block, kb, zp = 32, self.layout["groups_per_row"], None
+            blocks = data.reshape(n, kb, -1)
+            scales = blocks[..., :2].copy().view(np.float16)[..., 0].astype(np.float32)
+            qs = blocks[..., 2:]
+            if self.format == "q4_0":  # element j in the low nibble of byte j, j+16 in its high
+                bits = 4
+                nib = np.concatenate([qs & 0x0F, qs >> 4], axis=-1)
+                B = nib[..., 0::2] | (nib[..., 1::2] << 4)
+            else:
+                bits = 8
+                B = qs ^ 0x80
+        else:
+            raise ValueError(
+                f"MatMulNBits holds (q - zero_point) * scale codes: int4, int8, q4_0 and q8_0; "
+                f"this tensor is {self.format!r}"
+            )
+        return {
+            "B": np.ascontiguousarray(B, dtype=np.uint8),
+            "scales": np.ascontiguousarray(scales).reshape(-1).astype(scale_dtype),
+            "zero_points": None if zp is None else np.ascontiguousarray(zp),
             "K": k,
             "N": n,
-            "bits": 4,
-            "block_size": self.group_size,
+            "bits": bits,
+            "block_size": block,
         }
-        if not self.symmetric:
-            out["zero_points"] = to_numpy(self.tensors["zero_points"]).reshape(n, (kb + 1) // 2).copy()
-        return out
 
     @classmethod
     def from_matmulnbits(
@@ -223,16 +262,16 @@ class QuantizedTensor:
         block_size: int,
         bits: int = 4,
     ) -> QuantizedTensor:
-        """Wraps MatMulNBits tensors (numpy) as an int4 QuantizedTensor without changing a
-        code. Without ``zero_points`` the tensor is symmetric (ORT's default zero point 8)."""
-        if bits != 4:
-            raise ValueError(f"only 4-bit MatMulNBits weights are supported, got bits={bits}")
-        layout = _C.quant_layout("int4", K, block_size, zero_points is None)
-        kb = layout["groups_per_row"]
+        """Wraps MatMulNBits tensors (numpy) without changing a code: 4 bits as ``int4``
+        (symmetric when ``zero_points`` is None, ORT's default 8), 8 bits with the default
+        zero point 128 as ``int8`` with ``group_size=block_size``."""
+        if bits not in (4, 8):
+            raise ValueError(f"only 4- and 8-bit MatMulNBits weights are supported, got bits={bits}")
+        kb = -(-K // block_size)
         b = np.asarray(B)
-        if b.dtype != np.uint8 or b.size != N * kb * block_size // 2:
+        if b.dtype != np.uint8 or b.size != N * kb * block_size * bits // 8:
             raise ValueError(
-                f"B must be uint8 [N, k_blocks, block_size/2] = [{N}, {kb}, {block_size // 2}], "
+                f"B must be uint8 [N, k_blocks, block_size*bits/8] = [{N}, {kb}, {block_size * bits // 8}], "
                 f"got {b.dtype} {b.shape}"
             )
         s = np.asarray(scales)
@@ -240,7 +279,15 @@ class QuantizedTensor:
             raise ValueError(
                 f"scales must be float32/float16 with N * k_blocks = {N * kb} values, got {s.dtype} {s.shape}"
             )
-        tensors = {"data": b.reshape(N, -1).copy(), "scales": s.astype(np.float32).reshape(N, kb)}
+        s = s.astype(np.float32).reshape(N, kb)
+        if bits == 8:
+            if zero_points is not None:
+                raise ValueError("8-bit MatMulNBits with zero points has no slmops format (int8 is symmetric)")
+            codes = (b.reshape(N, kb * block_size)[:, :K] ^ 0x80).view(np.int8)
+            return cls(
+                "int8", (N, K), {"data": codes.copy(), "scales": s}, group_size=block_size, symmetric=True
+            )
+        tensors = {"data": b.reshape(N, -1).copy(), "scales": s}
         if zero_points is not None:
             z = np.asarray(zero_points)
             if z.dtype != np.uint8 or z.size != N * ((kb + 1) // 2):
@@ -346,6 +393,14 @@ class QuantizedTensor:
                     f"buffer {name!r} must hold {count} {'/'.join(dtypes)} values, "
                     f"got {dtype_name(t)} with {size}"
                 )
+
+
+def _largest_pow2_block(k: int) -> int:
+    """The largest power of two <= 256 dividing k (MatMulNBits blocks for a per-row scale)."""
+    block = 256
+    while block > 1 and k % block:
+        block //= 2
+    return block
 
 
 def quantize(
