@@ -231,6 +231,10 @@ def _cmd_export(args: argparse.Namespace) -> int:
         options["tensor_types"] = dict(t.split("=", 1) for t in args.tensor_type)
     if args.default_type:
         options["default_type"] = args.default_type
+    if args.accuracy_level is not None:
+        options["accuracy_level"] = args.accuracy_level
+    if args.name:
+        options["name"] = args.name
     manifest = export(args.model, args.target, args.output_dir, **options)
     for f in manifest["files"]:
         print(f"{args.output_dir / f['path']}  {f['bytes']:,} bytes  sha256 {f['sha256'][:16]}")
@@ -324,9 +328,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "export",
-        help="write a model for a runtime (gguf, hf, slmops)",
+        help="write a model for a runtime (onnx-genai, gguf, hf, slmops)",
         formatter_class=fmt,
-        description="  slmops export -m out/model -t gguf -o gguf-out\n"
+        description="  slmops export -m out/model -t onnx-genai -o foundry/slmops/kjv-int4\n"
+        "  slmops export -m out/model -t gguf -o gguf-out\n"
         "  slmops export -m kjv-teacher -t gguf --default-type q4_k --tensor-type token_embd.weight=q6_k",
     )
     p.add_argument("--model", "-m", required=True, help="zoo name, Hugging Face folder or slmops checkpoint")
@@ -338,6 +343,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="gguf: type of the float tensors whose GGUF name matches (repeatable)",
     )
     p.add_argument("--default-type", help="gguf: type of the other float matrices (default f16)")
+    p.add_argument(
+        "--accuracy-level",
+        type=int,
+        choices=(1, 2, 3, 4),
+        help="onnx-genai: MatMulNBits accuracy level, 4 = int8 activations (default), 1 = float32",
+    )
+    p.add_argument("--name", help="gguf and onnx-genai: the model's name in the runtime (Foundry Local)")
     p.add_argument("--output-dir", "-o", type=Path, required=True)
     p.set_defaults(func=_cmd_export)
 

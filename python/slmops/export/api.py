@@ -12,7 +12,7 @@ from typing import Any
 
 from .._io import atomic_dir
 
-TARGETS = ("gguf", "hf", "slmops")
+TARGETS = ("onnx-genai", "gguf", "hf", "slmops")
 
 
 def _sha256(path: Path) -> str:
@@ -35,6 +35,12 @@ def export(
     ``model``: a transformers causal LM (slmops ``QuantLinear`` layers included) with its
     ``tokenizer``, or a zoo name / model folder (loaded with its tokenizer). Targets:
 
+    - ``"onnx-genai"``: an ONNX Runtime GenAI folder as Foundry Local loads it (model.onnx
+      + model.onnx.data, genai_config.json, tokenizer with chat template,
+      inference_model.json). Quantized linears (int4, int8, q4_0, q8_0) become MatMulNBits
+      with their own codes. Options: ``accuracy_level`` (4 = int8 activations, the fast
+      CPU path, default; 1 = float32, our torch model's math), ``name`` (Foundry's model
+      name).
     - ``"gguf"``: ``model.gguf`` and an Ollama ``Modelfile`` for llama.cpp / Ollama.
       Options: ``tensor_types`` (fnmatch pattern on GGUF names -> f32, f16, q8_0, q4_0,
       q4_k, q6_k, tq2_0; for float tensors), ``default_type`` (default f16).
@@ -47,6 +53,7 @@ def export(
     from ..nn import QuantLinear
     from .checkpoint import save_checkpoint
     from .gguf import check_gguf_exportable, ollama_modelfile, write_gguf
+    from .onnx_genai import check_onnx_genai_exportable, write_onnx_genai
 
     if target not in TARGETS:
         raise ValueError(f"unknown export target {target!r}; expected one of {TARGETS}")
@@ -56,12 +63,19 @@ def export(
     if tokenizer is None:
         raise ValueError("export needs the model's tokenizer: pass tokenizer=...")
     zoo.check_tokenizer(model, tokenizer)
-    allowed = {"gguf": {"tensor_types", "default_type", "name"}, "hf": set(), "slmops": set()}[target]
+    allowed = {
+        "onnx-genai": {"accuracy_level", "name"},
+        "gguf": {"tensor_types", "default_type", "name"},
+        "hf": set(),
+        "slmops": set(),
+    }[target]
     unknown = set(options) - allowed
     if unknown:
         raise ValueError(
             f"unknown options for target {target!r}: {sorted(unknown)}; allowed: {sorted(allowed)}"
         )
+    if target == "onnx-genai":
+        check_onnx_genai_exportable(model, options.get("accuracy_level", 4))
     if target == "gguf":
         check_gguf_exportable(model, options.get("tensor_types") or {})
     if target == "hf" and any(isinstance(m, QuantLinear) for m in model.modules()):
@@ -72,7 +86,10 @@ def export(
 
     with atomic_dir(out_dir) as tmp:
         details: dict[str, Any] = {}
-        if target == "gguf":
+        if target == "onnx-genai":
+            options = {"name": Path(out_dir).name, **options}  # Foundry lists the model by it
+            details.update(write_onnx_genai(model, tokenizer, tmp, **options))
+        elif target == "gguf":
             details["tensors"] = write_gguf(model, tokenizer, tmp / "model.gguf", **options)
             (tmp / "Modelfile").write_text(
                 ollama_modelfile("model.gguf", tokenizer, model.config.max_position_embeddings)

@@ -16,6 +16,8 @@ class ExportOptions(PassOptions):
     target: str = "gguf"
     tensor_types: dict[str, str] | None = None  # gguf: fnmatch pattern -> type, for float tensors
     default_type: str | None = None  # gguf: type of the float matrices no pattern names
+    accuracy_level: int | None = None  # onnx-genai: MatMulNBits accuracy level (default 4)
+    name: str | None = None  # gguf and onnx-genai: the model's name in the runtime
 
     @field_validator("target")
     @classmethod

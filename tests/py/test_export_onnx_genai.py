@@ -1,0 +1,198 @@
+"""ONNX Runtime GenAI export: the graph run by onnxruntime against the torch model it came
+from (prompt and a cached decode step, every supported architecture and weight format),
+the folder loaded by onnxruntime-genai with greedy tokens compared to transformers'
+generate on the reference teacher, and the errors raised before anything is written."""
+
+import copy
+import json
+
+import numpy as np
+import pytest
+import slmops
+import torch
+from slmops.export import export
+from slmops.export.onnx_genai import build_decoder
+
+ort = pytest.importorskip("onnxruntime")
+pytest.importorskip("onnx")
+
+# Bounds on |logits_onnx - logits_torch|, measured on the reference teacher (max |logit|
+# about 15): float32 compute differs only in summation order (1.7e-5 measured); int8
+# activations (accuracy_level 4) round each block of x (0.13 measured).
+ATOL_FP32 = 1e-4
+ATOL_INT8_ACTIVATIONS = 0.25
+
+
+def _tiny(model_type: str, **overrides):
+    import transformers
+
+    cls_name = {"llama": "Llama", "mistral": "Mistral", "qwen2": "Qwen2", "phi3": "Phi3"}[model_type]
+    config_cls = getattr(transformers, f"{cls_name}Config")
+    model_cls = getattr(transformers, f"{cls_name}ForCausalLM")
+    kw = dict(
+        vocab_size=320, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=64, tie_word_embeddings=False, pad_token_id=0,
+        bos_token_id=1, eos_token_id=2,
+    )  # fmt: skip
+    kw.update(overrides)
+    torch.manual_seed(0)
+    model = model_cls(config_cls(**kw)).eval()
+    with torch.no_grad():  # random biases (zero at init) so that a dropped bias shows
+        for name, p in model.named_parameters():
+            if name.endswith(".bias"):
+                p.normal_(0, 0.5)
+    return model
+
+
+def _session(proto):
+    return ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+
+
+def _run(sess, cfg, ids, past=None):
+    """Logits and present KV for ids after an optional past (a dict of present tensors)."""
+    n_kv = cfg.num_key_value_heads
+    head = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    past_len = 0 if past is None else next(iter(past.values())).shape[2]
+    feeds = {
+        "input_ids": ids.astype(np.int64),
+        "attention_mask": np.ones((ids.shape[0], past_len + ids.shape[1]), np.int64),
+    }
+    for i in range(cfg.num_hidden_layers):
+        for kv in ("key", "value"):
+            empty = np.zeros((ids.shape[0], n_kv, 0, head), np.float32)
+            feeds[f"past_key_values.{i}.{kv}"] = empty if past is None else past[f"present.{i}.{kv}"]
+    names = [o.name for o in sess.get_outputs()]
+    out = dict(zip(names, sess.run(None, feeds)))
+    return out.pop("logits"), out
+
+
+def _check_against_torch(model, accuracy_level=1, atol=ATOL_FP32, seq=20):
+    """Prompt of seq-1 tokens, then one cached step: both must match torch's logits."""
+    sess = _session(build_decoder(model, accuracy_level))
+    ids = np.random.default_rng(0).integers(3, model.config.vocab_size, size=(1, seq))
+    with torch.no_grad():
+        ref = model(torch.from_numpy(ids)).logits.numpy()
+    prompt_logits, present = _run(sess, model.config, ids[:, :-1])
+    step_logits, _ = _run(sess, model.config, ids[:, -1:], past=present)
+    np.testing.assert_allclose(prompt_logits, ref[:, :-1], rtol=0, atol=atol)
+    np.testing.assert_allclose(step_logits, ref[:, -1:], rtol=0, atol=atol)
+
+
+@pytest.mark.parametrize(
+    ("model_type", "overrides"),
+    [
+        ("llama", {}),
+        ("llama", {"tie_word_embeddings": True, "rope_parameters": {"rope_type": "linear", "factor": 2.0,
+                                                                    "rope_theta": 500.0}}),
+        ("mistral", {"sliding_window": 6}),
+        ("qwen2", {}),
+        ("phi3", {}),
+    ],
+    ids=["llama", "llama-tied-linear-rope", "mistral-window", "qwen2-bias", "phi3-fused"],
+)  # fmt: skip
+def test_float_graph_matches_torch(model_type, overrides):
+    _check_against_torch(_tiny(model_type, **overrides))
+
+
+@pytest.mark.parametrize(
+    ("format", "opts"),
+    [
+        ("int4", {"group_size": 32, "symmetric": False}),
+        ("int4", {"group_size": 16, "symmetric": True}),
+        ("int8", {}),
+        ("q4_0", {}),
+        ("q8_0", {}),
+    ],
+)
+@pytest.mark.parametrize("model_type", ["llama", "qwen2", "phi3"])
+def test_quantized_graph_matches_our_kernels(model_type, format, opts):
+    """MatMulNBits with our codes computes what QuantLinear computes on our kernels."""
+    model = _tiny(model_type)
+    summary = slmops.quantize_model(model, format=format, **opts)
+    assert summary.replaced and not [k for k, v in summary.skipped.items() if v != "matches skip"]
+    _check_against_torch(model)
+
+
+def test_int8_activation_level_stays_within_its_bound():
+    model = _tiny("qwen2")
+    slmops.quantize_model(model, format="int4", group_size=32)
+    _check_against_torch(model, accuracy_level=4, atol=ATOL_INT8_ACTIVATIONS)
+
+
+@pytest.fixture(scope="module")
+def teacher_int4(tmp_path_factory):
+    model, tok = slmops.zoo.load("kjv-teacher")
+    slmops.quantize_model(model, format="int4", group_size=32, symmetric=False)
+    out = tmp_path_factory.mktemp("genai") / "kjv-teacher-int4"
+    manifest = export(model, "onnx-genai", out, tokenizer=tok, accuracy_level=1)
+    return model, tok, out, manifest
+
+
+def test_folder_has_what_genai_and_foundry_read(teacher_int4):
+    model, tok, out, manifest = teacher_int4
+    names = {f["path"] for f in manifest["files"]}
+    assert {"model.onnx", "model.onnx.data", "genai_config.json", "tokenizer.json", "tokenizer_config.json",
+            "inference_model.json"} <= names  # fmt: skip
+    assert "MatMulNBits" in manifest["ops"] and "GroupQueryAttention" in manifest["ops"]
+    cfg = json.loads((out / "genai_config.json").read_text())
+    dec = cfg["model"]["decoder"]
+    assert dec["inputs"]["past_key_names"] == "past_key_values.%d.key"
+    assert dec["outputs"]["present_value_names"] == "present.%d.value"
+    assert (dec["num_hidden_layers"], dec["num_key_value_heads"], dec["head_size"]) == (6, 2, 64)
+    assert cfg["model"]["eos_token_id"] == tok.convert_tokens_to_ids("<|im_end|>")
+    assert cfg["search"]["past_present_share_buffer"] is True
+    tok_cfg = json.loads((out / "tokenizer_config.json").read_text())
+    assert tok_cfg["chat_template"] == tok.chat_template
+    inference = json.loads((out / "inference_model.json").read_text())
+    assert inference["Name"] == "kjv-teacher-int4"
+    prompt = inference["PromptTemplate"]["prompt"].replace("{Content}", "Who made light?")
+    assert prompt == tok.apply_chat_template(
+        [{"role": "user", "content": "Who made light?"}], tokenize=False, add_generation_prompt=True
+    )
+    # The weights are the quantized codes: the data file is about int4-sized, not float.
+    sizes = {f["path"]: f["bytes"] for f in manifest["files"]}
+    linear_params = sum(m.in_features * m.out_features for m in model.modules() if hasattr(m, "qweight"))
+    assert sizes["model.onnx.data"] < 4 * model.config.vocab_size * 256 + linear_params * 0.7
+
+
+def test_genai_greedy_tokens_equal_transformers_generate(teacher_int4):
+    """onnxruntime-genai loads the folder, tokenizes like transformers and, greedy, emits
+    the tokens transformers' generate emits from the same quantized weights."""
+    og = pytest.importorskip("onnxruntime_genai")
+    model, tok, out, _ = teacher_int4
+    gm = og.Model(str(out))
+    text = "And God said, Let there be light"
+    ids = tok(text)["input_ids"]
+    assert [int(i) for i in og.Tokenizer(gm).encode(text)] == ids
+    new = 48
+    params = og.GeneratorParams(gm)
+    params.set_search_options(max_length=len(ids) + new, do_sample=False)
+    gen = og.Generator(gm, params)
+    gen.append_tokens(np.array([ids], dtype=np.int32))
+    got = []
+    while not gen.is_done():
+        gen.generate_next_token()
+        got.append(int(gen.get_next_tokens()[0]))
+    with torch.no_grad():
+        ref = model.generate(torch.tensor([ids]), max_new_tokens=new, do_sample=False, eos_token_id=None)
+    assert got == ref[0, len(ids) :].tolist()
+
+
+def test_unsupported_input_fails_before_writing(tmp_path):
+    model = _tiny("llama")
+    tok = slmops.zoo.train_tokenizer(["a b c"] * 5, vocab_size=280)
+    nf4 = copy.deepcopy(model)
+    slmops.quantize_model(nf4, format="nf4")
+    with pytest.raises(ValueError, match="model.layers.0.self_attn.q_proj: MatMulNBits holds"):
+        export(nf4, "onnx-genai", tmp_path / "a", tokenizer=tok)
+    with pytest.raises(ValueError, match="accuracy_level must be one of"):
+        export(model, "onnx-genai", tmp_path / "b", tokenizer=tok, accuracy_level=5)
+    dynamic = _tiny("llama", rope_parameters={"rope_type": "dynamic", "factor": 2.0, "rope_theta": 1e4})
+    with pytest.raises(ValueError, match="changes with the sequence length"):
+        export(dynamic, "onnx-genai", tmp_path / "c", tokenizer=tok)
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    gpt2 = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=320))
+    with pytest.raises(ValueError, match="onnx-genai export supports"):
+        export(gpt2, "onnx-genai", tmp_path / "d", tokenizer=tok)
+    assert list(tmp_path.iterdir()) == []
