@@ -235,6 +235,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
         options["accuracy_level"] = args.accuracy_level
     if args.name:
         options["name"] = args.name
+    if args.scale_dtype:
+        options["scale_dtype"] = args.scale_dtype
     manifest = export(args.model, args.target, args.output_dir, **options)
     for f in manifest["files"]:
         print(f"{args.output_dir / f['path']}  {f['bytes']:,} bytes  sha256 {f['sha256'][:16]}")
@@ -350,6 +352,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="onnx-genai: MatMulNBits accuracy level, 4 = int8 activations (default), 1 = float32",
     )
     p.add_argument("--name", help="gguf and onnx-genai: the model's name in the runtime (Foundry Local)")
+    p.add_argument(
+        "--scale-dtype",
+        choices=("float16", "float32"),
+        help="hf (GPTQ layout of a quantized model): dtype of the scales, default float16",
+    )
     p.add_argument("--output-dir", "-o", type=Path, required=True)
     p.set_defaults(func=_cmd_export)
 

@@ -44,7 +44,10 @@ def export(
     - ``"gguf"``: ``model.gguf`` and an Ollama ``Modelfile`` for llama.cpp / Ollama.
       Options: ``tensor_types`` (fnmatch pattern on GGUF names -> f32, f16, q8_0, q4_0,
       q4_k, q6_k, tq2_0; for float tensors), ``default_type`` (default f16).
-    - ``"hf"``: a plain Hugging Face folder (float models).
+    - ``"hf"``: a Hugging Face folder: float models as they are; quantized ones (int4,
+      int8, q4_0, q8_0 linears) in the GPTQ layout (qweight, qzeros, scales, g_idx) that
+      transformers, vLLM and onnxruntime-genai's builder read. Option: ``scale_dtype``
+      (float16, the default GPU kernels take, rounds the scales; float32 keeps them exact).
     - ``"slmops"``: an slmops checkpoint (quantized linears as their codes and scales).
 
     Unsupported architectures or formats raise ``ValueError`` before anything is written.
@@ -53,6 +56,7 @@ def export(
     from ..nn import QuantLinear
     from .checkpoint import save_checkpoint
     from .gguf import check_gguf_exportable, ollama_modelfile, write_gguf
+    from .gptq import check_gptq_exportable, save_gptq
     from .onnx_genai import check_onnx_genai_exportable, write_onnx_genai
 
     if target not in TARGETS:
@@ -66,7 +70,7 @@ def export(
     allowed = {
         "onnx-genai": {"accuracy_level", "name"},
         "gguf": {"tensor_types", "default_type", "name"},
-        "hf": set(),
+        "hf": {"scale_dtype"},
         "slmops": set(),
     }[target]
     unknown = set(options) - allowed
@@ -78,11 +82,11 @@ def export(
         check_onnx_genai_exportable(model, options.get("accuracy_level", 4))
     if target == "gguf":
         check_gguf_exportable(model, options.get("tensor_types") or {})
-    if target == "hf" and any(isinstance(m, QuantLinear) for m in model.modules()):
-        raise ValueError(
-            "target 'hf' writes float models; this one has slmops-quantized layers: export it as "
-            "'slmops' (our checkpoint) or 'gguf'"
-        )
+    quantized = any(isinstance(m, QuantLinear) for m in model.modules())
+    if target == "hf" and quantized:
+        check_gptq_exportable(model)
+    elif target == "hf" and options:
+        raise ValueError(f"option(s) {sorted(options)} apply to quantized models; this one is float")
 
     with atomic_dir(out_dir) as tmp:
         details: dict[str, Any] = {}
@@ -94,6 +98,8 @@ def export(
             (tmp / "Modelfile").write_text(
                 ollama_modelfile("model.gguf", tokenizer, model.config.max_position_embeddings)
             )
+        elif target == "hf" and quantized:
+            details.update(save_gptq(model, tokenizer, tmp, **options))
         elif target == "hf":
             model.save_pretrained(tmp)
             tokenizer.save_pretrained(tmp)

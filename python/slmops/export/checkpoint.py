@@ -79,29 +79,59 @@ def save_checkpoint(model: Any, tokenizer: Any, folder: str | os.PathLike[str]) 
     return dst
 
 
+def empty_model(folder: str | os.PathLike[str], dtype: Any = None) -> tuple[Any, dict]:
+    """A model built from ``folder``'s config (weights not loaded) and the config's
+    ``quantization_config``, removed from the config so that transformers does not look
+    for a quantizer of that name."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(folder)
+    qc = getattr(config, "quantization_config", None) or {}
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config, dtype=dtype or torch.float32)
+    return model, (qc if isinstance(qc, dict) else qc.to_dict())
+
+
+def load_state(model: Any, state: dict, src: Path, complete: tuple[str, ...] = ()) -> None:
+    """Loads ``state`` into ``model``, ties the weights, and raises on missing or unexpected
+    tensors (a tied lm_head, the slmops extra state and the tensors of the modules named in
+    ``complete``, already built with their weights, are not missing)."""
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if k.rsplit(".", 1)[0] not in complete]
+    model.tie_weights()
+    tied = {n for n, _ in model.named_parameters(remove_duplicate=False)} - {
+        n for n, _ in model.named_parameters()
+    }
+    missing = [k for k in missing if not k.endswith("_extra_state") and k not in tied]
+    if missing or unexpected:
+        raise ValueError(
+            f"checkpoint {src} does not match its config: missing {missing[:5]}, unexpected {unexpected[:5]}"
+        )
+
+
+def set_module(model: Any, name: str, module: Any) -> None:
+    parent_name, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent_name) if parent_name else model, child, module)
+
+
 def load_checkpoint(folder: str | os.PathLike[str], dtype: Any = None) -> Any:
     """The model of an slmops checkpoint (float parameters in ``dtype``, default float32)."""
     import torch
     from safetensors.torch import load_file
-    from transformers import AutoConfig, AutoModelForCausalLM
 
     from ..nn import QuantLinear
     from ..ops import FORMATS
 
     src = Path(folder)
-    config = AutoConfig.from_pretrained(src)
-    qc = getattr(config, "quantization_config", None) or {}
-    layers = qc.get("layers", {}) if isinstance(qc, dict) else {}
-    if hasattr(config, "quantization_config"):
-        del config.quantization_config  # transformers would look for a quantizer of that name
-    model = AutoModelForCausalLM.from_config(config, dtype=dtype or torch.float32)
+    model, qc = empty_model(src, dtype)
+    layers = qc.get("layers", {})
     for name, spec in layers.items():
-        parent_name, _, child = name.rpartition(".")
-        parent = model.get_submodule(parent_name) if parent_name else model
         out_features, in_features = spec["shape"]
-        setattr(
-            parent,
-            child,
+        set_module(
+            model,
+            name,
             QuantLinear(
                 in_features,
                 out_features,
@@ -116,17 +146,7 @@ def load_checkpoint(folder: str | os.PathLike[str], dtype: Any = None) -> Any:
                 dtype=getattr(torch, spec["dtype"]),
             ),
         )
-    state = load_file(str(src / "model.safetensors"))
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    model.tie_weights()
-    tied = {n for n, _ in model.named_parameters(remove_duplicate=False)} - {
-        n for n, _ in model.named_parameters()
-    }
-    missing = [k for k in missing if not k.endswith("_extra_state") and k not in tied]
-    if missing or unexpected:
-        raise ValueError(
-            f"checkpoint {src} does not match its config: missing {missing[:5]}, unexpected {unexpected[:5]}"
-        )
+    load_state(model, load_file(str(src / "model.safetensors")), src)
     for name, spec in layers.items():  # the extra state (activation mode) is not a tensor
         model.get_submodule(name).set_extra_state(spec)
     model.eval()

@@ -93,6 +93,36 @@ class QuantLinear(nn.Module):
         )
         return module
 
+    @classmethod
+    def from_quantized(
+        cls, qweight: QuantizedTensor, bias: torch.Tensor | None = None, *, activation: str = "float"
+    ) -> QuantLinear:
+        """Wraps an already quantized weight (e.g. read from a GPTQ checkpoint) as it is."""
+        if not isinstance(qweight, QuantizedTensor):
+            raise TypeError(f"expected a QuantizedTensor, got {type(qweight).__name__}")
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
+        if bias is not None and tuple(bias.shape) != (qweight.shape[0],):
+            raise ValueError(f"bias must have shape ({qweight.shape[0]},), got {tuple(bias.shape)}")
+        module = cls.__new__(cls)
+        nn.Module.__init__(module)
+        module.out_features, module.in_features = qweight.shape
+        module.activation = activation
+        if qweight.framework != "torch":
+            from .._tensor import from_numpy
+
+            qweight = QuantizedTensor(
+                qweight.format,
+                qweight.shape,
+                {k: from_numpy(v, "torch") for k, v in qweight.tensors.items()},
+                group_size=qweight.group_size,
+                symmetric=qweight.symmetric,
+                dtype=qweight.dtype,
+            )
+        module._set_qweight(qweight)
+        module.bias = None if bias is None else nn.Parameter(bias.detach().float().cpu().clone())
+        return module
+
     # -- the quantized weight --------------------------------------------------------
     def _set_qweight(self, q: QuantizedTensor) -> None:
         for name in [n for n in self._buffers if n.startswith(_PREFIX)]:

@@ -43,8 +43,8 @@ def path(name_or_dir: str | os.PathLike[str]) -> Path:
 
 
 def load(name_or_dir: str | os.PathLike[str], dtype: Any = None) -> tuple[Any, Any]:
-    """``(model, tokenizer)`` of a shipped model, a Hugging Face folder or an slmops
-    checkpoint (``slmops.export.save_checkpoint``), in eval mode.
+    """``(model, tokenizer)`` of a shipped model, a Hugging Face folder (float or GPTQ
+    layout) or an slmops checkpoint (``slmops.export.save_checkpoint``), in eval mode.
 
     ``dtype`` defaults to float32 (the weights may be stored in float16 or bfloat16; the
     CPU computes in fp32). A tokenizer whose ids do not fit the model's embedding is an
@@ -53,12 +53,14 @@ def load(name_or_dir: str | os.PathLike[str], dtype: Any = None) -> tuple[Any, A
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from ..export import is_checkpoint, load_checkpoint
+    from ..export import is_checkpoint, is_gptq_checkpoint, load_checkpoint, load_gptq
 
     folder = path(name_or_dir)
     tokenizer = AutoTokenizer.from_pretrained(folder)
     if is_checkpoint(folder):  # linears quantized by slmops
         model = load_checkpoint(folder, dtype)
+    elif is_gptq_checkpoint(folder):  # GPTQ layout: our QuantLinear, no GPTQ library needed
+        model = load_gptq(folder, dtype)
     else:
         model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype or torch.float32)
     check_tokenizer(model, tokenizer)

@@ -18,6 +18,7 @@ class ExportOptions(PassOptions):
     default_type: str | None = None  # gguf: type of the float matrices no pattern names
     accuracy_level: int | None = None  # onnx-genai: MatMulNBits accuracy level (default 4)
     name: str | None = None  # gguf and onnx-genai: the model's name in the runtime
+    scale_dtype: str | None = None  # hf, quantized models (GPTQ layout): float16 or float32
 
     @field_validator("target")
     @classmethod
