@@ -11,7 +11,7 @@ from torch import nn
 
 from ..nn import QuantLinear
 
-METHODS = ("rtn",)
+METHODS = ("rtn", "gptq")
 DEFAULT_SKIP = ("lm_head", "*.lm_head")
 
 
@@ -20,6 +20,8 @@ class QuantizationSummary:
     """What ``quantize_model`` did: per replaced layer its name; per kept layer why."""
 
     format: str
+    method: str = "rtn"
+    seconds: float = 0.0  # time to compress (calibrated methods)
     replaced: list[str] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)
     bytes_before: int = 0  # weights of the replaced layers, as they were
@@ -31,7 +33,7 @@ class QuantizationSummary:
 
     def __str__(self) -> str:
         mib = f"{self.bytes_before / 2**20:.2f} MiB -> {self.bytes_after / 2**20:.2f} MiB"
-        head = f"quantized {len(self.replaced)} linear layers to {self.format}"
+        head = f"quantized {len(self.replaced)} linear layers to {self.format} ({self.method})"
         lines = [f"{head}: {mib} ({self.ratio:.2f}x smaller)"]
         lines += [f"  kept {name}: {why}" for name, why in self.skipped.items()]
         return "\n".join(lines)
@@ -49,21 +51,60 @@ def quantize_model(
     skip: Sequence[str] = DEFAULT_SKIP,
     include: Sequence[str] | None = None,
     activation: str = "float",
+    tokenizer: Any = None,
+    calibration: Any = None,
+    n_samples: int = 128,
+    seq_len: int = 512,
+    bits: int | None = None,
+    act_order: bool = False,
+    damp: float = 0.01,
+    progress: bool = True,
     **quant_options: Any,
 ) -> QuantizationSummary:
     """Replaces, in place, every ``nn.Linear`` of ``model`` by a ``QuantLinear``.
 
-    ``method``: 'rtn' (round to nearest). ``format`` and ``quant_options`` (group_size,
-    symmetric, double_quant) as for ``slmops.ops.quantize``. ``skip`` and ``include`` are
-    fnmatch patterns on module names (``model.layers.0.mlp.down_proj``); by default the
+    ``method``: 'rtn' (round to nearest) or 'gptq' (calibrated, see
+    ``slmops.quantize.gptq``). ``format`` and ``quant_options`` (group_size, symmetric,
+    double_quant) as for ``slmops.ops.quantize``. ``skip`` and ``include`` are fnmatch
+    patterns on module names (``model.layers.0.mlp.down_proj``); by default the
     ``lm_head`` stays float (embeddings are not linear layers). A layer whose shape the
     format cannot take (e.g. in_features not a multiple of 256 for q4_k) is kept float and
     reported in the summary's ``skipped``, never silently dropped.
+
+    GPTQ options: ``bits`` (2, 3, 4 stored as int4; 8 as int8; default from ``format``),
+    ``group_size`` (default 128; 0 = per row, int8 only), ``symmetric``, ``act_order``,
+    ``damp``; calibration text ``calibration`` (None = the reference corpus, a .txt/.jsonl
+    path or a list of texts) tokenized with ``tokenizer`` into ``n_samples`` windows of
+    ``seq_len`` tokens (or ``calibration`` as a LongTensor [n, seq_len] of token ids).
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    targets, summary = _targets(model, format, skip, include)
+    if method == "gptq":
+        from .gptq_model import gptq_quantize_model
+
+        return gptq_quantize_model(
+            model, targets, summary, format=format, activation=activation, tokenizer=tokenizer,
+            calibration=calibration, n_samples=n_samples, seq_len=seq_len, bits=bits, act_order=act_order,
+            damp=damp, progress=progress, **quant_options,
+        )  # fmt: skip
+    for name in targets:
+        linear = model.get_submodule(name)
+        try:
+            q = QuantLinear.from_linear(linear, format, activation=activation, **quant_options)
+        except ValueError as e:  # shapes the format cannot take
+            summary.skipped[name] = str(e)
+            continue
+        replace_linear(model, name, q, summary)
+    return summary
+
+
+def _targets(
+    model: nn.Module, format: str, skip: Sequence[str], include: Sequence[str] | None
+) -> tuple[list[str], QuantizationSummary]:
+    """The names of the linears to quantize, and a summary recording the ones kept."""
     summary = QuantizationSummary(format=format)
     targets = []
     for name, module in model.named_modules():
@@ -75,17 +116,14 @@ def quantize_model(
             summary.skipped[name] = "not in include"
         else:
             targets.append(name)
-    for name in targets:
-        parent_name, _, child = name.rpartition(".")
-        parent = model.get_submodule(parent_name) if parent_name else model
-        linear = getattr(parent, child)
-        try:
-            q = QuantLinear.from_linear(linear, format, activation=activation, **quant_options)
-        except ValueError as e:  # shapes the format cannot take
-            summary.skipped[name] = str(e)
-            continue
-        setattr(parent, child, q)
-        summary.replaced.append(name)
-        summary.bytes_before += linear.weight.numel() * linear.weight.element_size()
-        summary.bytes_after += q.qweight.nbytes
-    return summary
+    return targets, summary
+
+
+def replace_linear(model: nn.Module, name: str, q: QuantLinear, summary: QuantizationSummary) -> None:
+    linear = model.get_submodule(name)
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, q)
+    summary.replaced.append(name)
+    summary.bytes_before += linear.weight.numel() * linear.weight.element_size()
+    summary.bytes_after += q.qweight.nbytes

@@ -1,0 +1,57 @@
+// The linear algebra of calibrated compression (GPTQ, and SparseGPT after it): Hessian
+// accumulation, the upper Cholesky factor of the inverse Hessian, and GPTQ's blocked column
+// loop. Float32, row-major; parallel with OpenMP, the large products through sgemm (oneDNN
+// when built with it). Each has a plain scalar reference in slmops::ref for the tests.
+#pragma once
+
+#include <cstdint>
+
+namespace slmops {
+
+// C [M, N] = alpha * op(A) @ op(B) + beta * C, row-major; op(A) is [M, K] (A^T when
+// trans_a), op(B) is [K, N]. oneDNN's sgemm when slmops is built with it, else ours.
+void sgemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
+           const float* B, int64_t ldb, float beta, float* C, int64_t ldc);
+
+// H [K, K] += X^T X for the rows of X [n, K] (row stride ldx): both triangles.
+void hessian_accumulate(float* H, const float* X, int64_t n, int64_t K, int64_t ldx);
+
+// In place: a symmetric positive definite H [K, K] becomes U, the upper-triangular
+// Cholesky factor of its inverse (H^-1 = U^T U, positive diagonal); the strict lower
+// triangle is set to zero. Throws std::domain_error if H is not positive definite.
+void cholesky_inverse_upper(float* H, int64_t K);
+
+// The quantization grid of one group of weights, with the conventions of slmops.quantize
+// (so the result is an int4/int8 QuantizedTensor): value = (code - zero) * scale.
+//   bits 8, symmetric:   scale = absmax / 127, zero 128, codes in [1, 255] (int8 [-127, 127])
+//   bits 2-4, symmetric: scale = signed absmax / -2^(bits-1), zero 2^(bits-1), codes [0, 2^bits - 1]
+//   asymmetric:          scale = (max(x, 0) - min(x, 0)) / (2^bits - 1), zero = round(-min / scale)
+// Rounding is half to even, by multiplying with 1 / scale as the RTN kernels do.
+struct GptqGrid {
+  int bits = 4;
+  bool symmetric = true;
+  int64_t group_size = 0;  // 0: one group per row
+};
+
+// Scales and zeros [N, groups] of W [N, K] for contiguous groups (what RTN would pick).
+void gptq_grid_params(const float* W, int64_t N, int64_t K, const GptqGrid& grid, float* scales, uint8_t* zeros);
+
+// GPTQ (Frantar et al.) with lazy batch updates of `block` columns. W [N, K] in processing
+// order is replaced by its quantized values; U [K, K] from cholesky_inverse_upper of the
+// Hessian in the same order; codes [N, K] uint8 out. With col_group (int32 [K], the group
+// of each processed column), scales/zeros [N, groups] are inputs computed beforehand
+// (static groups, act-order); without it, groups are contiguous runs of group_size
+// processed columns whose parameters are computed from the error-updated weights when
+// the group starts, and are written to scales/zeros. group_size 0 needs col_group.
+void gptq_quantize(float* W, int64_t N, int64_t K, const float* U, const GptqGrid& grid, const int32_t* col_group,
+                   float* scales, uint8_t* zeros, uint8_t* codes, int64_t block = 128);
+
+namespace ref {
+void hessian_accumulate(float* H, const float* X, int64_t n, int64_t K, int64_t ldx);
+void cholesky_inverse_upper(float* H, int64_t K);
+// Column by column, every remaining column updated at once (no lazy batches).
+void gptq_quantize(float* W, int64_t N, int64_t K, const float* U, const GptqGrid& grid, const int32_t* col_group,
+                   float* scales, uint8_t* zeros, uint8_t* codes);
+}  // namespace ref
+
+}  // namespace slmops

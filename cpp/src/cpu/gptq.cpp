@@ -1,0 +1,168 @@
+// GPTQ's linear algebra, blocked so that the work is in sgemm: Hessian X^T X, the
+// Cholesky factor of the inverse Hessian (factor the reversed matrix, invert the
+// triangle, reverse back: H = R R^T with R upper gives H^-1 = U^T U with U = R^-1), and
+// the column loop with lazy batch updates, parallel over the rows of W (independent).
+#include <cmath>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "cpu/gptq_grid.h"
+#include "slmops/gptq.h"
+#include "slmops/threading.h"
+
+#ifdef SLMOPS_HAVE_ONEDNN
+#include <oneapi/dnnl/dnnl.h>
+#endif
+
+namespace slmops {
+using namespace gptq_detail;
+
+namespace {
+constexpr int64_t kPanel = 128;  // block of the Cholesky and the triangular inverse
+
+void check_dims(int64_t a, int64_t b, const char* what) {
+  if (a <= 0 || b <= 0) throw std::invalid_argument(std::string(what) + ": dimensions must be positive");
+}
+}  // namespace
+
+void sgemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
+           const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
+  if (M <= 0 || N <= 0) return;
+#ifdef SLMOPS_HAVE_ONEDNN
+  const dnnl_status_t st =
+      dnnl_sgemm(trans_a ? 'T' : 'N', trans_b ? 'T' : 'N', M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+  if (st != dnnl_success) throw std::runtime_error("oneDNN sgemm failed with status " + std::to_string(int(st)));
+#else
+  parallel_for(M, [&](int64_t m0, int64_t m1) {
+    std::vector<float> acc(size_t(N));
+    for (int64_t i = m0; i < m1; ++i) {
+      std::fill(acc.begin(), acc.end(), 0.0f);
+      for (int64_t k = 0; k < K; ++k) {
+        const float a = trans_a ? A[k * lda + i] : A[i * lda + k];
+        if (a == 0.0f) continue;
+        if (trans_b) {
+          for (int64_t j = 0; j < N; ++j) acc[j] += a * B[j * ldb + k];
+        } else {
+          const float* b = B + k * ldb;
+          for (int64_t j = 0; j < N; ++j) acc[j] += a * b[j];
+        }
+      }
+      float* c = C + i * ldc;
+      for (int64_t j = 0; j < N; ++j) c[j] = alpha * acc[j] + (beta == 0.0f ? 0.0f : beta * c[j]);
+    }
+  });
+#endif
+}
+
+void hessian_accumulate(float* H, const float* X, int64_t n, int64_t K, int64_t ldx) {
+  check_dims(K, 1, "hessian_accumulate");
+  if (n <= 0) return;
+  sgemm(true, false, K, K, n, 1.0f, X, ldx, X, ldx, 1.0f, H, K);
+}
+
+void cholesky_inverse_upper(float* H, int64_t K) {
+  check_dims(K, 1, "cholesky_inverse_upper");
+  const size_t KK = size_t(K) * size_t(K);
+  std::vector<float> A(KK), X(KK, 0.0f), T(size_t(kPanel) * size_t(K));
+  for (int64_t i = 0; i < K; ++i)  // reversed: A = P H P
+    for (int64_t j = 0; j < K; ++j) A[i * K + j] = H[(K - 1 - i) * K + (K - 1 - j)];
+
+  // Lower Cholesky A = L L^T, right-looking by panels; the trailing update is one sgemm.
+  for (int64_t k0 = 0; k0 < K; k0 += kPanel) {
+    const int64_t k1 = std::min(K, k0 + kPanel);
+    for (int64_t j = k0; j < k1; ++j) {
+      double d = A[j * K + j];
+      for (int64_t k = k0; k < j; ++k) d -= double(A[j * K + k]) * A[j * K + k];
+      if (!(d > 0.0) || !std::isfinite(d))
+        throw std::domain_error("the Hessian is not positive definite (pivot " + std::to_string(K - 1 - j) +
+                                "); increase damp");
+      const float ljj = float(std::sqrt(d));
+      A[j * K + j] = ljj;
+      for (int64_t i = j + 1; i < k1; ++i) {
+        double s = A[i * K + j];
+        for (int64_t k = k0; k < j; ++k) s -= double(A[i * K + k]) * A[j * K + k];
+        A[i * K + j] = float(s / ljj);
+      }
+    }
+    parallel_for(K - k1, [&](int64_t r0, int64_t r1) {  // panel rows: solve with L11^T
+      for (int64_t i = k1 + r0; i < k1 + r1; ++i)
+        for (int64_t j = k0; j < k1; ++j) {
+          double s = A[i * K + j];
+          for (int64_t k = k0; k < j; ++k) s -= double(A[i * K + k]) * A[j * K + k];
+          A[i * K + j] = float(s / A[j * K + j]);
+        }
+    });
+    const int64_t m = K - k1;
+    if (m > 0) sgemm(false, true, m, m, k1 - k0, -1.0f, &A[k1 * K + k0], K, &A[k1 * K + k0], K, 1.0f, &A[k1 * K + k1], K);
+  }
+
+  // X = L^-1 by block rows: X[I,I] directly, X[I,:I] = -X[I,I] (L[I,:I] X[:I,:I]).
+  for (int64_t i0 = 0; i0 < K; i0 += kPanel) {
+    const int64_t i1 = std::min(K, i0 + kPanel);
+    for (int64_t j = i0; j < i1; ++j) {
+      X[j * K + j] = 1.0f / A[j * K + j];
+      for (int64_t i = j + 1; i < i1; ++i) {
+        double s = 0.0;
+        for (int64_t k = j; k < i; ++k) s += double(A[i * K + k]) * X[k * K + j];
+        X[i * K + j] = float(-s / A[i * K + i]);
+      }
+    }
+    if (i0 > 0) {
+      sgemm(false, false, i1 - i0, i0, i0, 1.0f, &A[i0 * K], K, X.data(), K, 0.0f, T.data(), i0);
+      sgemm(false, false, i1 - i0, i0, i1 - i0, -1.0f, &X[i0 * K + i0], K, T.data(), i0, 0.0f, &X[i0 * K], K);
+    }
+  }
+  for (int64_t i = 0; i < K; ++i)  // U = P X P: upper
+    for (int64_t j = 0; j < K; ++j) H[i * K + j] = j >= i ? X[(K - 1 - i) * K + (K - 1 - j)] : 0.0f;
+}
+
+void gptq_grid_params(const float* W, int64_t N, int64_t K, const GptqGrid& grid, float* scales, uint8_t* zeros) {
+  check_dims(N, K, "gptq_grid_params");
+  const int64_t G = grid.group_size > 0 ? grid.group_size : K;
+  const int64_t groups = (K + G - 1) / G;
+  parallel_for(N, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r)
+      for (int64_t g = 0; g < groups; ++g)
+        group_params(W + r * K + g * G, std::min(G, K - g * G), grid, scales + r * groups + g, zeros + r * groups + g);
+  });
+}
+
+void gptq_quantize(float* W, int64_t N, int64_t K, const float* U, const GptqGrid& grid, const int32_t* col_group,
+                   float* scales, uint8_t* zeros, uint8_t* codes, int64_t block) {
+  check_dims(N, K, "gptq_quantize");
+  const int64_t G = grid.group_size;
+  if (!col_group && G <= 0) throw std::invalid_argument("gptq_quantize: group_size 0 needs col_group");
+  if (grid.bits < 2 || grid.bits > 8) throw std::invalid_argument("gptq_quantize: bits must be in [2, 8]");
+  const int64_t groups = col_group ? 0 : (K + G - 1) / G;
+  int64_t n_groups = groups;
+  if (col_group)
+    for (int64_t j = 0; j < K; ++j) n_groups = std::max<int64_t>(n_groups, int64_t(col_group[j]) + 1);
+  if (!col_group) block = std::max(block, G) / G * G;  // a group never straddles two blocks
+  std::vector<float> E(size_t(N) * size_t(block));
+  for (int64_t i1 = 0; i1 < K; i1 += block) {
+    const int64_t i2 = std::min(K, i1 + block), B = i2 - i1;
+    parallel_for(N, [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        float* w = W + r * K;
+        for (int64_t j = i1; j < i2; ++j) {
+          const int64_t g = col_group ? col_group[j] : j / G;
+          float* s = scales + r * n_groups + g;
+          uint8_t* z = zeros + r * n_groups + g;
+          if (!col_group && j % G == 0) group_params(w + j, std::min(G, K - j), grid, s, z);
+          const int q = quantize_value(w[j], *s, *z, grid);
+          const float deq = float(q - int(*z)) * *s;
+          codes[r * K + j] = uint8_t(q);
+          const float err = (w[j] - deq) / U[j * K + j];
+          w[j] = deq;
+          const float* u = U + j * K;
+          for (int64_t k = j + 1; k < i2; ++k) w[k] -= err * u[k];
+          E[r * B + (j - i1)] = err;
+        }
+      }
+    });
+    if (i2 < K) sgemm(false, false, N, K - i2, B, -1.0f, E.data(), B, U + i1 * K + i2, K, 1.0f, W + i2, K);
+  }
+}
+
+}  // namespace slmops

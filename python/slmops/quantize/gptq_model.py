@@ -1,0 +1,106 @@
+"""GPTQ over a whole model: the calibration driver feeds each decoder layer, hooks collect
+the Hessian of every linear's inputs, and each linear is replaced by the QuantLinear that
+``gptq_quantize_weight`` makes of it."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .. import _C
+from ..nn import QuantLinear
+from .calibration import calibration_batches, decoder_layers, run_layerwise
+from .gptq import check_options, gptq_quantize_weight
+from .model import QuantizationSummary, replace_linear
+
+
+def _bits_and_format(format: str, bits: int | None) -> tuple[int, str]:
+    if format not in ("int4", "int8"):
+        raise ValueError(f"GPTQ writes int4 (2-4 bits) or int8 (8 bits); format {format!r} is neither")
+    if bits is None:
+        bits = 4 if format == "int4" else 8
+    if format == "int8" and bits != 8:
+        raise ValueError(f"format 'int8' holds 8-bit codes; bits={bits} needs format 'int4'")
+    return bits, "int8" if bits == 8 else "int4"
+
+
+def gptq_quantize_model(
+    model: nn.Module,
+    targets: list[str],
+    summary: QuantizationSummary,
+    *,
+    format: str,
+    activation: str,
+    tokenizer: Any,
+    calibration: Any,
+    n_samples: int,
+    seq_len: int,
+    bits: int | None,
+    act_order: bool,
+    damp: float,
+    progress: bool,
+    group_size: int | None = None,
+    symmetric: bool | None = None,
+    **unknown: Any,
+) -> QuantizationSummary:
+    if unknown:
+        raise ValueError(f"unknown GPTQ options {sorted(unknown)}")
+    bits, summary.format = _bits_and_format(format, bits)
+    group_size = (0 if bits == 8 else 128) if group_size is None else group_size
+    symmetric = True if symmetric is None else bool(symmetric)
+    check_options(bits, group_size, symmetric)
+    if not 0.0 <= damp < 1.0:
+        raise ValueError(f"damp must be in [0, 1), got {damp}")
+    layers = decoder_layers(model)
+    if isinstance(calibration, torch.Tensor):
+        if calibration.dtype != torch.long or calibration.ndim != 2 or calibration.numel() == 0:
+            raise ValueError("calibration token ids must be a non-empty LongTensor [n_samples, seq_len]")
+        batches = calibration
+    else:
+        if tokenizer is None:
+            raise ValueError("GPTQ calibrates on text: pass tokenizer= (or calibration= token ids)")
+        context = getattr(model.config, "max_position_embeddings", seq_len)
+        batches = calibration_batches(
+            tokenizer, calibration, n_samples=n_samples, seq_len=min(seq_len, context),
+            vocab_size=getattr(model.config, "vocab_size", None),
+        )  # fmt: skip
+
+    prefix = {id(layer): f"model.layers.{i}." for i, layer in enumerate(layers)}
+    inside = {name for name in targets if any(name.startswith(p) for p in prefix.values())}
+    for name in sorted(set(targets) - inside):
+        summary.skipped[name] = "outside the decoder layers (GPTQ calibrates the layers' linears)"
+    opts = {"bits": bits, "group_size": group_size, "symmetric": symmetric, "act_order": act_order, "damp": damp}
+    start = time.perf_counter()
+
+    def compress(i: int, layer: nn.Module, forward: Any) -> None:
+        names = [n for n in inside if n.startswith(prefix[id(layer)])]
+        hessians: dict[str, np.ndarray] = {}
+        hooks = []
+        for name in names:
+            linear = model.get_submodule(name)
+            hessians[name] = np.zeros((linear.in_features, linear.in_features), np.float32)
+
+            def observe(module: nn.Module, args: tuple, output: Any, name: str = name) -> None:
+                x = args[0].detach().reshape(-1, args[0].shape[-1]).float().contiguous().numpy()
+                _C.hessian_accumulate(hessians[name], x)
+
+            hooks.append(linear.register_forward_hook(observe))
+        try:
+            forward()
+        finally:
+            for h in hooks:
+                h.remove()
+        for name in names:
+            linear = model.get_submodule(name)
+            w = linear.weight.detach().float().cpu().numpy()
+            q = gptq_quantize_weight(w, hessians.pop(name), **opts)
+            replace_linear(model, name, QuantLinear.from_quantized(q, linear.bias, activation=activation), summary)
+
+    run_layerwise(model, batches, compress, progress=progress)
+    summary.method = "gptq"
+    summary.seconds = time.perf_counter() - start
+    return summary
