@@ -185,6 +185,14 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
     if args.asymmetric:
         quant["symmetric"] = False
     raw = {"model": args.model, "passes": [quant], "evaluate": {"metrics": ["size"]}}
+    if args.algorithm == "gptq":
+        quant.update(act_order=args.act_order, n_samples=args.n_samples, seq_len=args.seq_len)
+        if args.bits is not None:
+            quant["bits"] = args.bits
+        if args.calibration is not None:
+            kind = "jsonl" if args.calibration.suffix == ".jsonl" else "text"
+            raw["data"] = {"calibration": {"type": kind, "path": str(args.calibration)}}
+            quant["calibration"] = "calibration"
     return _run_config(raw, args, source="slmops quantize")
 
 
@@ -317,7 +325,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="quantize a model's linear layers and save it",
         formatter_class=fmt,
         description="  slmops quantize --model kjv-teacher --format q4_k -o out\n"
-        "  slmops quantize --model ./hf-folder --format int4 --group-size 128 --asymmetric -o out",
+        "  slmops quantize --model ./hf-folder --format int4 --group-size 128 --asymmetric -o out\n"
+        "  slmops quantize --model kjv-teacher --format int4 --algorithm gptq --act-order -o out-gptq",
     )
     p.add_argument("--model", "-m", required=True, help="zoo name or Hugging Face folder")
     p.add_argument("--format", "-f", required=True, choices=sorted(FORMATS))
@@ -325,6 +334,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--group-size", type=int)
     p.add_argument("--asymmetric", action="store_true", help="int4 with zero points")
     p.add_argument("--activation", default="float", choices=ACTIVATIONS)
+    p.add_argument("--bits", type=int, choices=(2, 3, 4, 8), help="gptq: bits per weight (default from --format)")
+    p.add_argument("--act-order", action="store_true", help="gptq: columns by decreasing Hessian diagonal")
+    p.add_argument("--calibration", type=Path, help="gptq: .txt or .jsonl calibration text (default: the KJV corpus)")
+    p.add_argument("--n-samples", type=int, default=128, help="gptq: calibration windows")
+    p.add_argument("--seq-len", type=int, default=512, help="gptq: tokens per calibration window")
     _add_run_flags(p, output_required=True)
     p.set_defaults(func=_cmd_quantize)
 

@@ -1,4 +1,6 @@
-"""``type: quantize``: every linear layer (but the lm_head) to a weight format."""
+"""``type: quantize``: every linear layer (but the lm_head) to a weight format, by round to
+nearest or, with ``algorithm: gptq``, calibrated on a dataset of the run config
+(``calibration: <data name>``; the reference corpus when absent)."""
 
 from __future__ import annotations
 
@@ -21,6 +23,13 @@ class QuantizeOptions(PassOptions):
     activation: str = "float"
     skip: list[str] = ["lm_head", "*.lm_head"]
     include: list[str] | None = None
+    # gptq only
+    bits: int | None = None
+    act_order: bool = False
+    damp: float = 0.01
+    calibration: str | None = None  # a dataset name of the run config
+    n_samples: int = 128
+    seq_len: int = 512
 
     # Checked against the lists the lower layers own, so a new format or algorithm is
     # accepted here the day it lands.
@@ -54,6 +63,9 @@ class QuantizePass(Pass):
             opts.pop("symmetric")
         if options.format != "nf4":
             opts.pop("double_quant")
+        if options.algorithm == "rtn":  # the calibration options mean nothing to RTN
+            for k in ("bits", "act_order", "damp", "calibration", "n_samples", "seq_len"):
+                opts.pop(k)
         return opts
 
     def run(self, model: Any, tokenizer: Any, options: QuantizeOptions, ctx: PassContext) -> PassOutput:
@@ -61,6 +73,14 @@ class QuantizePass(Pass):
         quant_options = {
             k: opts[k] for k in ("group_size", "symmetric", "double_quant") if opts.get(k) is not None
         }
+        if opts["algorithm"] == "gptq":
+            name = opts["calibration"]
+            quant_options.update(
+                tokenizer=tokenizer,
+                calibration=[ctx.data(name)] if name else None,
+                **{k: opts[k] for k in ("bits", "act_order", "damp", "n_samples", "seq_len")},
+                progress=False,
+            )
         summary = quantize_model(
             model,
             opts["algorithm"],
@@ -77,5 +97,6 @@ class QuantizePass(Pass):
             "layers_kept": summary.skipped,
             "bytes_before": summary.bytes_before,
             "bytes_after": summary.bytes_after,
+            "seconds": round(summary.seconds, 2),
         }
         return PassOutput(model, tokenizer, info=info)
