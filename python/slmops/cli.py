@@ -392,7 +392,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "bench",
-        help="the kernel and quality benchmarks (quant, qmatmul, quality)",
+        help="the kernel, quality and export benchmarks (quant, qmatmul, quality, export)",
         formatter_class=fmt,
         description="Options after the name go to the benchmark; "
         "'slmops bench qmatmul --help' lists them.\n\n  slmops bench qmatmul --quick\n"

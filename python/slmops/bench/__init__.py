@@ -3,4 +3,4 @@ and dequantize against numpy), ``qmatmul`` (quantized matmul against fp32 torch 
 machine's read bandwidth), ``quality`` (the reference teacher under each RTN format).
 Every speed figure is a ratio measured side by side in one run; see benchmarks/README.md."""
 
-BENCHMARKS = ("quant", "qmatmul", "quality")
+BENCHMARKS = ("quant", "qmatmul", "quality", "export")
