@@ -334,9 +334,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--group-size", type=int)
     p.add_argument("--asymmetric", action="store_true", help="int4 with zero points")
     p.add_argument("--activation", default="float", choices=ACTIVATIONS)
-    p.add_argument("--bits", type=int, choices=(2, 3, 4, 8), help="gptq: bits per weight (default from --format)")
+    p.add_argument(
+        "--bits", type=int, choices=(2, 3, 4, 8), help="gptq: bits per weight (default from --format)"
+    )
     p.add_argument("--act-order", action="store_true", help="gptq: columns by decreasing Hessian diagonal")
-    p.add_argument("--calibration", type=Path, help="gptq: .txt or .jsonl calibration text (default: the KJV corpus)")
+    p.add_argument(
+        "--calibration", type=Path, help="gptq: .txt or .jsonl calibration text (default: the KJV corpus)"
+    )
     p.add_argument("--n-samples", type=int, default=128, help="gptq: calibration windows")
     p.add_argument("--seq-len", type=int, default=512, help="gptq: tokens per calibration window")
     _add_run_flags(p, output_required=True)

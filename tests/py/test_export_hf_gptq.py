@@ -92,7 +92,9 @@ def test_float16_scales_round_only_the_scales(tmp_path, tiny):
         if isinstance(m, QuantLinear):
             got = back.get_submodule(name).qweight.tensors
             np.testing.assert_array_equal(got["data"].numpy(), m.qweight.tensors["data"].numpy())
-            np.testing.assert_array_equal(got["zero_points"].numpy(), m.qweight.tensors["zero_points"].numpy())
+            np.testing.assert_array_equal(
+                got["zero_points"].numpy(), m.qweight.tensors["zero_points"].numpy()
+            )
             scales16 = m.qweight.tensors["scales"].numpy().astype(np.float16).astype(np.float32)
             np.testing.assert_array_equal(got["scales"].numpy(), scales16)
 
@@ -109,7 +111,8 @@ def test_zero_point_zero_survives_the_v1_offset(tmp_path, tiny):
     back = load_gptq(tmp_path / "gptq")
     name = "model.layers.0.mlp.up_proj"
     np.testing.assert_array_equal(
-        back.get_submodule(name).qweight.dequantize().numpy(), q.get_submodule(name).qweight.dequantize().numpy()
+        back.get_submodule(name).qweight.dequantize().numpy(),
+        q.get_submodule(name).qweight.dequantize().numpy(),
     )
 
 

@@ -62,7 +62,7 @@ def _run(sess, cfg, ids, past=None):
             empty = np.zeros((ids.shape[0], n_kv, 0, head), np.float32)
             feeds[f"past_key_values.{i}.{kv}"] = empty if past is None else past[f"present.{i}.{kv}"]
     names = [o.name for o in sess.get_outputs()]
-    out = dict(zip(names, sess.run(None, feeds)))
+    out = dict(zip(names, sess.run(None, feeds), strict=True))
     return out.pop("logits"), out
 
 

@@ -47,7 +47,9 @@ def _published_gptq(w, h, bits, group_size, symmetric, damp):
             else:
                 mn, mx = np.minimum(g.min(1), 0), np.maximum(g.max(1), 0)
                 scale = ((mx - mn) / np.float32(maxq)).astype(np.float32)
-                inv = np.where(scale != 0, np.float32(1) / np.where(scale != 0, scale, 1), 0).astype(np.float32)
+                inv = np.where(scale != 0, np.float32(1) / np.where(scale != 0, scale, 1), 0).astype(
+                    np.float32
+                )
                 zero = np.where(scale != 0, np.clip(np.rint(-mn * inv), 0, maxq), mid)
             inv = np.where(scale != 0, np.float32(1) / np.where(scale != 0, scale, 1), 0).astype(np.float32)
         q = np.clip(np.rint(W[:, j].astype(np.float32) * inv) + zero, 0, maxq)
@@ -109,7 +111,9 @@ def test_identity_hessian_is_round_to_nearest(rng):
 def test_less_layer_error_than_rtn(rng, bits, group_size):
     w, h = _layer(rng)
     gptq = gptq_quantize_weight(w, h, bits=bits, group_size=group_size).dequantize()
-    rtn = gptq_quantize_weight(w, np.eye(len(h), dtype=np.float32), bits=bits, group_size=group_size, damp=0.0)
+    rtn = gptq_quantize_weight(
+        w, np.eye(len(h), dtype=np.float32), bits=bits, group_size=group_size, damp=0.0
+    )
     assert _error(w, gptq, h) < 0.8 * _error(w, rtn.dequantize(), h)
 
 

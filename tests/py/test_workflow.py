@@ -146,7 +146,7 @@ def test_a_good_config_parses_from_yaml_and_json(tmp_path, tiny_model, text_file
         ({"evaluate": {"seq_len": "long"}}, "evaluate.seq_len", "valid integer"),
         ({"evaluate": {"metrics": ["perplexity", "bleu"]}}, "evaluate.metrics", "[1] 'bleu' is not one of"),
         ({"passes": [{"type": "quantise"}]}, "passes[0].type", "unknown pass type 'quantise'; available: ["),
-        ({"passes": [{"type": "quantize", "bits": 4}]}, "passes[0].bits", "unknown option"),
+        ({"passes": [{"type": "quantize", "nbits": 4}]}, "passes[0].nbits", "unknown option"),
         ({"passes": [{"type": "quantize", "format": "int3"}]}, "passes[0].format", "format must be one of"),
         ({"passes": [{"type": "quantize", "algorithm": "magic"}]}, "passes[0].algorithm", "'rtn'"),
         ({"passes": [{"type": "quantize"}, {"type": "quantize"}]}, "passes[1].name", "used twice"),
@@ -445,3 +445,19 @@ def test_demo_end_to_end_on_the_reference_teacher(tmp_path, capsys):
     ours = model.model.layers[0].mlp.down_proj.qweight
     assert down.tensor_type.name == ours.format.upper()
     assert bytes(down.data) == ours.tensors["data"].numpy().tobytes()
+
+
+def test_gptq_pass_calibrates_on_a_named_dataset(tmp_path, tiny_model, text_file):
+    raw = _config(tiny_model, text_file, tmp_path / "out")
+    raw["data"]["calib"] = {"type": "text", "path": str(text_file)}
+    raw["passes"] = [{"type": "quantize", "algorithm": "gptq", "format": "int4", "group_size": 32,
+                      "calibration": "calib", "n_samples": 4, "seq_len": 32}]  # fmt: skip
+    result = run_workflow(parse_config(raw), progress=False)
+    info = result.candidates[0].passes[0]["info"]
+    assert info["layers_quantized"] == 14 and "(gptq)" in info["summary"]
+    model, _ = slmops.zoo.load(tmp_path / "out" / "model")
+    assert model.model.layers[0].self_attn.q_proj.qweight.format == "int4"
+    bad = _config(tiny_model, text_file, tmp_path / "bad")
+    bad["passes"] = [{"type": "quantize", "algorithm": "gptq", "calibration": "nowhere"}]
+    with pytest.raises(ConfigError, match=r"passes\[0\].calibration: no dataset named 'nowhere'"):
+        parse_config(bad)

@@ -45,8 +45,14 @@ class _OrtCausalLM:
         self.session = ort.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])
         cfg = json.loads((folder / "genai_config.json").read_text())["model"]
         dec = cfg["decoder"]
-        self.layers, self.kv, self.head = dec["num_hidden_layers"], dec["num_key_value_heads"], dec["head_size"]
-        self.config = SimpleNamespace(vocab_size=cfg["vocab_size"], max_position_embeddings=cfg["context_length"])
+        self.layers, self.kv, self.head = (
+            dec["num_hidden_layers"],
+            dec["num_key_value_heads"],
+            dec["head_size"],
+        )
+        self.config = SimpleNamespace(
+            vocab_size=cfg["vocab_size"], max_position_embeddings=cfg["context_length"]
+        )
 
     def __call__(self, ids: torch.Tensor) -> Any:
         x = ids.numpy().astype(np.int64)
@@ -104,7 +110,9 @@ def run(work: Path) -> dict[str, Any]:
         m = copy.deepcopy(model)
         start = time.perf_counter()
         if method == "gptq":
-            slmops.quantize_model(m, "gptq", bits=4, group_size=GROUP, act_order=True, tokenizer=tok, progress=False)
+            slmops.quantize_model(
+                m, "gptq", bits=4, group_size=GROUP, act_order=True, tokenizer=tok, progress=False
+            )
         else:
             slmops.quantize_model(m, "rtn", format="int4", group_size=GROUP)
         out = work / f"slmops-{method}"
@@ -140,7 +148,9 @@ def markdown(result: dict[str, Any]) -> str:
         size = f"{r['bytes']:,}" if r["bytes"] else ""
         tps = f"{r['decode_tok_s']:.0f}" if r["decode_tok_s"] else ""
         secs = f"{r['seconds']:.1f}" if r["seconds"] else ""
-        lines.append(f"| {r['row']} | {r['perplexity']:.3f} | {r['change_pct']:+.2f}% | {size} | {tps} | {secs} |")
+        lines.append(
+            f"| {r['row']} | {r['perplexity']:.3f} | {r['change_pct']:+.2f}% | {size} | {tps} | {secs} |"
+        )
     m = result["machine"]
     lines.append(f"\nslmops {m['slmops']}, {m['cpu']}, {m['threads']} threads.")
     return "\n".join(lines) + "\n"

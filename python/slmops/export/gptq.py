@@ -229,8 +229,12 @@ def load_gptq(folder: str | os.PathLike[str], dtype: Any = None) -> Any:
             else:
                 q = QuantizedTensor.from_matmulnbits(codes, s, None, K=k, N=n, block_size=g, bits=8)
         bias = state.pop(f"{name}.bias", None)
-        set_module(model, name, QuantLinear.from_quantized(q, None if bias is None else torch.from_numpy(bias)))
+        set_module(
+            model, name, QuantLinear.from_quantized(q, None if bias is None else torch.from_numpy(bias))
+        )
     float_dtype = dtype or torch.float32
-    load_state(model, {k: torch.from_numpy(v).to(float_dtype) for k, v in state.items()}, src, tuple(prefixes))
+    load_state(
+        model, {k: torch.from_numpy(v).to(float_dtype) for k, v in state.items()}, src, tuple(prefixes)
+    )
     model.eval()
     return model

@@ -139,7 +139,9 @@ class _Graph:
         return self.node("Add", [y, bias], f"{name}/BiasAdd") if bias else y
 
     def linears(self, x: str, mods: list[tuple[str, Any]], prefix: str, acc: int) -> list[str]:
-        return [self.linear(x, m, f"{prefix}/{n}", f"{prefix[1:].replace('/', '.')}.{n}", acc) for n, m in mods]
+        return [
+            self.linear(x, m, f"{prefix}/{n}", f"{prefix[1:].replace('/', '.')}.{n}", acc) for n, m in mods
+        ]
 
 
 def _rope_tables(model: Any, context: int, head_dim: int) -> tuple[np.ndarray, np.ndarray]:
@@ -180,8 +182,9 @@ def build_decoder(model: Any, accuracy_level: int = 4) -> Any:
                       "/model/attn_mask/ReduceSum", keepdims=0)  # fmt: skip
     seqlens = g.node("Sub", [mask_sum, g.init("one_i64", np.array(1, np.int64))], "/model/attn_mask/Sub")
     seqlens_k = g.node("Cast", [seqlens], "/model/attn_mask/seqlens_k", to=TensorProto.INT32)
-    total = g.node("Gather", [g.node("Shape", ["attention_mask"], "/model/attn_mask/Shape"),
-                              g.init("one_scalar", np.array(1, np.int64))], "/model/attn_mask/Gather", axis=0)  # fmt: skip
+    shape = g.node("Shape", ["attention_mask"], "/model/attn_mask/Shape")
+    index = g.init("one_scalar", np.array(1, np.int64))
+    total = g.node("Gather", [shape, index], "/model/attn_mask/Gather", axis=0)
     total_len = g.node("Cast", [total], "/model/attn_mask/total_seq_len", to=TensorProto.INT32)
     cos, sin = _rope_tables(model, context, head_dim)
     cos_cache, sin_cache = g.init("cos_cache", cos), g.init("sin_cache", sin)
@@ -244,15 +247,17 @@ def build_decoder(model: Any, accuracy_level: int = 4) -> Any:
     tied = head.weight is model.get_input_embeddings().weight if not isinstance(head, QuantLinear) else False
     if tied:  # one copy on disk; ORT folds the transpose at load
         w_t = g.node("Transpose", [embed_name], "/lm_head/Transpose", perm=[1, 0])
-        logits = g.node("MatMul", [x, w_t], "/lm_head/MatMul")
+        g.node("MatMul", [x, w_t], "/lm_head/MatMul")
     else:
-        logits = g.linear(x, head, "/lm_head", "lm_head", accuracy_level)
-    g.nodes[-1].output[0] = "logits"
+        g.linear(x, head, "/lm_head", "lm_head", accuracy_level)
+    g.nodes[-1].output[0] = "logits"  # the last node (MatMul, MatMulNBits or bias Add) is the output
 
     kv_shape = lambda length: ["batch_size", n_kv, length, head_dim]  # noqa: E731
     inputs = [
         helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch_size", "sequence_length"]),
-        helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch_size", "total_sequence_length"]),
+        helper.make_tensor_value_info(
+            "attention_mask", TensorProto.INT64, ["batch_size", "total_sequence_length"]
+        ),
         *(helper.make_tensor_value_info(n, f32, kv_shape("past_sequence_length")) for n in in_names),
     ]
     outputs = [
@@ -380,6 +385,8 @@ def write_onnx_genai(
     )
     (folder / "genai_config.json").write_text(json.dumps(genai_config(model, tokenizer), indent=4) + "\n")
     write_tokenizer(tokenizer, folder)
-    (folder / "inference_model.json").write_text(json.dumps(inference_model(tokenizer, name), indent=2) + "\n")
+    (folder / "inference_model.json").write_text(
+        json.dumps(inference_model(tokenizer, name), indent=2) + "\n"
+    )
     ops = sorted({n.op_type for n in proto.graph.node})
     return {"accuracy_level": accuracy_level, "ops": ops}

@@ -282,7 +282,9 @@ class QuantizedTensor:
         s = s.astype(np.float32).reshape(N, kb)
         if bits == 8:
             if zero_points is not None:
-                raise ValueError("8-bit MatMulNBits with zero points has no slmops format (int8 is symmetric)")
+                raise ValueError(
+                    "8-bit MatMulNBits with zero points has no slmops format (int8 is symmetric)"
+                )
             codes = (b.reshape(N, kb * block_size)[:, :K] ^ 0x80).view(np.int8)
             return cls(
                 "int8", (N, K), {"data": codes.copy(), "scales": s}, group_size=block_size, symmetric=True

@@ -32,7 +32,9 @@ def calibration_text(source: str | os.PathLike[str] | Sequence[str] | None = Non
         return "\n\n".join(map(str, source))
     path = Path(source)
     if not path.is_file():
-        raise ValueError(f"calibration data {str(source)!r} is not a file (give a .txt/.jsonl path or a list of texts)")
+        raise ValueError(
+            f"calibration data {str(source)!r} is not a file (give a .txt/.jsonl path or a list of texts)"
+        )
     if path.suffix == ".jsonl":
         texts = []
         for i, line in enumerate(path.read_text(encoding="utf-8").splitlines()):
@@ -40,7 +42,9 @@ def calibration_text(source: str | os.PathLike[str] | Sequence[str] | None = Non
                 try:
                     texts.append(str(json.loads(line)["text"]))
                 except (json.JSONDecodeError, KeyError, TypeError) as e:
-                    raise ValueError(f"{path} line {i + 1}: expected a JSON object with a 'text' field") from e
+                    raise ValueError(
+                        f"{path} line {i + 1}: expected a JSON object with a 'text' field"
+                    ) from e
         return "\n\n".join(texts)
     return path.read_text(encoding="utf-8")
 
@@ -70,8 +74,8 @@ def calibration_batches(
         )
     if vocab_size is not None and int(ids.max()) >= vocab_size:
         raise ValueError(
-            f"the tokenizer produced id {int(ids.max())} but the model's vocabulary has {vocab_size} entries: "
-            "this tokenizer does not belong to the model"
+            f"the tokenizer produced id {int(ids.max())} but the model's vocabulary has {vocab_size} "
+            "entries: this tokenizer does not belong to the model"
         )
     gen = torch.Generator().manual_seed(seed)
     starts = torch.randint(0, ids.numel() - seq_len + 1, (n_samples,), generator=gen)
@@ -85,7 +89,8 @@ def decoder_layers(model: nn.Module) -> nn.ModuleList:
     if not isinstance(layers, nn.ModuleList) or not len(layers):
         raise ValueError(
             f"{type(model).__name__} has no decoder layer list at model.layers; calibrated compression "
-            "handles Hugging Face causal LMs built as a list of decoder layers (Llama, Qwen2, Mistral, Phi-3, Gemma)"
+            "handles Hugging Face causal LMs built as a list of decoder layers "
+            "(Llama, Qwen2, Mistral, Phi-3, Gemma)"
         )
     if not any(isinstance(m, nn.Linear) for m in layers[0].modules()):
         raise ValueError("the decoder layers hold no nn.Linear modules; nothing to compress")
@@ -136,7 +141,9 @@ def run_layerwise(
             outs.append(out[0] if isinstance(out, tuple) else out)
         return outs
 
-    for i, layer in enumerate(tqdm(layers, desc="calibrated compression", unit="layer", disable=not progress)):
+    for i, layer in enumerate(
+        tqdm(layers, desc="calibrated compression", unit="layer", disable=not progress)
+    ):
         compress_layer(i, layer, lambda layer=layer: run_through(layer))
         outs = run_through(layer)
-        inputs = [(o, kw) for o, (_, kw) in zip(outs, inputs)]
+        inputs = [(o, kw) for o, (_, kw) in zip(outs, inputs, strict=True)]

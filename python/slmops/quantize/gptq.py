@@ -32,7 +32,9 @@ def check_options(bits: int, group_size: int, symmetric: bool) -> None:
     if bits == 8 and not symmetric:
         raise ValueError("8-bit GPTQ is symmetric (slmops int8); use symmetric=True")
     if bits < 8 and (group_size < 16 or group_size & (group_size - 1)):
-        raise ValueError(f"{bits}-bit GPTQ needs group_size a power of two >= 16 (int4 storage), got {group_size}")
+        raise ValueError(
+            f"{bits}-bit GPTQ needs group_size a power of two >= 16 (int4 storage), got {group_size}"
+        )
     if bits == 8 and group_size and (group_size < 16 or group_size & (group_size - 1)):
         raise ValueError(f"int8 group_size must be 0 (per row) or a power of two >= 16, got {group_size}")
 

@@ -73,7 +73,13 @@ def gptq_quantize_model(
     inside = {name for name in targets if any(name.startswith(p) for p in prefix.values())}
     for name in sorted(set(targets) - inside):
         summary.skipped[name] = "outside the decoder layers (GPTQ calibrates the layers' linears)"
-    opts = {"bits": bits, "group_size": group_size, "symmetric": symmetric, "act_order": act_order, "damp": damp}
+    opts = {
+        "bits": bits,
+        "group_size": group_size,
+        "symmetric": symmetric,
+        "act_order": act_order,
+        "damp": damp,
+    }
     start = time.perf_counter()
 
     def compress(i: int, layer: nn.Module, forward: Any) -> None:
@@ -98,7 +104,9 @@ def gptq_quantize_model(
             linear = model.get_submodule(name)
             w = linear.weight.detach().float().cpu().numpy()
             q = gptq_quantize_weight(w, hessians.pop(name), **opts)
-            replace_linear(model, name, QuantLinear.from_quantized(q, linear.bias, activation=activation), summary)
+            replace_linear(
+                model, name, QuantLinear.from_quantized(q, linear.bias, activation=activation), summary
+            )
 
     run_layerwise(model, batches, compress, progress=progress)
     summary.method = "gptq"

@@ -29,6 +29,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .registry import get_pass
 
+DATA_OPTIONS = ("calibration",)  # pass options whose value is a dataset name
+
 
 class ConfigError(ValueError):
     """A run config that cannot be used; the message lists every problem with its place."""
@@ -184,6 +186,11 @@ def parse_config(raw: Any, source: str = "config", base_dir: Path | None = None)
             problems.append(
                 (f"{where}.name", f"pass name {names[i]!r} is used twice; give each a unique name")
             )
+        for key in DATA_OPTIONS:  # options that name a dataset of the config
+            if p.options.get(key) is not None and p.options[key] not in cfg.data:
+                problems.append(
+                    (f"{where}.{key}", f"no dataset named {p.options[key]!r}; data has {sorted(cfg.data)}")
+                )
     for key, values in (cfg.search.space if cfg.search else {}).items():
         if isinstance(values, dict) and (set(values) != {"min", "max", "step"} or not values["step"]):
             problems.append(
