@@ -31,13 +31,18 @@ def _slmops_layers(model: Any) -> dict[str, dict]:
     }
 
 
-def is_checkpoint(folder: str | os.PathLike[str]) -> bool:
-    """True if the folder's config names slmops as its quantization method."""
+def quant_method(folder: str | os.PathLike[str]) -> str | None:
+    """The ``quantization_config.quant_method`` of a model folder's config, if any."""
     cfg = Path(folder) / "config.json"
     if not cfg.is_file():
-        return False
+        return None
     qc = json.loads(cfg.read_text()).get("quantization_config") or {}
-    return qc.get("quant_method") == QUANT_METHOD
+    return qc.get("quant_method")
+
+
+def is_checkpoint(folder: str | os.PathLike[str]) -> bool:
+    """True if the folder's config names slmops as its quantization method."""
+    return quant_method(folder) == QUANT_METHOD
 
 
 def _unique_tensors(model: Any) -> dict[str, Any]:

@@ -178,11 +178,10 @@ def save_gptq(model: Any, tokenizer: Any, folder: Path, *, scale_dtype: str = "f
 
 
 def is_gptq_checkpoint(folder: str | os.PathLike[str]) -> bool:
-    cfg = Path(folder) / "config.json"
-    if not cfg.is_file():
-        return False
-    qc = json.loads(cfg.read_text()).get("quantization_config") or {}
-    return qc.get("quant_method") == QUANT_METHOD
+    """True if the folder's config names GPTQ as its quantization method."""
+    from .checkpoint import quant_method
+
+    return quant_method(folder) == QUANT_METHOD
 
 
 def load_gptq(folder: str | os.PathLike[str], dtype: Any = None) -> Any:
