@@ -97,11 +97,11 @@ def check_gptq_exportable(model: Any) -> None:
     for name, m in model.named_modules():
         if isinstance(m, QuantLinear):
             try:
-                t = m.qweight.to_matmulnbits()
+                bits, block = m.qweight.matmulnbits_spec()
             except ValueError as e:
                 raise ValueError(f"{name}: {e}. The GPTQ layout holds int4, int8, q4_0 and q8_0") from None
-            group = -1 if _per_row(m.qweight) else t["block_size"]
-            specs.setdefault((t["bits"], group), []).append(name)
+            group = -1 if _per_row(m.qweight) else block
+            specs.setdefault((bits, group), []).append(name)
     if len(specs) > 1:
         found = {f"{b} bits, group {g}": names[:2] for (b, g), names in specs.items()}
         raise ValueError(f"a GPTQ checkpoint has one bit width and group size; this model mixes {found}")

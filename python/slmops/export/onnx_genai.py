@@ -81,7 +81,7 @@ def check_onnx_genai_exportable(model: Any, accuracy_level: int) -> None:
     for name, m in model.named_modules():
         if isinstance(m, QuantLinear):
             try:
-                m.qweight.to_matmulnbits()
+                m.qweight.matmulnbits_spec()
             except ValueError as e:
                 raise ValueError(
                     f"{name}: {e}. Quantize to int4, int8, q4_0 or q8_0 for onnx-genai, or export as 'gguf'"

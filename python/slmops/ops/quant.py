@@ -186,6 +186,27 @@ class QuantizedTensor:
         return self._packed
 
     # -- MatMulNBits interchange --------------------------------------------------------
+    def matmulnbits_spec(self) -> tuple[int, int]:
+        """``(bits, block_size)`` of this tensor as MatMulNBits codes, without repacking
+        anything; ``ValueError`` for a tensor MatMulNBits cannot hold (see to_matmulnbits)."""
+        if self.format == "int4":
+            return 4, self.group_size
+        if self.format in ("q4_0", "q8_0"):
+            return (4 if self.format == "q4_0" else 8), 32
+        if self.format == "int8":
+            block = self.group_size or _largest_pow2_block(self.shape[1])
+            if block < 16 or block & (block - 1):
+                raise ValueError(
+                    f"MatMulNBits needs a power-of-two block >= 16; this int8 weight has "
+                    f"{'group_size ' + str(block) if self.group_size else 'K=' + str(self.shape[1])}. "
+                    "Quantize with group_size=32 (or another power of two)"
+                )
+            return 8, block
+        raise ValueError(
+            f"MatMulNBits holds (q - zero_point) * scale codes: int4, int8, q4_0 and q8_0; "
+            f"this tensor is {self.format!r}"
+        )
+
     def to_matmulnbits(self, scale_dtype: str = "float32") -> dict[str, Any]:
         """The tensors and attributes of an ONNX Runtime ``com.microsoft.MatMulNBits`` node:
         ``B`` uint8 [N, k_blocks, block_size * bits / 8], ``scales`` flattened as ORT stores
@@ -202,44 +223,30 @@ class QuantizedTensor:
         if scale_dtype not in ("float32", "float16"):
             raise ValueError(f"scale_dtype must be 'float32' or 'float16', got {scale_dtype!r}")
         n, k = self.shape
+        bits, block = self.matmulnbits_spec()
         data = to_numpy(self.tensors["data"])
         if self.format == "int4":
-            bits, block, kb = 4, self.group_size, self.layout["groups_per_row"]
+            kb = self.layout["groups_per_row"]
             B = data.reshape(n, kb, block // 2)
             scales = to_numpy(self.tensors["scales"]).reshape(n, kb)
             zp = None if self.symmetric else to_numpy(self.tensors["zero_points"]).reshape(n, -1)
         elif self.format == "int8":
-            bits, zp = 8, None
-            block = self.group_size or _largest_pow2_block(k)
-            if block < 16 or block & (block - 1):
-                raise ValueError(
-                    f"MatMulNBits needs a power-of-two block >= 16; this int8 weight has "
-                    f"{'group_size ' + str(block) if self.group_size else 'K=' + str(k)}. Quantize "
-                    "with group_size=32 (or another power of two)"
-                )
-            kb = -(-k // block)
+            zp, kb = None, -(-k // block)
             codes = np.zeros((n, kb * block), dtype=np.uint8)
             codes[:, :k] = data.view(np.uint8) ^ 0x80  # int8 q -> uint8 q + 128
             B = codes.reshape(n, kb, block)
             s = to_numpy(self.tensors["scales"]).reshape(n, -1)
             scales = np.repeat(s, kb, axis=1) if s.shape[1] == 1 else s
-        elif self.format in ("q4_0", "q8_0"):  # ggml blocks: float16 d, then 32 codes
-            block, kb, zp = 32, self.layout["groups_per_row"], None
+        else:  # q4_0, q8_0: ggml blocks of a float16 d, then 32 codes
+            kb, zp = self.layout["groups_per_row"], None
             blocks = data.reshape(n, kb, -1)
             scales = blocks[..., :2].copy().view(np.float16)[..., 0].astype(np.float32)
             qs = blocks[..., 2:]
             if self.format == "q4_0":  # element j in the low nibble of byte j, j+16 in its high
-                bits = 4
                 nib = np.concatenate([qs & 0x0F, qs >> 4], axis=-1)
                 B = nib[..., 0::2] | (nib[..., 1::2] << 4)
             else:
-                bits = 8
                 B = qs ^ 0x80
-        else:
-            raise ValueError(
-                f"MatMulNBits holds (q - zero_point) * scale codes: int4, int8, q4_0 and q8_0; "
-                f"this tensor is {self.format!r}"
-            )
         return {
             "B": np.ascontiguousarray(B, dtype=np.uint8),
             "scales": np.ascontiguousarray(scales).reshape(-1).astype(scale_dtype),
