@@ -44,12 +44,19 @@ TEST(Gptq, SgemmMatchesTripleLoop) {
 }
 
 TEST(Gptq, HessianMatchesReference) {
-  const int64_t K = 70, n = 90;
-  auto X = gaussian(size_t(n * K), 4);
-  std::vector<float> H(size_t(K * K), 1.0f), R = H;
-  slmops::hessian_accumulate(H.data(), X.data(), n, K, K);
-  slmops::ref::hessian_accumulate(R.data(), X.data(), n, K, K);
-  for (size_t i = 0; i < H.size(); ++i) EXPECT_NEAR(H[i], R[i], 1e-3f * (1.0f + std::fabs(R[i])));
+  for (int64_t K : {70, 1100}) {  // one product; and upper blocks of 512 columns, mirrored
+    const int64_t n = 90, ldx = K + 3;
+    auto X = gaussian(size_t(n * ldx), 4);
+    auto S = gaussian(size_t(K * K), 5);
+    std::vector<float> H(size_t(K * K));
+    for (int64_t i = 0; i < K; ++i)  // a symmetric start, as from earlier batches
+      for (int64_t j = 0; j < K; ++j) H[i * K + j] = S[std::min(i, j) * K + std::max(i, j)];
+    auto R = H;
+    slmops::hessian_accumulate(H.data(), X.data(), n, K, ldx);
+    slmops::ref::hessian_accumulate(R.data(), X.data(), n, K, ldx);
+    for (size_t i = 0; i < H.size(); ++i)
+      ASSERT_NEAR(H[i], R[i], 1e-3f * (1.0f + std::fabs(R[i]))) << "K " << K << " at " << i;
+  }
 }
 
 TEST(Gptq, BlockedInverseCholeskyMatchesReference) {

@@ -13,7 +13,8 @@ namespace slmops {
 void sgemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
            const float* B, int64_t ldb, float beta, float* C, int64_t ldc);
 
-// H [K, K] += X^T X for the rows of X [n, K] (row stride ldx): both triangles.
+// H [K, K] += X^T X for the rows of X [n, K] (row stride ldx): both triangles. H must be
+// symmetric on entry (zeros, or an earlier sum): the upper triangle is computed and mirrored.
 void hessian_accumulate(float* H, const float* X, int64_t n, int64_t K, int64_t ldx);
 
 // In place: a symmetric positive definite H [K, K] becomes U, the upper-triangular

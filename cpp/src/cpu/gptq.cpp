@@ -58,7 +58,27 @@ void sgemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float al
 void hessian_accumulate(float* H, const float* X, int64_t n, int64_t K, int64_t ldx) {
   check_dims(K, 1, "hessian_accumulate");
   if (n <= 0) return;
-  sgemm(true, false, K, K, n, 1.0f, X, ldx, X, ldx, 1.0f, H, K);
+  // X^T X is symmetric: compute the blocks on and above the diagonal (a syrk, about half
+  // the flops of the full product at K = 4096), then mirror them below.
+  constexpr int64_t kTile = 512;
+  if (K <= kTile) {
+    sgemm(true, false, K, K, n, 1.0f, X, ldx, X, ldx, 1.0f, H, K);
+    return;
+  }
+  for (int64_t i0 = 0; i0 < K; i0 += kTile) {
+    const int64_t bi = std::min(kTile, K - i0);
+    sgemm(true, false, bi, K - i0, n, 1.0f, X + i0, ldx, X + i0, ldx, 1.0f, H + i0 * K + i0, K);
+  }
+  constexpr int64_t kT = 64;  // mirror in 64x64 tiles (kTile / kT whole tiles per block row)
+  parallel_for((K + kT - 1) / kT, [&](int64_t t0, int64_t t1) {
+    for (int64_t ti = t0; ti < t1; ++ti) {
+      const int64_t i0 = ti * kT, i1 = std::min(K, i0 + kT);
+      const int64_t j_end = (i0 / kTile) * kTile;  // left of this row's diagonal block
+      for (int64_t j0 = 0; j0 < j_end; j0 += kT)
+        for (int64_t i = i0; i < i1; ++i)
+          for (int64_t j = j0; j < std::min(j_end, j0 + kT); ++j) H[i * K + j] = H[j * K + i];
+    }
+  });
 }
 
 void cholesky_inverse_upper(float* H, int64_t K) {

@@ -14,9 +14,11 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -59,27 +61,39 @@ def calibration_batches(
     seed: int = 0,
 ) -> torch.Tensor:
     """``n_samples`` windows of ``seq_len`` tokens [n_samples, seq_len], at random offsets
-    (seeded) in the tokenized text. Raises for empty or too short text, and for token ids
+    (seeded) in the text. Raises for empty or too short text, and for token ids
     beyond ``vocab_size`` (a tokenizer that is not the model's)."""
     if n_samples <= 0 or seq_len <= 0:
         raise ValueError(f"n_samples and seq_len must be positive, got {n_samples} and {seq_len}")
     text = calibration_text(source)
     if not text.strip():
         raise ValueError("the calibration text is empty")
+    gen = torch.Generator().manual_seed(seed)
+    # A long corpus: tokenize only a slice of characters at each random offset (generous:
+    # no tokenizer averages 16 characters per token), not the whole text.
+    chars = 16 * seq_len
+    if len(text) > n_samples * chars:
+        offsets = torch.randint(0, len(text) - chars, (n_samples,), generator=gen).tolist()
+        pieces = tokenizer([text[o : o + chars] for o in offsets])["input_ids"]
+        if all(len(p) >= seq_len for p in pieces):
+            return _checked(torch.tensor([p[:seq_len] for p in pieces], dtype=torch.long), vocab_size)
     ids = torch.tensor(tokenizer(text)["input_ids"], dtype=torch.long)
     if ids.numel() < seq_len:
         raise ValueError(
             f"the calibration text has {ids.numel()} tokens, fewer than one window of seq_len={seq_len}; "
             "give more text or a shorter seq_len"
         )
-    if vocab_size is not None and int(ids.max()) >= vocab_size:
+    starts = torch.randint(0, ids.numel() - seq_len + 1, (n_samples,), generator=gen)
+    return _checked(torch.stack([ids[s : s + seq_len] for s in starts.tolist()]), vocab_size)
+
+
+def _checked(batches: torch.Tensor, vocab_size: int | None) -> torch.Tensor:
+    if vocab_size is not None and int(batches.max()) >= vocab_size:
         raise ValueError(
-            f"the tokenizer produced id {int(ids.max())} but the model's vocabulary has {vocab_size} "
+            f"the tokenizer produced id {int(batches.max())} but the model's vocabulary has {vocab_size} "
             "entries: this tokenizer does not belong to the model"
         )
-    gen = torch.Generator().manual_seed(seed)
-    starts = torch.randint(0, ids.numel() - seq_len + 1, (n_samples,), generator=gen)
-    return torch.stack([ids[s : s + seq_len] for s in starts.tolist()])
+    return batches
 
 
 def decoder_layers(model: nn.Module) -> nn.ModuleList:
@@ -147,3 +161,84 @@ def run_layerwise(
         compress_layer(i, layer, lambda layer=layer: run_through(layer))
         outs = run_through(layer)
         inputs = [(o, kw) for o, (_, kw) in zip(outs, inputs, strict=True)]
+
+
+@dataclass
+class InputStats:
+    """What the compression algorithms need to know about one linear's calibration inputs
+    (rows x of [rows, in_features]); linears fed the same tensor (q/k/v, gate/up) share one.
+
+    hessian: sum x x^T [K, K] (GPTQ, SparseGPT); with ``moments``, per input channel: sq_sum
+    sum x^2 (Wanda's norms), abs_max max |x| and abs_sum sum |x| (SmoothQuant, AWQ); rows:
+    how many rows were seen; sample: up to ``keep`` rows of x per batch, evenly spread
+    (AWQ searches its scales on them)."""
+
+    hessian: np.ndarray | None = None
+    sq_sum: np.ndarray | None = None
+    abs_max: np.ndarray | None = None
+    abs_sum: np.ndarray | None = None
+    rows: int = 0
+    sample: list[torch.Tensor] = field(default_factory=list)
+
+    def add(self, x: torch.Tensor, keep_per_batch: int) -> None:
+        x = x.detach().reshape(-1, x.shape[-1]).float()
+        if self.hessian is not None:
+            from .. import _C
+
+            _C.hessian_accumulate(self.hessian, x.contiguous().numpy())
+        if self.sq_sum is not None:
+            self.sq_sum += x.square().sum(0).double().numpy()
+            a = x.abs()
+            np.maximum(self.abs_max, a.amax(0).numpy(), out=self.abs_max)
+            self.abs_sum += a.sum(0).double().numpy()
+        self.rows += x.shape[0]
+        if keep_per_batch:
+            step = max(1, x.shape[0] // keep_per_batch)
+            self.sample.append(x[::step][:keep_per_batch].clone())
+
+
+def observe_inputs(
+    model: nn.Module,
+    names: Sequence[str],
+    forward: Callable[[], None],
+    *,
+    hessian: bool = False,
+    moments: bool = False,
+    keep: int = 0,
+) -> dict[str, InputStats]:
+    """Runs ``forward()`` with hooks on the linears ``names`` of ``model`` and returns their
+    input statistics (``InputStats``; the same object for linears that share an input):
+    the Hessian if ``hessian``, the per-channel moments if ``moments``, and ``keep`` rows
+    of inputs per calibration batch."""
+    stats: dict[str, InputStats] = {}
+    owner: dict[str, str] = {}  # the linear whose hook counts this linear's input
+    last: list[Any] = [None, None]  # the input tensor counted last, and who counted it
+
+    def observe(name: str, x: torch.Tensor) -> None:
+        if name not in owner:  # first batch: q/k/v (gate/up) read the same tensor object
+            owner[name] = last[1] if x is last[0] else name
+            if owner[name] == name:
+                k = x.shape[-1]
+                stats[name] = InputStats(hessian=np.zeros((k, k), np.float32) if hessian else None)
+                if moments:
+                    stats[name].sq_sum, stats[name].abs_sum = np.zeros(k), np.zeros(k)
+                    stats[name].abs_max = np.zeros(k, np.float32)
+            else:
+                stats[name] = stats[owner[name]]
+        if owner[name] != name:
+            if x is not last[0] or last[1] != owner[name]:
+                raise RuntimeError(f"{name} shared its input with {owner[name]} in one batch but not another")
+            return
+        stats[name].add(x, keep)
+        last[:] = [x, name]
+
+    def hook(name: str) -> Callable:
+        return lambda module, args, output: observe(name, args[0])
+
+    hooks = [model.get_submodule(name).register_forward_hook(hook(name)) for name in names]
+    try:
+        forward()
+    finally:
+        for h in hooks:
+            h.remove()
+    return stats

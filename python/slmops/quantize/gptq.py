@@ -84,7 +84,6 @@ def gptq_quantize_weight(
     dead = diag == 0  # inputs that were always zero: their weights cannot matter
     H[dead, dead] = 1.0
     W[:, dead] = 0.0
-    perm = np.argsort(-np.diagonal(H), kind="stable") if act_order else np.arange(k)
     H[np.arange(k), np.arange(k)] += damp * float(np.mean(np.diagonal(H)))
 
     gs = group_size or k
@@ -94,13 +93,19 @@ def gptq_quantize_weight(
     col_group = None
     if act_order or group_size == 0:  # static groups: parameters from the weights as they are
         _C.gptq_grid_params(W, bits, symmetric, group_size, scales, zeros)
-        col_group = np.ascontiguousarray((np.arange(k) // gs)[perm], dtype=np.int32)
-    Wp = np.ascontiguousarray(W[:, perm])
-    U = np.ascontiguousarray(H[np.ix_(perm, perm)])
-    _C.cholesky_inverse_upper(U, reference=reference)
-    codes_p = np.empty((n, k), np.uint8)
-    _C.gptq_quantize(Wp, U, bits, symmetric, group_size, col_group, scales, zeros, codes_p, block=block,
+        col_group = np.arange(k, dtype=np.int32) // gs
+    perm = None
+    if act_order:  # process columns by decreasing Hessian diagonal (the permutation costs copies)
+        perm = np.argsort(-np.diagonal(H), kind="stable")
+        W = np.ascontiguousarray(W[:, perm])
+        H = np.ascontiguousarray(H[np.ix_(perm, perm)])
+        col_group = np.ascontiguousarray(col_group[perm])
+    _C.cholesky_inverse_upper(H, reference=reference)
+    codes = np.empty((n, k), np.uint8)
+    _C.gptq_quantize(W, H, bits, symmetric, group_size, col_group, scales, zeros, codes, block=block,
                      reference=reference)  # fmt: skip
-    codes = np.empty_like(codes_p)
-    codes[:, perm] = codes_p
+    if perm is not None:
+        unpermuted = np.empty_like(codes)
+        unpermuted[:, perm] = codes
+        codes = unpermuted
     return _to_quantized(codes, scales, zeros, bits, group_size, symmetric)

@@ -7,13 +7,11 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
-from .. import _C
 from ..nn import QuantLinear
-from .calibration import calibration_batches, decoder_layers, run_layerwise
+from .calibration import calibration_batches, decoder_layers, observe_inputs, run_layerwise
 from .gptq import check_options, gptq_quantize_weight
 from .model import QuantizationSummary, replace_linear
 
@@ -84,31 +82,22 @@ def gptq_quantize_model(
 
     def compress(i: int, layer: nn.Module, forward: Any) -> None:
         names = [n for n in inside if n.startswith(prefix[id(layer)])]
-        hessians: dict[str, np.ndarray] = {}
-        hooks = []
-        for name in names:
-            linear = model.get_submodule(name)
-            hessians[name] = np.zeros((linear.in_features, linear.in_features), np.float32)
-
-            def observe(module: nn.Module, args: tuple, output: Any, name: str = name) -> None:
-                x = args[0].detach().reshape(-1, args[0].shape[-1]).float().contiguous().numpy()
-                _C.hessian_accumulate(hessians[name], x)
-
-            hooks.append(linear.register_forward_hook(observe))
-        try:
-            forward()
-        finally:
-            for h in hooks:
-                h.remove()
+        stats = observe_inputs(model, names, forward, hessian=True)
         for name in names:
             linear = model.get_submodule(name)
             w = linear.weight.detach().float().cpu().numpy()
-            q = gptq_quantize_weight(w, hessians.pop(name), **opts)
-            replace_linear(
-                model, name, QuantLinear.from_quantized(q, linear.bias, activation=activation), summary
-            )
+            q = gptq_quantize_weight(w, stats[name].hessian, **opts)
+            # The next layer's inputs come from this layer with its quantized weights; the
+            # float product of the dequantized values is faster than the int4 kernel at
+            # calibration batch sizes. The QuantLinear replaces it once all layers are done.
+            linear.weight.data = torch.from_numpy(q.dequantize()).to(linear.weight)
+            quantized[name] = q
 
+    quantized: dict[str, Any] = {}
     run_layerwise(model, batches, compress, progress=progress)
+    for name, q in quantized.items():
+        bias = model.get_submodule(name).bias
+        replace_linear(model, name, QuantLinear.from_quantized(q, bias, activation=activation), summary)
     summary.method = "gptq"
     summary.seconds = time.perf_counter() - start
     return summary
