@@ -358,6 +358,53 @@ void py_gptq_quantize(py::handle W, py::handle U, int bits, bool symmetric, int6
     gptq_quantize(wp, N, K, up, grid, groups, sp, zp, cp, block);
 }
 
+// bits 0: prune only (scales, zeros, codes may be None).
+void py_sparsegpt_prune(py::handle W, py::handle U, float sparsity, int n, int m, int bits, bool symmetric,
+                        int64_t group_size, py::handle scales, py::handle zeros, py::handle codes, py::handle mask,
+                        int64_t block, bool reference) {
+  TensorArg w = f32_matrix(W, "W", -1, -1, true);
+  const int64_t N = w.shape[0], K = w.shape[1];
+  TensorArg u = f32_matrix(U, "U", K, K, false);
+  TensorArg mk = tensor_arg(mask, "mask");
+  bindings::expect_type(mk, {ElemType::kU8});
+  bindings::expect_numel(mk, N * K, "N * K");
+  bindings::expect_writeable(mk);
+  if (block <= 0) throw py::value_error("block must be positive");
+  const SparsePattern pattern{sparsity, n, m};
+  GptqGrid grid;
+  TensorArg s, z, c;
+  if (bits) {
+    grid = make_grid(bits, symmetric, group_size);
+    const int64_t G = group_size ? group_size : K;
+    s = f32_matrix(scales, "scales", N, (K + G - 1) / G, true);
+    z = tensor_arg(zeros, "zeros");
+    c = tensor_arg(codes, "codes");
+    bindings::expect_type(z, {ElemType::kU8});
+    bindings::expect_numel(z, s.numel(), "one zero per scale");
+    bindings::expect_type(c, {ElemType::kU8});
+    bindings::expect_numel(c, N * K, "N * K");
+    bindings::expect_writeable(z);
+    bindings::expect_writeable(c);
+  }
+  py::gil_scoped_release release;
+  auto* wp = static_cast<float*>(w.data);
+  const auto* up = static_cast<const float*>(u.data);
+  const GptqGrid* gp = bits ? &grid : nullptr;
+  auto* sp = static_cast<float*>(s.data);
+  auto* zp = static_cast<uint8_t*>(z.data);
+  auto* cp = static_cast<uint8_t*>(c.data);
+  auto* mp = static_cast<uint8_t*>(mk.data);
+  try {
+    if (reference)
+      ref::sparsegpt_prune(wp, N, K, up, pattern, gp, sp, zp, cp, mp);
+    else
+      sparsegpt_prune(wp, N, K, up, pattern, gp, sp, zp, cp, mp, block);
+  } catch (const std::invalid_argument& e) {
+    py::gil_scoped_acquire acquire;
+    throw py::value_error(e.what());
+  }
+}
+
 }  // namespace
 
 
@@ -410,6 +457,12 @@ PYBIND11_MODULE(_C, m, py::mod_gil_not_used()) {
   m.def("gptq_quantize", &py_gptq_quantize, py::arg("W"), py::arg("U"), py::arg("bits"), py::arg("symmetric"),
         py::arg("group_size"), py::arg("col_group").none(true), py::arg("scales"), py::arg("zeros"), py::arg("codes"),
         py::arg("block") = 128, py::arg("reference") = false);
+  m.def("sparsegpt_prune", &py_sparsegpt_prune, py::arg("W"), py::arg("U"), py::arg("sparsity"), py::arg("n"),
+        py::arg("m"), py::arg("bits"), py::arg("symmetric"), py::arg("group_size"), py::arg("scales").none(true),
+        py::arg("zeros").none(true), py::arg("codes").none(true), py::arg("mask"), py::arg("block") = 128,
+        py::arg("reference") = false,
+        "SparseGPT in place on W [N, K] given U (cholesky_inverse_upper of the Hessian): n:m when m > 0, "
+        "else `sparsity` of each row per block; bits > 0 also quantizes the kept weights (GPTQ's grid).");
   m.def("double_quantize_scales", &py_double_quantize_scales, py::arg("scales"), py::arg("codes"),
         py::arg("block_scales"));
   m.def("double_dequantize_scales", &py_double_dequantize_scales, py::arg("codes"), py::arg("block_scales"),

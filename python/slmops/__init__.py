@@ -1,7 +1,8 @@
 """slmops: make small language models small and fast, on our own C++/CUDA kernels.
 
 Layers (see DESIGN.md): ``slmops.ops`` (kernels over numpy arrays and torch tensors:
-quantize, qmatmul), ``slmops.nn`` (QuantLinear), ``slmops.quantize`` (quantize_model),
+quantize, qmatmul), ``slmops.nn`` (QuantLinear), ``slmops.quantize`` (quantize_model), ``slmops.prune``
+(prune_model),
 ``slmops.evaluate`` (perplexity, speed, memory); ``slmops.zoo`` holds the reference
 models trained by the project; the workflow engine and CLI come later.
 """
@@ -17,6 +18,7 @@ from . import _C, nn, ops, zoo
 from .evaluate import evaluate  # noqa: E402
 from .export import export  # noqa: E402 - likewise: slmops.export is the function
 from .ops import QuantizedTensor
+from .prune import PruningSummary, prune_model
 from .quantize import QuantizationSummary, quantize_model  # slmops.quantize is the layer-4 package
 
 __version__: str = _C.build_info()["version"]
@@ -50,6 +52,8 @@ __all__ = [
     "nn",
     "ops",
     "quantize_model",
+    "prune_model",
+    "PruningSummary",
     "set_num_threads",
     "zoo",
 ]

@@ -91,4 +91,49 @@ TEST(Gptq, BlockedColumnLoopMatchesReference) {
   }
 }
 
+TEST(SparseGpt, BlockedMatchesReferenceAndPattern) {
+  const int64_t N = 16, K = 256;
+  auto U = hessian(K, 512, 21);
+  slmops::cholesky_inverse_upper(U.data(), K);
+  const auto W0 = gaussian(size_t(N * K), 22);
+  const slmops::GptqGrid grid{4, true, 64};
+  for (const slmops::SparsePattern p : {slmops::SparsePattern{0.5f, 0, 0}, slmops::SparsePattern{0.0f, 2, 4},
+                                        slmops::SparsePattern{0.0f, 4, 8}}) {
+    for (const slmops::GptqGrid* g : {static_cast<const slmops::GptqGrid*>(nullptr), &grid}) {
+      auto W = W0, Wr = W0;
+      std::vector<float> s(size_t(N * 4)), sr = s;
+      std::vector<uint8_t> z(size_t(N * 4)), zr = z, c(size_t(N * K)), cr = c, m(size_t(N * K)), mr = m;
+      slmops::sparsegpt_prune(W.data(), N, K, U.data(), p, g, s.data(), z.data(), c.data(), m.data());
+      slmops::ref::sparsegpt_prune(Wr.data(), N, K, U.data(), p, g, sr.data(), zr.data(), cr.data(), mr.data());
+      int64_t same = 0, kept = 0;
+      for (size_t i = 0; i < m.size(); ++i) {
+        same += m[i] == mr[i];
+        kept += m[i];
+        if (!m[i]) {
+          ASSERT_EQ(W[i], 0.0f) << "a pruned weight is not zero at " << i;
+        }
+      }
+      EXPECT_GT(double(same) / double(m.size()), 0.99) << "n:m " << p.n << ":" << p.m;
+      EXPECT_EQ(kept, N * K / 2);  // every pattern here keeps half of every row
+      if (p.m > 0)  // n kept in every set of m
+        for (int64_t i = 0; i < N * K; i += p.m) {
+          int in_set = 0;
+          for (int64_t t = 0; t < p.m; ++t) in_set += m[size_t(i + t)];
+          ASSERT_EQ(in_set, p.n) << "set at " << i;
+        }
+      double diff = 0.0, norm = 0.0;
+      for (size_t i = 0; i < W.size(); ++i) {
+        diff += double(W[i] - Wr[i]) * (W[i] - Wr[i]);
+        norm += double(Wr[i]) * Wr[i];
+      }
+      EXPECT_LT(std::sqrt(diff / norm), 0.05);
+    }
+  }
+  slmops::SparsePattern bad{0.0f, 4, 4};
+  std::vector<uint8_t> m(size_t(N * K));
+  auto W = W0;
+  EXPECT_THROW(slmops::sparsegpt_prune(W.data(), N, K, U.data(), bad, nullptr, nullptr, nullptr, nullptr, m.data()),
+               std::invalid_argument);
+}
+
 }  // namespace

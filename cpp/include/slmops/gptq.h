@@ -47,12 +47,34 @@ void gptq_grid_params(const float* W, int64_t N, int64_t K, const GptqGrid& grid
 void gptq_quantize(float* W, int64_t N, int64_t K, const float* U, const GptqGrid& grid, const int32_t* col_group,
                    float* scales, uint8_t* zeros, uint8_t* codes, int64_t block = 128);
 
+// What SparseGPT prunes: with m > 0, an n:m pattern (n of every m consecutive weights of
+// a row kept: 2:4, 4:8); with m == 0, the fraction `sparsity` of each row, chosen per
+// block of columns (the same share of every row and block).
+struct SparsePattern {
+  float sparsity = 0.5f;
+  int n = 0, m = 0;
+};
+
+// SparseGPT (Frantar & Alistarh, 2023) on GPTQ's blocked column loop: W [N, K] (in Hessian
+// order, U from cholesky_inverse_upper) loses the weights with the smallest w^2 / U_jj^2
+// (chosen from the error-updated weights at the start of each block, or of each n:m
+// set), and the error of removing them is spread over the later columns. mask [N, K] out:
+// 1 kept, 0 pruned. With grid (joint quantization) the kept weights are also quantized as
+// gptq_quantize does with contiguous groups (scales/zeros [N, groups] and codes [N, K]
+// out; a pruned weight gets the zero code, value 0); without it those may be null.
+void sparsegpt_prune(float* W, int64_t N, int64_t K, const float* U, const SparsePattern& pattern,
+                     const GptqGrid* grid, float* scales, uint8_t* zeros, uint8_t* codes, uint8_t* mask,
+                     int64_t block = 128);
+
 namespace ref {
 void hessian_accumulate(float* H, const float* X, int64_t n, int64_t K, int64_t ldx);
 void cholesky_inverse_upper(float* H, int64_t K);
 // Column by column, every remaining column updated at once (no lazy batches).
 void gptq_quantize(float* W, int64_t N, int64_t K, const float* U, const GptqGrid& grid, const int32_t* col_group,
                    float* scales, uint8_t* zeros, uint8_t* codes);
+// Column by column, the mask chosen at the same points as the blocked loop (block 128).
+void sparsegpt_prune(float* W, int64_t N, int64_t K, const float* U, const SparsePattern& pattern,
+                     const GptqGrid* grid, float* scales, uint8_t* zeros, uint8_t* codes, uint8_t* mask);
 }  // namespace ref
 
 }  // namespace slmops

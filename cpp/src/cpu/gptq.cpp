@@ -3,10 +3,12 @@
 // triangle, reverse back: H = R R^T with R upper gives H^-1 = U^T U with U = R^-1), and
 // the column loop with lazy batch updates, parallel over the rows of W (independent).
 #include <cmath>
+#include <numeric>
 #include <stdexcept>
 #include <string>
 #include <vector>
 
+#include "cpu/column_sweep.h"
 #include "cpu/gptq_grid.h"
 #include "slmops/gptq.h"
 #include "slmops/threading.h"
@@ -24,6 +26,7 @@ constexpr int64_t kPanel = 128;  // block of the Cholesky and the triangular inv
 void check_dims(int64_t a, int64_t b, const char* what) {
   if (a <= 0 || b <= 0) throw std::invalid_argument(std::string(what) + ": dimensions must be positive");
 }
+
 }  // namespace
 
 void sgemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
@@ -154,35 +157,53 @@ void gptq_quantize(float* W, int64_t N, int64_t K, const float* U, const GptqGri
   const int64_t G = grid.group_size;
   if (!col_group && G <= 0) throw std::invalid_argument("gptq_quantize: group_size 0 needs col_group");
   if (grid.bits < 2 || grid.bits > 8) throw std::invalid_argument("gptq_quantize: bits must be in [2, 8]");
-  const int64_t groups = col_group ? 0 : (K + G - 1) / G;
-  int64_t n_groups = groups;
+  int64_t n_groups = col_group ? 0 : (K + G - 1) / G;
   if (col_group)
     for (int64_t j = 0; j < K; ++j) n_groups = std::max<int64_t>(n_groups, int64_t(col_group[j]) + 1);
   if (!col_group) block = std::max(block, G) / G * G;  // a group never straddles two blocks
-  std::vector<float> E(size_t(N) * size_t(block));
-  for (int64_t i1 = 0; i1 < K; i1 += block) {
-    const int64_t i2 = std::min(K, i1 + block), B = i2 - i1;
-    parallel_for(N, [&](int64_t r0, int64_t r1) {
-      for (int64_t r = r0; r < r1; ++r) {
-        float* w = W + r * K;
-        for (int64_t j = i1; j < i2; ++j) {
-          const int64_t g = col_group ? col_group[j] : j / G;
-          float* s = scales + r * n_groups + g;
-          uint8_t* z = zeros + r * n_groups + g;
-          if (!col_group && j % G == 0) group_params(w + j, std::min(G, K - j), grid, s, z);
-          const int q = quantize_value(w[j], *s, *z, grid);
-          const float deq = float(q - int(*z)) * *s;
-          codes[r * K + j] = uint8_t(q);
-          const float err = (w[j] - deq) / U[j * K + j];
-          w[j] = deq;
-          const float* u = U + j * K;
-          for (int64_t k = j + 1; k < i2; ++k) w[k] -= err * u[k];
-          E[r * B + (j - i1)] = err;
-        }
-      }
-    });
-    if (i2 < K) sgemm(false, false, N, K - i2, B, -1.0f, E.data(), B, U + i1 * K + i2, K, 1.0f, W + i2, K);
-  }
+  column_sweep(W, N, K, U, block, [&](int64_t r, int64_t j, const float* w, int64_t) {
+    const int64_t g = col_group ? col_group[j] : j / G;
+    float* s = scales + r * n_groups + g;
+    uint8_t* z = zeros + r * n_groups + g;
+    if (!col_group && j % G == 0) group_params(w + j, std::min(G, K - j), grid, s, z);
+    const int q = quantize_value(w[j], *s, *z, grid);
+    codes[r * K + j] = uint8_t(q);
+    return float(q - int(*z)) * *s;
+  });
+}
+
+void sparsegpt_prune(float* W, int64_t N, int64_t K, const float* U, const SparsePattern& pattern,
+                     const GptqGrid* grid, float* scales, uint8_t* zeros, uint8_t* codes, uint8_t* mask,
+                     int64_t block) {
+  check_dims(N, K, "sparsegpt_prune");
+  check_pattern(pattern, K);
+  const int64_t G = grid ? (grid->group_size > 0 ? grid->group_size : K) : 0;
+  if (grid && (grid->bits < 2 || grid->bits > 8)) throw std::invalid_argument("sparsegpt_prune: bits must be in [2, 8]");
+  const int64_t n_groups = grid ? (K + G - 1) / G : 0;
+  const int64_t M = pattern.m;
+  const int64_t unit = std::lcm(grid ? G : 1, M > 0 ? M : 1);  // no group or n:m set straddles two blocks
+  block = std::max(block, unit) / unit * unit;
+  column_sweep(W, N, K, U, block, [&](int64_t r, int64_t j, const float* w, int64_t i2) {
+    uint8_t* m = mask + r * K;
+    if (M > 0 && j % M == 0) {  // n:m: choose this set's zeros from the weights as they are now
+      thread_local std::vector<int64_t> order;
+      prune_smallest(w + j, U + j * K + j, K + 1, M, M - pattern.n, m + j, order);
+    } else if (M == 0 && (j % block == 0)) {  // unstructured: this block's share of each row
+      thread_local std::vector<int64_t> order;
+      const int64_t B = i2 - j;
+      prune_smallest(w + j, U + j * K + j, K + 1, B, int64_t(std::nearbyint(pattern.sparsity * float(B))), m + j, order);
+    }
+    float t = m[j] ? w[j] : 0.0f;
+    if (grid) {
+      float* s = scales + r * n_groups + j / G;
+      uint8_t* z = zeros + r * n_groups + j / G;
+      if (j % G == 0) group_params(w + j, std::min(G, K - j), *grid, s, z);
+      const int q = m[j] ? quantize_value(w[j], *s, *z, *grid) : int(*z);
+      codes[r * K + j] = uint8_t(q);
+      t = float(q - int(*z)) * *s;
+    }
+    return t;
+  });
 }
 
 }  // namespace slmops

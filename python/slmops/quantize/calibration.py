@@ -111,6 +111,38 @@ def decoder_layers(model: nn.Module) -> nn.ModuleList:
     return layers
 
 
+def calibration_tokens(
+    model: nn.Module, tokenizer: Any, calibration: Any, *, n_samples: int, seq_len: int, method: str
+) -> torch.Tensor:
+    """The calibration token ids [n, seq_len] for ``model``: ``calibration`` as given when it
+    is a LongTensor, else windows of text (see ``calibration_batches``) that fit the model's
+    context, checked against its vocabulary."""
+    if isinstance(calibration, torch.Tensor):
+        if calibration.dtype != torch.long or calibration.ndim != 2 or calibration.numel() == 0:
+            raise ValueError("calibration token ids must be a non-empty LongTensor [n_samples, seq_len]")
+        return calibration
+    if tokenizer is None:
+        raise ValueError(f"{method} calibrates on text: pass tokenizer= (or calibration= token ids)")
+    config = getattr(model, "config", None)
+    return calibration_batches(
+        tokenizer, calibration, n_samples=n_samples,
+        seq_len=min(seq_len, getattr(config, "max_position_embeddings", seq_len)),
+        vocab_size=getattr(config, "vocab_size", None),
+    )  # fmt: skip
+
+
+def linears_by_layer(model: nn.Module, names: Sequence[str]) -> tuple[list[list[str]], list[str]]:
+    """``names`` (module names of linears) split by decoder layer, and those in no layer."""
+    layers = decoder_layers(model)
+    layer_of = {id(m): i for i, layer in enumerate(layers) for m in layer.modules()}
+    by_layer: list[list[str]] = [[] for _ in layers]
+    outside = []
+    for name in names:
+        i = layer_of.get(id(model.get_submodule(name)))
+        (outside if i is None else by_layer[i]).append(name)
+    return by_layer, outside
+
+
 class _Captured(Exception):
     pass
 

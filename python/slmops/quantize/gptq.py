@@ -39,7 +39,7 @@ def check_options(bits: int, group_size: int, symmetric: bool) -> None:
         raise ValueError(f"int8 group_size must be 0 (per row) or a power of two >= 16, got {group_size}")
 
 
-def _to_quantized(codes: np.ndarray, scales: np.ndarray, zeros: np.ndarray, bits: int, group_size: int,
+def to_quantized(codes: np.ndarray, scales: np.ndarray, zeros: np.ndarray, bits: int, group_size: int,
                   symmetric: bool) -> QuantizedTensor:  # fmt: skip
     n, k = codes.shape
     if bits == 8:
@@ -58,6 +58,30 @@ def _to_quantized(codes: np.ndarray, scales: np.ndarray, zeros: np.ndarray, bits
     return QuantizedTensor("int4", (n, k), tensors, group_size=group_size, symmetric=sym)
 
 
+def check_damp(damp: float) -> None:
+    if not 0.0 <= damp < 1.0:
+        raise ValueError(f"damp must be in [0, 1), got {damp}")
+
+
+def damped(weight: np.ndarray, hessian: np.ndarray, damp: float) -> tuple[np.ndarray, np.ndarray]:
+    """Float32 copies of a weight [N, K] and its Hessian [K, K] made ready for the inverse
+    factor (GPTQ and SparseGPT): an input that was always zero gets a unit diagonal and its
+    weights zero (they cannot matter), then damp * mean(diag H) is added to the diagonal."""
+    check_damp(damp)
+    W = np.array(weight, dtype=np.float32, copy=True)
+    H = np.array(hessian, dtype=np.float32, copy=True)
+    k = W.shape[1]
+    if H.shape != (k, k):
+        raise ValueError(f"hessian must be [{k}, {k}] for a weight with K={k}, got {H.shape}")
+    if not (np.isfinite(W).all() and np.isfinite(H).all()):
+        raise ValueError("weight and hessian must be finite")
+    dead = np.diagonal(H) == 0
+    H[dead, dead] = 1.0
+    W[:, dead] = 0.0
+    H[np.arange(k), np.arange(k)] += damp * float(np.mean(np.diagonal(H)))
+    return W, H
+
+
 def gptq_quantize_weight(
     weight: np.ndarray,
     hessian: np.ndarray,
@@ -73,19 +97,8 @@ def gptq_quantize_weight(
     """GPTQ of one weight [N, K] (float) given the Hessian [K, K] of its inputs.
     ``reference=True`` runs the scalar C++ reference loop instead of the blocked one."""
     check_options(bits, group_size, symmetric)
-    W = np.array(weight, dtype=np.float32, copy=True)
-    H = np.array(hessian, dtype=np.float32, copy=True)
+    W, H = damped(weight, hessian, damp)
     n, k = W.shape
-    if H.shape != (k, k):
-        raise ValueError(f"hessian must be [{k}, {k}] for a weight with K={k}, got {H.shape}")
-    if not (np.isfinite(W).all() and np.isfinite(H).all()):
-        raise ValueError("weight and hessian must be finite")
-    diag = np.diagonal(H).copy()
-    dead = diag == 0  # inputs that were always zero: their weights cannot matter
-    H[dead, dead] = 1.0
-    W[:, dead] = 0.0
-    H[np.arange(k), np.arange(k)] += damp * float(np.mean(np.diagonal(H)))
-
     gs = group_size or k
     groups = -(-k // gs)
     scales = np.empty((n, groups), np.float32)
@@ -108,4 +121,4 @@ def gptq_quantize_weight(
         unpermuted = np.empty_like(codes)
         unpermuted[:, perm] = codes
         codes = unpermuted
-    return _to_quantized(codes, scales, zeros, bits, group_size, symmetric)
+    return to_quantized(codes, scales, zeros, bits, group_size, symmetric)

@@ -11,8 +11,8 @@ import torch
 from torch import nn
 
 from ..nn import QuantLinear
-from .calibration import calibration_batches, decoder_layers, observe_inputs, run_layerwise
-from .gptq import check_options, gptq_quantize_weight
+from .calibration import calibration_tokens, linears_by_layer, observe_inputs, run_layerwise
+from .gptq import check_damp, check_options, gptq_quantize_weight
 from .model import QuantizationSummary, replace_linear
 
 
@@ -51,25 +51,12 @@ def gptq_quantize_model(
     group_size = (0 if bits == 8 else 128) if group_size is None else group_size
     symmetric = True if symmetric is None else bool(symmetric)
     check_options(bits, group_size, symmetric)
-    if not 0.0 <= damp < 1.0:
-        raise ValueError(f"damp must be in [0, 1), got {damp}")
-    layers = decoder_layers(model)
-    if isinstance(calibration, torch.Tensor):
-        if calibration.dtype != torch.long or calibration.ndim != 2 or calibration.numel() == 0:
-            raise ValueError("calibration token ids must be a non-empty LongTensor [n_samples, seq_len]")
-        batches = calibration
-    else:
-        if tokenizer is None:
-            raise ValueError("GPTQ calibrates on text: pass tokenizer= (or calibration= token ids)")
-        context = getattr(model.config, "max_position_embeddings", seq_len)
-        batches = calibration_batches(
-            tokenizer, calibration, n_samples=n_samples, seq_len=min(seq_len, context),
-            vocab_size=getattr(model.config, "vocab_size", None),
-        )  # fmt: skip
-
-    prefix = {id(layer): f"model.layers.{i}." for i, layer in enumerate(layers)}
-    inside = {name for name in targets if any(name.startswith(p) for p in prefix.values())}
-    for name in sorted(set(targets) - inside):
+    check_damp(damp)
+    batches = calibration_tokens(
+        model, tokenizer, calibration, n_samples=n_samples, seq_len=seq_len, method="GPTQ"
+    )  # fmt: skip
+    by_layer, outside = linears_by_layer(model, targets)
+    for name in outside:
         summary.skipped[name] = "outside the decoder layers (GPTQ calibrates the layers' linears)"
     opts = {
         "bits": bits,
@@ -81,7 +68,7 @@ def gptq_quantize_model(
     start = time.perf_counter()
 
     def compress(i: int, layer: nn.Module, forward: Any) -> None:
-        names = [n for n in inside if n.startswith(prefix[id(layer)])]
+        names = by_layer[i]
         stats = observe_inputs(model, names, forward, hessian=True)
         for name in names:
             linear = model.get_submodule(name)

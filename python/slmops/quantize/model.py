@@ -39,7 +39,7 @@ class QuantizationSummary:
         return "\n".join(lines)
 
 
-def _matches(name: str, patterns: Sequence[str]) -> bool:
+def matches(name: str, patterns: Sequence[str]) -> bool:
     return any(fnmatch.fnmatchcase(name, p) for p in patterns)
 
 
@@ -110,9 +110,9 @@ def _targets(
     for name, module in model.named_modules():
         if not isinstance(module, nn.Linear) or isinstance(module, QuantLinear):
             continue
-        if _matches(name, skip):
+        if matches(name, skip):
             summary.skipped[name] = "matches skip"
-        elif include is not None and not _matches(name, include):
+        elif include is not None and not matches(name, include):
             summary.skipped[name] = "not in include"
         else:
             targets.append(name)

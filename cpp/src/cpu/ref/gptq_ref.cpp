@@ -1,10 +1,13 @@
 // Scalar references for GPTQ's linear algebra: textbook loops in double where it helps,
 // no blocking, no threads. The oracle for the blocked kernels in cpu/gptq.cpp.
+#include <algorithm>
 #include <cmath>
+#include <numeric>
 #include <stdexcept>
 #include <string>
 #include <vector>
 
+#include "cpu/column_sweep.h"
 #include "cpu/gptq_grid.h"
 #include "slmops/gptq.h"
 
@@ -81,6 +84,42 @@ void gptq_quantize(float* W, int64_t N, int64_t K, const float* U, const GptqGri
       codes[r * K + j] = uint8_t(q);
       const float err = (w[j] - deq) / U[j * K + j];
       w[j] = deq;
+      for (int64_t k = j + 1; k < K; ++k) w[k] -= err * U[j * K + k];
+    }
+  }
+}
+
+void sparsegpt_prune(float* W, int64_t N, int64_t K, const float* U, const SparsePattern& pattern,
+                     const GptqGrid* grid, float* scales, uint8_t* zeros, uint8_t* codes, uint8_t* mask) {
+  gptq_detail::check_pattern(pattern, K);
+  const int64_t G = grid ? (grid->group_size > 0 ? grid->group_size : K) : 0;
+  const int64_t n_groups = grid ? (K + G - 1) / G : 0;
+  const int64_t M = pattern.m;
+  const int64_t unit = std::lcm(grid ? G : 1, M > 0 ? M : 1);
+  const int64_t block = std::max<int64_t>(128, unit) / unit * unit;  // where the blocked loop chooses
+  std::vector<int64_t> order;
+  for (int64_t j = 0; j < K; ++j) {
+    for (int64_t r = 0; r < N; ++r) {
+      float* w = W + r * K;
+      uint8_t* m = mask + r * K;
+      if (M > 0 && j % M == 0) {
+        gptq_detail::prune_smallest(w + j, U + j * K + j, K + 1, M, M - pattern.n, m + j, order);
+      } else if (M == 0 && j % block == 0) {
+        const int64_t B = std::min(block, K - j);
+        gptq_detail::prune_smallest(w + j, U + j * K + j, K + 1, B,
+                                    int64_t(std::nearbyint(pattern.sparsity * float(B))), m + j, order);
+      }
+      float t = m[j] ? w[j] : 0.0f;
+      if (grid) {
+        float* s = scales + r * n_groups + j / G;
+        uint8_t* z = zeros + r * n_groups + j / G;
+        if (j % G == 0) group_params(w + j, std::min(G, K - j), *grid, s, z);
+        const int q = m[j] ? quantize_value(w[j], *s, *z, *grid) : int(*z);
+        codes[r * K + j] = uint8_t(q);
+        t = float(q - int(*z)) * *s;
+      }
+      const float err = (w[j] - t) / U[j * K + j];
+      w[j] = t;
       for (int64_t k = j + 1; k < K; ++k) w[k] -= err * U[j * K + k];
     }
   }

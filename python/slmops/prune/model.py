@@ -1,0 +1,241 @@
+"""``prune_model``: zero a share of the weights of every linear layer of a model.
+
+Three methods:
+
+* ``magnitude``: the smallest |w| of the layer (one threshold per layer, the baseline of
+  the Wanda and SparseGPT papers; for n:m within each set); needs no data.
+* ``wanda`` (Sun et al., 2023): the smallest |w_ij| * ||x_j||, the weight times the norm of
+  its input channel over the calibration tokens, within each output row (every row keeps
+  the same share, the comparison group the paper found best for LLMs); no weight update.
+* ``sparsegpt`` (Frantar & Alistarh, 2023): the smallest w^2 / [H^-1]_jj^2 chosen block by
+  block while GPTQ's column loop (C++, ``slmops._C.sparsegpt_prune``) updates the weights
+  still to come to make up for each removed one; with ``quantize=`` the kept weights are
+  quantized in the same pass (int4/int8 ``QuantLinear`` out).
+
+Patterns: ``unstructured`` (``sparsity`` of each row) or ``n:m`` (``2:4``, ``4:8``: n of
+every m consecutive weights of a row kept, 50%; what sparse tensor cores and the sparse
+kernels of slmops take). The calibrated methods run layer by layer as GPTQ does
+(``slmops.quantize.calibration``): each layer is pruned, and the calibration samples run
+through the pruned layer to give the next layer its inputs.
+
+The pruned weights stay in the dense ``nn.Linear`` as zeros; ``slmops.ops.sparsify`` and
+``SparseLinear`` turn them into the sparse formats.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .. import _C
+from ..nn import QuantLinear
+from ..quantize.calibration import calibration_tokens, linears_by_layer, observe_inputs, run_layerwise
+from ..quantize.gptq import check_damp, check_options, damped, to_quantized
+from ..quantize.model import DEFAULT_SKIP, matches
+
+METHODS = ("magnitude", "wanda", "sparsegpt")
+PATTERNS = ("unstructured", "2:4", "4:8")
+
+
+@dataclass
+class PruningSummary:
+    """What ``prune_model`` did: per pruned layer the share of zero weights; per kept layer why."""
+
+    method: str
+    pattern: str
+    sparsity: float  # the share asked for (n:m: 1 - n/m)
+    seconds: float = 0.0
+    pruned: dict[str, float] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)
+    zeros: int = 0  # weights that are zero in the pruned layers
+    total: int = 0  # weights in the pruned layers
+    quantized: str | None = None  # the format of the kept weights with SparseGPT's joint quantization
+
+    @property
+    def achieved(self) -> float:
+        return self.zeros / self.total if self.total else 0.0
+
+    def __str__(self) -> str:
+        what = f"{self.pattern} {self.sparsity:.0%}" if self.pattern == "unstructured" else self.pattern
+        joint = f", kept weights in {self.quantized}" if self.quantized else ""
+        lines = [
+            f"pruned {len(self.pruned)} linear layers ({self.method}, {what}{joint}): "
+            f"{self.achieved:.1%} of {self.total:,} weights are zero"
+        ]
+        lines += [f"  kept {name}: {why}" for name, why in self.skipped.items()]
+        return "\n".join(lines)
+
+
+def parse_pattern(pattern: str, sparsity: float) -> tuple[int, int, float]:
+    """(n, m, sparsity): m = 0 for unstructured."""
+    if pattern == "unstructured":
+        if not 0.0 <= sparsity < 1.0:
+            raise ValueError(f"sparsity must be in [0, 1), got {sparsity}")
+        return 0, 0, float(sparsity)
+    if pattern not in PATTERNS:
+        raise ValueError(f"pattern must be one of {PATTERNS}, got {pattern!r}")
+    n, m = (int(v) for v in pattern.split(":"))
+    return n, m, 1.0 - n / m
+
+
+def keep_mask(scores: torch.Tensor, n: int, m: int, sparsity: float, per_row: bool = True) -> torch.Tensor:
+    """Keep-mask [N, K] (bool): the lowest-scoring ``sparsity`` share of each row (of the
+    whole matrix when not ``per_row``) is dropped, or with m > 0 all but the n highest of
+    every m consecutive scores of a row."""
+    rows, k = scores.shape
+    if not m and not per_row:
+        return keep_mask(scores.reshape(1, -1), n, m, sparsity).reshape(rows, k)
+    if m:
+        sets = scores.reshape(rows, k // m, m)
+        keep = torch.zeros_like(sets, dtype=torch.bool)
+        keep.scatter_(2, sets.topk(n, dim=2).indices, True)
+        return keep.reshape(rows, k)
+    drop = int(round(sparsity * k))
+    keep = torch.ones_like(scores, dtype=torch.bool)
+    if drop:
+        keep.scatter_(1, scores.topk(drop, dim=1, largest=False).indices, False)
+    return keep
+
+
+def prune_model(
+    model: nn.Module,
+    method: str = "wanda",
+    *,
+    sparsity: float = 0.5,
+    pattern: str = "unstructured",
+    skip: Sequence[str] = DEFAULT_SKIP,
+    include: Sequence[str] | None = None,
+    tokenizer: Any = None,
+    calibration: Any = None,
+    n_samples: int = 128,
+    seq_len: int = 512,
+    damp: float = 0.01,
+    quantize: dict[str, Any] | None = None,
+    activation: str = "float",
+    progress: bool = True,
+) -> PruningSummary:
+    """Prunes, in place, every ``nn.Linear`` of ``model`` (but ``skip``; only ``include``
+    when given; fnmatch patterns on module names, lm_head kept by default).
+
+    ``method``: 'magnitude', 'wanda' or 'sparsegpt'; ``sparsity`` the share of each row
+    to zero for ``pattern='unstructured'``, or ``pattern`` '2:4' / '4:8'. Calibration
+    (wanda, sparsegpt) as for ``quantize_model``: ``calibration`` None for the reference
+    corpus, a .txt/.jsonl path, a list of texts (tokenized with ``tokenizer``), or token
+    ids [n, seq_len]. SparseGPT only: ``damp``, and ``quantize=dict(bits=4,
+    group_size=128, symmetric=True)`` to quantize the kept weights in the same pass
+    (``QuantLinear`` layers with ``activation`` out).
+    """
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    n, m, share = parse_pattern(pattern, sparsity)
+    grid = None
+    if quantize is not None:
+        if method != "sparsegpt":
+            raise ValueError("quantize= (prune and quantize in one pass) is SparseGPT's: method='sparsegpt'")
+        unknown = set(quantize) - {"bits", "group_size", "symmetric"}
+        if unknown:
+            raise ValueError(f"unknown quantize options {sorted(unknown)}; give bits, group_size, symmetric")
+        grid = {"bits": 4, "group_size": 128, "symmetric": True} | dict(quantize)
+        check_options(grid["bits"], grid["group_size"], grid["symmetric"])
+    check_damp(damp)
+    summary = PruningSummary(method=method, pattern=pattern, sparsity=share)
+    targets = []
+    for name, module in model.named_modules():
+        if not isinstance(module, nn.Linear) or isinstance(module, QuantLinear):
+            continue
+        if matches(name, skip):
+            summary.skipped[name] = "matches skip"
+        elif include is not None and not matches(name, include):
+            summary.skipped[name] = "not in include"
+        elif m and module.in_features % m:
+            summary.skipped[name] = f"in_features {module.in_features} is not a multiple of {m} ({pattern})"
+        else:
+            targets.append(name)
+
+    start = time.perf_counter()
+    if method == "magnitude":
+        for name in targets:
+            weight = model.get_submodule(name).weight
+            _apply(model, name, keep_mask(weight.detach().abs().float(), n, m, share, per_row=False), summary)
+    else:
+        batches = calibration_tokens(
+            model, tokenizer, calibration, n_samples=n_samples, seq_len=seq_len, method=method
+        )  # fmt: skip
+        by_layer, outside = linears_by_layer(model, targets)
+        for name in outside:
+            summary.skipped[name] = f"outside the decoder layers ({method} calibrates the layers' linears)"
+        joint: dict[str, Any] = {}
+
+        def compress(i: int, layer: nn.Module, forward: Any) -> None:
+            stats = observe_inputs(model, by_layer[i], forward, hessian=method == "sparsegpt", moments=True)
+            for name in by_layer[i]:
+                weight = model.get_submodule(name).weight
+                if method == "wanda":
+                    norms = torch.from_numpy(np.sqrt(stats[name].sq_sum)).float()
+                    scores = weight.detach().abs().float() * norms
+                    _apply(model, name, keep_mask(scores, n, m, share), summary)
+                else:
+                    q = _sparsegpt(model, name, stats[name].hessian, n, m, share, damp, grid, summary)
+                    if q is not None:
+                        joint[name] = q
+
+        run_layerwise(model, batches, compress, progress=progress)
+        if grid is not None:
+            from ..quantize.model import QuantizationSummary, replace_linear
+
+            replaced = QuantizationSummary(format="int8" if grid["bits"] == 8 else "int4")
+            for name, q in joint.items():
+                layer = QuantLinear.from_quantized(q, model.get_submodule(name).bias, activation=activation)
+                replace_linear(model, name, layer, replaced)
+            summary.quantized = f"{replaced.format} ({grid['bits']}-bit, group {grid['group_size']})"
+    summary.seconds = time.perf_counter() - start
+    return summary
+
+
+def _apply(model: nn.Module, name: str, keep: torch.Tensor, summary: PruningSummary) -> None:
+    weight = model.get_submodule(name).weight
+    with torch.no_grad():
+        weight.mul_(keep.to(weight.dtype))
+    _count(name, weight, summary)
+
+
+def _count(name: str, weight: torch.Tensor, summary: PruningSummary) -> None:
+    zeros = int((weight == 0).sum())
+    summary.pruned[name] = zeros / weight.numel()
+    summary.zeros += zeros
+    summary.total += weight.numel()
+
+
+def _sparsegpt(
+    model: nn.Module, name: str, hessian: np.ndarray, n: int, m: int, share: float, damp: float,
+    grid: dict[str, Any] | None, summary: PruningSummary,
+) -> Any:  # fmt: skip
+    """SparseGPT on one linear: its weight becomes the pruned (and with ``grid``
+    quantized-dequantized) values; returns the QuantizedTensor with ``grid``."""
+    linear = model.get_submodule(name)
+    W, U = damped(linear.weight.detach().float().cpu().numpy(), hessian, damp)
+    _C.cholesky_inverse_upper(U)
+    rows, k = W.shape
+    mask = np.empty((rows, k), np.uint8)
+    if grid is None:
+        _C.sparsegpt_prune(W, U, share, n, m, 0, True, 0, None, None, None, mask)
+        q = None
+    else:
+        bits, gs, sym = grid["bits"], grid["group_size"], grid["symmetric"]
+        groups = -(-k // (gs or k))
+        scales, zeros = np.empty((rows, groups), np.float32), np.empty((rows, groups), np.uint8)
+        codes = np.empty((rows, k), np.uint8)
+        _C.sparsegpt_prune(W, U, share, n, m, bits, sym, gs, scales, zeros, codes, mask)
+        q = to_quantized(codes, scales, zeros, bits, gs, sym)
+    with torch.no_grad():  # the layer runs on the pruned values for the next layer's inputs
+        linear.weight.copy_(torch.from_numpy(W))
+    _count(name, linear.weight, summary)
+    return q
