@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import slmops
 import torch
+from conftest import CALIBRATION_TEXT
 from slmops import _C
 from slmops.nn import QuantLinear
 from slmops.ops import quantize
@@ -146,20 +147,12 @@ def test_inverse_cholesky_factor_and_its_errors(rng):
 
 
 # ---- the model pipeline ---------------------------------------------------------------------
-TEXT = "In the beginning God created the heaven and the earth. And the earth was without form, and void.\n"
+TEXT = CALIBRATION_TEXT
 
 
 @pytest.fixture(scope="module")
-def tiny():
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    tok = slmops.zoo.train_tokenizer([TEXT] * 20, vocab_size=300)
-    torch.manual_seed(0)
-    cfg = LlamaConfig(
-        vocab_size=320, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=64,
-    )  # fmt: skip
-    return LlamaForCausalLM(cfg).eval(), tok
+def tiny(tiny_llama):
+    return tiny_llama
 
 
 def test_model_pipeline_quantizes_every_layer_linear(tiny):
