@@ -11,7 +11,7 @@ from torch import nn
 
 from ..nn import QuantLinear
 
-METHODS = ("rtn", "gptq")
+METHODS = ("rtn", "gptq", "awq")
 DEFAULT_SKIP = ("lm_head", "*.lm_head")
 
 
@@ -63,13 +63,15 @@ def quantize_model(
 ) -> QuantizationSummary:
     """Replaces, in place, every ``nn.Linear`` of ``model`` by a ``QuantLinear``.
 
-    ``method``: 'rtn' (round to nearest) or 'gptq' (calibrated, see
-    ``slmops.quantize.gptq``). ``format`` and ``quant_options`` (group_size, symmetric,
-    double_quant) as for ``slmops.ops.quantize``. ``skip`` and ``include`` are fnmatch
-    patterns on module names (``model.layers.0.mlp.down_proj``); by default the
-    ``lm_head`` stays float (embeddings are not linear layers). A layer whose shape the
-    format cannot take (e.g. in_features not a multiple of 256 for q4_k) is kept float and
-    reported in the summary's ``skipped``, never silently dropped.
+    ``method``: 'rtn' (round to nearest), 'gptq' (calibrated, see ``slmops.quantize.gptq``)
+    or 'awq' (activation-aware scales and clipping, then RTN; ``slmops.quantize.awq``;
+    int4 defaults to group 128 with zero points, the paper's setting). ``format`` and
+    ``quant_options`` (group_size, symmetric, double_quant) as for ``slmops.ops.quantize``.
+    ``skip`` and ``include`` are fnmatch patterns on module names
+    (``model.layers.0.mlp.down_proj``); by default the ``lm_head`` stays float (embeddings
+    are not linear layers). A layer whose shape the format cannot take (e.g. in_features
+    not a multiple of 256 for q4_k) is kept float and reported in the summary's
+    ``skipped``, never silently dropped.
 
     GPTQ options: ``bits`` (2, 3, 4 stored as int4; 8 as int8; default from ``format``),
     ``group_size`` (default 128; 0 = per row, int8 only), ``symmetric``, ``act_order``,
@@ -89,6 +91,13 @@ def quantize_model(
             model, targets, summary, format=format, activation=activation, tokenizer=tokenizer,
             calibration=calibration, n_samples=n_samples, seq_len=seq_len, bits=bits, act_order=act_order,
             damp=damp, progress=progress, **quant_options,
+        )  # fmt: skip
+    if method == "awq":
+        from .awq import awq_quantize_model
+
+        return awq_quantize_model(
+            model, targets, summary, format=format, activation=activation, tokenizer=tokenizer,
+            calibration=calibration, n_samples=n_samples, seq_len=seq_len, progress=progress, **quant_options,
         )  # fmt: skip
     for name in targets:
         linear = model.get_submodule(name)

@@ -1,0 +1,174 @@
+"""AWQ (Lin et al., 2023): activation-aware weight quantization, on slmops's RTN formats.
+
+A few input channels carry much larger activations than the rest, and the weights they
+multiply matter most. AWQ scales those weights up by s_j = mean|x_j|^alpha before
+rounding (so they round with less relative error) and divides the layer's inputs by s_j,
+folding 1/s into the op before the linear so the float model is unchanged:
+
+* ``input_layernorm`` -> q/k/v_proj, ``post_attention_layernorm`` -> gate/up_proj
+  (the norm's weight is divided by s; Gemma's norm multiplies by 1 + weight),
+* ``v_proj`` -> ``o_proj`` when their shapes match (no grouped-query attention),
+* ``up_proj`` -> ``down_proj`` (the product act(gate) * up is linear in up).
+
+alpha is searched on a grid of 20 in [0, 1) per group of linears, minimizing the error of
+their outputs on calibration inputs; then each linear but q/k gets its weights clipped
+per quantization group at the ratio (of 1.0 .. 0.55) that minimizes that group's output
+error. The layer's linears are then quantized round-to-nearest (any int4/int8 option of
+``slmops.ops.quantize``), so the output is in the formats every kernel and exporter takes.
+
+The search's loss is the output of the linears themselves (AutoAWQ uses the attention or
+MLP block's output for q/k/v and gate/up): cheaper, and it needs no attention inputs.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..nn import QuantLinear
+from ..ops import quantize
+from .calibration import InputStats, calibration_tokens, linears_by_layer, observe_inputs, run_layerwise
+from .model import QuantizationSummary, replace_linear
+
+GRID = 20
+SAMPLE_ROWS = 64  # input rows kept per calibration batch for the searches (16 batches: 1024)
+CLIP_ROWS = 512  # of which the clipping search uses this many
+
+
+def _fake_quant(w: torch.Tensor, format: str, options: dict[str, Any]) -> torch.Tensor:
+    return quantize(w.contiguous(), format, **options).dequantize()  # a torch tensor for a torch input
+
+
+def _scale_groups(layer: nn.Module) -> list[tuple[nn.Module, list[nn.Linear]]]:
+    """(previous op, linears that read its output) for a Llama-style decoder layer."""
+    try:
+        attn, mlp = layer.self_attn, layer.mlp
+        groups = [
+            (layer.input_layernorm, [attn.q_proj, attn.k_proj, attn.v_proj]),
+            (layer.post_attention_layernorm, [mlp.gate_proj, mlp.up_proj]),
+            (mlp.up_proj, [mlp.down_proj]),
+        ]
+    except AttributeError as e:
+        raise ValueError(
+            f"AWQ folds its scales into Llama-style decoder layers (input_layernorm, self_attn.q/k/v/o_proj, "
+            f"post_attention_layernorm, mlp.gate/up/down_proj: Llama, Qwen2, Mistral, Gemma); "
+            f"{type(layer).__name__} has no {e.name}"
+        ) from e
+    if attn.v_proj.weight.shape == attn.o_proj.weight.shape:
+        groups.insert(1, (attn.v_proj, [attn.o_proj]))
+    return groups
+
+
+@torch.no_grad()
+def _fold(prev: nn.Module, linears: list[nn.Linear], s: torch.Tensor) -> None:
+    """prev's output / s, the linears' weights * s: the float function is unchanged."""
+    for linear in linears:
+        linear.weight.mul_(s.to(linear.weight.dtype))
+    if isinstance(prev, nn.Linear):
+        prev.weight.div_(s.to(prev.weight.dtype).unsqueeze(1))
+        if prev.bias is not None:
+            prev.bias.div_(s.to(prev.bias.dtype))
+    elif "Gemma" in type(prev).__name__:  # Gemma's RMSNorm scales by 1 + weight
+        prev.weight.copy_((1.0 + prev.weight.float()) / s - 1.0)
+    else:
+        prev.weight.div_(s.to(prev.weight.dtype))
+
+
+@torch.no_grad()
+def _search_scale(
+    linears: list[nn.Linear], stats: InputStats, format: str, options: dict[str, Any]
+) -> torch.Tensor:
+    x = torch.cat(stats.sample)
+    weights = [linear.weight.detach().float() for linear in linears]
+    reference = [x @ w.t() for w in weights]
+    mean_abs = torch.from_numpy(stats.abs_sum / max(stats.rows, 1)).float().clamp(min=1e-8)
+    best, best_s = float("inf"), torch.ones_like(mean_abs)
+    for i in range(GRID):
+        s = mean_abs.pow(i / GRID)
+        s = s / (s.max() * s.min()).sqrt()  # centred around 1, as the paper's code does
+        loss = sum(
+            float((x @ (_fake_quant(w * s, format, options) / s).t() - ref).square().mean())
+            for w, ref in zip(weights, reference, strict=True)
+        )
+        if loss < best:
+            best, best_s = loss, s
+    return best_s
+
+
+@torch.no_grad()
+def _clip(linear: nn.Linear, x: torch.Tensor, group: int, format: str, options: dict[str, Any]) -> None:
+    """Clips each quantization group of ``linear``'s weight at the ratio of its absmax that
+    minimizes the group's share of the output error on ``x``."""
+    w = linear.weight.detach().float()
+    n, k = w.shape
+    g = group if group and k % group == 0 else k
+    xg = x[:CLIP_ROWS].reshape(-1, k // g, g)
+    absmax = w.reshape(n, k // g, g).abs().amax(-1, keepdim=True)
+    best_err = torch.full((n, k // g), float("inf"))
+    best_max = absmax.clone()
+    for i in range(GRID // 2):
+        limit = absmax * (1.0 - i / GRID)
+        clipped = torch.maximum(torch.minimum(w.reshape(n, k // g, g), limit), -limit)
+        delta = (_fake_quant(clipped.reshape(n, k), format, options) - w).reshape(n, k // g, g)
+        err = torch.einsum("tcg,ncg->tnc", xg, delta).square().mean(0)  # [n, groups]
+        better = err < best_err
+        best_err = torch.where(better, err, best_err)
+        best_max = torch.where(better.unsqueeze(-1), limit, best_max)
+    clipped = torch.maximum(torch.minimum(w.reshape(n, k // g, g), best_max), -best_max).reshape(n, k)
+    linear.weight.copy_(clipped.to(linear.weight.dtype))
+
+
+def awq_quantize_model(
+    model: nn.Module,
+    targets: list[str],
+    summary: QuantizationSummary,
+    *,
+    format: str,
+    activation: str,
+    tokenizer: Any,
+    calibration: Any,
+    n_samples: int,
+    seq_len: int,
+    progress: bool,
+    **options: Any,
+) -> QuantizationSummary:
+    if format not in ("int4", "int8"):
+        raise ValueError(f"AWQ writes int4 or int8; format {format!r} is neither")
+    if format == "int4":
+        options = {"group_size": 128, "symmetric": False} | options  # the paper's setting: g128 with zeros
+    _fake_quant(torch.zeros(1, max(options.get("group_size") or 32, 32)), format, options)  # bad options: now
+    batches = calibration_tokens(
+        model, tokenizer, calibration, n_samples=n_samples, seq_len=seq_len, method="AWQ"
+    )  # fmt: skip
+    _, outside = linears_by_layer(model, targets)
+    for name in outside:
+        summary.skipped[name] = "outside the decoder layers (AWQ calibrates the layers' linears)"
+    names = {id(m): name for name, m in model.named_modules()}
+    quantized = set(targets) - set(outside)
+    start = time.perf_counter()
+
+    def compress(i: int, layer: nn.Module, forward: Any) -> None:
+        groups = _scale_groups(layer)
+        linears = {names[id(m)]: m for _, ls in groups for m in ls} | {
+            names[id(layer.self_attn.o_proj)]: layer.self_attn.o_proj
+        }
+        stats = observe_inputs(model, list(linears), forward, moments=True, keep=SAMPLE_ROWS)
+        for prev, group in groups:
+            st = stats[names[id(group[0])]]
+            s = _search_scale(group, st, format, options)
+            _fold(prev, group, s)
+            st.sample = [x / s for x in st.sample]  # the linears now read x / s
+        for name, linear in linears.items():
+            if name in quantized and not name.endswith(("q_proj", "k_proj")):  # AutoAWQ leaves q/k unclipped
+                _clip(linear, torch.cat(stats[name].sample), options.get("group_size", 0), format, options)
+
+    run_layerwise(model, batches, compress, progress=progress)
+    for name in sorted(quantized, key=targets.index):
+        q = QuantLinear.from_linear(model.get_submodule(name), format, activation=activation, **options)
+        replace_linear(model, name, q, summary)
+    summary.method = "awq"
+    summary.seconds = time.perf_counter() - start
+    return summary
