@@ -11,7 +11,7 @@ from torch import nn
 
 from ..nn import QuantLinear
 
-METHODS = ("rtn", "gptq", "awq")
+METHODS = ("rtn", "gptq", "awq", "smoothquant")
 DEFAULT_SKIP = ("lm_head", "*.lm_head")
 
 
@@ -65,7 +65,9 @@ def quantize_model(
 
     ``method``: 'rtn' (round to nearest), 'gptq' (calibrated, see ``slmops.quantize.gptq``)
     or 'awq' (activation-aware scales and clipping, then RTN; ``slmops.quantize.awq``;
-    int4 defaults to group 128 with zero points, the paper's setting). ``format`` and
+    int4 defaults to group 128 with zero points, the paper's setting) or 'smoothquant'
+    (format 'int8' with int8 per-token activations, option ``alpha`` = 0.5;
+    ``slmops.quantize.smoothquant``). ``format`` and
     ``quant_options`` (group_size, symmetric, double_quant) as for ``slmops.ops.quantize``.
     ``skip`` and ``include`` are fnmatch patterns on module names
     (``model.layers.0.mlp.down_proj``); by default the ``lm_head`` stays float (embeddings
@@ -96,6 +98,13 @@ def quantize_model(
         from .awq import awq_quantize_model
 
         return awq_quantize_model(
+            model, targets, summary, format=format, activation=activation, tokenizer=tokenizer,
+            calibration=calibration, n_samples=n_samples, seq_len=seq_len, progress=progress, **quant_options,
+        )  # fmt: skip
+    if method == "smoothquant":
+        from .smoothquant import smoothquant_model
+
+        return smoothquant_model(
             model, targets, summary, format=format, activation=activation, tokenizer=tokenizer,
             calibration=calibration, n_samples=n_samples, seq_len=seq_len, progress=progress, **quant_options,
         )  # fmt: skip

@@ -1,0 +1,58 @@
+"""SmoothQuant: the smoothing factors as the paper defines them, less W8A8 error than plain
+W8A8 on inputs with outlier channels, and the model pipeline (int8 weights, int8 per-token
+activations) with its errors."""
+
+import copy
+
+import pytest
+import slmops
+import torch
+from conftest import CALIBRATION_TEXT
+from slmops.nn import QuantLinear
+from slmops.quantize.smoothquant import smooth_scales
+
+
+@torch.no_grad()
+def test_smoothing_cuts_w8a8_error_with_outlier_channels():
+    gen = torch.Generator().manual_seed(2)
+    x = torch.randn(256, 128, generator=gen)
+    x[:, :3] *= 60.0
+    w = torch.randn(64, 128, generator=gen) * 0.05
+    s = smooth_scales(x.abs().amax(0), [w], 0.5)
+    torch.testing.assert_close(s, (x.abs().amax(0).sqrt() / w.abs().amax(0).sqrt()))
+    ref = x @ w.t()
+
+    def w8a8(xx, ww):
+        return QuantLinear.from_linear(_linear(ww), "int8", activation="int8_row")(xx)
+
+    plain = (w8a8(x, w) - ref).square().mean()
+    smooth = (w8a8(x / s, w * s) - ref).square().mean()
+    assert smooth < 0.5 * plain
+
+
+def _linear(w):
+    linear = torch.nn.Linear(w.shape[1], w.shape[0], bias=False)
+    linear.weight.data = w.clone()
+    return linear
+
+
+def test_smoothquant_model_pipeline_and_errors(tiny_llama):
+    model, tok = tiny_llama
+    calib = {"tokenizer": tok, "calibration": [CALIBRATION_TEXT * 30], "n_samples": 8, "seq_len": 32}
+    m = copy.deepcopy(model)
+    summary = slmops.quantize_model(m, "smoothquant", format="int8", progress=False, **calib)
+    assert summary.method == "smoothquant" and len(summary.replaced) == 14
+    q = m.model.layers[0].self_attn.q_proj
+    assert isinstance(q, QuantLinear) and q.activation == "int8_row" and q.qweight.format == "int8"
+    # The norm before q/k/v now holds 1/s: it changed, and the model still tracks the float one.
+    norm, before = m.model.layers[0].input_layernorm.weight, model.model.layers[0].input_layernorm.weight
+    assert not torch.equal(norm, before)
+    ids = torch.tensor([tok(CALIBRATION_TEXT * 3)["input_ids"][:64]])
+    with torch.no_grad():
+        ref = model(ids).logits
+        assert (m(ids).logits - ref).abs().max() < 0.1 * ref.abs().max()
+    run = lambda **kw: slmops.quantize_model(copy.deepcopy(model), "smoothquant", progress=False, **calib, **kw)  # noqa: E731
+    with pytest.raises(ValueError, match="format must be 'int8'"):
+        run(format="int4")
+    with pytest.raises(ValueError, match="alpha must be in"):
+        run(format="int8", alpha=2)
