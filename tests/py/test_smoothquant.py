@@ -51,7 +51,10 @@ def test_smoothquant_model_pipeline_and_errors(tiny_llama):
     with torch.no_grad():
         ref = model(ids).logits
         assert (m(ids).logits - ref).abs().max() < 0.1 * ref.abs().max()
-    run = lambda **kw: slmops.quantize_model(copy.deepcopy(model), "smoothquant", progress=False, **calib, **kw)  # noqa: E731
+
+    def run(**kw):
+        return slmops.quantize_model(copy.deepcopy(model), "smoothquant", progress=False, **calib, **kw)
+
     with pytest.raises(ValueError, match="format must be 'int8'"):
         run(format="int4")
     with pytest.raises(ValueError, match="alpha must be in"):
