@@ -396,7 +396,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "bench",
-        help="the kernel, quality and export benchmarks (quant, qmatmul, quality, export)",
+        help="the benchmarks (quant, qmatmul, quality, export, gptq, compress)",
         formatter_class=fmt,
         description="Options after the name go to the benchmark; "
         "'slmops bench qmatmul --help' lists them.\n\n  slmops bench qmatmul --quick\n"

@@ -1,6 +1,8 @@
 """The benchmarks an installed slmops carries (``slmops bench NAME``): ``quant`` (quantize
 and dequantize against numpy), ``qmatmul`` (quantized matmul against fp32 torch and the
-machine's read bandwidth), ``quality`` (the reference teacher under each RTN format).
+machine's read bandwidth), ``quality`` (the reference teacher under each RTN format),
+``export`` (the exported teacher in ONNX Runtime GenAI), ``gptq`` (GPTQ against a PyTorch
+GPTQ) and ``compress`` (the calibrated algorithms' quality table).
 Every speed figure is a ratio measured side by side in one run; see benchmarks/README.md."""
 
-BENCHMARKS = ("quant", "qmatmul", "quality", "export")
+BENCHMARKS = ("quant", "qmatmul", "quality", "export", "gptq", "compress")

@@ -1,0 +1,162 @@
+"""The calibrated-compression table: what each algorithm costs the reference teacher,
+against its uncalibrated baseline measured in the same run.
+
+Rows (every linear of the decoder layers; the tied embedding / lm_head stays float):
+  * 4-bit group 128, symmetric and asymmetric: RTN, GPTQ (and GPTQ with act-order), AWQ;
+  * 3-bit group 128 symmetric: RTN (GPTQ's grid with an identity Hessian), GPTQ;
+  * W8A8 (int8 weights per channel, int8 activations per token): plain, SmoothQuant;
+  * 50% unstructured, 2:4 and 4:8: magnitude, Wanda, SparseGPT; SparseGPT 2:4 with its
+    kept weights quantized to 4 bits in the same pass.
+Columns: perplexity on the held-out slice (as ``slmops bench quality``), its change
+against fp32, the change as a share of the baseline's (RTN for quantizers, plain W8A8
+for SmoothQuant, magnitude for pruners), the bytes of the compressed linear weights, and
+the seconds to compress. Calibration: 128 windows of 512 tokens of the training corpus.
+
+    slmops bench compress                     # ~8 min on 2 cores (development VM)
+    slmops bench compress --rows gptq-4-sym,rtn-4-sym --markdown compress.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import slmops
+from slmops.nn import QuantLinear
+from slmops.quantize.gptq import gptq_quantize_weight
+
+from .quality import cpu_name, linear_bytes
+
+G128 = {"group_size": 128}
+ROWS = {  # label: (kind, method, options, baseline label)
+    "rtn-4-sym": ("quantize", "rtn", {"format": "int4", "symmetric": True, **G128}, None),
+    "gptq-4-sym": ("quantize", "gptq", {"bits": 4, "symmetric": True, **G128}, "rtn-4-sym"),
+    "gptq-4-sym-actorder": (
+        "quantize",
+        "gptq",
+        {"bits": 4, "symmetric": True, "act_order": True, **G128},
+        "rtn-4-sym",
+    ),  # fmt: skip
+    "awq-4-sym": ("quantize", "awq", {"format": "int4", "symmetric": True, **G128}, "rtn-4-sym"),
+    "rtn-4-asym": ("quantize", "rtn", {"format": "int4", "symmetric": False, **G128}, None),
+    "gptq-4-asym": ("quantize", "gptq", {"bits": 4, "symmetric": False, **G128}, "rtn-4-asym"),
+    "awq-4-asym": ("quantize", "awq", {"format": "int4", "symmetric": False, **G128}, "rtn-4-asym"),
+    "rtn-3-sym": ("rtn3", "rtn", {"bits": 3, "symmetric": True, **G128}, None),
+    "gptq-3-sym": ("quantize", "gptq", {"bits": 3, "symmetric": True, **G128}, "rtn-3-sym"),
+    "w8a8": ("quantize", "rtn", {"format": "int8", "activation": "int8_row"}, None),
+    "smoothquant-w8a8": ("quantize", "smoothquant", {"format": "int8", "alpha": 0.5}, "w8a8"),
+    "magnitude-50%": ("prune", "magnitude", {"sparsity": 0.5}, None),
+    "wanda-50%": ("prune", "wanda", {"sparsity": 0.5}, "magnitude-50%"),
+    "sparsegpt-50%": ("prune", "sparsegpt", {"sparsity": 0.5}, "magnitude-50%"),
+    "magnitude-2:4": ("prune", "magnitude", {"pattern": "2:4"}, None),
+    "wanda-2:4": ("prune", "wanda", {"pattern": "2:4"}, "magnitude-2:4"),
+    "sparsegpt-2:4": ("prune", "sparsegpt", {"pattern": "2:4"}, "magnitude-2:4"),
+    "magnitude-4:8": ("prune", "magnitude", {"pattern": "4:8"}, None),
+    "wanda-4:8": ("prune", "wanda", {"pattern": "4:8"}, "magnitude-4:8"),
+    "sparsegpt-4:8": ("prune", "sparsegpt", {"pattern": "4:8"}, "magnitude-4:8"),
+    "sparsegpt-2:4+gptq-4": (
+        "prune",
+        "sparsegpt",
+        {"pattern": "2:4", "quantize": {"bits": 4, **G128}},
+        "magnitude-2:4",
+    ),  # fmt: skip
+}
+CALIBRATED = {"gptq", "awq", "smoothquant", "wanda", "sparsegpt"}
+
+
+def rtn_3bit(model: torch.nn.Module, bits: int, symmetric: bool, group_size: int) -> None:
+    """Round to nearest on GPTQ's 2-4 bit grid: GPTQ with an identity Hessian and no damping
+    quantizes each column on its own (tests/py/test_gptq.py checks the equality)."""
+    for name, m in list(model.named_modules()):
+        if isinstance(m, torch.nn.Linear) and ".layers." in name:
+            w = m.weight.detach().float().numpy()
+            eye = np.eye(w.shape[1], dtype=np.float32)
+            q = gptq_quantize_weight(w, eye, bits=bits, group_size=group_size, symmetric=symmetric, damp=0.0)
+            parent, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent), child, QuantLinear.from_quantized(q, m.bias))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="slmops bench compress", description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("--model", default="kjv-teacher", help="zoo name or Hugging Face folder")
+    parser.add_argument("--rows", default=",".join(ROWS), help="comma list of row labels")
+    parser.add_argument("--samples", type=int, default=128)
+    parser.add_argument("--seq-len", type=int, default=512)
+    parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--json", type=Path)
+    parser.add_argument("--markdown", type=Path)
+    args = parser.parse_args(argv)
+    labels = args.rows.split(",")
+    unknown = set(labels) - set(ROWS)
+    if unknown:
+        parser.error(f"unknown rows {sorted(unknown)}; choose from {list(ROWS)}")
+    torch.set_num_threads(args.threads)
+    slmops.set_num_threads(args.threads)
+    from slmops.quantize.calibration import calibration_batches
+
+    model, tok = slmops.zoo.load(args.model)
+    text = slmops.zoo.eval_text()
+    batches = calibration_batches(tok, None, n_samples=args.samples, seq_len=args.seq_len)
+
+    def ppl(m) -> float:
+        r = slmops.evaluate(m, tok, metrics=["perplexity"], data=text, seq_len=512, stride=256)
+        return r["perplexity"]["perplexity"]
+
+    base = ppl(model)
+    rows = [{"row": "fp32", "perplexity": base, "linear_bytes": linear_bytes(model), "seconds": 0.0}]
+    for label in labels:
+        kind, method, options, _ = ROWS[label]
+        m = copy.deepcopy(model)
+        calib = {"calibration": batches, "progress": False} if method in CALIBRATED else {}
+        start = time.perf_counter()
+        if kind == "quantize":
+            slmops.quantize_model(m, method, **calib, **options)
+        elif kind == "prune":
+            slmops.prune_model(m, method, **calib, **options)
+        else:
+            rtn_3bit(m, **options)
+        seconds = time.perf_counter() - start
+        rows.append({"row": label, "perplexity": ppl(m), "linear_bytes": linear_bytes(m), "seconds": seconds})
+        print(f"{label}: ppl {rows[-1]['perplexity']:.3f} ({seconds:.1f} s)", flush=True)
+
+    change = {r["row"]: r["perplexity"] / base - 1 for r in rows}
+    header = (
+        f"slmops {slmops.__version__}, torch {torch.__version__}, {cpu_name()}, {args.threads} threads; "
+        f"{args.model}, calibration {args.samples} x {args.seq_len} tokens"
+    )
+    lines = [
+        header,
+        "",
+        "| row | ppl | change | share of the baseline's change | linear bytes | seconds |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        baseline = ROWS.get(r["row"], (None,) * 4)[3]
+        share = ""
+        if baseline in change and change[baseline] > 0:
+            share = f"{change[r['row']] / change[baseline]:.2f} of {baseline}"
+            r["share_of_baseline"] = change[r["row"]] / change[baseline]
+        lines.append(
+            f"| {r['row']} | {r['perplexity']:.3f} | {100 * change[r['row']]:+.2f}% | {share} "
+            f"| {r['linear_bytes']:,} | {r['seconds']:.1f} |"
+        )
+    table = "\n".join(lines)
+    print(table)
+    if args.markdown:
+        args.markdown.write_text(table + "\n")
+    if args.json:
+        args.json.write_text(json.dumps({"header": header, "rows": rows}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
