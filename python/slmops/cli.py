@@ -185,14 +185,16 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
     if args.asymmetric:
         quant["symmetric"] = False
     raw = {"model": args.model, "passes": [quant], "evaluate": {"metrics": ["size"]}}
-    if args.algorithm == "gptq":
-        quant.update(act_order=args.act_order, n_samples=args.n_samples, seq_len=args.seq_len)
-        if args.bits is not None:
-            quant["bits"] = args.bits
+    if args.algorithm != "rtn":  # calibrated
+        quant.update(n_samples=args.n_samples, seq_len=args.seq_len)
         if args.calibration is not None:
             kind = "jsonl" if args.calibration.suffix == ".jsonl" else "text"
             raw["data"] = {"calibration": {"type": kind, "path": str(args.calibration)}}
             quant["calibration"] = "calibration"
+    if args.algorithm == "gptq":
+        quant["act_order"] = args.act_order
+        if args.bits is not None:
+            quant["bits"] = args.bits
     return _run_config(raw, args, source="slmops quantize")
 
 
@@ -339,10 +341,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--act-order", action="store_true", help="gptq: columns by decreasing Hessian diagonal")
     p.add_argument(
-        "--calibration", type=Path, help="gptq: .txt or .jsonl calibration text (default: the KJV corpus)"
+        "--calibration", type=Path, help="calibrated algorithms: .txt/.jsonl calibration text (default: KJV)"
     )
-    p.add_argument("--n-samples", type=int, default=128, help="gptq: calibration windows")
-    p.add_argument("--seq-len", type=int, default=512, help="gptq: tokens per calibration window")
+    p.add_argument("--n-samples", type=int, default=128, help="calibrated algorithms: calibration windows")
+    p.add_argument("--seq-len", type=int, default=512, help="calibrated: tokens per calibration window")
     _add_run_flags(p, output_required=True)
     p.set_defaults(func=_cmd_quantize)
 

@@ -1,6 +1,6 @@
 """``type: quantize``: every linear layer (but the lm_head) to a weight format, by round to
-nearest or, with ``algorithm: gptq``, calibrated on a dataset of the run config
-(``calibration: <data name>``; the reference corpus when absent)."""
+nearest or, with ``algorithm: gptq|awq|smoothquant``, calibrated on a dataset of the run
+config (``calibration: <data name>``; the reference corpus when absent)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,9 @@ from ...ops.qmatmul import ACTIVATIONS
 from ...quantize.model import METHODS, quantize_model
 from ..registry import Pass, PassContext, PassOptions, PassOutput, one_of, register_pass
 
+CALIBRATION = ("calibration", "n_samples", "seq_len")
+GPTQ_ONLY = ("bits", "act_order", "damp")
+
 
 class QuantizeOptions(PassOptions):
     algorithm: str = "rtn"
@@ -23,13 +26,16 @@ class QuantizeOptions(PassOptions):
     activation: str = "float"
     skip: list[str] = ["lm_head", "*.lm_head"]
     include: list[str] | None = None
+    # the calibrated algorithms (all but rtn)
+    calibration: str | None = None  # a dataset name of the run config
+    n_samples: int = 128
+    seq_len: int = 512
     # gptq only
     bits: int | None = None
     act_order: bool = False
     damp: float = 0.01
-    calibration: str | None = None  # a dataset name of the run config
-    n_samples: int = 128
-    seq_len: int = 512
+    # smoothquant only
+    alpha: float = 0.5
 
     # Checked against the lists the lower layers own, so a new format or algorithm is
     # accepted here the day it lands.
@@ -63,9 +69,13 @@ class QuantizePass(Pass):
             opts.pop("symmetric")
         if options.format != "nf4":
             opts.pop("double_quant")
+        unused = set(GPTQ_ONLY) if options.algorithm != "gptq" else set()
+        if options.algorithm != "smoothquant":
+            unused.add("alpha")
         if options.algorithm == "rtn":  # the calibration options mean nothing to RTN
-            for k in ("bits", "act_order", "damp", "calibration", "n_samples", "seq_len"):
-                opts.pop(k)
+            unused |= set(CALIBRATION)
+        for k in unused:
+            opts.pop(k)
         return opts
 
     def run(self, model: Any, tokenizer: Any, options: QuantizeOptions, ctx: PassContext) -> PassOutput:
@@ -73,13 +83,13 @@ class QuantizePass(Pass):
         quant_options = {
             k: opts[k] for k in ("group_size", "symmetric", "double_quant") if opts.get(k) is not None
         }
-        if opts["algorithm"] == "gptq":
+        if opts["algorithm"] != "rtn":
             name = opts["calibration"]
             quant_options.update(
                 tokenizer=tokenizer,
                 calibration=[ctx.data(name)] if name else None,
-                **{k: opts[k] for k in ("bits", "act_order", "damp", "n_samples", "seq_len")},
                 progress=False,
+                **{k: opts[k] for k in (*GPTQ_ONLY, "alpha", "n_samples", "seq_len") if k in opts},
             )
         summary = quantize_model(
             model,
