@@ -37,7 +37,7 @@ from .. import _C
 from ..nn import QuantLinear
 from ..quantize.calibration import calibration_tokens, linears_by_layer, observe_inputs, run_layerwise
 from ..quantize.gptq import check_damp, check_options, damped, to_quantized
-from ..quantize.model import DEFAULT_SKIP, matches
+from ..quantize.model import DEFAULT_SKIP, select_linears
 
 METHODS = ("magnitude", "wanda", "sparsegpt")
 PATTERNS = ("unstructured", "2:4", "4:8")
@@ -148,15 +148,10 @@ def prune_model(
     check_damp(damp)
     summary = PruningSummary(method=method, pattern=pattern, sparsity=share)
     targets = []
-    for name, module in model.named_modules():
-        if not isinstance(module, nn.Linear) or isinstance(module, QuantLinear):
-            continue
-        if matches(name, skip):
-            summary.skipped[name] = "matches skip"
-        elif include is not None and not matches(name, include):
-            summary.skipped[name] = "not in include"
-        elif m and module.in_features % m:
-            summary.skipped[name] = f"in_features {module.in_features} is not a multiple of {m} ({pattern})"
+    for name in select_linears(model, skip, include, summary.skipped):
+        k = model.get_submodule(name).in_features
+        if m and k % m:
+            summary.skipped[name] = f"in_features {k} is not a multiple of {m} ({pattern})"
         else:
             targets.append(name)
 

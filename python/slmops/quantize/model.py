@@ -124,17 +124,25 @@ def _targets(
 ) -> tuple[list[str], QuantizationSummary]:
     """The names of the linears to quantize, and a summary recording the ones kept."""
     summary = QuantizationSummary(format=format)
+    return select_linears(model, skip, include, summary.skipped), summary
+
+
+def select_linears(
+    model: nn.Module, skip: Sequence[str], include: Sequence[str] | None, skipped: dict[str, str]
+) -> list[str]:
+    """The names of the float ``nn.Linear``s of ``model`` that ``skip`` and ``include``
+    (fnmatch patterns) select; the others are recorded in ``skipped`` with the reason."""
     targets = []
     for name, module in model.named_modules():
         if not isinstance(module, nn.Linear) or isinstance(module, QuantLinear):
             continue
         if matches(name, skip):
-            summary.skipped[name] = "matches skip"
+            skipped[name] = "matches skip"
         elif include is not None and not matches(name, include):
-            summary.skipped[name] = "not in include"
+            skipped[name] = "not in include"
         else:
             targets.append(name)
-    return targets, summary
+    return targets
 
 
 def replace_linear(model: nn.Module, name: str, q: QuantLinear, summary: QuantizationSummary) -> None:
