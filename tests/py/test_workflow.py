@@ -461,3 +461,15 @@ def test_gptq_pass_calibrates_on_a_named_dataset(tmp_path, tiny_model, text_file
     bad["passes"] = [{"type": "quantize", "algorithm": "gptq", "calibration": "nowhere"}]
     with pytest.raises(ConfigError, match=r"passes\[0\].calibration: no dataset named 'nowhere'"):
         parse_config(bad)
+
+
+@pytest.mark.parametrize("algorithm, extra", [("awq", {"group_size": 32}), ("smoothquant", {"alpha": 0.6})])
+def test_awq_and_smoothquant_passes_calibrate(tmp_path, tiny_model, text_file, algorithm, extra):
+    raw = _config(tiny_model, text_file, tmp_path / "out")
+    raw["data"]["calib"] = {"type": "text", "path": str(text_file)}
+    fmt = "int8" if algorithm == "smoothquant" else "int4"
+    raw["passes"] = [{"type": "quantize", "algorithm": algorithm, "format": fmt, "calibration": "calib",
+                      "n_samples": 4, "seq_len": 32, **extra}]  # fmt: skip
+    result = run_workflow(parse_config(raw), progress=False)
+    info = result.candidates[0].passes[0]["info"]
+    assert info["layers_quantized"] == 14 and f"({algorithm})" in info["summary"]
