@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import os
 import time
 from pathlib import Path
@@ -32,7 +31,7 @@ import slmops
 from slmops.nn import QuantLinear
 from slmops.quantize.gptq import gptq_quantize_weight
 
-from .quality import cpu_name, linear_bytes
+from .quality import cpu_name, linear_bytes, write_results
 
 G128 = {"group_size": 128}
 ROWS = {  # label: (kind, method, options, baseline label)
@@ -150,11 +149,7 @@ def main(argv: list[str] | None = None) -> int:
             f"| {r['linear_bytes']:,} | {r['seconds']:.1f} |"
         )
     table = "\n".join(lines)
-    print(table)
-    if args.markdown:
-        args.markdown.write_text(table + "\n")
-    if args.json:
-        args.json.write_text(json.dumps({"header": header, "rows": rows}, indent=1))
+    write_results(table, header, rows, args.markdown, args.json)
     return 0
 
 

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import os
 import time
 from pathlib import Path
@@ -37,7 +36,7 @@ import torch
 import slmops
 from slmops.quantize.gptq import gptq_quantize_weight
 
-from .quality import cpu_name
+from .quality import cpu_name, write_results
 
 
 def _grid(w: torch.Tensor, bits: int, symmetric: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -281,9 +280,7 @@ def main(argv: list[str] | None = None) -> int:
             f"| {r['case']} | {r['calibration']} | {r['torch_s']:.2f} | {r['slmops_s']:.2f} "
             f"| {r['torch_s'] / r['slmops_s']:.2f}x | {detail} |"
         )
-    print("\n".join(lines))
-    if args.json:
-        args.json.write_text(json.dumps({"header": header, "rows": rows}, indent=1))
+    write_results("\n".join(lines), header, rows, None, args.json)
     return 0
 
 

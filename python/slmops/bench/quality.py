@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import os
 import platform
 from pathlib import Path
@@ -68,6 +67,20 @@ def cpu_name() -> str:
     except OSError:
         pass
     return platform.machine()
+
+
+def write_results(
+    table: str, header: str, rows: list[dict], markdown: Path | None, json_path: Path | None
+) -> None:
+    """Prints a benchmark's table and writes it (Markdown) and its rows (JSON) where asked,
+    each file whole or not at all."""
+    from .._io import write_atomic, write_json_atomic
+
+    print(table)
+    if markdown:
+        write_atomic(markdown, table + "\n")
+    if json_path:
+        write_json_atomic({"header": header, "rows": rows}, json_path)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -138,11 +151,7 @@ def main(argv: list[str] | None = None) -> int:
             f"| {cell(r.get('decode_tokens_per_s_a8'), '.0f')} |"
         )
     table = "\n".join(lines)
-    print(table)
-    if args.markdown:
-        args.markdown.write_text(table + "\n")
-    if args.json:
-        args.json.write_text(json.dumps({"header": header, "rows": rows}, indent=1))
+    write_results(table, header, rows, args.markdown, args.json)
     return 0
 
 
