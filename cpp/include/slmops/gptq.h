@@ -6,12 +6,9 @@
 
 #include <cstdint>
 
-namespace slmops {
+#include "slmops/gemm.h"
 
-// C [M, N] = alpha * op(A) @ op(B) + beta * C, row-major; op(A) is [M, K] (A^T when
-// trans_a), op(B) is [K, N]. oneDNN's sgemm when slmops is built with it, else ours.
-void sgemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
-           const float* B, int64_t ldb, float beta, float* C, int64_t ldc);
+namespace slmops {
 
 // H [K, K] += X^T X for the rows of X [n, K] (row stride ldx): both triangles. H must be
 // symmetric on entry (zeros, or an earlier sum): the upper triangle is computed and mirrored.

@@ -142,3 +142,15 @@ static inline VI table16_bytes(const uint8_t* t) {
   return _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(t)));
 }
 static inline VI shuffle_bytes(VI table, VI idx) { return _mm256_shuffle_epi8(table, idx); }
+
+// ---- for the distillation losses (kd_simd.inc) ------------------------------------------
+static inline VF round_nearest(VF x) { return _mm256_round_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
+// y * 2^n for integral n in [-126, 127]: n + 127 goes straight into the exponent field.
+static inline VF scale_pow2(VF y, VF n) {
+  const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+  return _mm256_mul_ps(y, _mm256_castsi256_ps(e));
+}
+// v where x >= lo or x is NaN, else 0 (NaN must propagate, not vanish).
+static inline VF zero_below(VF x, float lo, VF v) {
+  return _mm256_and_ps(_mm256_cmp_ps(x, _mm256_set1_ps(lo), _CMP_NLT_UQ), v);
+}

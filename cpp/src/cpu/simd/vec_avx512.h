@@ -106,3 +106,12 @@ static inline VI table16_bytes(const uint8_t* t) {
   return _mm512_broadcast_i32x4(_mm_loadu_si128(reinterpret_cast<const __m128i*>(t)));
 }
 static inline VI shuffle_bytes(VI table, VI idx) { return _mm512_shuffle_epi8(table, idx); }
+
+// ---- for the distillation losses (kd_simd.inc) ------------------------------------------
+static inline VF round_nearest(VF x) { return _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
+// y * 2^n for integral n in [-126, 127].
+static inline VF scale_pow2(VF y, VF n) { return _mm512_scalef_ps(y, n); }
+// v where x >= lo or x is NaN, else 0 (NaN must propagate, not vanish).
+static inline VF zero_below(VF x, float lo, VF v) {
+  return _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(x, _mm512_set1_ps(lo), _CMP_NLT_UQ), v);
+}

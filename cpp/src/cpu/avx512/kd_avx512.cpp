@@ -1,0 +1,14 @@
+// Distillation row passes for avx512: kd_simd.inc compiled with this ISA's flags (set on
+// this file only, in CMakeLists.txt) inside its own namespace.
+#include <immintrin.h>
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+
+#include "cpu/kd_kernels.h"
+
+namespace slmops::cpu::avx512 {
+#include "cpu/simd/vec_avx512.h"
+#include "cpu/simd/kd_simd.inc"
+}  // namespace slmops::cpu::avx512
