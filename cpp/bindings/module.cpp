@@ -11,6 +11,7 @@
 #include "slmops/cpu_features.h"
 #include "slmops/cuda.h"
 #include "slmops/gptq.h"
+#include "slmops/kd_loss.h"
 #include "slmops/qmatmul.h"
 #include "slmops/quant.h"
 #include "slmops/threading.h"
@@ -405,6 +406,133 @@ void py_sparsegpt_prune(py::handle W, py::handle U, float sparsity, int n, int m
   }
 }
 
+
+// ---- distillation losses -----------------------------------------------------------------
+KdOptions kd_options(const std::string& divergence, float temperature, float beta, bool scale_t2, float hard_weight,
+                     int64_t ignore_index) {
+  KdOptions o;
+  if (divergence == "forward_kl")
+    o.divergence = Divergence::kForwardKl;
+  else if (divergence == "reverse_kl")
+    o.divergence = Divergence::kReverseKl;
+  else if (divergence == "jsd")
+    o.divergence = Divergence::kJsd;
+  else
+    throw py::value_error("divergence must be 'forward_kl', 'reverse_kl' or 'jsd', got '" + divergence + "'");
+  o.temperature = temperature;
+  o.beta = beta;
+  o.scale_t2 = scale_t2;
+  o.hard_weight = hard_weight;
+  o.ignore_index = ignore_index;
+  return o;
+}
+
+// A CPU array argument of `type` with `rows` rows (dimension 0) and, if cols >= 0, that many
+// columns; None gives an empty TensorArg.
+TensorArg kd_arg(py::handle obj, const char* name, std::initializer_list<ElemType> types, int ndim, int64_t rows,
+                 int64_t cols, bool writing) {
+  if (obj.is_none()) return TensorArg{};
+  TensorArg t = tensor_arg(obj, name);
+  expect_cpu(t);
+  bindings::expect_type(t, types);
+  bindings::expect_ndim(t, ndim, ndim == 1 ? "[rows]" : "[rows, columns]");
+  if ((rows >= 0 && t.shape[0] != rows) || (ndim == 2 && cols >= 0 && t.shape[1] != cols))
+    throw py::value_error(t.name + " has shape " + t.shape_str() + ", expected " + std::to_string(rows) + " rows" +
+                          (ndim == 2 && cols >= 0 ? " and " + std::to_string(cols) + " columns" : ""));
+  if (writing) bindings::expect_writeable(t);
+  return t;
+}
+
+struct KdTeacherArgs {
+  TensorArg logits, ids, logprobs, hidden, head;
+  KdTeacher teacher;
+};
+
+KdTeacherArgs kd_teacher(int64_t rows, py::handle logits, py::handle ids, py::handle logprobs, py::handle hidden,
+                         py::handle head) {
+  KdTeacherArgs a;
+  const auto floats = {ElemType::kF32, ElemType::kF16, ElemType::kBF16};
+  a.logits = kd_arg(logits, "teacher_logits", floats, 2, rows, -1, false);
+  a.ids = kd_arg(ids, "topk_ids", {ElemType::kI64}, 2, rows, -1, false);
+  a.logprobs = kd_arg(logprobs, "topk_logprobs", {ElemType::kF32}, 2, rows, a.ids.data ? a.ids.shape[1] : -1, false);
+  a.hidden = kd_arg(hidden, "teacher_hidden", {ElemType::kF32}, 2, rows, -1, false);
+  a.head = kd_arg(head, "teacher_head", {ElemType::kF32}, 2, -1, a.hidden.data ? a.hidden.shape[1] : -1, false);
+  KdTeacher& t = a.teacher;
+  if (a.logits.data) {
+    t.logits = a.logits.data;
+    t.dtype = a.logits.float_dtype();
+    t.vocab = a.logits.shape[1];
+  }
+  if (a.ids.data) {
+    if (!a.logprobs.data) throw py::value_error("topk_ids needs topk_logprobs");
+    t.topk_ids = static_cast<const int64_t*>(a.ids.data);
+    t.topk_logprobs = static_cast<const float*>(a.logprobs.data);
+    t.k = a.ids.shape[1];
+  }
+  if (a.hidden.data) {
+    if (!a.head.data) throw py::value_error("teacher_hidden needs teacher_head");
+    t.hidden = static_cast<const float*>(a.hidden.data);
+    t.head = static_cast<const float*>(a.head.data);
+    t.hidden_size = a.hidden.shape[1];
+    t.vocab = a.head.shape[0];
+  }
+  return a;
+}
+
+// Runs fn with the GIL released; the kernels' std::invalid_argument becomes ValueError.
+template <class Fn>
+void run_kd(Fn fn) {
+  try {
+    py::gil_scoped_release release;
+    fn();
+  } catch (const std::invalid_argument& e) {
+    throw py::value_error(e.what());
+  }
+}
+
+void py_kd_loss(py::handle student, py::handle loss_rows, py::handle grad, py::handle teacher_logits,
+                py::handle topk_ids, py::handle topk_logprobs, py::handle labels, const std::string& divergence,
+                float temperature, float beta, bool scale_t2, float hard_weight, int64_t ignore_index,
+                float grad_scale, const std::string& isa) {
+  const KdOptions o = kd_options(divergence, temperature, beta, scale_t2, hard_weight, ignore_index);
+  TensorArg z = kd_arg(student, "student_logits", {ElemType::kF32, ElemType::kF16, ElemType::kBF16}, 2, -1, -1, false);
+  const int64_t rows = z.shape[0], V = z.shape[1];
+  TensorArg loss = kd_arg(loss_rows, "loss_rows", {ElemType::kF32}, 1, rows, -1, true);
+  TensorArg g = kd_arg(grad, "grad", {z.type}, 2, rows, V, true);
+  TensorArg y = kd_arg(labels, "labels", {ElemType::kI64}, 1, rows, -1, false);
+  KdTeacherArgs t = kd_teacher(rows, teacher_logits, topk_ids, topk_logprobs, py::none(), py::none());
+  const CpuIsa cpu_isa = cpu_isa_from_name(isa);
+  run_kd([&] {
+    kd_loss_fwd_bwd(o, z.data, z.float_dtype(), rows, V, t.teacher, static_cast<const int64_t*>(y.data), grad_scale,
+                    static_cast<float*>(loss.data), g.data, cpu_isa);
+  });
+}
+
+void py_fused_linear_kd_loss(py::handle hidden, py::handle weight, py::handle loss_rows, py::handle d_hidden,
+                             py::handle d_weight, py::handle teacher_logits, py::handle topk_ids,
+                             py::handle topk_logprobs, py::handle teacher_hidden, py::handle teacher_head,
+                             py::handle labels, const std::string& divergence, float temperature, float beta,
+                             bool scale_t2, float hard_weight, int64_t ignore_index, float grad_scale,
+                             int64_t chunk_rows, const std::string& isa) {
+  const KdOptions o = kd_options(divergence, temperature, beta, scale_t2, hard_weight, ignore_index);
+  TensorArg x = kd_arg(hidden, "student_hidden", {ElemType::kF32}, 2, -1, -1, false);
+  const int64_t rows = x.shape[0], H = x.shape[1];
+  TensorArg w = kd_arg(weight, "student_head_weight", {ElemType::kF32}, 2, -1, H, false);
+  const int64_t V = w.shape[0];
+  TensorArg loss = kd_arg(loss_rows, "loss_rows", {ElemType::kF32}, 1, rows, -1, true);
+  TensorArg dx = kd_arg(d_hidden, "d_hidden", {ElemType::kF32}, 2, rows, H, true);
+  TensorArg dw = kd_arg(d_weight, "d_weight", {ElemType::kF32}, 2, V, H, true);
+  TensorArg y = kd_arg(labels, "labels", {ElemType::kI64}, 1, rows, -1, false);
+  KdTeacherArgs t = kd_teacher(rows, teacher_logits, topk_ids, topk_logprobs, teacher_hidden, teacher_head);
+  if (chunk_rows < 0) throw py::value_error("chunk_rows must be >= 0 (0: automatic)");
+  const CpuIsa cpu_isa = cpu_isa_from_name(isa);
+  run_kd([&] {
+    fused_linear_kd_loss(o, static_cast<const float*>(x.data), static_cast<const float*>(w.data), rows, H, V,
+                         t.teacher, static_cast<const int64_t*>(y.data), grad_scale, static_cast<float*>(loss.data),
+                         static_cast<float*>(dx.data), static_cast<float*>(dw.data), chunk_rows, cpu_isa);
+  });
+}
+
 }  // namespace
 
 
@@ -488,6 +616,18 @@ PYBIND11_MODULE(_C, m, py::mod_gil_not_used()) {
       },
       py::arg("bytes") = int64_t(512) << 20, py::arg("repeats") = 5,
       "Read bandwidth in GB/s: the best of `repeats` parallel sums over a buffer of `bytes`.");
+  m.def("kd_loss", &py_kd_loss, py::arg("student"), py::arg("loss_rows"), py::arg("grad").none(true) = py::none(),
+        py::arg("teacher_logits").none(true) = py::none(), py::arg("topk_ids").none(true) = py::none(), py::arg("topk_logprobs").none(true) = py::none(),
+        py::arg("labels").none(true) = py::none(), py::arg("divergence"), py::arg("temperature"), py::arg("beta"),
+        py::arg("scale_t2"), py::arg("hard_weight"), py::arg("ignore_index"), py::arg("grad_scale"),
+        py::arg("isa") = "auto");
+  m.def("fused_linear_kd_loss", &py_fused_linear_kd_loss, py::arg("hidden"), py::arg("weight"), py::arg("loss_rows"),
+        py::arg("d_hidden").none(true) = py::none(), py::arg("d_weight").none(true) = py::none(), py::arg("teacher_logits").none(true) = py::none(),
+        py::arg("topk_ids").none(true) = py::none(), py::arg("topk_logprobs").none(true) = py::none(), py::arg("teacher_hidden").none(true) = py::none(),
+        py::arg("teacher_head").none(true) = py::none(), py::arg("labels").none(true) = py::none(), py::arg("divergence"),
+        py::arg("temperature"), py::arg("beta"), py::arg("scale_t2"), py::arg("hard_weight"), py::arg("ignore_index"),
+        py::arg("grad_scale"), py::arg("chunk_rows") = 0, py::arg("isa") = "auto");
+  m.def("fused_kd_chunk_rows", &fused_kd_chunk_rows, py::arg("rows"), py::arg("hidden_size"), py::arg("vocab"));
   m.attr("NF4_CODEBOOK") = std::vector<float>(kNF4Codebook, kNF4Codebook + 16);
   m.attr("NF4_DOUBLE_QUANT_BLOCK") = kNF4DoubleQuantBlock;
 }

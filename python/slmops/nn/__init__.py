@@ -1,5 +1,6 @@
 """Layer 3: torch modules on slmops kernels."""
 
+from .kd_loss import FusedLinearKDLoss, KDLoss, TeacherHidden, TeacherTopK
 from .quant_linear import QuantLinear
 
-__all__ = ["QuantLinear"]
+__all__ = ["FusedLinearKDLoss", "KDLoss", "QuantLinear", "TeacherHidden", "TeacherTopK"]
