@@ -8,10 +8,9 @@ import itertools
 
 import numpy as np
 import pytest
+import slmops
 import torch
 import torch.nn.functional as F
-
-import slmops
 from slmops.nn import FusedLinearKDLoss, KDLoss, TeacherHidden, TeacherTopK
 from slmops.ops import fused_linear_kd_loss, kd_loss
 
@@ -58,12 +57,14 @@ def reference(
         soft = (q * (lq - lp)).sum(-1)
     else:
         lm = torch.log(beta * p + (1 - beta) * q)
-        soft = (beta * torch.where(p > 0, p * (lp - lm), torch.zeros_like(p)) + (1 - beta) * q * (lq - lm)).sum(-1)
+        teacher_part = torch.where(p > 0, p * (lp - lm), torch.zeros_like(p))
+        soft = (beta * teacher_part + (1 - beta) * q * (lq - lm)).sum(-1)
     rows = (1 - hard_weight) * (T * T if scale_t2 else 1.0) * soft
     if labels is not None:
         keep = labels != ignore_index
         if hard_weight > 0:
-            ce = -F.log_softmax(s[..., :n], -1).gather(-1, torch.where(keep, labels, 0).unsqueeze(-1)).squeeze(-1)
+            targets = torch.where(keep, labels, 0).unsqueeze(-1)
+            ce = -F.log_softmax(s[..., :n], -1).gather(-1, targets).squeeze(-1)
             rows = rows + hard_weight * ce
         rows = torch.where(keep, rows, torch.zeros_like(rows))
         count = int(keep.sum())
@@ -100,7 +101,9 @@ def assert_close(ours, ref, rtol=1e-5, atol=1e-6, what=""):
     torch.testing.assert_close(ours, ref.double(), rtol=rtol, atol=atol, msg=lambda m: f"{what}: {m}")
 
 
-DIVERGENCES = [("forward_kl", 0.5), ("reverse_kl", 0.5), ("jsd", 0.5), ("jsd", 0.2), ("jsd", 0.0), ("jsd", 1.0)]
+DIVERGENCES = [
+    ("forward_kl", 0.5), ("reverse_kl", 0.5), ("jsd", 0.5), ("jsd", 0.2), ("jsd", 0.0), ("jsd", 1.0)
+]  # fmt: skip
 
 
 @pytest.mark.parametrize("divergence,beta", DIVERGENCES)
@@ -108,7 +111,8 @@ DIVERGENCES = [("forward_kl", 0.5), ("reverse_kl", 0.5), ("jsd", 0.5), ("jsd", 0
 @pytest.mark.parametrize("temperature,hard_weight", [(1.0, 0.0), (2.0, 0.0), (1.0, 0.3), (0.7, 0.5)])
 def test_matches_float64_torch(divergence, beta, reduction, temperature, hard_weight):
     s, t, labels = make((3, 7), 131)
-    kw = dict(divergence=divergence, beta=beta, reduction=reduction, temperature=temperature, hard_weight=hard_weight)
+    kw = dict(divergence=divergence, beta=beta, reduction=reduction, temperature=temperature)
+    kw["hard_weight"] = hard_weight
     loss, grad = kd_loss(s, t, labels=labels, return_grad=True, **kw)
     ref_loss, ref_grad = reference(s, t, labels=labels, **kw)
     assert_close(loss, ref_loss, what="loss")
@@ -157,7 +161,8 @@ def test_half_precision_inputs_accumulate_in_float32(dtype, divergence):
     loss, grad = kd_loss(s, t, labels=labels, divergence=divergence, temperature=2.0, return_grad=True)
     assert loss.dtype == torch.float32 and grad.dtype == dtype
     ref_loss, ref_grad = reference(s, t, labels=labels, divergence=divergence, temperature=2.0)
-    assert_close(loss, ref_loss, rtol=1e-5, what="loss")  # the same rounded inputs: only fp32 arithmetic differs
+    # the same rounded inputs: only the fp32 arithmetic differs
+    assert_close(loss, ref_loss, rtol=1e-5, what="loss")
     assert_close(grad, ref_grad, rtol=2e-2, atol=1e-4, what="grad")  # the gradient is rounded to the dtype
 
 
@@ -176,7 +181,8 @@ def test_gradient_matches_finite_differences(divergence, beta):
     s = torch.randn(3, 7, generator=g, dtype=torch.float64)
     t = torch.randn(3, 7, generator=g)
     labels = torch.tensor([2, -100, 5])
-    kw = dict(divergence=divergence, beta=beta, temperature=1.7, hard_weight=0.25, labels=labels, reduction="sum")
+    kw = dict(divergence=divergence, beta=beta, temperature=1.7, hard_weight=0.25, labels=labels)
+    kw["reduction"] = "sum"
     _, grad = kd_loss(s.float(), t, return_grad=True, **kw)
     eps = 1e-2
     numeric = torch.zeros_like(s)
@@ -184,7 +190,8 @@ def test_gradient_matches_finite_differences(divergence, beta):
         hi, lo = s.clone(), s.clone()
         hi[i, j] += eps
         lo[i, j] -= eps
-        numeric[i, j] = (float(kd_loss(hi.float(), t, **kw)) - float(kd_loss(lo.float(), t, **kw))) / (2 * eps)
+        diff = float(kd_loss(hi.float(), t, **kw)) - float(kd_loss(lo.float(), t, **kw))
+        numeric[i, j] = diff / (2 * eps)
     torch.testing.assert_close(grad.double(), numeric, rtol=2e-3, atol=2e-4)
 
 
@@ -286,7 +293,8 @@ def test_fused_chunk_size_does_not_change_the_result():
     g = torch.Generator().manual_seed(13)
     hidden, weight, t = torch.randn(50, 8, generator=g), torch.randn(70, 8, generator=g), torch.randn(50, 70)
     results = [
-        fused_linear_kd_loss(hidden, weight, t, grad_hidden=True, grad_weight=True, chunk_rows=c) for c in (1, 16, 0)
+        fused_linear_kd_loss(hidden, weight, t, grad_hidden=True, grad_weight=True, chunk_rows=chunk)
+        for chunk in (1, 16, 0)
     ]
     for loss, dh, dw in results[1:]:
         torch.testing.assert_close(loss, results[0][0], rtol=1e-5, atol=1e-7)

@@ -71,7 +71,8 @@ class _FusedLinearKDLossFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):
         d_hidden, d_weight = _take(ctx, "grads")
-        return _scaled(d_hidden, grad_out, False), _scaled(d_weight, grad_out, False), None, None, None, None, None
+        grads = (_scaled(d_hidden, grad_out, False), _scaled(d_weight, grad_out, False))
+        return (*grads, None, None, None, None, None)
 
 
 class KDLoss(nn.Module):
@@ -93,7 +94,9 @@ class KDLoss(nn.Module):
         scale_t2: bool = True,
     ) -> None:
         super().__init__()
-        self.options = KDOptions(divergence, temperature, beta, reduction, ignore_index, hard_weight, scale_t2)
+        self.options = KDOptions(
+            divergence, temperature, beta, reduction, ignore_index, hard_weight, scale_t2
+        )
 
     def forward(
         self, student_logits: torch.Tensor, teacher: Any, labels: Any = None, num_tokens: Any = None
@@ -116,7 +119,9 @@ class FusedLinearKDLoss(KDLoss):
     def __init__(self, divergence: str = "forward_kl", *, chunk_rows: int = 0, **options: Any) -> None:
         super().__init__(divergence, **options)
         if self.options.reduction == "none":
-            raise ValueError("FusedLinearKDLoss needs reduction 'batchmean' or 'sum' (d_weight sums over positions)")
+            raise ValueError(
+                "FusedLinearKDLoss needs reduction 'batchmean' or 'sum' (d_weight sums over positions)"
+            )
         self.chunk_rows = int(chunk_rows)
 
     def forward(  # type: ignore[override]

@@ -122,16 +122,21 @@ def _teacher_args(teacher: Any, lead: tuple[int, ...], *, fused: bool) -> dict:
         ids = _rows(teacher.indices, "teacher.indices", lead)
         lp = _rows(teacher.logprobs, "teacher.logprobs", lead)
         if tuple(ids.shape) != tuple(lp.shape):
-            raise ValueError(f"teacher.indices {tuple(ids.shape)} and teacher.logprobs {tuple(lp.shape)} differ")
+            raise ValueError(
+                f"teacher.indices {tuple(ids.shape)} and teacher.logprobs {tuple(lp.shape)} differ"
+            )
         return {"topk_ids": _as(ids, "int64"), "topk_logprobs": _as(lp, "float32")}
     if isinstance(teacher, TeacherHidden):
         if not fused:
-            raise TypeError("kd_loss takes teacher logits or TeacherTopK; TeacherHidden needs fused_linear_kd_loss")
+            raise TypeError(
+                "kd_loss takes teacher logits or TeacherTopK; TeacherHidden needs fused_linear_kd_loss"
+            )
         hidden = _as(_rows(teacher.hidden, "teacher.hidden", lead), "float32")
         head = _as(_rows(teacher.head_weight, "teacher.head_weight", None), "float32")
         if len(teacher.head_weight.shape) != 2 or head.shape[1] != hidden.shape[1]:
             raise ValueError(
-                f"teacher.head_weight must be [vocab, {hidden.shape[1]}], got {tuple(teacher.head_weight.shape)}"
+                f"teacher.head_weight must be [vocab, {hidden.shape[1]}], "
+                f"got {tuple(teacher.head_weight.shape)}"
             )
         return {"teacher_hidden": hidden, "teacher_head": head}
     logits = _rows(teacher, "teacher_logits", lead)
@@ -200,7 +205,9 @@ def kd_loss(
     opts = KDOptions(divergence, temperature, beta, reduction, ignore_index, hard_weight, scale_t2)
     check_array(student_logits, "student_logits")
     if dtype_name(student_logits) not in FLOAT_DTYPES:
-        raise TypeError(f"student_logits must be float32, float16 or bfloat16, got {dtype_name(student_logits)}")
+        raise TypeError(
+            f"student_logits must be float32, float16 or bfloat16, got {dtype_name(student_logits)}"
+        )
     lead = tuple(student_logits.shape[:-1])
     z = _rows(student_logits, "student_logits", lead)
     targets = _labels(labels, lead, opts)
@@ -251,7 +258,9 @@ def fused_linear_kd_loss(
         if dtype_name(x) not in FLOAT_DTYPES:
             raise TypeError(f"{name} must be float32, float16 or bfloat16, got {dtype_name(x)}")
     if reduction == "none" and (grad_hidden or grad_weight):
-        raise ValueError("reduction='none' gives no gradients (d_weight sums over positions); use 'sum' or 'batchmean'")
+        raise ValueError(
+            "reduction='none' gives no gradients (d_weight sums over positions); use 'sum' or 'batchmean'"
+        )
     lead = tuple(student_hidden.shape[:-1])
     x = _as(_rows(student_hidden, "student_hidden", lead), "float32")
     w = _rows(student_head_weight, "student_head_weight", None)
