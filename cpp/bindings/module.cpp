@@ -627,7 +627,7 @@ PYBIND11_MODULE(_C, m, py::mod_gil_not_used()) {
         py::arg("teacher_head").none(true) = py::none(), py::arg("labels").none(true) = py::none(), py::arg("divergence"),
         py::arg("temperature"), py::arg("beta"), py::arg("scale_t2"), py::arg("hard_weight"), py::arg("ignore_index"),
         py::arg("grad_scale"), py::arg("chunk_rows") = 0, py::arg("isa") = "auto");
-  m.def("fused_kd_chunk_rows", &fused_kd_chunk_rows, py::arg("rows"), py::arg("hidden_size"), py::arg("vocab"));
+  m.def("fused_kd_chunk_rows", &fused_kd_chunk_rows, py::arg("rows"), py::arg("vocab"));
   m.attr("NF4_CODEBOOK") = std::vector<float>(kNF4Codebook, kNF4Codebook + 16);
   m.attr("NF4_DOUBLE_QUANT_BLOCK") = kNF4DoubleQuantBlock;
 }

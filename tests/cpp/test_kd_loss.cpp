@@ -290,8 +290,9 @@ TEST(FusedLinearKdLoss, MatchesKdLossOnTheLogitsAndTheProductsOfItsGradient) {
     }
 }
 
-TEST(FusedLinearKdLoss, ChunkCoversTheHiddenSizeOfLogits) {
-  EXPECT_EQ(fused_kd_chunk_rows(4096, 1024, 32000), 128);  // 4096 / ceil(32000 / 1024) = 128
-  EXPECT_EQ(fused_kd_chunk_rows(10, 64, 32000), 10);       // never more than the rows
-  EXPECT_EQ(fused_kd_chunk_rows(1024, 4096, 128256), 32);
+TEST(FusedLinearKdLoss, ChunkHoldsAtMost64MBOfLogits) {
+  EXPECT_EQ(fused_kd_chunk_rows(4096, 32000), 512);  // 512 * 32000 * 4 B = 65.5 MB
+  EXPECT_EQ(fused_kd_chunk_rows(4096, 128256), 128);
+  EXPECT_EQ(fused_kd_chunk_rows(10, 32000), 10);  // never more than the rows
+  EXPECT_EQ(fused_kd_chunk_rows(4096, 4000000), 16);
 }

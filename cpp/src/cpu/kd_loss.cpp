@@ -269,11 +269,10 @@ void kd_loss_fwd_bwd(const KdOptions& opt, const void* student, DType dtype, int
       });
 }
 
-int64_t fused_kd_chunk_rows(int64_t rows, int64_t H, int64_t vocab) {
-  const int64_t ratio = std::max<int64_t>(1, (vocab + H - 1) / std::max<int64_t>(H, 1));
-  const int64_t want = std::max<int64_t>(1, (rows + ratio - 1) / ratio);
+int64_t fused_kd_chunk_rows(int64_t rows, int64_t vocab) {
+  constexpr int64_t kLogitsPerChunk = int64_t(1) << 24;
   int64_t c = 16;
-  while (c < want) c *= 2;
+  while (c * 2 * vocab <= kLogitsPerChunk) c *= 2;
   return std::max<int64_t>(1, std::min(c, rows));
 }
 
@@ -284,7 +283,7 @@ void fused_linear_kd_loss(const KdOptions& opt, const float* hidden, const float
   if (H <= 0) fail("hidden size must be > 0");
   if (rows == 0) return;
   const cpu::KdKernels& kk = cpu::kd_kernels_for(isa);
-  const int64_t chunk = chunk_rows > 0 ? std::min(chunk_rows, rows) : fused_kd_chunk_rows(rows, H, vocab);
+  const int64_t chunk = chunk_rows > 0 ? std::min(chunk_rows, rows) : fused_kd_chunk_rows(rows, vocab);
   const int64_t n = teacher.topk_ids ? vocab : std::min(vocab, teacher.vocab);
   const bool want_grad = d_hidden || d_weight;
   std::vector<float> Z(static_cast<size_t>(chunk * vocab));

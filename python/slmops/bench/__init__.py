@@ -2,7 +2,8 @@
 and dequantize against numpy), ``qmatmul`` (quantized matmul against fp32 torch and the
 machine's read bandwidth), ``quality`` (the reference teacher under each RTN format),
 ``export`` (the exported teacher in ONNX Runtime GenAI), ``gptq`` (GPTQ against a PyTorch
-GPTQ) and ``compress`` (the calibrated algorithms' quality table).
+GPTQ), ``compress`` (the calibrated algorithms' quality table) and ``kd`` (the
+distillation losses against PyTorch eager, time and peak memory).
 Every speed figure is a ratio measured side by side in one run; see benchmarks/README.md."""
 
-BENCHMARKS = ("quant", "qmatmul", "quality", "export", "gptq", "compress")
+BENCHMARKS = ("quant", "qmatmul", "quality", "export", "gptq", "compress", "kd")

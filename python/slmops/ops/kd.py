@@ -243,8 +243,8 @@ def fused_linear_kd_loss(
 ) -> Any:
     """The distillation loss of the logits ``student_hidden [..., H] @ student_head_weight
     [V, H].T`` against ``teacher`` (logits, :class:`TeacherTopK` or :class:`TeacherHidden`),
-    without ever holding more than ``chunk_rows`` rows of logits (0: about as many logits as
-    hidden values, as Liger-Kernel sizes its chunks). Each chunk's logits become their
+    without ever holding more than ``chunk_rows`` rows of logits (0: as many rows as fit in
+    64 MB of float32 logits, a power of two). Each chunk's logits become their
     gradient in place and go through the two products for d(hidden) and d(weight).
 
     Returns ``(loss, d_hidden, d_weight)``; a gradient not asked for (``grad_hidden``,
