@@ -3,7 +3,7 @@
 Layers (see DESIGN.md): ``slmops.ops`` (kernels over numpy arrays and torch tensors:
 quantize, qmatmul), ``slmops.nn`` (QuantLinear), ``slmops.quantize`` (quantize_model), ``slmops.prune``
 (prune_model),
-``slmops.evaluate`` (perplexity, speed, memory); ``slmops.zoo`` holds the reference
+``slmops.distill`` (teacher to student), ``slmops.evaluate`` (perplexity, speed, memory); ``slmops.zoo`` holds the reference
 models trained by the project; the workflow engine and CLI come later.
 """
 
@@ -15,6 +15,7 @@ from . import _C, nn, ops, zoo
 
 # After the submodule import: the name slmops.evaluate is the function (DESIGN's public API);
 # its package stays reachable as slmops.evaluate.metrics through sys.modules.
+from .distill import distill  # noqa: E402 - likewise: slmops.distill is the function
 from .evaluate import evaluate  # noqa: E402
 from .export import export  # noqa: E402 - likewise: slmops.export is the function
 from .ops import QuantizedTensor
@@ -46,6 +47,7 @@ __all__ = [
     "QuantizationSummary",
     "QuantizedTensor",
     "build_info",
+    "distill",
     "evaluate",
     "export",
     "get_num_threads",

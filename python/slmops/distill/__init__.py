@@ -1,0 +1,123 @@
+"""Layer 4: teacher-to-student distillation in two stages.
+
+Stage 1 (:func:`generate_teacher_data`): the teacher answers a JSONL file of prompts; the
+answers, and optionally the teacher's top-k log-probabilities per token, are written as
+JSON lines. Stage 2 (:func:`train_student`): the student learns from the teacher's
+distribution with the fused linear KD loss, on stage 1's records or on plain text, the
+teacher online (a model) or offline (the stored top-k). :func:`distill` runs both.
+
+    slmops.distill("kjv-teacher", "kjv-student", "out/", data="train.txt",
+                   training={"steps": 200, "temperature": 2.0})
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .data import load_examples, read_prompts
+from .generate import GenerationOptions, generate_teacher_data
+from .train import TrainingOptions, train_student
+
+__all__ = [
+    "DistillResult",
+    "GenerationOptions",
+    "TrainingOptions",
+    "distill",
+    "generate_teacher_data",
+    "read_prompts",
+    "train_student",
+]
+
+
+@dataclass
+class DistillResult:
+    model: Any  # the trained student
+    tokenizer: Any
+    model_dir: Path
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+def _load(model: Any, what: str) -> tuple[Any, Any]:
+    """(model, tokenizer) from a zoo name or folder, or as given as such a pair."""
+    from .. import zoo
+
+    if isinstance(model, (str, os.PathLike)):
+        return zoo.load(model)
+    if isinstance(model, tuple) and len(model) == 2:
+        return model
+    raise TypeError(f"{what} must be a zoo name, a Hugging Face folder, or a (model, tokenizer) pair")
+
+
+def _options(cls: type, value: Any, what: str) -> Any:
+    if value is None:
+        return cls()
+    if isinstance(value, cls):
+        return value
+    if isinstance(value, dict):
+        unknown = set(value) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"unknown {what} options {sorted(unknown)}; known: {sorted(cls.__dataclass_fields__)}")
+        return cls(**value)
+    raise TypeError(f"{what} must be a {cls.__name__} or a dict")
+
+
+def distill(
+    teacher: Any,
+    student: Any,
+    out_dir: str | os.PathLike[str],
+    *,
+    prompts: str | os.PathLike[str] | None = None,
+    data: Any = None,
+    generation: GenerationOptions | dict | None = None,
+    training: TrainingOptions | dict | None = None,
+    offline: bool = False,
+    resume: bool = False,
+    progress: bool = True,
+) -> DistillResult:
+    """Distills ``teacher`` into ``student`` (zoo names, Hugging Face folders, or
+    ``(model, tokenizer)`` pairs) and writes the result to ``out_dir``.
+
+    With ``prompts`` (a JSONL file of ``prompt`` or chat ``messages``), stage 1 writes
+    ``out_dir/teacher_data.jsonl`` (kept and reused by a resumed run) and the student trains
+    on it; otherwise it trains on ``data`` (stage 1 records, ``{"text"}`` JSONL, a text file
+    or text). ``offline=True`` trains on the stored top-k log-probabilities only (stage 1
+    with ``generation={"logprobs_k": k}``), without the teacher in memory; ``teacher`` may
+    then be None when ``data`` holds such records.
+    """
+    from .._io import write_json_atomic
+
+    if (prompts is None) == (data is None):
+        raise ValueError("give exactly one of prompts (stage 1 runs first) or data (stage 2 only)")
+    gen = _options(GenerationOptions, generation, "generation")
+    opts = _options(TrainingOptions, training, "training")
+    out = Path(out_dir)
+    s_model, s_tok = _load(student, "student")
+    t_model = t_tok = None
+    if teacher is not None:
+        t_model, t_tok = _load(teacher, "teacher")
+        if t_tok.get_vocab() != s_tok.get_vocab():
+            raise ValueError(
+                "teacher and student tokenizers differ: logit distillation compares the same token ids "
+                "(use a student with the teacher's tokenizer)"
+            )
+    elif prompts is not None or not offline:
+        raise ValueError("teacher is None: only offline training on stored top-k records (offline=True, data=...)")
+    summary: dict[str, Any] = {}
+    if prompts is not None:
+        records = out / "teacher_data.jsonl"
+        if offline and gen.logprobs_k == 0:
+            raise ValueError("offline=True needs the teacher's top-k: generation={'logprobs_k': k}")
+        if not (resume and records.exists()):
+            summary["generation"] = generate_teacher_data(t_model, t_tok, prompts, records, gen, progress=progress)
+        data = records
+    examples = load_examples(data, s_tok, opts.seq_len)
+    trained, summary["training"] = train_student(
+        s_model, s_tok, examples, out, opts, teacher=None if offline else t_model, resume=resume, progress=progress
+    )
+    summary["examples"] = len(examples)
+    if int(os.environ.get("RANK", "0")) == 0:
+        write_json_atomic(summary, out / "distill_summary.json")
+    return DistillResult(trained, s_tok, out / "model", summary)
