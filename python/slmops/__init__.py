@@ -1,10 +1,11 @@
 """slmops: make small language models small and fast, on our own C++/CUDA kernels.
 
 Layers (see DESIGN.md): ``slmops.ops`` (kernels over numpy arrays and torch tensors:
-quantize, qmatmul), ``slmops.nn`` (QuantLinear), ``slmops.quantize`` (quantize_model), ``slmops.prune``
-(prune_model),
-``slmops.distill`` (teacher to student), ``slmops.evaluate`` (perplexity, speed, memory); ``slmops.zoo`` holds the reference
-models trained by the project; the workflow engine and CLI come later.
+quantize, qmatmul, KD losses), ``slmops.nn`` (QuantLinear, KDLoss, FusedLinearKDLoss),
+``slmops.quantize`` (quantize_model), ``slmops.prune`` (prune_model), ``slmops.distill``
+(teacher to student), ``slmops.evaluate`` (perplexity, speed, memory), ``slmops.export``;
+``slmops.zoo`` holds the reference models trained by the project; ``slmops.workflow`` and
+the ``slmops`` CLI run configs of passes.
 """
 
 from __future__ import annotations

@@ -6,6 +6,7 @@
     slmops quantize --model ./my-hf-model --format q4_k --output-dir out
     slmops evaluate --model out/model --metrics perplexity speed
     slmops export --model out/model --target gguf --output-dir gguf
+    slmops distill --teacher kjv-teacher --student kjv-student --data train.txt -o out
     slmops bench qmatmul --quick                  # kernel benchmarks: quant, qmatmul, quality
     slmops info                                   # build info and a self-check of every kernel
 
@@ -196,6 +197,38 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
         if args.bits is not None:
             quant["bits"] = args.bits
     return _run_config(raw, args, source="slmops quantize")
+
+
+def _cmd_distill(args: argparse.Namespace) -> int:
+    from .distill import distill
+
+    training = {
+        k: getattr(args, k)
+        for k in ("steps", "batch_size", "micro_batch_size", "seq_len", "lr", "warmup_steps", "divergence",
+                  "temperature", "beta", "hard_weight", "init", "save_every", "seed")
+    }  # fmt: skip
+    training["scale_t2"] = not args.no_t2
+    generation = {
+        "max_new_tokens": args.max_new_tokens,
+        "temperature": args.gen_temperature,
+        "top_p": args.top_p,
+        "top_k": args.top_k,
+        "batch_size": args.gen_batch_size,
+        "logprobs_k": args.logprobs_k,
+        "seed": args.seed,
+    }
+    result = distill(
+        args.teacher, args.student, args.output_dir, prompts=args.prompts, data=args.data,
+        generation=generation, training=training, offline=args.offline, resume=args.resume,
+        progress=not args.quiet,
+    )  # fmt: skip
+    t = result.summary["training"]
+    if t["processes"] == 1 or int(__import__("os").environ.get("RANK", "0")) == 0:
+        print(
+            f"distilled {t['steps']} steps ({t['tokens_trained']:,} tokens, {t['seconds']:.0f} s, final loss "
+            f"{t['final_loss']:.4f}) -> {result.model_dir}"
+        )
+    return EXIT_OK
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -395,6 +428,51 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--json", type=Path, help="also write the result to this file")
     p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser(
+        "distill",
+        help="distill a teacher into a student (teacher data from prompts, then training)",
+        formatter_class=fmt,
+        description="Stage 1 (with --prompts): the teacher answers a JSONL file of prompts. Stage 2: the\n"
+        "student trains on the teacher's distribution with the fused KD loss. Under torchrun the\n"
+        "training runs on every process (DistributedDataParallel, gloo).\n\n"
+        "  slmops distill --teacher kjv-teacher --student kjv-student --data train.txt -o out\n"
+        "  slmops distill --teacher kjv-teacher --student kjv-student --prompts prompts.jsonl \\\n"
+        "      --logprobs-k 8 --offline -o out\n"
+        "  torchrun --nproc-per-node 2 -m slmops.cli distill --teacher T --student S --data d.txt -o out",
+    )
+    p.add_argument("--teacher", required=True, help="zoo name or Hugging Face folder")
+    p.add_argument("--student", required=True, help="zoo name or HF folder (what is trained)")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--prompts", type=Path, help="JSONL of prompt or messages: run stage 1 first")
+    src.add_argument("--data", type=Path, help="training data: stage 1 records, {text} JSONL or a text file")
+    p.add_argument("-o", "--output-dir", type=Path, required=True)
+    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    g = p.add_argument_group("training")
+    g.add_argument("--steps", type=int, default=200)
+    g.add_argument("--batch-size", type=int, default=8, help="sequences per optimizer step")
+    g.add_argument("--micro-batch-size", type=int, default=0, help="sequences per forward pass")
+    g.add_argument("--seq-len", type=int, default=256)
+    g.add_argument("--lr", type=float, default=1e-3)
+    g.add_argument("--warmup-steps", type=int, default=10)
+    g.add_argument("--divergence", choices=["forward_kl", "reverse_kl", "jsd"], default="forward_kl")
+    g.add_argument("--temperature", type=float, default=1.0)
+    g.add_argument("--beta", type=float, default=0.5, help="JSD mixture weight")
+    g.add_argument("--hard-weight", type=float, default=0.0, help="weight of the next-token cross entropy")
+    g.add_argument("--no-t2", action="store_true", help="do not multiply the soft loss by T^2")
+    g.add_argument("--init", choices=["pretrained", "scratch"], default="pretrained")
+    g.add_argument("--save-every", type=int, default=0, help="checkpoint every N steps")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--offline", action="store_true", help="train on the stored top-k (--logprobs-k)")
+    g = p.add_argument_group("teacher generation (with --prompts)")
+    g.add_argument("--max-new-tokens", type=int, default=64)
+    g.add_argument("--gen-temperature", type=float, default=0.8, help="sampling temperature (0: greedy)")
+    g.add_argument("--top-p", type=float, default=0.95)
+    g.add_argument("--top-k", type=int, default=50)
+    g.add_argument("--gen-batch-size", type=int, default=8)
+    g.add_argument("--logprobs-k", type=int, default=0, help="store the teacher's top-k log-probabilities")
+    p.set_defaults(func=_cmd_distill)
 
     p = sub.add_parser(
         "bench",

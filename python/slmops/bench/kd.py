@@ -12,8 +12,8 @@ Cases (the teacher is given as logits; T = 2 with the T^2 factor on both sides):
 Time: the median of --repeats runs after one warm-up, the two sides interleaved.
 Peak extra memory: each side runs once in a fresh process that has allocated and touched
 its inputs; the peak resident set during that run (VmHWM, reset just before it) less the
-resident set before it is what the step added (intermediates and gradients; Linux only). The check column compares the two
-sides' gradients: max |difference| / max |eager|.
+resident set before it is what the step added (intermediates and gradients; Linux only).
+The check column compares the two sides' gradients: max |difference| / max |eager|.
 
     slmops bench kd                 # the issue's shapes, ~6 min on 2 cores
     slmops bench kd --quick         # small shapes, ~20 s
@@ -47,7 +47,11 @@ FULL = [
     ("loss", "forward_kl", 1024, 0, 128256),
     ("fused", "forward_kl", 1024, 2048, 128256),
 ]
-QUICK = [("loss", "forward_kl", 512, 0, 8000), ("loss", "jsd", 512, 0, 8000), ("fused", "forward_kl", 512, 256, 8000)]
+QUICK = [
+    ("loss", "forward_kl", 512, 0, 8000),
+    ("loss", "jsd", 512, 0, 8000),
+    ("fused", "forward_kl", 512, 256, 8000),
+]
 
 
 def make_inputs(case: str, n: int, h: int, v: int) -> dict:
@@ -67,7 +71,9 @@ def eager_divergence(lq: torch.Tensor, lp: torch.Tensor, divergence: str, beta: 
     if divergence == "forward_kl":
         return F.kl_div(lq, lp, log_target=True, reduction="sum")
     # TRL's generalized_jsd_loss: the mixture through logsumexp, two kl_div terms
-    lm = torch.logsumexp(torch.stack([lq + torch.log1p(torch.tensor(-beta)), lp + torch.log(torch.tensor(beta))]), 0)
+    lm = torch.logsumexp(
+        torch.stack([lq + torch.log1p(torch.tensor(-beta)), lp + torch.log(torch.tensor(beta))]), 0
+    )
     return beta * F.kl_div(lm, lp, log_target=True, reduction="sum") + (1 - beta) * F.kl_div(
         lm, lq, log_target=True, reduction="sum"
     )
@@ -156,7 +162,8 @@ def main(argv: list[str] | None = None) -> int:
                 if rep:  # the first run of each side is the warm-up
                     times[side].append(time.perf_counter() - t0)
         check = max(
-            float((a - b).abs().max() / b.abs().max()) for a, b in zip(grads["slmops"], grads["eager"], strict=True)
+            float((a - b).abs().max() / b.abs().max())
+            for a, b in zip(grads["slmops"], grads["eager"], strict=True)
         )
         eager_s, ours_s = statistics.median(times["eager"]), statistics.median(times["slmops"])
         row = {
@@ -189,7 +196,9 @@ def main(argv: list[str] | None = None) -> int:
     ]
     for r in rows:
         mem = (
-            f"{r['eager_mb']:.0f} | {r['slmops_mb']:.0f} | {r['memory_ratio']:.3f}" if "eager_mb" in r else "- | - | -"
+            f"{r['eager_mb']:.0f} | {r['slmops_mb']:.0f} | {r['memory_ratio']:.3f}"
+            if "eager_mb" in r
+            else "- | - | -"
         )
         lines.append(
             f"| {r['case']} | {r['divergence']} | {r['shape']} | {r['eager_s']:.3f} | {r['slmops_s']:.3f} "

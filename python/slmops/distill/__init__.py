@@ -59,7 +59,8 @@ def _options(cls: type, value: Any, what: str) -> Any:
     if isinstance(value, dict):
         unknown = set(value) - set(cls.__dataclass_fields__)
         if unknown:
-            raise ValueError(f"unknown {what} options {sorted(unknown)}; known: {sorted(cls.__dataclass_fields__)}")
+            known = sorted(cls.__dataclass_fields__)
+            raise ValueError(f"unknown {what} options {sorted(unknown)}; known: {known}")
         return cls(**value)
     raise TypeError(f"{what} must be a {cls.__name__} or a dict")
 
@@ -104,19 +105,22 @@ def distill(
                 "(use a student with the teacher's tokenizer)"
             )
     elif prompts is not None or not offline:
-        raise ValueError("teacher is None: only offline training on stored top-k records (offline=True, data=...)")
+        raise ValueError("teacher=None works only offline, on stored top-k records (offline=True, data=...)")
     summary: dict[str, Any] = {}
     if prompts is not None:
         records = out / "teacher_data.jsonl"
         if offline and gen.logprobs_k == 0:
             raise ValueError("offline=True needs the teacher's top-k: generation={'logprobs_k': k}")
         if not (resume and records.exists()):
-            summary["generation"] = generate_teacher_data(t_model, t_tok, prompts, records, gen, progress=progress)
+            summary["generation"] = generate_teacher_data(
+                t_model, t_tok, prompts, records, gen, progress=progress
+            )
         data = records
     examples = load_examples(data, s_tok, opts.seq_len)
     trained, summary["training"] = train_student(
-        s_model, s_tok, examples, out, opts, teacher=None if offline else t_model, resume=resume, progress=progress
-    )
+        s_model, s_tok, examples, out, opts,
+        teacher=None if offline else t_model, resume=resume, progress=progress,
+    )  # fmt: skip
     summary["examples"] = len(examples)
     if int(os.environ.get("RANK", "0")) == 0:
         write_json_atomic(summary, out / "distill_summary.json")

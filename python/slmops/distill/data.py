@@ -53,7 +53,7 @@ def render_prompt(record: dict, tokenizer: Any, where: str) -> str:
         if getattr(tokenizer, "chat_template", None) is None:
             raise ValueError(f"{where}: 'messages' needs a tokenizer with a chat template")
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    raise ValueError(f"{where}: a prompt record needs 'prompt' (a string) or 'messages' (a list of chat turns)")
+    raise ValueError(f"{where}: a prompt record needs 'prompt' (a string) or 'messages' (chat turns)")
 
 
 def read_prompts(path: str | os.PathLike[str], tokenizer: Any) -> list[tuple[dict, str]]:
@@ -127,7 +127,8 @@ def text_examples(texts: Iterable[str], tokenizer: Any, seq_len: int) -> list[Ex
             stream.append(sep)
     ids = np.asarray(stream, dtype=np.int64)
     n = (len(ids) - 1) // seq_len
-    return [Example(ids[i * seq_len : (i + 1) * seq_len + 1], ids[i * seq_len + 1 : (i + 1) * seq_len + 1]) for i in range(n)]
+    windows = (ids[i * seq_len : (i + 1) * seq_len + 1] for i in range(n))
+    return [Example(w, w[1:]) for w in windows]
 
 
 def _is_file(data: Any) -> bool:
@@ -152,7 +153,7 @@ def load_examples(data: Any, tokenizer: Any, seq_len: int) -> list[Example]:
                 examples = text_examples((r["text"] for _, r in records), tokenizer, seq_len)
             else:
                 raise ValueError(
-                    f"{path}: expected teacher records (from stage 1) or lines of {{\"text\": ...}} on every line"
+                    f'{path}: expected teacher records (from stage 1) or {{"text": ...}} on every line'
                 )
         else:
             examples = text_examples([path.read_text(encoding="utf-8")], tokenizer, seq_len)
@@ -163,5 +164,7 @@ def load_examples(data: Any, tokenizer: Any, seq_len: int) -> list[Example]:
     else:
         raise TypeError("data must be a file path, a string of text or a list of strings")
     if not examples:
-        raise ValueError(f"the training data gives no sequence of {seq_len + 1} tokens; use more text or a smaller seq_len")
+        raise ValueError(
+            f"the training data gives no sequence of {seq_len + 1} tokens; use more text or a smaller seq_len"
+        )
     return examples

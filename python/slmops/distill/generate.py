@@ -64,7 +64,8 @@ def generate_teacher_data(
         bar = tqdm(total=len(records), desc="teacher generation", unit="prompt", disable=not progress)
         for start in range(0, len(records), o.batch_size):
             batch = records[start : start + o.batch_size]
-            enc = tokenizer([p for _, p in batch], return_tensors="pt", padding=True, add_special_tokens=False)
+            texts = [p for _, p in batch]
+            enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
             with torch.no_grad():
                 out = teacher.generate(
                     **enc,

@@ -68,7 +68,9 @@ class TrainingOptions:
             raise ValueError(f"init must be 'pretrained' or 'scratch', got {self.init!r}")
         from ..ops.kd import KDOptions
 
-        KDOptions(self.divergence, self.temperature, self.beta, "sum", IGNORE_INDEX, self.hard_weight, self.scale_t2)
+        KDOptions(
+            self.divergence, self.temperature, self.beta, "sum", IGNORE_INDEX, self.hard_weight, self.scale_t2
+        )
 
     def lr_at(self, step: int) -> float:
         """Linear warm-up over warmup_steps, then cosine to lr * min_lr_ratio (step from 0)."""
@@ -202,7 +204,8 @@ def _resume(out_dir: Path, student: Any, optimizer: Any, opts: TrainingOptions) 
     changed = [k for k in now if k not in RESUMABLE_CHANGES and now[k] != then.get(k)]
     if changed:
         raise ValueError(
-            f"{ckpt} was made with different options ({', '.join(f'{k}: {then.get(k)!r} -> {now[k]!r}' for k in changed)}); "
+            f"{ckpt} was made with different options "
+            f"({', '.join(f'{k}: {then.get(k)!r} -> {now[k]!r}' for k in changed)}); "
             "resume with the same options or use a new output folder"
         )
     load_model(student, str(ckpt / "model.safetensors"))
@@ -284,7 +287,8 @@ def train_student(
     micro = opts.micro_batch_size or math.ceil(opts.batch_size / proc.world)
     t0 = time.perf_counter()
     tokens_total, last_loss = 0, float("nan")
-    bar = tqdm(total=opts.steps, initial=start, desc="distill", unit="step", disable=not progress or proc.rank)
+    quiet = not progress or proc.rank > 0
+    bar = tqdm(total=opts.steps, initial=start, desc="distill", unit="step", disable=quiet)
     for step in range(start, opts.steps):
         lr = opts.lr_at(step)
         for group in optimizer.param_groups:
@@ -309,7 +313,8 @@ def train_student(
                 )
                 loss.backward()
             loss_sum += float(loss)
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(student.parameters(), opts.max_grad_norm or float("inf")))
+        clip = opts.max_grad_norm or float("inf")
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(student.parameters(), clip))
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         last_loss = proc.sum(loss_sum) / proc.world
