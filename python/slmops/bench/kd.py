@@ -101,31 +101,35 @@ def run_step(side: str, case: str, divergence: str, inputs: dict) -> list[torch.
     return [x.grad, w.grad]
 
 
-def _status_kb(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(f"/proc/self/status has no {field}")
-
-
 def peak_extra_mb(side: str, case: str, divergence: str, n: int, h: int, v: int, threads: int) -> float:
-    """In a fresh process: MB the step adds to the resident set at its peak, over its inputs.
-    Linux: writing 5 to /proc/self/clear_refs resets the peak (VmHWM) to the current size."""
+    """In a fresh process: MB the step adds to the resident set at its peak, over its inputs."""
+    from ..evaluate.metrics import _peak_rss_bytes, _reset_peak_rss
+
     torch.set_num_threads(threads)
     slmops.set_num_threads(threads)
     inputs = make_inputs(case, n, h, v)
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
-    before = _status_kb("VmRSS")
+    if not _reset_peak_rss():
+        raise RuntimeError("peak memory needs Linux (/proc/self/clear_refs); run with --no-memory")
+    before = _peak_rss_bytes()  # just reset: the current resident set
     run_step(side, case, divergence, inputs)
-    return (_status_kb("VmHWM") - before) / 1024.0
+    return (_peak_rss_bytes() - before) / 2**20
 
 
 def measure_memory(side: str, row: tuple, threads: int) -> float:
+    # A fixed mmap threshold: every block over 64 KB is mapped and unmapped on free, so the
+    # resident set follows the live tensors (glibc's adaptive threshold would keep freed
+    # blocks of up to 32 MB in the heap, hiding them from the count).
     ctx = multiprocessing.get_context("spawn")
-    with concurrent.futures.ProcessPoolExecutor(1, mp_context=ctx, max_tasks_per_child=1) as pool:
-        return pool.submit(peak_extra_mb, side, *row, threads).result()
+    saved = os.environ.get("MALLOC_MMAP_THRESHOLD_")
+    os.environ["MALLOC_MMAP_THRESHOLD_"] = "65536"
+    try:
+        with concurrent.futures.ProcessPoolExecutor(1, mp_context=ctx, max_tasks_per_child=1) as pool:
+            return pool.submit(peak_extra_mb, side, *row, threads).result()
+    finally:
+        if saved is None:
+            os.environ.pop("MALLOC_MMAP_THRESHOLD_")
+        else:
+            os.environ["MALLOC_MMAP_THRESHOLD_"] = saved
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -157,6 +157,8 @@ def load_examples(data: Any, tokenizer: Any, seq_len: int) -> list[Example]:
                 )
         else:
             examples = text_examples([path.read_text(encoding="utf-8")], tokenizer, seq_len)
+    elif isinstance(data, os.PathLike):
+        raise FileNotFoundError(f"training data {data} does not exist")
     elif isinstance(data, str):
         examples = text_examples([data], tokenizer, seq_len)
     elif isinstance(data, (list, tuple)) and all(isinstance(t, str) for t in data):

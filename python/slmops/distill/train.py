@@ -312,7 +312,7 @@ def train_student(
                     batch["input_ids"], batch["attention_mask"], batch["labels"], batch["teacher"], num_tokens
                 )
                 loss.backward()
-            loss_sum += float(loss)
+            loss_sum += float(loss.detach())
         clip = opts.max_grad_norm or float("inf")
         grad_norm = float(torch.nn.utils.clip_grad_norm_(student.parameters(), clip))
         optimizer.step()
@@ -328,7 +328,8 @@ def train_student(
             }  # fmt: skip
             with open(log_path, "a") as f:
                 f.write(json.dumps(record) + "\n")
-        if opts.save_every and (step + 1) % opts.save_every == 0 and step + 1 < opts.steps:
+        # the last step too: a finished run can be resumed with more steps
+        if opts.save_every and ((step + 1) % opts.save_every == 0 or step + 1 == opts.steps):
             if proc.rank == 0:
                 _save_checkpoint(out, step + 1, student, optimizer, opts)
             proc.barrier()
