@@ -476,7 +476,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "bench",
-        help="the benchmarks (quant, qmatmul, quality, export, gptq, compress, kd)",
+        help="the benchmarks (" + ", ".join(BENCHMARKS) + ")",
         formatter_class=fmt,
         description="Options after the name go to the benchmark; "
         "'slmops bench qmatmul --help' lists them.\n\n  slmops bench qmatmul --quick\n"

@@ -3,7 +3,8 @@ and dequantize against numpy), ``qmatmul`` (quantized matmul against fp32 torch 
 machine's read bandwidth), ``quality`` (the reference teacher under each RTN format),
 ``export`` (the exported teacher in ONNX Runtime GenAI), ``gptq`` (GPTQ against a PyTorch
 GPTQ), ``compress`` (the calibrated algorithms' quality table) and ``kd`` (the
-distillation losses against PyTorch eager, time and peak memory).
+distillation losses against PyTorch eager, time and peak memory), ``distill`` (a student
+distilled from the reference teacher against the same student trained on the text alone).
 Every speed figure is a ratio measured side by side in one run; see benchmarks/README.md."""
 
-BENCHMARKS = ("quant", "qmatmul", "quality", "export", "gptq", "compress", "kd")
+BENCHMARKS = ("quant", "qmatmul", "quality", "export", "gptq", "compress", "kd", "distill")
