@@ -13,11 +13,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import slmops
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
-
-import slmops
 from slmops.cli import main as cli_main
 from slmops.distill import GenerationOptions, TrainingOptions, generate_teacher_data, train_student
 from slmops.distill.data import decode_topk, load_examples
@@ -124,7 +123,14 @@ def test_accumulation_and_resume_reproduce_one_uninterrupted_run(teacher, studen
     short = TrainingOptions(**{**base.__dict__, "steps": 2})
     train_student(fresh(student)[0], tok, examples, tmp_path / "c", short, teacher=teacher[0], progress=False)
     _, summary = train_student(
-        fresh(student)[0], tok, examples, tmp_path / "c", base, teacher=teacher[0], resume=True, progress=False
+        fresh(student)[0],
+        tok,
+        examples,
+        tmp_path / "c",
+        base,
+        teacher=teacher[0],
+        resume=True,
+        progress=False,
     )
     assert summary["resumed_from_step"] == 2
     a = weights(tmp_path / "a")
@@ -133,7 +139,9 @@ def test_accumulation_and_resume_reproduce_one_uninterrupted_run(teacher, studen
             torch.testing.assert_close(w, a[name], rtol=1e-4, atol=1e-5, msg=f"{other}: {name}")
     log_a = (tmp_path / "a" / "train_log.jsonl").read_text().splitlines()
     log_c = (tmp_path / "c" / "train_log.jsonl").read_text().splitlines()
-    assert [json.loads(x)["loss"] for x in log_c] == pytest.approx([json.loads(x)["loss"] for x in log_a], rel=1e-5)
+    assert [json.loads(x)["loss"] for x in log_c] == pytest.approx(
+        [json.loads(x)["loss"] for x in log_a], rel=1e-5
+    )
     assert len(list((tmp_path / "a" / "checkpoints").iterdir())) == 2  # keep_checkpoints
 
 
@@ -150,7 +158,17 @@ def test_resume_refuses_changed_options(teacher, student, tmp_path):
 def test_two_processes_agree_with_one(tmp_path):
     data = tmp_path / "train.txt"
     data.write_text(TEXT)
-    args = ["distill", "--teacher", "kjv-teacher", "--student", "kjv-student", "--data", str(data), "--steps", "2"]
+    args = [
+        "distill",
+        "--teacher",
+        "kjv-teacher",
+        "--student",
+        "kjv-student",
+        "--data",
+        str(data),
+        "--steps",
+        "2",
+    ]
     args += ["--batch-size", "4", "--seq-len", "32", "--temperature", "2", "--hard-weight", "0.2", "--quiet"]
     assert cli_main([*args, "-o", str(tmp_path / "one")]) == 0
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -199,4 +217,9 @@ def test_errors(teacher, student, prompts_file, tmp_path, tiny_llama):
     text_records.write_text(json.dumps({"text": TEXT[:3000]}) + "\n")
     with pytest.raises(ValueError, match="top-k"):
         slmops.distill(None, student, tmp_path, data=text_records, offline=True)
-    assert cli_main(["distill", "--teacher", "kjv-teacher", "--student", "kjv-student", "--data", "x", "-o", "o"]) == 1
+    assert (
+        cli_main(
+            ["distill", "--teacher", "kjv-teacher", "--student", "kjv-student", "--data", "x", "-o", "o"]
+        )
+        == 1
+    )

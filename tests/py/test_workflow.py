@@ -473,3 +473,21 @@ def test_awq_and_smoothquant_passes_calibrate(tmp_path, tiny_model, text_file, a
     result = run_workflow(parse_config(raw), progress=False)
     info = result.candidates[0].passes[0]["info"]
     assert info["layers_quantized"] == 14 and f"({algorithm})" in info["summary"]
+
+
+def test_distill_pass_trains_a_student_on_a_named_dataset(tmp_path, tiny_model, text_file):
+    raw = _config(tiny_model, text_file, tmp_path / "out")
+    raw["data"]["train"] = {"type": "text", "path": str(text_file)}
+    raw["passes"] = [{"type": "distill", "student": str(tiny_model), "data": "train", "steps": 2,
+                      "batch_size": 2, "seq_len": 16, "init": "scratch", "seed": 1}]  # fmt: skip
+    result = run_workflow(parse_config(raw), progress=False)
+    info = result.candidates[0].passes[0]["info"]
+    assert info["steps"] == 2 and info["tokens_trained"] == 2 * 2 * 16 and info["final_loss"] > 0
+    model, _ = slmops.zoo.load(tmp_path / "out" / "model")
+    teacher, _ = slmops.zoo.load(tiny_model)
+    # a student trained from scratch, not the teacher passed through
+    assert not torch.equal(model.model.embed_tokens.weight, teacher.model.embed_tokens.weight)
+    bad = _config(tiny_model, text_file, tmp_path / "bad")
+    bad["passes"] = [{"type": "distill", "student": str(tiny_model), "data": "nowhere", "divergence": "kl"}]
+    with pytest.raises(ConfigError, match=r"passes\[0\]\.data: no dataset named 'nowhere'"):
+        parse_config(bad)

@@ -29,7 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .registry import get_pass
 
-DATA_OPTIONS = ("calibration",)  # pass options whose value is a dataset name
+DATA_OPTIONS = ("calibration", "data")  # pass options whose value is a dataset name
 
 
 class ConfigError(ValueError):
