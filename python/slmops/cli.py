@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -223,7 +224,7 @@ def _cmd_distill(args: argparse.Namespace) -> int:
         progress=not args.quiet,
     )  # fmt: skip
     t = result.summary["training"]
-    if t["processes"] == 1 or int(__import__("os").environ.get("RANK", "0")) == 0:
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, one line from rank 0
         print(
             f"distilled {t['steps']} steps ({t['tokens_trained']:,} tokens, {t['seconds']:.0f} s, final loss "
             f"{t['final_loss']:.4f}) -> {result.model_dir}"

@@ -3,7 +3,6 @@
 // divergences), and for the fused loss walk the rows in chunks through sgemm.
 #include <algorithm>
 #include <cmath>
-#include <limits>
 #include <stdexcept>
 #include <string>
 #include <vector>

@@ -106,10 +106,12 @@ def _batches(examples: list[Example], opts: TrainingOptions, step: int) -> list[
     permutations, so a resumed run sees the same data as an uninterrupted one."""
     out: list[Example] = []
     n = len(examples)
+    orders: dict[int, np.ndarray] = {}  # a step spans at most a few epochs: one permutation each
     for i in range(step * opts.batch_size, (step + 1) * opts.batch_size):
         epoch, pos = divmod(i, n)
-        order = np.random.default_rng((opts.seed, epoch)).permutation(n)
-        out.append(examples[order[pos]])
+        if epoch not in orders:
+            orders[epoch] = np.random.default_rng((opts.seed, epoch)).permutation(n)
+        out.append(examples[orders[epoch][pos]])
     return out
 
 
