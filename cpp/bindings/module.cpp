@@ -14,6 +14,7 @@
 #include "slmops/kd_loss.h"
 #include "slmops/qmatmul.h"
 #include "slmops/quant.h"
+#include "slmops/spmm.h"
 #include "slmops/threading.h"
 #include "tensor_arg.h"
 
@@ -241,6 +242,116 @@ void py_qmatmul(const PyPackedWeight& pw, py::handle x, py::handle bias, py::han
   const CpuIsa cpu_isa = cpu_isa_from_name(isa);
   py::gil_scoped_release release;
   qmatmul(w, xa.data, x_dtype, M, bias_ptr, ya.data, y_dtype, act, cpu_isa, be);
+}
+
+// Sparse weights and the Python arrays they borrow from, kept alive together.
+struct PyNMWeight {
+  NMSparseWeight w;
+  py::object values, scales, zero_points, indices;
+};
+struct PyCsrWeight {
+  CsrWeight w;
+  py::object row_ptr, cols, values;
+};
+
+const void* cpu_array(TensorArg& t, std::initializer_list<ElemType> types, int64_t numel, const char* what) {
+  expect_cpu(t);
+  bindings::expect_type(t, types);
+  bindings::expect_numel(t, numel, what);
+  return t.data;
+}
+
+std::unique_ptr<PyNMWeight> py_pack_nm(int n, int m, int64_t N, int64_t K, const std::string& value_type,
+                                       py::handle values, py::handle scales, py::handle zero_points, int64_t group,
+                                       py::handle indices) {
+  SparseValueType type;
+  if (value_type == "float32") type = SparseValueType::kF32;
+  else if (value_type == "bfloat16") type = SparseValueType::kBF16;
+  else if (value_type == "int8") type = SparseValueType::kInt8;
+  else if (value_type == "int4") type = SparseValueType::kInt4;
+  else throw py::value_error("values must be 'float32', 'bfloat16', 'int8' or 'int4', got '" + value_type + "'");
+  if (N <= 0 || K <= 0 || m <= 0 || K % m)
+    throw py::value_error("shape (" + std::to_string(N) + ", " + std::to_string(K) +
+                          ") must be positive with in_features a multiple of " + std::to_string(m));
+  const int64_t kept = K / m * n;
+  auto out = std::make_unique<PyNMWeight>();
+  TensorArg va = tensor_arg(values, "values"), ia = tensor_arg(indices, "indices"), sa, za;
+  const int64_t groups = group ? (kept + group - 1) / group : 1;
+  const int64_t value_count = type == SparseValueType::kInt4 ? N * (groups * group / 2) : N * kept;
+  const void* v = cpu_array(va,
+                            type == SparseValueType::kF32    ? std::initializer_list<ElemType>{ElemType::kF32}
+                            : type == SparseValueType::kBF16 ? std::initializer_list<ElemType>{ElemType::kU16, ElemType::kBF16}
+                            : type == SparseValueType::kInt8 ? std::initializer_list<ElemType>{ElemType::kI8, ElemType::kU8}
+                                                             : std::initializer_list<ElemType>{ElemType::kU8},
+                            value_count, "the kept values");
+  const int64_t index_bytes = N * ((kept * (m == 4 ? 2 : 3) + 7) / 8);
+  const void* idx = cpu_array(ia, {ElemType::kU8}, index_bytes, "rows * index bytes per row");
+  const float* s = nullptr;
+  const uint8_t* z = nullptr;
+  if (type == SparseValueType::kInt8 || type == SparseValueType::kInt4) {
+    if (scales.is_none()) throw py::value_error("int8 and int4 values need scales");
+    sa = tensor_arg(scales, "scales");
+    s = static_cast<const float*>(cpu_array(sa, {ElemType::kF32}, N * groups, "rows * groups"));
+    if (!zero_points.is_none()) {
+      za = tensor_arg(zero_points, "zero_points");
+      z = static_cast<const uint8_t*>(cpu_array(za, {ElemType::kU8}, N * ((groups + 1) / 2), "rows * ceil(groups / 2)"));
+    }
+  }
+  out->w = make_nm_weight(N, K, n, m, type, v, s, z, group, static_cast<const uint8_t*>(idx));
+  out->values = va.owner;
+  out->indices = ia.owner;
+  out->scales = sa.owner;
+  out->zero_points = za.owner;
+  return out;
+}
+
+std::unique_ptr<PyCsrWeight> py_pack_csr(int64_t N, int64_t K, py::handle row_ptr, py::handle cols, py::handle values) {
+  if (N <= 0 || K <= 0)
+    throw py::value_error("shape must be positive, got (" + std::to_string(N) + ", " + std::to_string(K) + ")");
+  auto out = std::make_unique<PyCsrWeight>();
+  TensorArg ra = tensor_arg(row_ptr, "row_ptr"), ca = tensor_arg(cols, "cols"), va = tensor_arg(values, "values");
+  out->w.N = N;
+  out->w.K = K;
+  out->w.row_ptr = static_cast<const int64_t*>(cpu_array(ra, {ElemType::kI64}, N + 1, "out_features + 1"));
+  const int64_t nnz = out->w.row_ptr[N];
+  expect_cpu(ca);
+  bindings::expect_type(ca, {ElemType::kI16, ElemType::kI32});
+  bindings::expect_numel(ca, nnz, "row_ptr[-1] (the nonzeros)");
+  out->w.cols16 = ca.type == ElemType::kI16;
+  out->w.cols = ca.data;
+  out->w.values = static_cast<const float*>(cpu_array(va, {ElemType::kF32}, nnz, "row_ptr[-1] (the nonzeros)"));
+  validate_csr(out->w);
+  out->row_ptr = ra.owner;
+  out->cols = ca.owner;
+  out->values = va.owner;
+  return out;
+}
+
+// x [M, K] fp32 and y [M, N] fp32 (the ops layer converts other dtypes).
+template <class Weight, class Fn>
+void py_spmm(const Weight& w, py::handle x, py::handle bias, py::handle y, const std::string& isa, Fn fn) {
+  TensorArg xa = tensor_arg(x, "x"), ya = tensor_arg(y, "y"), ba;
+  expect_cpu(xa);
+  bindings::expect_ndim(xa, 2, "[M, in_features]");
+  bindings::expect_type(xa, {ElemType::kF32});
+  if (xa.shape[1] != w.K)
+    throw py::value_error("x has " + std::to_string(xa.shape[1]) + " features, the weight expects in_features = " +
+                          std::to_string(w.K));
+  const int64_t M = xa.shape[0];
+  expect_cpu(ya);
+  bindings::expect_type(ya, {ElemType::kF32});
+  bindings::expect_writeable(ya);
+  if (ya.shape.size() != 2 || ya.shape[0] != M || ya.shape[1] != w.N)
+    throw py::value_error("y must have shape (" + std::to_string(M) + ", " + std::to_string(w.N) + "), got " +
+                          ya.shape_str());
+  const float* bias_ptr = nullptr;
+  if (!bias.is_none()) {
+    ba = tensor_arg(bias, "bias");
+    bias_ptr = static_cast<const float*>(cpu_array(ba, {ElemType::kF32}, w.N, "out_features"));
+  }
+  const CpuIsa cpu_isa = cpu_isa_from_name(isa);
+  py::gil_scoped_release release;
+  fn(w, static_cast<const float*>(xa.data), M, bias_ptr, static_cast<float*>(ya.data), cpu_isa);
 }
 
 py::dict py_build_info() {
@@ -608,6 +719,26 @@ PYBIND11_MODULE(_C, m, py::mod_gil_not_used()) {
         py::arg("data"), py::arg("scales").none(true), py::arg("zero_points").none(true), py::arg("N"), py::arg("K"));
   m.def("qmatmul", &py_qmatmul, py::arg("packed"), py::arg("x"), py::arg("bias").none(true), py::arg("y"),
         py::arg("activation") = "float", py::arg("isa") = "auto", py::arg("backend") = "auto");
+  py::class_<PyNMWeight>(m, "NMSparseWeight", "An n:m sparse weight borrowed for the spmm kernels.")
+      .def_property_readonly("shape", [](const PyNMWeight& p) { return py::make_tuple(p.w.N, p.w.K); });
+  py::class_<PyCsrWeight>(m, "CsrWeight", "A CSR weight borrowed for the spmm kernels.")
+      .def_property_readonly("shape", [](const PyCsrWeight& p) { return py::make_tuple(p.w.N, p.w.K); });
+  m.def("pack_nm", &py_pack_nm, py::arg("n"), py::arg("m"), py::arg("N"), py::arg("K"), py::arg("values_type"),
+        py::arg("values"), py::arg("scales").none(true), py::arg("zero_points").none(true), py::arg("group"),
+        py::arg("indices"));
+  m.def("pack_csr", &py_pack_csr, py::arg("N"), py::arg("K"), py::arg("row_ptr"), py::arg("cols"), py::arg("values"));
+  m.def(
+      "spmm",
+      [](const PyNMWeight& w, py::handle x, py::handle bias, py::handle y, const std::string& isa) {
+        py_spmm(w.w, x, bias, y, isa, spmm_nm);
+      },
+      py::arg("weight"), py::arg("x"), py::arg("bias").none(true), py::arg("y"), py::arg("isa") = "auto");
+  m.def(
+      "spmm",
+      [](const PyCsrWeight& w, py::handle x, py::handle bias, py::handle y, const std::string& isa) {
+        py_spmm(w.w, x, bias, y, isa, spmm_csr);
+      },
+      py::arg("weight"), py::arg("x"), py::arg("bias").none(true), py::arg("y"), py::arg("isa") = "auto");
   m.def(
       "read_bandwidth",
       [](int64_t bytes, int repeats) {

@@ -16,6 +16,8 @@ ElemType from_numpy(const py::dtype& dt) {
   if (kind == 'f' && size == 2) return ElemType::kF16;
   if (kind == 'u' && size == 1) return ElemType::kU8;
   if (kind == 'i' && size == 1) return ElemType::kI8;
+  if (kind == 'u' && size == 2) return ElemType::kU16;
+  if (kind == 'i' && size == 2) return ElemType::kI16;
   if (kind == 'i' && size == 4) return ElemType::kI32;
   if (kind == 'i' && size == 8) return ElemType::kI64;
   return ElemType::kOther;
@@ -28,6 +30,8 @@ ElemType from_dlpack(const dlpack::DLDataType& dt) {
   if (dt.code == dlpack::kDLBfloat && dt.bits == 16) return ElemType::kBF16;
   if (dt.code == dlpack::kDLUInt && dt.bits == 8) return ElemType::kU8;
   if (dt.code == dlpack::kDLInt && dt.bits == 8) return ElemType::kI8;
+  if (dt.code == dlpack::kDLUInt && dt.bits == 16) return ElemType::kU16;
+  if (dt.code == dlpack::kDLInt && dt.bits == 16) return ElemType::kI16;
   if (dt.code == dlpack::kDLInt && dt.bits == 32) return ElemType::kI32;
   if (dt.code == dlpack::kDLInt && dt.bits == 64) return ElemType::kI64;
   return ElemType::kOther;
@@ -59,6 +63,8 @@ const char* elem_type_name(ElemType t) {
     case ElemType::kBF16: return "bfloat16";
     case ElemType::kU8: return "uint8";
     case ElemType::kI8: return "int8";
+    case ElemType::kU16: return "uint16";
+    case ElemType::kI16: return "int16";
     case ElemType::kI32: return "int32";
     case ElemType::kI64: return "int64";
     default: return "unsupported";

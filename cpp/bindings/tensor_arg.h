@@ -14,7 +14,7 @@ namespace slmops::bindings {
 
 namespace py = pybind11;
 
-enum class ElemType { kF32, kF16, kBF16, kU8, kI8, kI32, kI64, kOther };
+enum class ElemType { kF32, kF16, kBF16, kU8, kI8, kU16, kI16, kI32, kI64, kOther };
 const char* elem_type_name(ElemType t);
 
 struct TensorArg {

@@ -3,6 +3,7 @@
 from .kd import TeacherHidden, TeacherTopK, fused_linear_kd_loss, kd_loss
 from .qmatmul import qmatmul
 from .quant import FORMATS, QuantizedTensor, dequantize, quantize
+from .sparse import SparseTensor, sparsify, spmm
 
 __all__ = [
     "FORMATS",
@@ -14,4 +15,7 @@ __all__ = [
     "kd_loss",
     "qmatmul",
     "quantize",
+    "SparseTensor",
+    "sparsify",
+    "spmm",
 ]

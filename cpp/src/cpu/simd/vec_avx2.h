@@ -154,3 +154,31 @@ static inline VF scale_pow2(VF y, VF n) {
 static inline VF zero_below(VF x, float lo, VF v) {
   return _mm256_and_ps(_mm256_cmp_ps(x, _mm256_set1_ps(lo), _CMP_NLT_UQ), v);
 }
+
+// ---- for the sparse matmul (spmm_simd.inc) -----------------------------------------------
+// Lane l: bit field l of b bits (b*8 <= 24) of bits; shifts holds b * l per lane.
+static inline VI bitfields(uint64_t bits, int b, VI shifts) {
+  return _mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32(int(uint32_t(bits))), shifts),
+                          _mm256_set1_epi32((1 << b) - 1));
+}
+// Lane l: x[pos_l] for pos_l < 2W (a 16-float window): two permutes and a blend.
+static inline VF gather_window(const float* x, VI pos) { return lut16(pos, x); }
+static inline VF gather_f(const float* base, VI idx) { return _mm256_i32gather_ps(base, idx, 4); }
+static inline VF load_bf16(const uint16_t* p) {
+  const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+}
+// W 4-bit codes from W/2 bytes, element 2i in the low nibble of byte i.
+static inline VI load_nibbles(const uint8_t* p) {
+  int32_t v;
+  std::memcpy(&v, p, 4);
+  const __m128i b = _mm_cvtsi32_si128(v);
+  const __m128i lo = _mm_and_si128(b, _mm_set1_epi8(0x0F)), hi = _mm_and_si128(_mm_srli_epi16(b, 4), _mm_set1_epi8(0x0F));
+  return _mm256_cvtepu8_epi32(_mm_unpacklo_epi8(lo, hi));
+}
+static inline VI load_i16(const int16_t* p) {
+  return _mm256_cvtepi16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+}
+static inline VI load_i32(const int32_t* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); }
+static inline void store_i32(int32_t* p, VI v) { _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), v); }
+static inline VI add_vi(VI a, VI b) { return _mm256_add_epi32(a, b); }

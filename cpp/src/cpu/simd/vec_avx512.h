@@ -115,3 +115,31 @@ static inline VF scale_pow2(VF y, VF n) { return _mm512_scalef_ps(y, n); }
 static inline VF zero_below(VF x, float lo, VF v) {
   return _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(x, _mm512_set1_ps(lo), _CMP_NLT_UQ), v);
 }
+
+// ---- for the sparse matmul (spmm_simd.inc) -----------------------------------------------
+// Lane l: bit field l of b bits (b*16 <= 48) of bits; shifts holds b * (l % 8) per lane.
+static inline VI bitfields(uint64_t bits, int b, VI shifts) {
+  const VI v = _mm512_mask_set1_epi32(_mm512_set1_epi32(int(uint32_t(bits))), 0xFF00, int(uint32_t(bits >> (8 * b))));
+  return _mm512_and_si512(_mm512_srlv_epi32(v, shifts), _mm512_set1_epi32((1 << b) - 1));
+}
+// Lane l: x[pos_l] for pos_l < 2W: one two-source permute over the 32-float window.
+static inline VF gather_window(const float* x, VI pos) {
+  return _mm512_permutex2var_ps(_mm512_loadu_ps(x), pos, _mm512_loadu_ps(x + 16));
+}
+static inline VF gather_f(const float* base, VI idx) { return _mm512_i32gather_ps(idx, base, 4); }
+static inline VF load_bf16(const uint16_t* p) {
+  const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+// W 4-bit codes from W/2 bytes, element 2i in the low nibble of byte i.
+static inline VI load_nibbles(const uint8_t* p) {
+  const __m128i b = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(p));
+  const __m128i lo = _mm_and_si128(b, _mm_set1_epi8(0x0F)), hi = _mm_and_si128(_mm_srli_epi16(b, 4), _mm_set1_epi8(0x0F));
+  return _mm512_cvtepu8_epi32(_mm_unpacklo_epi8(lo, hi));
+}
+static inline VI load_i16(const int16_t* p) {
+  return _mm512_cvtepi16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+}
+static inline VI load_i32(const int32_t* p) { return _mm512_loadu_si512(p); }
+static inline void store_i32(int32_t* p, VI v) { _mm512_storeu_si512(p, v); }
+static inline VI add_vi(VI a, VI b) { return _mm512_add_epi32(a, b); }

@@ -1,0 +1,73 @@
+// Sparse weight matmul: y[M, N] = x[M, K] @ W^T (+ bias) with W [N, K] stored sparse.
+//
+// Two formats, both borrowed from the caller's buffers (kept alive while used):
+//   N:M semi-structured (2:4, 4:8): n of every m consecutive weights of a row are kept.
+//     A row stores its K*n/m kept values in order, and for each one its index within its
+//     group of m as a little-endian bit stream of log2(m) bits per value (2 bits for 2:4,
+//     3 for 4:8; value j at bits [j*b, j*b + b) of the row's bytes). Values are fp32,
+//     bf16, or int8/int4 codes with the scales of the quantization formats (groups run
+//     along the kept values), so sparsity and quantization combine.
+//   CSR: row pointers, sorted column indices (int16 where K fits, else int32), fp32 values.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "slmops/cpu_features.h"
+
+namespace slmops {
+
+enum class SparseValueType : int { kF32 = 0, kBF16 = 1, kInt8 = 2, kInt4 = 3 };
+
+struct NMSparseWeight {
+  int64_t N = 0, K = 0;
+  int n = 2, m = 4;  // n of every m kept
+  SparseValueType type = SparseValueType::kF32;
+  // kF32: float [N, kept]; kBF16: uint16 [N, kept]; kInt8: int8 codes [N, kept], w = s*q;
+  // kInt4: codes [N, groups * group / 2] (rows padded to whole groups, as MatMulNBits
+  // pads them), value 2i in the low nibble of byte i, w = s*q + o.
+  const void* values = nullptr;
+  const float* scales = nullptr;  // int8/int4: [N, groups]
+  std::vector<float> offsets;     // int4: [N, groups], o = -zero_point * s
+  int64_t group = 0;              // int8/int4: kept values per scale
+  const uint8_t* indices = nullptr;  // [N, index_row_bytes()]
+
+  int64_t kept() const { return K / m * n; }  // kept values per row
+  int index_bits() const { return m == 4 ? 2 : 3; }
+  int64_t index_row_bytes() const { return (kept() * index_bits() + 7) / 8; }
+  int64_t groups() const { return group ? (kept() + group - 1) / group : 0; }
+  int64_t int4_row_bytes() const { return groups() * group / 2; }
+};
+
+// Validates the layout (n:m in {2:4, 4:8}, K a multiple of m, quantized groups a multiple
+// of 16 kept values or the whole row, int4 with an even row) and computes int4 offsets
+// from the zero points (nibble g%2 of byte g/2 per row; nullptr: symmetric, zero point 8).
+// Throws std::invalid_argument with the reason.
+NMSparseWeight make_nm_weight(int64_t N, int64_t K, int n, int m, SparseValueType type, const void* values,
+                              const float* scales, const uint8_t* zero_points, int64_t group,
+                              const uint8_t* indices);
+
+struct CsrWeight {
+  int64_t N = 0, K = 0;
+  const int64_t* row_ptr = nullptr;  // [N + 1], row_ptr[0] = 0, non-decreasing
+  const void* cols = nullptr;        // [nnz] int16 (cols16) or int32, sorted within a row
+  bool cols16 = false;
+  const float* values = nullptr;  // [nnz]
+  int64_t nnz() const { return row_ptr[N]; }
+};
+
+// Checks row pointers and column indices (in range, strictly increasing within a row);
+// throws std::invalid_argument naming the first bad row.
+void validate_csr(const CsrWeight& w);
+
+// y [M, N] fp32 = x [M, K] fp32 @ W^T + bias (N floats or nullptr). Few activation rows run
+// along each weight row (decode once, gather the activations each kept value meets); from
+// kSpmmGemmRows rows the activations are transposed and every kept value is broadcast
+// against a vector of activation rows.
+constexpr int64_t kSpmmGemmRows = 8;
+void spmm_nm(const NMSparseWeight& w, const float* x, int64_t M, const float* bias, float* y,
+             CpuIsa isa = CpuIsa::kAuto);
+void spmm_csr(const CsrWeight& w, const float* x, int64_t M, const float* bias, float* y,
+              CpuIsa isa = CpuIsa::kAuto);
+
+}  // namespace slmops

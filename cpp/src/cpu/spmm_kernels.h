@@ -1,0 +1,64 @@
+// The sparse matmul kernels every ISA provides, and the scalar decoding they share (the
+// ref kernels use it for everything, the SIMD kernels for row tails).
+#pragma once
+
+#include <cstdint>
+
+#include "common/half.h"
+#include "slmops/spmm.h"
+
+namespace slmops::cpu {
+
+struct SpmmKernels {
+  // y[m * N + n] = (row n of W) . x[m] for m < M, n in [n0, n1): few activation rows.
+  void (*nm_rows)(const NMSparseWeight& w, const float* x, int64_t M, float* y, int64_t n0, int64_t n1);
+  void (*csr_rows)(const CsrWeight& w, const float* x, int64_t M, float* y, int64_t n0, int64_t n1);
+  // The kept weights of row n in columns [k0, k1) (k0 a multiple of 32 * m / n, k1 of m)
+  // as fp32 values and their columns, in order; returns how many.
+  int64_t (*nm_decode)(const NMSparseWeight& w, int64_t n, int64_t k0, int64_t k1, float* vals, int32_t* cols);
+  // acc[0, Mp) += sum_j vals[j] * xT[cols[j] * Mp + (0, Mp)]; Mp a multiple of 16. The
+  // inner loop of the many-row path: x transposed, each kept weight broadcast.
+  void (*accumulate)(const float* vals, const int32_t* cols, int64_t count, const float* xT, int64_t Mp, float* acc);
+};
+
+const SpmmKernels& spmm_kernels_for(CpuIsa isa);
+
+namespace ref { const SpmmKernels& spmm_kernels(); }
+#ifdef SLMOPS_HAVE_AVX2
+namespace avx2 { const SpmmKernels& spmm_kernels(); }
+#endif
+#ifdef SLMOPS_HAVE_AVX512
+namespace avx512 { const SpmmKernels& spmm_kernels(); }
+#endif
+
+// Kept value j of row n, as a float.
+static inline float nm_value(const NMSparseWeight& w, int64_t n, int64_t j) {
+  const int64_t i = n * w.kept() + j;
+  switch (w.type) {
+    case SparseValueType::kF32: return static_cast<const float*>(w.values)[i];
+    case SparseValueType::kBF16: return bf16_to_f32(static_cast<const uint16_t*>(w.values)[i]);
+    case SparseValueType::kInt8:
+      return w.scales[n * w.groups() + j / w.group] * float(static_cast<const int8_t*>(w.values)[i]);
+    case SparseValueType::kInt4: {
+      const uint8_t byte = static_cast<const uint8_t*>(w.values)[n * w.int4_row_bytes() + j / 2];
+      const int64_t g = n * w.groups() + j / w.group;
+      return w.scales[g] * float((j & 1) ? byte >> 4 : byte & 0xF) + w.offsets[size_t(g)];
+    }
+  }
+  return 0.0f;
+}
+
+// Column of kept value j of row n: its group's first column plus its in-group index.
+static inline int64_t nm_column(const NMSparseWeight& w, int64_t n, int64_t j) {
+  const int b = w.index_bits();
+  const int64_t bytes = w.index_row_bytes(), bit = j * b, at = bit / 8;
+  const uint8_t* row = w.indices + n * bytes;
+  const uint32_t pair = row[at] | (at + 1 < bytes ? uint32_t(row[at + 1]) << 8 : 0u);
+  return w.m * (j / w.n) + ((pair >> (bit % 8)) & ((1u << b) - 1));
+}
+
+static inline int64_t csr_column(const CsrWeight& w, int64_t i) {
+  return w.cols16 ? static_cast<const int16_t*>(w.cols)[i] : static_cast<const int32_t*>(w.cols)[i];
+}
+
+}  // namespace slmops::cpu
