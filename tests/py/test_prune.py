@@ -10,7 +10,7 @@ import slmops
 import torch
 from conftest import CALIBRATION_TEXT
 from slmops import _C
-from slmops.nn import QuantLinear
+from slmops.nn import QuantLinear, SparseLinear
 from slmops.prune.model import keep_mask
 from slmops.quantize.gptq import damped
 
@@ -113,3 +113,39 @@ def test_prune_errors_are_clear(tiny_llama):
         run("sparsegpt", tokenizer=tok, calibration=[" "])
     with pytest.raises(ValueError, match="unknown quantize options"):
         run("sparsegpt", tokenizer=tok, quantize={"format": "int4"})
+
+
+def test_prune_model_per_layer_sparsity_and_sparse_layers(tiny_llama):
+    model, tok = tiny_llama
+    ids = torch.tensor([tok(CALIBRATION_TEXT * 3)["input_ids"][:48]])
+    shares = {"*mlp.down_proj": 0.9, "*self_attn.*": 0.25}
+    dense = copy.deepcopy(model)
+    s = slmops.prune_model(dense, "magnitude", sparsity=shares, progress=False)
+    assert s.skipped["model.layers.0.mlp.up_proj"] == "no sparsity given for it"
+    assert abs(s.pruned["model.layers.1.mlp.down_proj"] - 0.9) < 1e-3
+    assert abs(s.pruned["model.layers.0.self_attn.q_proj"] - 0.25) < 1e-3
+    # sparse=True: the same zeros, now in SparseLinear layers (CSR for unstructured), same logits
+    sparse = copy.deepcopy(model)
+    s = slmops.prune_model(sparse, "magnitude", sparsity=shares, sparse=True, progress=False)
+    layer = sparse.model.layers[1].mlp.down_proj
+    assert isinstance(layer, SparseLinear) and layer.sparse_weight.pattern == "csr"
+    assert s.sparse_format == "csr" and s.bytes_sparse < s.bytes_dense
+    with torch.no_grad():
+        torch.testing.assert_close(sparse(ids).logits, dense(ids).logits, rtol=1e-4, atol=1e-4)
+    for method in ("magnitude", "wanda"):
+        nm = copy.deepcopy(model)
+        s = slmops.prune_model(
+            nm, method, pattern="2:4", sparse=True, sparse_values="int4", progress=False,
+            tokenizer=tok, calibration=[CALIBRATION_TEXT * 30], n_samples=4, seq_len=32,
+        )  # fmt: skip
+        layer = nm.model.layers[0].self_attn.o_proj
+        assert isinstance(layer, SparseLinear) and layer.sparse_weight.values == "int4"
+        assert s.bytes_sparse / s.bytes_dense < 0.12  # int4 values, half of them, plus 2-bit indices
+        with torch.no_grad():
+            assert torch.isfinite(nm(ids).logits).all()
+    with pytest.raises(ValueError, match="per-layer sparsity needs pattern='unstructured'"):
+        slmops.prune_model(copy.deepcopy(model), "magnitude", sparsity={"*": 0.5}, pattern="2:4")
+    with pytest.raises(ValueError, match="sparsity must be in"):
+        slmops.prune_model(copy.deepcopy(model), "magnitude", sparsity={"*": 1.5})
+    with pytest.raises(ValueError, match="CSR with float32"):
+        slmops.prune_model(copy.deepcopy(model), "magnitude", sparse=True, sparse_values="int4")

@@ -2,5 +2,6 @@
 
 from .kd_loss import FusedLinearKDLoss, KDLoss, TeacherHidden, TeacherTopK
 from .quant_linear import QuantLinear
+from .sparse_linear import SparseLinear
 
-__all__ = ["FusedLinearKDLoss", "KDLoss", "QuantLinear", "TeacherHidden", "TeacherTopK"]
+__all__ = ["FusedLinearKDLoss", "KDLoss", "QuantLinear", "SparseLinear", "TeacherHidden", "TeacherTopK"]

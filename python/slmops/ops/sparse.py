@@ -65,7 +65,8 @@ class SparseTensor:
         self.symmetric = bool(symmetric)
         self.tensors = dict(tensors)
         self._packed: Any = None
-        self.packed()  # validates the buffers against the layout now, not at the first matmul
+        if not any(is_torch(t) and t.device.type != "cpu" for t in self.tensors.values()):
+            self.packed()  # validates the buffers against the layout now, not at the first matmul
 
     @property
     def n_m(self) -> tuple[int, int]:

@@ -18,14 +18,15 @@ kernels of slmops take). The calibrated methods run layer by layer as GPTQ does
 (``slmops.quantize.calibration``): each layer is pruned, and the calibration samples run
 through the pruned layer to give the next layer its inputs.
 
-The pruned weights stay in the dense ``nn.Linear`` as zeros; ``slmops.ops.sparsify`` and
-``SparseLinear`` turn them into the sparse formats.
+The pruned weights stay in the dense ``nn.Linear`` as zeros, or with ``sparse=True`` each
+pruned layer becomes a ``SparseLinear`` (n:m patterns in their n:m format, unstructured in
+CSR) whose forward runs on the sparse kernels.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,10 +35,10 @@ import torch
 from torch import nn
 
 from .. import _C
-from ..nn import QuantLinear
+from ..nn import QuantLinear, SparseLinear
 from ..quantize.calibration import calibration_tokens, linears_by_layer, observe_inputs, run_layerwise
 from ..quantize.gptq import check_damp, check_options, damped, to_quantized
-from ..quantize.model import DEFAULT_SKIP, select_linears
+from ..quantize.model import DEFAULT_SKIP, matches, select_linears
 
 METHODS = ("magnitude", "wanda", "sparsegpt")
 PATTERNS = ("unstructured", "2:4", "4:8")
@@ -50,12 +51,16 @@ class PruningSummary:
     method: str
     pattern: str
     sparsity: float  # the share asked for (n:m: 1 - n/m)
+    per_layer: dict[str, float] | None = None  # the per-layer shares asked for (fnmatch pattern: share)
     seconds: float = 0.0
     pruned: dict[str, float] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)
     zeros: int = 0  # weights that are zero in the pruned layers
     total: int = 0  # weights in the pruned layers
     quantized: str | None = None  # the format of the kept weights with SparseGPT's joint quantization
+    sparse_format: str | None = None  # with sparse=True: the SparseLinear layout (2:4, 4:8 or csr)
+    bytes_dense: int = 0  # with sparse=True: weight bytes of the pruned layers before and after
+    bytes_sparse: int = 0
 
     @property
     def achieved(self) -> float:
@@ -63,11 +68,18 @@ class PruningSummary:
 
     def __str__(self) -> str:
         what = f"{self.pattern} {self.sparsity:.0%}" if self.pattern == "unstructured" else self.pattern
+        if self.per_layer is not None:
+            what = f"{self.pattern}, per layer"
         joint = f", kept weights in {self.quantized}" if self.quantized else ""
         lines = [
             f"pruned {len(self.pruned)} linear layers ({self.method}, {what}{joint}): "
             f"{self.achieved:.1%} of {self.total:,} weights are zero"
         ]
+        if self.sparse_format:
+            lines.append(
+                f"  stored as SparseLinear ({self.sparse_format}): {self.bytes_sparse:,} bytes "
+                f"for {self.bytes_dense:,} dense ({self.bytes_sparse / max(self.bytes_dense, 1):.2f}x)"
+            )
         lines += [f"  kept {name}: {why}" for name, why in self.skipped.items()]
         return "\n".join(lines)
 
@@ -107,7 +119,7 @@ def prune_model(
     model: nn.Module,
     method: str = "wanda",
     *,
-    sparsity: float = 0.5,
+    sparsity: float | Mapping[str, float] = 0.5,
     pattern: str = "unstructured",
     skip: Sequence[str] = DEFAULT_SKIP,
     include: Sequence[str] | None = None,
@@ -118,13 +130,19 @@ def prune_model(
     damp: float = 0.01,
     quantize: dict[str, Any] | None = None,
     activation: str = "float",
+    sparse: bool = False,
+    sparse_values: str = "float32",
     progress: bool = True,
 ) -> PruningSummary:
     """Prunes, in place, every ``nn.Linear`` of ``model`` (but ``skip``; only ``include``
     when given; fnmatch patterns on module names, lm_head kept by default).
 
     ``method``: 'magnitude', 'wanda' or 'sparsegpt'; ``sparsity`` the share of each row
-    to zero for ``pattern='unstructured'``, or ``pattern`` '2:4' / '4:8'. Calibration
+    to zero for ``pattern='unstructured'`` (uniform), or per layer a mapping of fnmatch
+    patterns to shares (the first match wins; layers no pattern matches are kept), or
+    ``pattern`` '2:4' / '4:8'. ``sparse=True`` replaces each pruned layer by a
+    ``SparseLinear`` (n:m layout, or CSR for unstructured; ``sparse_values`` 'float32',
+    'bfloat16', 'int8' or 'int4' for n:m). Calibration
     (wanda, sparsegpt) as for ``quantize_model``: ``calibration`` None for the reference
     corpus, a .txt/.jsonl path, a list of texts (tokenized with ``tokenizer``), or token
     ids [n, seq_len]. SparseGPT only: ``damp``, and ``quantize=dict(bits=4,
@@ -135,7 +153,17 @@ def prune_model(
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    n, m, share = parse_pattern(pattern, sparsity)
+    per_layer = dict(sparsity) if isinstance(sparsity, Mapping) else None
+    if per_layer is not None:
+        if pattern != "unstructured":
+            raise ValueError(f"per-layer sparsity needs pattern='unstructured'; {pattern} fixes it at 50%")
+        for key, value in per_layer.items():
+            parse_pattern(pattern, value)  # validates every share
+    n, m, share = parse_pattern(pattern, 0.5 if per_layer is not None else sparsity)
+    if sparse and quantize is not None:
+        raise ValueError("quantize= makes QuantLinear layers; for sparse int4 layers use sparse_values='int4'")
+    if sparse and m == 0 and sparse_values != "float32":
+        raise ValueError(f"unstructured sparsity is stored as CSR with float32 values, got {sparse_values!r}")
     grid = None
     if quantize is not None:
         if method != "sparsegpt":
@@ -146,20 +174,27 @@ def prune_model(
         grid = {"bits": 4, "group_size": 128, "symmetric": True} | dict(quantize)
         check_options(grid["bits"], grid["group_size"], grid["symmetric"])
     check_damp(damp)
-    summary = PruningSummary(method=method, pattern=pattern, sparsity=share)
-    targets = []
+    summary = PruningSummary(method=method, pattern=pattern, sparsity=share, per_layer=per_layer)
+    targets, shares = [], {}
     for name in select_linears(model, skip, include, summary.skipped):
         k = model.get_submodule(name).in_features
+        layer_share = share
+        if per_layer is not None:
+            layer_share = next((v for key, v in per_layer.items() if matches(name, [key])), None)
         if m and k % m:
             summary.skipped[name] = f"in_features {k} is not a multiple of {m} ({pattern})"
+        elif layer_share is None:
+            summary.skipped[name] = "no sparsity given for it"
         else:
             targets.append(name)
+            shares[name] = float(layer_share)
 
     start = time.perf_counter()
     if method == "magnitude":
         for name in targets:
             weight = model.get_submodule(name).weight
-            _apply(model, name, keep_mask(weight.detach().abs().float(), n, m, share, per_row=False), summary)
+            scores = weight.detach().abs().float()
+            _apply(model, name, keep_mask(scores, n, m, shares[name], per_row=False), summary)
     else:
         batches = calibration_tokens(
             model, tokenizer, calibration, n_samples=n_samples, seq_len=seq_len, method=method
@@ -176,9 +211,9 @@ def prune_model(
                 if method == "wanda":
                     norms = torch.from_numpy(np.sqrt(stats[name].sq_sum)).float()
                     scores = weight.detach().abs().float() * norms
-                    _apply(model, name, keep_mask(scores, n, m, share), summary)
+                    _apply(model, name, keep_mask(scores, n, m, shares[name]), summary)
                 else:
-                    q = _sparsegpt(model, name, stats[name].hessian, n, m, share, damp, grid, summary)
+                    q = _sparsegpt(model, name, stats[name].hessian, n, m, shares[name], damp, grid, summary)
                     if q is not None:
                         joint[name] = q
 
@@ -191,6 +226,10 @@ def prune_model(
                 layer = QuantLinear.from_quantized(q, model.get_submodule(name).bias, activation=activation)
                 replace_linear(model, name, layer, replaced)
             summary.quantized = f"{replaced.format} ({grid['bits']}-bit, group {grid['group_size']})"
+    if sparse:
+        summary.sparse_format = pattern if m else "csr"
+        for name in summary.pruned:
+            _to_sparse(model, name, summary.sparse_format, sparse_values, summary)
     summary.seconds = time.perf_counter() - start
     return summary
 
@@ -200,6 +239,15 @@ def _apply(model: nn.Module, name: str, keep: torch.Tensor, summary: PruningSumm
     with torch.no_grad():
         weight.mul_(keep.to(weight.dtype))
     _count(name, weight, summary)
+
+
+def _to_sparse(model: nn.Module, name: str, layout: str, values: str, summary: PruningSummary) -> None:
+    linear = model.get_submodule(name)
+    layer = SparseLinear.from_linear(linear, layout, values=values).to(linear.weight.device)
+    parent_name, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent_name) if parent_name else model, child, layer)
+    summary.bytes_dense += linear.weight.numel() * linear.weight.element_size()
+    summary.bytes_sparse += layer.sparse_weight.nbytes
 
 
 def _count(name: str, weight: torch.Tensor, summary: PruningSummary) -> None:
