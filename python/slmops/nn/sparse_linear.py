@@ -141,8 +141,10 @@ class SparseLinear(nn.Module):
         # A CSR weight's buffers take the incoming number of nonzeros.
         for name in list(self._buffers):
             key = prefix + name
-            if name.startswith(_PREFIX) and key in state_dict and state_dict[key].shape != self._buffers[name].shape:
-                self._buffers[name] = torch.empty_like(state_dict[key])
+            incoming = state_dict.get(key)
+            resized = incoming is not None and incoming.shape != self._buffers[name].shape
+            if name.startswith(_PREFIX) and resized:
+                self._buffers[name] = torch.empty_like(incoming)
         self._sparse = None
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
@@ -169,8 +171,7 @@ class SparseLinear(nn.Module):
     def extra_repr(self) -> str:
         sw = self.sparse_weight
         quant = f", group_size={sw.group_size}" if sw.values in ("int8", "int4") else ""
-        return (
-            f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
-            f"pattern={sw.pattern}, values={sw.values}{quant}, density={sw.density:.3f}, weight_bytes={sw.nbytes}"
-        )
+        head = f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+        layout = f"pattern={sw.pattern}, values={sw.values}{quant}"
+        return f"{head}, {layout}, density={sw.density:.3f}, bytes={sw.nbytes}"
 

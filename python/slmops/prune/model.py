@@ -157,11 +157,11 @@ def prune_model(
     if per_layer is not None:
         if pattern != "unstructured":
             raise ValueError(f"per-layer sparsity needs pattern='unstructured'; {pattern} fixes it at 50%")
-        for key, value in per_layer.items():
+        for value in per_layer.values():
             parse_pattern(pattern, value)  # validates every share
     n, m, share = parse_pattern(pattern, 0.5 if per_layer is not None else sparsity)
     if sparse and quantize is not None:
-        raise ValueError("quantize= makes QuantLinear layers; for sparse int4 layers use sparse_values='int4'")
+        raise ValueError("quantize= makes QuantLinear layers; for sparse int4 ones pass sparse_values='int4'")
     if sparse and m == 0 and sparse_values != "float32":
         raise ValueError(f"unstructured sparsity is stored as CSR with float32 values, got {sparse_values!r}")
     grid = None
