@@ -171,7 +171,8 @@ class SparseLinear(nn.Module):
     def extra_repr(self) -> str:
         sw = self.sparse_weight
         quant = f", group_size={sw.group_size}" if sw.values in ("int8", "int4") else ""
-        head = f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+        bias = self.bias is not None
+        head = f"in_features={self.in_features}, out_features={self.out_features}, bias={bias}"
         layout = f"pattern={sw.pattern}, values={sw.values}{quant}"
         return f"{head}, {layout}, density={sw.density:.3f}, bytes={sw.nbytes}"
 
