@@ -10,6 +10,7 @@
 #include "slmops/build_info.h"
 #include "slmops/cpu_features.h"
 #include "slmops/cuda.h"
+#include "slmops/gemm.h"
 #include "slmops/gptq.h"
 #include "slmops/kd_loss.h"
 #include "slmops/qmatmul.h"
@@ -352,6 +353,25 @@ void py_spmm(const Weight& w, py::handle x, py::handle bias, py::handle y, const
   const CpuIsa cpu_isa = cpu_isa_from_name(isa);
   py::gil_scoped_release release;
   fn(w, static_cast<const float*>(xa.data), M, bias_ptr, static_cast<float*>(ya.data), cpu_isa);
+}
+
+// y [M, N] = x [M, K] @ w [N, K]^T in fp32 through slmops' sgemm (oneDNN's where built
+// with it): the dense baseline of the sparse benchmarks.
+void py_sgemm_nt(py::handle x, py::handle w, py::handle y) {
+  TensorArg xa = tensor_arg(x, "x"), wa = tensor_arg(w, "w"), ya = tensor_arg(y, "y");
+  for (TensorArg* t : {&xa, &wa, &ya}) {
+    expect_cpu(*t);
+    bindings::expect_ndim(*t, 2, "2-D");
+    bindings::expect_type(*t, {ElemType::kF32});
+  }
+  bindings::expect_writeable(ya);
+  const int64_t M = xa.shape[0], K = xa.shape[1], N = wa.shape[0];
+  if (wa.shape[1] != K || ya.shape[0] != M || ya.shape[1] != N)
+    throw py::value_error("shapes must be x [M, K], w [N, K], y [M, N]; got x " + xa.shape_str() + ", w " +
+                          wa.shape_str() + ", y " + ya.shape_str());
+  py::gil_scoped_release release;
+  sgemm(false, true, M, N, K, 1.0f, static_cast<const float*>(xa.data), K, static_cast<const float*>(wa.data), K,
+        0.0f, static_cast<float*>(ya.data), N);
 }
 
 py::dict py_build_info() {
@@ -726,6 +746,7 @@ PYBIND11_MODULE(_C, m, py::mod_gil_not_used()) {
   m.def("pack_nm", &py_pack_nm, py::arg("n"), py::arg("m"), py::arg("N"), py::arg("K"), py::arg("values_type"),
         py::arg("values"), py::arg("scales").none(true), py::arg("zero_points").none(true), py::arg("group"),
         py::arg("indices"));
+  m.def("sgemm_nt", &py_sgemm_nt, py::arg("x"), py::arg("w"), py::arg("y"));
   m.def("pack_csr", &py_pack_csr, py::arg("N"), py::arg("K"), py::arg("row_ptr"), py::arg("cols"), py::arg("values"));
   m.def(
       "spmm",

@@ -4,7 +4,8 @@ machine's read bandwidth), ``quality`` (the reference teacher under each RTN for
 ``export`` (the exported teacher in ONNX Runtime GenAI), ``gptq`` (GPTQ against a PyTorch
 GPTQ), ``compress`` (the calibrated algorithms' quality table) and ``kd`` (the
 distillation losses against PyTorch eager, time and peak memory), ``distill`` (a student
-distilled from the reference teacher against the same student trained on the text alone).
+distilled from the reference teacher against the same student trained on the text alone),
+``sparse`` (2:4, 4:8 and CSR matmul against the dense products they replace).
 Every speed figure is a ratio measured side by side in one run; see benchmarks/README.md."""
 
-BENCHMARKS = ("quant", "qmatmul", "quality", "export", "gptq", "compress", "kd", "distill")
+BENCHMARKS = ("quant", "qmatmul", "quality", "export", "gptq", "compress", "kd", "distill", "sparse")

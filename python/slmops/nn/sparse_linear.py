@@ -175,4 +175,3 @@ class SparseLinear(nn.Module):
         head = f"in_features={self.in_features}, out_features={self.out_features}, bias={bias}"
         layout = f"pattern={sw.pattern}, values={sw.values}{quant}"
         return f"{head}, {layout}, density={sw.density:.3f}, bytes={sw.nbytes}"
-
