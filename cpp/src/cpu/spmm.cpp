@@ -30,13 +30,14 @@ namespace {
 void invalid(const std::string& what) { throw std::invalid_argument(what); }
 
 // The many-rows path: xT [K, Mp] (activation rows padded to Mp with zeros), then per block
-// of output rows and block of columns, each row's kept weights are accumulated against the
-// columns' activation vectors. Column blocks keep the xT rows they touch in L2.
+// of output rows and block of columns, every row's kept weights in those columns are
+// decoded once and accumulated against one 64-row slice of xT at a time: 64 columns x 64
+// activation rows of xT (16 KiB) stay in L1 while the block's 32 rows sweep them.
 // `slice(n, k0, k1, vals, cols)` yields row n's kept weights in [k0, k1) as (vals, cols, count).
 template <class Slice>
 void spmm_transposed(int64_t N, int64_t K, const float* x, int64_t M, const float* bias, float* y,
                      const cpu::SpmmKernels& kernels, const Slice& slice) {
-  constexpr int64_t kRowsPerBlock = 64, kColsPerBlock = 256;
+  constexpr int64_t kRowsPerBlock = 32, kColsPerBlock = 64, kSliceRows = 64;
   const int64_t Mp = (M + 15) / 16 * 16;
   std::vector<float> xT(static_cast<size_t>(K * Mp), 0.0f);
   parallel_for(K, [&](int64_t k0, int64_t k1) {
@@ -45,20 +46,25 @@ void spmm_transposed(int64_t N, int64_t K, const float* x, int64_t M, const floa
   });
   const int64_t blocks = (N + kRowsPerBlock - 1) / kRowsPerBlock;
   parallel_for(blocks, [&](int64_t b0, int64_t b1) {
-    std::vector<float> acc(static_cast<size_t>(kRowsPerBlock * Mp)), vals(static_cast<size_t>(kColsPerBlock));
-    std::vector<int32_t> cols(static_cast<size_t>(kColsPerBlock));
+    std::vector<float> acc(static_cast<size_t>(kRowsPerBlock * Mp));
+    std::vector<float> vals(static_cast<size_t>(kRowsPerBlock * kColsPerBlock));
+    std::vector<int32_t> cols(static_cast<size_t>(kRowsPerBlock * kColsPerBlock));
+    const float* v[kRowsPerBlock];
+    const int32_t* c[kRowsPerBlock];
+    int64_t count[kRowsPerBlock];
     for (int64_t b = b0; b < b1; ++b) {
       const int64_t n0 = b * kRowsPerBlock, n1 = std::min(N, n0 + kRowsPerBlock);
       std::fill(acc.begin(), acc.end(), 0.0f);
       for (int64_t k0 = 0; k0 < K; k0 += kColsPerBlock) {
         const int64_t k1 = std::min(K, k0 + kColsPerBlock);
         for (int64_t n = n0; n < n1; ++n) {
-          const float* v;
-          const int32_t* c;
-          int64_t count;
-          slice(n, k0, k1, vals.data(), cols.data(), &v, &c, &count);
-          kernels.accumulate(v, c, count, xT.data(), Mp, &acc[size_t((n - n0) * Mp)]);
+          const size_t at = size_t((n - n0) * kColsPerBlock);
+          slice(n, k0, k1, &vals[at], &cols[at], &v[n - n0], &c[n - n0], &count[n - n0]);
         }
+        for (int64_t m0 = 0; m0 < Mp; m0 += kSliceRows)
+          for (int64_t n = n0; n < n1; ++n)
+            kernels.accumulate(v[n - n0], c[n - n0], count[n - n0], xT.data() + m0, Mp,
+                               std::min(kSliceRows, Mp - m0), &acc[size_t((n - n0) * Mp + m0)]);
       }
       for (int64_t n = n0; n < n1; ++n)
         for (int64_t m = 0; m < M; ++m) y[m * N + n] = acc[size_t((n - n0) * Mp + m)] + (bias ? bias[n] : 0.0f);

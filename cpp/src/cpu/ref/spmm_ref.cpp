@@ -34,10 +34,11 @@ int64_t nm_decode(const NMSparseWeight& w, int64_t n, int64_t k0, int64_t k1, fl
   return j1 - j0;
 }
 
-void accumulate(const float* vals, const int32_t* cols, int64_t count, const float* xT, int64_t Mp, float* acc) {
+void accumulate(const float* vals, const int32_t* cols, int64_t count, const float* xT, int64_t ld, int64_t width,
+                float* acc) {
   for (int64_t j = 0; j < count; ++j) {
-    const float* src = xT + int64_t(cols[j]) * Mp;
-    for (int64_t m = 0; m < Mp; ++m) acc[m] += vals[j] * src[m];
+    const float* src = xT + int64_t(cols[j]) * ld;
+    for (int64_t m = 0; m < width; ++m) acc[m] += vals[j] * src[m];
   }
 }
 
