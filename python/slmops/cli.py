@@ -4,6 +4,7 @@
     slmops run config.yaml                        # a run config: passes, evaluation, goals, search
     slmops optimize --model kjv-teacher --precision int4 --output-dir out
     slmops quantize --model ./my-hf-model --format q4_k --output-dir out
+    slmops prune --model kjv-teacher --method wanda --pattern 2:4 --sparse --output-dir out
     slmops evaluate --model out/model --metrics perplexity speed
     slmops export --model out/model --target gguf --output-dir gguf
     slmops distill --teacher kjv-teacher --student kjv-student --data train.txt -o out
@@ -200,6 +201,22 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
     return _run_config(raw, args, source="slmops quantize")
 
 
+def _cmd_prune(args: argparse.Namespace) -> int:
+    prune = {"type": "prune", "method": args.method, "pattern": args.pattern, "sparse": args.sparse}
+    if args.pattern == "unstructured":
+        prune["sparsity"] = args.sparsity
+    if args.sparse:
+        prune["sparse_values"] = args.sparse_values
+    raw = {"model": args.model, "passes": [prune], "evaluate": {"metrics": ["size"]}}
+    if args.method != "magnitude":  # calibrated
+        prune.update(n_samples=args.n_samples, seq_len=args.seq_len)
+        if args.calibration is not None:
+            kind = "jsonl" if args.calibration.suffix == ".jsonl" else "text"
+            raw["data"] = {"calibration": {"type": kind, "path": str(args.calibration)}}
+            prune["calibration"] = "calibration"
+    return _run_config(raw, args, source="slmops prune")
+
+
 def _cmd_distill(args: argparse.Namespace) -> int:
     from .distill import distill
 
@@ -381,6 +398,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seq-len", type=int, default=512, help="calibrated: tokens per calibration window")
     _add_run_flags(p, output_required=True)
     p.set_defaults(func=_cmd_quantize)
+
+    from .ops.sparse import VALUE_TYPES
+    from .prune.model import METHODS as PRUNE_METHODS
+    from .prune.model import PATTERNS
+
+    p = sub.add_parser(
+        "prune",
+        help="prune a model's linear layers (magnitude, Wanda, SparseGPT) and save it",
+        formatter_class=fmt,
+        description="  slmops prune --model kjv-teacher --method magnitude --sparsity 0.5 -o out\n"
+        "  slmops prune --model kjv-teacher --method wanda --pattern 2:4 --sparse -o out-24\n"
+        "  slmops prune -m ./hf-folder --method sparsegpt --pattern 2:4 --sparse --sparse-values int4 -o out",
+    )
+    p.add_argument("--model", "-m", required=True, help="zoo name or Hugging Face folder")
+    p.add_argument("--method", default="magnitude", choices=PRUNE_METHODS)
+    p.add_argument("--pattern", default="unstructured", choices=PATTERNS)
+    p.add_argument("--sparsity", type=float, default=0.5, help="unstructured: share of each layer to zero")
+    p.add_argument("--sparse", action="store_true", help="pruned layers as SparseLinear (sparse kernels)")
+    p.add_argument("--sparse-values", default="float32", choices=VALUE_TYPES, help="n:m values with --sparse")
+    p.add_argument("--calibration", type=Path, help="wanda, sparsegpt: .txt/.jsonl text (default: KJV)")
+    p.add_argument("--n-samples", type=int, default=128, help="wanda, sparsegpt: calibration windows")
+    p.add_argument("--seq-len", type=int, default=512, help="wanda, sparsegpt: tokens per calibration window")
+    _add_run_flags(p, output_required=True)
+    p.set_defaults(func=_cmd_prune)
 
     p = sub.add_parser(
         "export",

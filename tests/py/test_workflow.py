@@ -491,3 +491,35 @@ def test_distill_pass_trains_a_student_on_a_named_dataset(tmp_path, tiny_model, 
     bad["passes"] = [{"type": "distill", "student": str(tiny_model), "data": "nowhere", "divergence": "kl"}]
     with pytest.raises(ConfigError, match=r"passes\[0\]\.data: no dataset named 'nowhere'"):
         parse_config(bad)
+
+
+def test_prune_pass_and_cli(tmp_path, tiny_model, text_file):
+    raw = _config(tiny_model, text_file, tmp_path / "out")
+    raw["data"]["calib"] = {"type": "text", "path": str(text_file)}
+    raw["passes"] = [{"type": "prune", "method": "wanda", "pattern": "2:4", "sparse": True,
+                      "calibration": "calib", "n_samples": 4, "seq_len": 32}]  # fmt: skip
+    result = run_workflow(parse_config(raw), progress=False)
+    info = result.candidates[0].passes[0]["info"]
+    assert info["layers_pruned"] == 14 and info["sparsity"] == 0.5 and info["sparse_format"] == "2:4"
+    model, _ = slmops.zoo.load(tmp_path / "out" / "model")  # the checkpoint rebuilds the SparseLinear layers
+    layer = model.model.layers[1].mlp.gate_proj
+    assert isinstance(layer, slmops.nn.SparseLinear) and layer.sparse_weight.pattern == "2:4"
+    dense = layer.sparse_weight.to_dense()
+    assert ((dense.reshape(dense.shape[0], -1, 4) != 0).sum(-1) <= 2).all()
+    ids = torch.arange(1, 17).reshape(1, -1)
+    with torch.no_grad():
+        assert torch.isfinite(model(ids).logits).all()
+
+    assert cli(["prune", "-m", str(tiny_model), "--sparsity", "0.6", "-o", str(tmp_path / "p"), "-q"]) == 0
+    pruned, _ = slmops.zoo.load(tmp_path / "p" / "model")
+    w = pruned.model.layers[0].self_attn.o_proj.weight
+    assert isinstance(pruned.model.layers[0].self_attn.o_proj, torch.nn.Linear)
+    assert float((w == 0).float().mean()) == pytest.approx(0.6, abs=1e-3)
+    out = str(tmp_path / "c")
+    assert cli(["prune", "-m", str(tiny_model), "--sparsity", "0.9", "--sparse", "-o", out, "-q"]) == 0
+    csr, _ = slmops.zoo.load(tmp_path / "c" / "model")
+    assert csr.model.layers[0].mlp.up_proj.sparse_weight.pattern == "csr"
+    bad = _config(tiny_model, text_file, tmp_path / "bad")
+    bad["passes"] = [{"type": "prune", "pattern": "3:4"}]
+    with pytest.raises(ConfigError, match="pattern must be one of"):
+        parse_config(bad)

@@ -2,9 +2,10 @@
 
 The folder is what ``save_pretrained`` writes (config, tokenizer, generation config), with
 every tensor of the model's state in ``model.safetensors``: float parameters as they are,
-a ``QuantLinear`` as its quantized buffers (``<layer>.qweight_data``, ``..._scales``, ...).
+a ``QuantLinear`` as its quantized buffers (``<layer>.qweight_data``, ``..._scales``, ...),
+a ``SparseLinear`` as its sparse ones (``<layer>.sparse_values``, ``..._indices``, ...).
 ``config.json`` gains ``quantization_config = {"quant_method": "slmops", "layers": {name:
-format options}}``, so the loader can rebuild those modules before loading the tensors.
+layout options}}``, so the loader can rebuild those modules before loading the tensors.
 Writes go to a temporary sibling folder that is renamed into place: an interrupted save
 never leaves a half-written checkpoint.
 """
@@ -22,13 +23,16 @@ QUANT_METHOD = "slmops"
 
 
 def _slmops_layers(model: Any) -> dict[str, dict]:
-    from ..nn import QuantLinear
+    from ..nn import QuantLinear, SparseLinear
 
-    return {
-        name: {**m.get_extra_state(), "bias": m.bias is not None, "double_quant": m.qweight.double_quant}
-        for name, m in model.named_modules()
-        if isinstance(m, QuantLinear)
-    }
+    layers = {}
+    for name, m in model.named_modules():
+        if isinstance(m, QuantLinear):
+            layers[name] = {**m.get_extra_state(), "bias": m.bias is not None}
+            layers[name]["double_quant"] = m.qweight.double_quant
+        elif isinstance(m, SparseLinear):
+            layers[name] = {"module": "SparseLinear", **m.get_extra_state(), "bias": m.bias is not None}
+    return layers
 
 
 def quant_method(folder: str | os.PathLike[str]) -> str | None:
@@ -126,7 +130,7 @@ def load_checkpoint(folder: str | os.PathLike[str], dtype: Any = None) -> Any:
     import torch
     from safetensors.torch import load_file
 
-    from ..nn import QuantLinear
+    from ..nn import QuantLinear, SparseLinear
     from ..ops import FORMATS
 
     src = Path(folder)
@@ -134,6 +138,12 @@ def load_checkpoint(folder: str | os.PathLike[str], dtype: Any = None) -> Any:
     layers = qc.get("layers", {})
     for name, spec in layers.items():
         out_features, in_features = spec["shape"]
+        if spec.get("module") == "SparseLinear":
+            options = {k: spec[k] for k in ("pattern", "values", "symmetric")}
+            group_size = spec["group_size"] or None
+            layer = SparseLinear(in_features, out_features, spec["bias"], group_size=group_size, **options)
+            set_module(model, name, layer)
+            continue
         set_module(
             model,
             name,
