@@ -58,3 +58,26 @@ def from_numpy(x: np.ndarray, framework: str) -> Any:
     if framework == "torch":
         return torch.from_numpy(np.ascontiguousarray(x))
     return x
+
+
+def check_linear_input(x: Any, in_features: int, op: str) -> str:
+    """Validates the activations of a CPU matmul ``x [..., in_features]``; returns x's dtype."""
+    check_array(x, "x")
+    if len(x.shape) == 0 or x.shape[-1] != in_features:
+        raise ValueError(f"x must be [..., in_features={in_features}], got shape {tuple(x.shape)}")
+    dtype = dtype_name(x)
+    if dtype not in FLOAT_DTYPES:
+        raise TypeError(f"x must be float32, float16 or bfloat16, got {dtype}")
+    if is_torch(x) and x.device.type != "cpu":
+        raise ValueError(f"{op} runs on the CPU; x is on {x.device}")
+    return dtype
+
+
+def float32_bias(bias: Any, out_features: int) -> Any:
+    """A matmul's optional bias ``[out_features]`` as contiguous float32 (None stays None)."""
+    if bias is None:
+        return None
+    check_array(bias, "bias")
+    if tuple(bias.shape) != (out_features,):
+        raise ValueError(f"bias must have shape ({out_features},), got {tuple(bias.shape)}")
+    return kernel_input(bias.float() if is_torch(bias) else bias.astype("float32", copy=False))

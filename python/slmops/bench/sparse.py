@@ -9,8 +9,8 @@ decode step. GEMM (M = 128): 2:4 and 4:8 fp32 against the dense fp32 GEMM throug
 (slmops' sgemm) and torch. CSR break-even: for the first shape, CSR at 50% to 95%
 sparsity against dense fp32 at M = 1 and 128, and the sparsity from which CSR is faster.
 
-    slmops bench sparse                  # every shape (~4 min on 2 cores)
-    slmops bench sparse --quick          # 4096x14336 only (~1 min)
+    slmops bench sparse                  # every shape (under 10 min on the 2-core dev VM)
+    slmops bench sparse --quick          # 4096x14336 only
     slmops bench sparse --json sparse.json --markdown sparse.md
 """
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from .. import _C
-from .._tensor import FLOAT_DTYPES, check_array, dtype_name, empty, is_torch, kernel_input
+from .._tensor import check_linear_input, empty, float32_bias, kernel_input
 from .quant import QuantizedTensor
 
 ACTIVATIONS = ("float", "int8", "int8_row")
@@ -37,26 +37,14 @@ def qmatmul(
     """
     if not isinstance(qw, QuantizedTensor):
         raise TypeError(f"qw must be a QuantizedTensor, got {type(qw).__name__}")
-    check_array(x, "x")
     if activation not in ACTIVATIONS:
         raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     n, k = qw.shape
-    if len(x.shape) == 0 or x.shape[-1] != k:
-        raise ValueError(f"x must be [..., in_features={k}], got shape {tuple(x.shape)}")
-    dtype = dtype_name(x)
-    if dtype not in FLOAT_DTYPES:
-        raise TypeError(f"x must be float32, float16 or bfloat16, got {dtype}")
-    if is_torch(x) and x.device.type != "cpu":
-        raise ValueError(f"qmatmul runs on the CPU; x is on {x.device}")
+    dtype = check_linear_input(x, k, "qmatmul")
     lead = tuple(x.shape[:-1])
     x2 = kernel_input(x).reshape(-1, k)
     y = empty(x2, (x2.shape[0], n), dtype)
-    if bias is not None:
-        check_array(bias, "bias")
-        if tuple(bias.shape) != (n,):
-            raise ValueError(f"bias must have shape ({n},), got {tuple(bias.shape)}")
-        bias = kernel_input(bias.float() if is_torch(bias) else bias.astype("float32", copy=False))
-    _C.qmatmul(qw.packed(), x2, bias, y, activation=activation, isa=isa, backend=backend)
+    _C.qmatmul(qw.packed(), x2, float32_bias(bias, n), y, activation=activation, isa=isa, backend=backend)
     return y.reshape(*lead, n)

@@ -23,7 +23,16 @@ from typing import Any
 import numpy as np
 
 from .. import _C
-from .._tensor import FLOAT_DTYPES, check_array, dtype_name, empty, is_torch, kernel_input
+from .._tensor import (
+    FLOAT_DTYPES,
+    check_array,
+    check_linear_input,
+    dtype_name,
+    empty,
+    float32_bias,
+    is_torch,
+    kernel_input,
+)
 from .quant import QuantizedTensor, quantize
 
 PATTERNS = ("2:4", "4:8", "csr")
@@ -280,23 +289,11 @@ def spmm(x: Any, sw: SparseTensor, *, bias: Any = None, isa: str = "auto") -> An
     dtype, on the sparse kernels (CPU; the products are fp32)."""
     if not isinstance(sw, SparseTensor):
         raise TypeError(f"sw must be a SparseTensor, got {type(sw).__name__}")
-    check_array(x, "x")
     n, k = sw.shape
-    if len(x.shape) == 0 or x.shape[-1] != k:
-        raise ValueError(f"x must be [..., in_features={k}], got shape {tuple(x.shape)}")
-    dtype = dtype_name(x)
-    if dtype not in FLOAT_DTYPES:
-        raise TypeError(f"x must be float32, float16 or bfloat16, got {dtype}")
-    if is_torch(x) and x.device.type != "cpu":
-        raise ValueError(f"spmm runs on the CPU; x is on {x.device}")
+    dtype = check_linear_input(x, k, "spmm")
     lead = tuple(x.shape[:-1])
     x2 = kernel_input(x.float() if is_torch(x) else x.astype(np.float32, copy=False)).reshape(-1, k)
     y = empty(x2, (x2.shape[0], n), "float32")
-    if bias is not None:
-        check_array(bias, "bias")
-        if tuple(bias.shape) != (n,):
-            raise ValueError(f"bias must have shape ({n},), got {tuple(bias.shape)}")
-        bias = kernel_input(bias.float() if is_torch(bias) else bias.astype(np.float32, copy=False))
-    _C.spmm(sw.packed(), x2, bias, y, isa=isa)
+    _C.spmm(sw.packed(), x2, float32_bias(bias, n), y, isa=isa)
     y = y.to(x.dtype) if is_torch(x) else y.astype(dtype, copy=False)
     return y.reshape(*lead, n)
