@@ -85,7 +85,8 @@ TEST_P(QMatmulTest, MatchesDequantizedProductOnEveryIsa) {
   for (CpuIsa isa : available_cpu_isas())
     for (QMatmulActivation act : {QMatmulActivation::kFloat, QMatmulActivation::kInt8, QMatmulActivation::kInt8Row})
       for (int64_t K : k_values(c))
-        for (auto [M, N] : {std::pair<int64_t, int64_t>{1, 7}, {3, 5}, {6, 33}, {37, 9}}) {
+        // M = 64 takes the dequantize-then-sgemm path for float activations.
+        for (auto [M, N] : {std::pair<int64_t, int64_t>{1, 7}, {3, 5}, {6, 33}, {37, 9}, {64, 21}}) {
           SCOPED_TRACE(std::string(cpu_isa_name(isa)) + " activation " + std::to_string(int(act)) +
                        " M=" + std::to_string(M) + " N=" + std::to_string(N) + " K=" + std::to_string(K));
           check(c, M, N, K, act, isa);

@@ -16,6 +16,7 @@
 #include "cpu/qmatmul_kernels.h"
 #include "cpu/row_kernels.h"
 #include "onednn/onednn_matmul.h"
+#include "slmops/gemm.h"
 #include "slmops/threading.h"
 
 namespace slmops {
@@ -251,6 +252,30 @@ PackedWeight pack_weight(const QuantSpec& spec, ConstQuantStorage src, int64_t N
   return p;
 }
 
+namespace {
+
+// Many float activation rows (prefill, training): the register-decoding tiles decode each
+// weight once per block of rows but then reduce along K row by row; past a few dozen rows
+// a GEMM wins. Blocks of weight rows are dequantized (all threads) into a buffer of at most
+// 4 MiB and multiplied with sgemm, so the float weight never exists whole.
+void dequantize_gemm(const PackedWeight& w, const cpu::RowKernels& rows, const float* x, int64_t M, float* y) {
+  const int64_t K = w.K, N = w.N;
+  const QuantLayout L = quant_layout(w.spec, K);
+  const cpu::RowParams p{L.group_size, w.spec.symmetric, 0.0f};
+  const cpu::DequantizeRowFn dequantize = rows.dequantize[int(w.spec.format)];
+  const int64_t block = std::min(N, std::max<int64_t>(16, (int64_t(1) << 20) / K));
+  std::vector<float> wf(static_cast<size_t>(block * K));
+  for (int64_t n0 = 0; n0 < N; n0 += block) {
+    const int64_t nb = std::min(block, N - n0);
+    parallel_for(nb, [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) dequantize(cpu::source_row(w, L, n0 + r), K, p, &wf[size_t(r * K)]);
+    });
+    sgemm(false, true, M, nb, K, 1.0f, x, K, wf.data(), K, 0.0f, y + n0, N);
+  }
+}
+
+}  // namespace
+
 void qmatmul(const PackedWeight& w, const void* x, DType x_dtype, int64_t M, const float* bias, void* y,
              DType y_dtype, QMatmulActivation act, CpuIsa isa, QMatmulBackend backend) {
   if (M < 0) throw std::invalid_argument("M must be >= 0");
@@ -264,6 +289,9 @@ void qmatmul(const PackedWeight& w, const void* x, DType x_dtype, int64_t M, con
   // Measured on Zen 4, 2 threads (bench_qmatmul): oneDNN's int8 GEMM wins from M ~ 64
   // (1.4-1.6x our panels at M = 128); below that our panel kernels are 2-4x faster.
   constexpr int64_t kOneDnnMinRows = 64;
+  // Float activations: from about this many rows dequantize_gemm beats the tiles (Zen 4, 2
+  // threads: 2.0x at M = 1024, even at M ~ 48 for 2048 x 2048 nf4, earlier for smaller K).
+  constexpr int64_t kDequantGemmMinRows = 48;
   const bool use_onednn =
       onednn_fits && (backend == QMatmulBackend::kOneDnn ||
                       (backend == QMatmulBackend::kAuto && resolved != CpuIsa::kRef && M >= kOneDnnMinRows));
@@ -335,6 +363,8 @@ void qmatmul(const PackedWeight& w, const void* x, DType x_dtype, int64_t M, con
         for (int64_t n = 0; n < N; ++n)
           yf[m * N + n] = float(acc[size_t(m * N + n)]) * (xs[size_t(m * blocks)] * w.scales[n]);
     });
+  } else if (act == QMatmulActivation::kFloat && M >= kDequantGemmMinRows && resolved != CpuIsa::kRef) {
+    dequantize_gemm(w, rows, xf, M, yf);
   } else {
     // Split output columns in whole panels, so panel kernels never share a panel.
     constexpr int64_t R = PackedWeight::kPanelRows;
