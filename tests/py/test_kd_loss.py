@@ -289,6 +289,26 @@ def test_fused_linear_frozen_head_and_bf16():
     assert dh is None and dw is None and torch.isfinite(loss)
 
 
+def test_no_teacher_is_plain_cross_entropy():
+    g = torch.Generator().manual_seed(15)
+    hidden, weight = torch.randn(2, 9, 16, generator=g), torch.randn(120, 16, generator=g) * 0.3
+    labels = torch.randint(0, 120, (2, 9), generator=g)
+    labels[0, :3] = -100
+    h, w = hidden.clone().requires_grad_(), weight.clone().requires_grad_()
+    loss = FusedLinearKDLoss(hard_weight=1.0, chunk_rows=5)(h, w, None, labels)
+    loss.backward()
+    h64, w64 = hidden.double().requires_grad_(), weight.double().requires_grad_()
+    ref = F.cross_entropy((h64 @ w64.T).reshape(-1, 120), labels.reshape(-1), ignore_index=-100)
+    ref.backward()
+    assert_close(loss, ref, rtol=1e-5, what="loss")
+    assert_close(h.grad, h64.grad, rtol=1e-4, atol=1e-7, what="d_hidden")
+    assert_close(w.grad, w64.grad, rtol=1e-4, atol=1e-7, what="d_weight")
+    logits = (hidden @ weight.T).requires_grad_()
+    assert_close(kd_loss(logits, None, labels=labels, hard_weight=1.0), ref, rtol=1e-5, what="kd_loss")
+    with pytest.raises(ValueError, match="hard_weight=1.0"):
+        fused_linear_kd_loss(hidden, weight, None, labels=labels, hard_weight=0.5)
+
+
 def test_fused_chunk_size_does_not_change_the_result():
     g = torch.Generator().manual_seed(13)
     hidden, weight, t = torch.randn(50, 8, generator=g), torch.randn(70, 8, generator=g), torch.randn(50, 70)

@@ -41,7 +41,10 @@ void validate(const KdOptions& opt, int64_t rows, int64_t vocab, const KdTeacher
     fail("hard_weight must be in [0, 1], got " + std::to_string(opt.hard_weight));
   if (opt.hard_weight > 0.0f && !labels) fail("hard_weight > 0 needs labels (the hard targets)");
   const int forms = (t.logits != nullptr) + (t.topk_ids != nullptr) + (t.hidden != nullptr);
-  if (forms != 1) fail("the teacher must be given as exactly one of: logits, top-k, hidden states");
+  // No teacher at all is plain cross entropy on the labels (fine-tuning): hard_weight 1.
+  if (forms == 0 && opt.hard_weight != 1.0f)
+    fail("without a teacher (logits, top-k or hidden states) the loss is cross entropy only: hard_weight must be 1");
+  if (forms > 1) fail("the teacher must be given as exactly one of: logits, top-k, hidden states");
   if (t.hidden && !fused) fail("teacher hidden states need the fused loss (they need the teacher's head)");
   if ((t.logits || t.hidden) && t.vocab <= 0) fail("teacher vocab must be > 0");
   if (t.hidden && (!t.head || t.hidden_size <= 0)) fail("teacher hidden states need head [vocab, hidden_size]");
@@ -217,11 +220,17 @@ void rows_loop(const cpu::KdKernels& kk, const KdOptions& opt, int64_t r_begin, 
         check_topk_row(tk.ids, tk.logprobs, tk.k, vocab, r, sc.sorted);
       }
       const float* z = student_row(r, zbuf);
-      const float* t = teacher.topk_ids ? nullptr : teacher_row(r, tbuf);
+      const bool dense_teacher = teacher.logits || teacher.hidden;
+      const float* t = dense_teacher ? teacher_row(r, tbuf) : nullptr;
       loss_rows[r] = float(kd_row(kk, opt, z, vocab, n, t, teacher.topk_ids ? &tk : nullptr, label, grad_scale, g, sc));
       finish(r);
     }
   });
+}
+
+// The student ids the loss looks at: a dense teacher's vocabulary may be shorter (padding rows).
+int64_t compared_vocab(const KdTeacher& teacher, int64_t vocab) {
+  return teacher.logits || teacher.hidden ? std::min(vocab, teacher.vocab) : vocab;
 }
 
 // fp32 view of row r of a [rows, cols] matrix of `dtype` (converted into buf for halves).
@@ -248,7 +257,7 @@ void kd_loss_fwd_bwd(const KdOptions& opt, const void* student, DType dtype, int
   validate(opt, rows, vocab, teacher, labels, false);
   const cpu::KdKernels& kk = cpu::kd_kernels_for(isa);
   const cpu::RowKernels& rk = cpu::row_kernels_for(CpuIsa::kAuto);
-  const int64_t n = teacher.topk_ids ? vocab : std::min(vocab, teacher.vocab);
+  const int64_t n = compared_vocab(teacher, vocab);
   const bool half_grad = grad && dtype != DType::kF32;
   rows_loop(
       kk, opt, 0, rows, vocab, n, teacher, labels, grad_scale, loss_rows,
@@ -283,7 +292,7 @@ void fused_linear_kd_loss(const KdOptions& opt, const float* hidden, const float
   if (rows == 0) return;
   const cpu::KdKernels& kk = cpu::kd_kernels_for(isa);
   const int64_t chunk = chunk_rows > 0 ? std::min(chunk_rows, rows) : fused_kd_chunk_rows(rows, vocab);
-  const int64_t n = teacher.topk_ids ? vocab : std::min(vocab, teacher.vocab);
+  const int64_t n = compared_vocab(teacher, vocab);
   const bool want_grad = d_hidden || d_weight;
   std::vector<float> Z(static_cast<size_t>(chunk * vocab));
   std::vector<float> TZ(teacher.hidden ? size_t(chunk * teacher.vocab) : 0);

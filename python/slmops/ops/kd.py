@@ -20,7 +20,9 @@ where the probability outside the k ids is one extra "tail" category on both sid
 for :func:`fused_linear_kd_loss` only, :class:`TeacherHidden`, the teacher's last hidden
 states and head. Vocabularies of different sizes compare their first
 ``min(V_student, V_teacher)`` ids (Qwen-family heads differ only by padding rows); student
-ids past that get no gradient.
+ids past that get no gradient. ``teacher=None`` with ``hard_weight=1.0`` is plain cross
+entropy on the labels: :func:`fused_linear_kd_loss` then is a fused linear cross entropy,
+what fine-tuning (:mod:`slmops.finetune`) trains with.
 
 Reductions: ``"batchmean"`` divides the sum by the number of counted positions (not by the
 batch dimension: every position is a row); ``num_tokens`` replaces that count, so that with
@@ -117,7 +119,11 @@ def _as(x: Any, dtype: str) -> Any:
     return np.ascontiguousarray(x, dtype=dtype)
 
 
-def _teacher_args(teacher: Any, lead: tuple[int, ...], *, fused: bool) -> dict:
+def _teacher_args(teacher: Any, lead: tuple[int, ...], opts: KDOptions, *, fused: bool) -> dict:
+    if teacher is None:  # cross entropy on the labels alone (fine-tuning)
+        if opts.hard_weight != 1.0:
+            raise ValueError("teacher=None gives plain cross entropy: it needs hard_weight=1.0 and labels")
+        return {}
     if isinstance(teacher, TeacherTopK):
         ids = _rows(teacher.indices, "teacher.indices", lead)
         lp = _rows(teacher.logprobs, "teacher.logprobs", lead)
@@ -216,7 +222,7 @@ def kd_loss(
     grad = empty(z, tuple(z.shape), dtype_name(z)) if return_grad else None
     _C.kd_loss(
         z, loss_rows, grad, labels=targets, grad_scale=1.0 / denom, isa=isa,
-        **_teacher_args(teacher, lead, fused=False), **opts.kernel_args(),
+        **_teacher_args(teacher, lead, opts, fused=False), **opts.kernel_args(),
     )  # fmt: skip
     loss = _reduce(loss_rows, lead, opts, denom)
     return (loss, grad.reshape(student_logits.shape)) if return_grad else loss
@@ -279,7 +285,7 @@ def fused_linear_kd_loss(
         d_weight[...] = 0
     _C.fused_linear_kd_loss(
         x, w, loss_rows, d_hidden, d_weight, labels=targets, grad_scale=1.0 / denom,
-        chunk_rows=int(chunk_rows), isa=isa, **_teacher_args(teacher, lead, fused=True), **opts.kernel_args(),
+        chunk_rows=int(chunk_rows), isa=isa, **_teacher_args(teacher, lead, opts, fused=True), **opts.kernel_args(),
     )  # fmt: skip
     loss = _reduce(loss_rows, lead, opts, denom)
     if d_hidden is not None:
