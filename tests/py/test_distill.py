@@ -17,10 +17,10 @@ import slmops
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
+from slmops._training import step_examples
 from slmops.cli import main as cli_main
 from slmops.distill import GenerationOptions, TrainingOptions, generate_teacher_data, train_student
 from slmops.distill.data import decode_topk, load_examples
-from slmops.distill.train import _batches
 from slmops.zoo.corpus import kjv_split
 
 TEXT = kjv_split("train")[:60000]
@@ -82,7 +82,7 @@ def test_stage1_records_hold_the_teachers_answers_and_distribution(teacher, prom
 
 def eager_first_loss(student, teacher, examples, opts: TrainingOptions) -> float:
     """The first step's loss from full float64 logits, written from the definitions."""
-    batch = _batches(examples, opts, 0)
+    batch = step_examples(examples, opts.batch_size, opts.seed, 0)
     total, count = 0.0, 0
     T = opts.temperature
     for e in batch:

@@ -15,18 +15,22 @@ step), ``checkpoints/step-NNNNNN/`` (student, optimizer, step; resumable).
 
 from __future__ import annotations
 
-import contextlib
-import json
-import math
 import os
-import shutil
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
+from .._training import (
+    Process,
+    StepLog,
+    last_hidden,
+    output_head,
+    pad_batch,
+    resume_checkpoint,
+    run_steps,
+    save_checkpoint,
+    scheduled_lr,
+)
 from .data import IGNORE_INDEX, Example
 
 # options a resumed run may change; any other difference from the checkpoint is an error
@@ -74,145 +78,27 @@ class TrainingOptions:
 
     def lr_at(self, step: int) -> float:
         """Linear warm-up over warmup_steps, then cosine to lr * min_lr_ratio (step from 0)."""
-        if step < self.warmup_steps:
-            return self.lr * (step + 1) / self.warmup_steps
-        progress = (step - self.warmup_steps) / max(1, self.steps - self.warmup_steps)
-        cos = 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-        return self.lr * (self.min_lr_ratio + (1 - self.min_lr_ratio) * cos)
-
-
-def _head(model: Any) -> Any:
-    """The output projection's weight, refusing heads the fused loss would get wrong."""
-    config = model.config
-    for attr in ("final_logit_softcapping", "logit_scale"):
-        if getattr(config, attr, None) not in (None, 1.0):
-            raise ValueError(
-                f"{type(model).__name__} transforms its logits ({attr}={getattr(config, attr)}); the fused "
-                "distillation loss takes plain hidden @ head logits"
-            )
-    head = model.get_output_embeddings()
-    if head is None or getattr(head, "bias", None) is not None:
-        raise ValueError(f"{type(model).__name__} needs a bias-free linear output head for distillation")
-    return head.weight
-
-
-def _hidden(model: Any, input_ids: Any, attention_mask: Any) -> Any:
-    base = getattr(model, model.base_model_prefix)
-    return base(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-
-
-def _batches(examples: list[Example], opts: TrainingOptions, step: int) -> list[Example]:
-    """The sequences of optimizer step `step`: consecutive slices of seeded per-epoch
-    permutations, so a resumed run sees the same data as an uninterrupted one."""
-    out: list[Example] = []
-    n = len(examples)
-    orders: dict[int, np.ndarray] = {}  # a step spans at most a few epochs: one permutation each
-    for i in range(step * opts.batch_size, (step + 1) * opts.batch_size):
-        epoch, pos = divmod(i, n)
-        if epoch not in orders:
-            orders[epoch] = np.random.default_rng((opts.seed, epoch)).permutation(n)
-        out.append(examples[orders[epoch][pos]])
-    return out
+        return scheduled_lr(step, self.steps, self.lr, self.warmup_steps, self.min_lr_ratio, "cosine")
 
 
 def _collate(batch: list[Example], pad_id: int, offline: bool) -> dict:
+    """The padded batch, and with ``offline`` the stored teacher as TeacherTopK."""
     import torch
 
     from ..nn import TeacherTopK
 
-    L = max(len(e.labels) for e in batch)
-    ids = torch.full((len(batch), L), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(batch), L), dtype=torch.long)
-    labels = torch.full((len(batch), L), IGNORE_INDEX, dtype=torch.long)
-    for b, e in enumerate(batch):
-        n = len(e.labels)
-        ids[b, :n] = torch.from_numpy(e.ids[:n])
-        mask[b, :n] = 1
-        labels[b, :n] = torch.from_numpy(e.labels)
-    out = {"input_ids": ids, "attention_mask": mask, "labels": labels}
+    out = pad_batch(batch, pad_id)
     if offline:
+        B, L = out["labels"].shape
         k = batch[0].topk_ids.shape[1]
-        t_ids = torch.arange(k).repeat(len(batch), L, 1)  # filler rows: distinct ids, never counted
-        t_lp = torch.full((len(batch), L, k), -30.0)
+        t_ids = torch.arange(k).repeat(B, L, 1)  # filler rows: distinct ids, never counted
+        t_lp = torch.full((B, L, k), -30.0)
         for b, e in enumerate(batch):
             n = len(e.labels)
             t_ids[b, :n] = torch.from_numpy(e.topk_ids)
             t_lp[b, :n] = torch.from_numpy(e.topk_logprobs)
         out["teacher"] = TeacherTopK(t_ids, t_lp)
     return out
-
-
-class _Process:
-    """This process's place in a torchrun launch (or a single process)."""
-
-    def __init__(self) -> None:
-        import torch.distributed as dist
-
-        self.dist = dist
-        self.world = int(os.environ.get("WORLD_SIZE", "1"))
-        self.created = False
-        if self.world > 1 and not dist.is_initialized():
-            dist.init_process_group("gloo")
-            self.created = True
-        self.rank = dist.get_rank() if self.world > 1 else 0
-
-    def sum(self, value: float) -> float:
-        if self.world == 1:
-            return value
-        import torch
-
-        t = torch.tensor([value], dtype=torch.float64)
-        self.dist.all_reduce(t)
-        return float(t[0])
-
-    def barrier(self) -> None:
-        if self.world > 1:
-            self.dist.barrier()
-
-    def close(self) -> None:
-        if self.created:
-            self.dist.destroy_process_group()
-
-
-def _checkpoints(out_dir: Path) -> list[Path]:
-    return sorted((out_dir / "checkpoints").glob("step-*"))
-
-
-def _save_checkpoint(out_dir: Path, step: int, student: Any, optimizer: Any, opts: TrainingOptions) -> None:
-    import torch
-    from safetensors.torch import save_model
-
-    from .._io import atomic_dir, write_json_atomic
-
-    with atomic_dir(out_dir / "checkpoints" / f"step-{step:06d}") as tmp:
-        save_model(student, str(tmp / "model.safetensors"))  # handles tied embedding/head
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-        write_json_atomic({"step": step, "options": asdict(opts)}, tmp / "state.json")
-    for old in _checkpoints(out_dir)[: -opts.keep_checkpoints]:
-        shutil.rmtree(old, ignore_errors=True)
-
-
-def _resume(out_dir: Path, student: Any, optimizer: Any, opts: TrainingOptions) -> int:
-    """Loads the newest checkpoint; returns its step (0 when there is none)."""
-    import torch
-    from safetensors.torch import load_model
-
-    found = _checkpoints(out_dir)
-    if not found:
-        return 0
-    ckpt = found[-1]
-    state = json.loads((ckpt / "state.json").read_text())
-    now, then = asdict(opts), state["options"]
-    changed = [k for k in now if k not in RESUMABLE_CHANGES and now[k] != then.get(k)]
-    if changed:
-        raise ValueError(
-            f"{ckpt} was made with different options "
-            f"({', '.join(f'{k}: {then.get(k)!r} -> {now[k]!r}' for k in changed)}); "
-            "resume with the same options or use a new output folder"
-        )
-    load_model(student, str(ckpt / "model.safetensors"))
-    optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", weights_only=True))
-    return int(state["step"])
 
 
 def train_student(
@@ -230,9 +116,9 @@ def train_student(
     stored top-k) and saves it to ``out_dir/model``. Returns the trained student (a new
     model with ``init="scratch"``) and the run's summary."""
     import torch
-    from tqdm.auto import tqdm
+    from safetensors.torch import load_model, save_model
 
-    from .._io import atomic_dir, write_atomic
+    from .._io import atomic_dir
     from ..nn import FusedLinearKDLoss, TeacherHidden
 
     opts = options or TrainingOptions()
@@ -243,17 +129,17 @@ def train_student(
             "without a teacher model every training record needs the teacher's top-k log-probabilities "
             "(stage 1 with logprobs_k > 0); pass a teacher to distill online"
         )
-    proc = _Process()
+    proc = Process()
     if proc.world > opts.batch_size:
         raise ValueError(f"batch_size {opts.batch_size} is smaller than the {proc.world} processes")
     if opts.init == "scratch":
         torch.manual_seed(opts.seed)
         student = type(student)(student.config)
     student.train()
-    _head(student)
+    output_head(student, "distillation")
     if teacher is not None:
         teacher.eval()
-        teacher_head = _head(teacher).detach()
+        teacher_head = output_head(teacher, "distillation").detach()
     loss_fn = FusedLinearKDLoss(
         opts.divergence, temperature=opts.temperature, beta=opts.beta, hard_weight=opts.hard_weight,
         scale_t2=opts.scale_t2,
@@ -265,8 +151,9 @@ def train_student(
             self.student = student
 
         def forward(self, input_ids, attention_mask, labels, teacher_side, num_tokens):
-            hidden = _hidden(self.student, input_ids, attention_mask)
-            return loss_fn(hidden, _head(self.student), teacher_side, labels, num_tokens)
+            hidden = last_hidden(self.student, input_ids, attention_mask)
+            head = output_head(self.student, "distillation")
+            return loss_fn(hidden, head, teacher_side, labels, num_tokens)
 
     step_module = StudentLoss()
     if proc.world > 1:
@@ -277,66 +164,32 @@ def train_student(
         [{"params": decay, "weight_decay": opts.weight_decay}, {"params": rest, "weight_decay": 0.0}],
         lr=opts.lr, betas=(0.9, 0.95),
     )  # fmt: skip
-    start = _resume(out, student, optimizer, opts) if resume else 0
-    log_path = out / "train_log.jsonl"
-    if proc.rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
-        kept = []
-        if start and log_path.exists():  # drop the lines written after the checkpoint
-            kept = [line for line in log_path.read_text().splitlines() if json.loads(line)["step"] <= start]
-        write_atomic(log_path, "".join(line + "\n" for line in kept))
+    start = 0
+    if resume:
+        start, ckpt = resume_checkpoint(out, optimizer, asdict(opts), RESUMABLE_CHANGES)
+        if ckpt is not None:
+            load_model(student, str(ckpt / "model.safetensors"))
+    log = StepLog(out / "train_log.jsonl", proc.rank, start)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    micro = opts.micro_batch_size or math.ceil(opts.batch_size / proc.world)
-    t0 = time.perf_counter()
-    tokens_total, last_loss = 0, float("nan")
-    quiet = not progress or proc.rank > 0
-    bar = tqdm(total=opts.steps, initial=start, desc="distill", unit="step", disable=quiet)
-    for step in range(start, opts.steps):
-        lr = opts.lr_at(step)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        mine = _batches(examples, opts, step)[proc.rank :: proc.world]
-        counted = proc.sum(float(sum(int((e.labels != IGNORE_INDEX).sum()) for e in mine)))
-        # DDP averages gradients over processes: dividing by counted / world gives the sum / counted
-        num_tokens = max(counted, 1.0) / proc.world
-        parts = [mine[i : i + micro] for i in range(0, len(mine), micro)]
-        loss_sum = 0.0
-        for i, part in enumerate(parts):
-            batch = _collate(part, pad_id, offline)
-            if not offline:
-                with torch.no_grad():
-                    t_hidden = _hidden(teacher, batch["input_ids"], batch["attention_mask"])
-                batch["teacher"] = TeacherHidden(t_hidden.float(), teacher_head)
-            sync = proc.world == 1 or i == len(parts) - 1
-            ctx = step_module.no_sync() if not sync else contextlib.nullcontext()
-            with ctx:
-                loss = step_module(
-                    batch["input_ids"], batch["attention_mask"], batch["labels"], batch["teacher"], num_tokens
-                )
-                loss.backward()
-            loss_sum += float(loss.detach())
-        clip = opts.max_grad_norm or float("inf")
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(student.parameters(), clip))
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        last_loss = proc.sum(loss_sum) / proc.world
-        tokens_total += int(counted)
-        bar.update(1)
-        bar.set_postfix(loss=f"{last_loss:.4f}")
-        if proc.rank == 0:
-            record = {
-                "step": step + 1, "loss": round(last_loss, 6), "lr": lr, "grad_norm": round(grad_norm, 4),
-                "tokens": int(counted), "elapsed_s": round(time.perf_counter() - t0, 2),
-            }  # fmt: skip
-            with open(log_path, "a") as f:
-                f.write(json.dumps(record) + "\n")
-        # the last step too: a finished run can be resumed with more steps
-        if opts.save_every and ((step + 1) % opts.save_every == 0 or step + 1 == opts.steps):
-            if proc.rank == 0:
-                _save_checkpoint(out, step + 1, student, optimizer, opts)
-            proc.barrier()
-    bar.close()
-    seconds = time.perf_counter() - t0
+
+    def inputs(part: list[Example]) -> tuple:
+        batch = _collate(part, pad_id, offline)
+        if not offline:
+            with torch.no_grad():
+                t_hidden = last_hidden(teacher, batch["input_ids"], batch["attention_mask"])
+            batch["teacher"] = TeacherHidden(t_hidden.float(), teacher_head)
+        return batch["input_ids"], batch["attention_mask"], batch["labels"], batch["teacher"]
+
+    def save(step: int) -> None:  # save_model handles the tied embedding and head
+        write = lambda tmp: save_model(student, str(tmp / "model.safetensors"))  # noqa: E731
+        save_checkpoint(out, step, write, optimizer, asdict(opts), opts.keep_checkpoints)
+
+    run = run_steps(
+        step_module=step_module, params=list(student.parameters()), optimizer=optimizer, examples=examples,
+        start=start, steps=opts.steps, batch_size=opts.batch_size, micro_batch_size=opts.micro_batch_size,
+        seed=opts.seed, lr_at=opts.lr_at, max_grad_norm=opts.max_grad_norm, proc=proc, inputs=inputs, log=log,
+        save=save, save_every=opts.save_every, desc="distill", progress=progress,
+    )  # fmt: skip
     model_dir = out / "model"
     if proc.rank == 0:
         with atomic_dir(model_dir) as tmp:
@@ -347,13 +200,13 @@ def train_student(
         "model_dir": str(model_dir),
         "steps": opts.steps,
         "resumed_from_step": start,
-        "final_loss": last_loss,
-        "tokens_trained": tokens_total,
-        "seconds": round(seconds, 2),
+        "final_loss": run["final_loss"],
+        "tokens_trained": run["tokens"],
+        "seconds": round(run["seconds"], 2),
         "processes": proc.world,
         "teacher": "top-k log-probabilities (offline)" if offline else "model (online)",
         "options": asdict(opts),
-        "log": str(log_path),
+        "log": str(log.path),
     }
     proc.close()
     return student, summary

@@ -285,7 +285,8 @@ def fused_linear_kd_loss(
         d_weight[...] = 0
     _C.fused_linear_kd_loss(
         x, w, loss_rows, d_hidden, d_weight, labels=targets, grad_scale=1.0 / denom,
-        chunk_rows=int(chunk_rows), isa=isa, **_teacher_args(teacher, lead, opts, fused=True), **opts.kernel_args(),
+        chunk_rows=int(chunk_rows), isa=isa, **_teacher_args(teacher, lead, opts, fused=True),
+        **opts.kernel_args(),
     )  # fmt: skip
     loss = _reduce(loss_rows, lead, opts, denom)
     if d_hidden is not None:
