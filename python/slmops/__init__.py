@@ -1,9 +1,10 @@
 """slmops: make small language models small and fast, on our own C++/CUDA kernels.
 
 Layers (see DESIGN.md): ``slmops.ops`` (kernels over numpy arrays and torch tensors:
-quantize, qmatmul, KD losses), ``slmops.nn`` (QuantLinear, KDLoss, FusedLinearKDLoss),
+quantize, qmatmul, KD losses), ``slmops.nn`` (QuantLinear, LoRALinear, KD losses),
 ``slmops.quantize`` (quantize_model), ``slmops.prune`` (prune_model), ``slmops.distill``
-(teacher to student), ``slmops.evaluate`` (perplexity, speed, memory), ``slmops.export``;
+(teacher to student), ``slmops.finetune`` (LoRA, QLoRA), ``slmops.evaluate`` (perplexity,
+speed, memory), ``slmops.export``;
 ``slmops.zoo`` holds the reference models trained by the project; ``slmops.workflow`` and
 the ``slmops`` CLI run configs of passes.
 """
@@ -19,6 +20,7 @@ from . import _C, nn, ops, zoo
 from .distill import distill  # noqa: E402 - likewise: slmops.distill is the function
 from .evaluate import evaluate  # noqa: E402
 from .export import export  # noqa: E402 - likewise: slmops.export is the function
+from .finetune import finetune  # noqa: E402 - likewise: slmops.finetune is the function
 from .ops import QuantizedTensor
 from .prune import PruningSummary, prune_model
 from .quantize import QuantizationSummary, quantize_model  # slmops.quantize is the layer-4 package
@@ -51,6 +53,7 @@ __all__ = [
     "distill",
     "evaluate",
     "export",
+    "finetune",
     "get_num_threads",
     "nn",
     "ops",
