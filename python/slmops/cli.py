@@ -8,6 +8,7 @@
     slmops evaluate --model out/model --metrics perplexity speed
     slmops export --model out/model --target gguf --output-dir gguf
     slmops distill --teacher kjv-teacher --student kjv-student --data train.txt -o out
+    slmops finetune --model kjv-teacher --data train.jsonl --method qlora -o out
     slmops bench qmatmul --quick                  # kernel benchmarks: quant, qmatmul, quality
     slmops info                                   # build info and a self-check of every kernel
 
@@ -246,6 +247,54 @@ def _cmd_distill(args: argparse.Namespace) -> int:
             f"distilled {t['steps']} steps ({t['tokens_trained']:,} tokens, {t['seconds']:.0f} s, final loss "
             f"{t['final_loss']:.4f}) -> {result.model_dir}"
         )
+    return EXIT_OK
+
+
+def _cmd_finetune(args: argparse.Namespace) -> int:
+    from .finetune import finetune, merge_lora
+
+    lora = {
+        "r": args.lora_r, "alpha": args.lora_alpha, "dropout": args.lora_dropout, "use_rslora": args.rslora,
+        "target_modules": args.target_modules if args.target_modules == "all-linear"
+        else [t.strip() for t in args.target_modules.split(",") if t.strip()],
+    }  # fmt: skip
+    training = {
+        k: getattr(args, k)
+        for k in ("steps", "batch_size", "micro_batch_size", "seq_len", "lr", "schedule", "warmup_steps",
+                  "gradient_checkpointing", "completion_only", "eval_fraction", "eval_every", "save_every",
+                  "seed")
+    }  # fmt: skip
+    qlora = None
+    if args.method == "qlora":
+        qlora = {"format": args.quant_format, "double_quant": args.double_quant}
+    result = finetune(
+        args.model, data=args.data, out_dir=args.output_dir, method=args.method, lora=lora, training=training,
+        qlora=qlora, eval_data=args.eval_data, text_template=args.text_template, text_field=args.text_field,
+        resume=args.resume, progress=not args.quiet,
+    )  # fmt: skip
+    s = result.summary
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, the files and lines come from rank 0
+        return EXIT_OK
+    if args.merge:
+        from ._io import atomic_dir
+
+        merged = merge_lora(result.model)
+        with atomic_dir(args.output_dir / "merged") as tmp:
+            merged.save_pretrained(tmp)
+            result.tokenizer.save_pretrained(tmp)
+    line = (
+        f"{args.method}: {s['trainable_params']:,} trainable parameters ({s['trainable_fraction']:.2%}), "
+        f"{s['steps']} steps in {s['seconds']:.0f} s"
+    )
+    if s["eval_loss_before"] is not None:
+        line += (
+            f"; eval loss {s['eval_loss_before']:.4f} -> {s['eval_loss_after']:.4f} "
+            f"(perplexity {s['perplexity_before']:.2f} -> {s['perplexity_after']:.2f})"
+        )
+    print(
+        f"{line}\nadapter -> {result.adapter_dir}"
+        + (f", merged -> {args.output_dir / 'merged'}" if args.merge else "")
+    )
     return EXIT_OK
 
 
@@ -515,6 +564,54 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--gen-batch-size", type=int, default=8)
     g.add_argument("--logprobs-k", type=int, default=0, help="store the teacher's top-k log-probabilities")
     p.set_defaults(func=_cmd_distill)
+
+    p = sub.add_parser(
+        "finetune",
+        help="LoRA or QLoRA fine-tuning; the adapter in the peft format",
+        formatter_class=fmt,
+        description="Trains LoRA adapters on a frozen base (QLoRA: the base quantized to nf4/int4 first)\n"
+        "and writes OUT/adapter (peft format), OUT/train_log.jsonl and OUT/finetune_summary.json.\n"
+        "Data: JSONL of {text}, {prompt, completion} or chat {messages}, or fields joined by\n"
+        "--text-template; or a text file. Under torchrun it trains on every process (DDP, gloo).\n\n"
+        "  slmops finetune --model kjv-teacher --data train.jsonl -o out\n"
+        "  slmops finetune --model ./phi --data qa.jsonl --method qlora --target-modules qkv_proj,o_proj \\\n"
+        "      --text-template '<|user|>{question}<|end|><|assistant|>{answer}<|end|>' -o out --merge\n"
+        "  torchrun --nproc-per-node 2 -m slmops.cli finetune --model M --data d.jsonl -o out",
+    )
+    p.add_argument("--model", required=True, help="zoo name or Hugging Face folder")
+    p.add_argument("--data", type=Path, required=True, help="training data: .jsonl or a text file")
+    p.add_argument("--eval-data", type=Path, help="evaluation data (default: --eval-fraction of --data)")
+    p.add_argument("-o", "--output-dir", type=Path, required=True)
+    p.add_argument("--method", choices=["lora", "qlora"], default="lora")
+    p.add_argument("--merge", action="store_true", help="also write OUT/merged: base + adapter, float")
+    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    g = p.add_argument_group("adapter")
+    g.add_argument("--lora-r", type=int, default=8)
+    g.add_argument("--lora-alpha", type=float, default=16.0)
+    g.add_argument("--lora-dropout", type=float, default=0.05)
+    g.add_argument("--rslora", action="store_true", help="scale by alpha / sqrt(r)")
+    g.add_argument("--target-modules", default="all-linear", help="'all-linear' or names: q_proj,v_proj")
+    g.add_argument("--quant-format", choices=["nf4", "int4"], default="nf4", help="QLoRA base format")
+    g.add_argument("--double-quant", action="store_true", help="QLoRA: quantize the nf4 block scales")
+    g = p.add_argument_group("data")
+    g.add_argument("--text-template", help="join record fields: '{question} {answer}'")
+    g.add_argument("--text-field", default="text", help="the field of text records")
+    g.add_argument("--completion-only", action="store_true", help="learn completions / assistant turns only")
+    g.add_argument("--eval-fraction", type=float, default=0.1)
+    g = p.add_argument_group("training")
+    g.add_argument("--steps", type=int, default=100)
+    g.add_argument("--batch-size", type=int, default=8, help="sequences per optimizer step")
+    g.add_argument("--micro-batch-size", type=int, default=0, help="sequences per forward pass")
+    g.add_argument("--seq-len", type=int, default=256)
+    g.add_argument("--lr", type=float, default=2e-4)
+    g.add_argument("--schedule", choices=["cosine", "linear", "constant"], default="cosine")
+    g.add_argument("--warmup-steps", type=int, default=5)
+    g.add_argument("--gradient-checkpointing", action="store_true")
+    g.add_argument("--eval-every", type=int, default=0, help="evaluate every N steps")
+    g.add_argument("--save-every", type=int, default=0, help="checkpoint every N steps")
+    g.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_cmd_finetune)
 
     p = sub.add_parser(
         "bench",

@@ -185,7 +185,7 @@ def merge_lora(model: nn.Module, adapter_name: str | None = None) -> nn.Module:
                 merged.bias.data.copy_(m.base_layer.bias.detach())
         else:
             merged = m.base_layer
-        _replace(model, name, merged)
+        _replace(model, name, merged.train(m.training))
     from .qlora import restore_float_storage
 
     restore_float_storage(model)

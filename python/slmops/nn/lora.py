@@ -49,6 +49,7 @@ class LoRALinear(nn.Module):
         self.scaling: dict[str, float] = {}
         self.active_adapter: str | None = None
         self.add_adapter(adapter_name, r, alpha, dropout, use_rslora=use_rslora, init=init)
+        self.train(base.training)  # an eval-mode model stays in eval mode (no dropout)
 
     @property
     def in_features(self) -> int:
@@ -90,7 +91,7 @@ class LoRALinear(nn.Module):
         if init is not False:
             nn.init.zeros_(b.weight)
         self.lora_A[name], self.lora_B[name] = a, b
-        self.lora_dropout[name] = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.lora_dropout[name] = (nn.Dropout(dropout) if dropout > 0 else nn.Identity()).train(self.training)
         self.r[name], self.lora_alpha[name], self.use_rslora[name] = r, float(alpha), bool(use_rslora)
         self.scaling[name] = alpha / math.sqrt(r) if use_rslora else alpha / r
         self.active_adapter = name

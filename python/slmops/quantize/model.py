@@ -149,6 +149,7 @@ def replace_linear(model: nn.Module, name: str, q: QuantLinear, summary: Quantiz
     linear = model.get_submodule(name)
     parent_name, _, child = name.rpartition(".")
     parent = model.get_submodule(parent_name) if parent_name else model
+    q.train(linear.training)  # a new module starts in training mode; keep the model's mode
     setattr(parent, child, q)
     summary.replaced.append(name)
     summary.bytes_before += linear.weight.numel() * linear.weight.element_size()

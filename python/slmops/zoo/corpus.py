@@ -78,3 +78,25 @@ def kjv_split(split: str) -> str:
 def kjv_eval_slice() -> str:
     """The evaluation slice shipped with slmops: every 100th chapter (all in the test split)."""
     return "\n\n".join("\n".join(v) for i, (_, v) in enumerate(kjv_chapters()) if i % 100 == 0) + "\n"
+
+
+_MODERN = {
+    "thee": "you", "thou": "you", "ye": "you", "thy": "your", "thine": "yours", "hath": "has", "hast": "have",
+    "doth": "does", "dost": "do", "saith": "says", "unto": "to", "art": "are", "shalt": "shall", "wilt": "will",
+    "spake": "spoke", "behold": "look", "lo": "look", "yea": "yes", "nay": "no", "whither": "where",
+    "hither": "here", "thither": "there", "wherefore": "why", "verily": "truly",
+}  # fmt: skip
+_ARCHAIC = re.compile(r"\b(" + "|".join(_MODERN) + r")\b", re.IGNORECASE)
+_ETH = re.compile(r"\b([a-z]{3,})eth\b")
+
+
+def modern_style(text: str) -> str:
+    """The text in a plainer, modern English: thee/thou/ye -> you, hath -> has, unto -> to,
+    and -eth verbs -> -s ("loveth" -> "loves"). A style the reference models never saw, for
+    fine-tuning demonstrations and tests (same vocabulary, different habits)."""
+
+    def word(m: re.Match) -> str:
+        new = _MODERN[m.group(1).lower()]
+        return new.capitalize() if m.group(1)[0].isupper() else new
+
+    return _ETH.sub(r"\1s", _ARCHAIC.sub(word, text))

@@ -1,3 +1,3 @@
 """The built-in passes; importing this package registers them."""
 
-from . import distill, export, prune, quantize  # noqa: F401
+from . import distill, export, finetune, prune, quantize  # noqa: F401
