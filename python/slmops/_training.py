@@ -258,7 +258,7 @@ def run_steps(
         bar.set_postfix(loss=f"{last_loss:.4f}")
         record = {
             "step": step + 1, "loss": round(last_loss, 6), "lr": lr, "grad_norm": round(grad_norm, 4),
-            "tokens": int(counted), "elapsed_s": round(time.perf_counter() - t0, 2),
+            "tokens": int(counted), "elapsed_s": round(time.perf_counter() - t0, 3),
         }  # fmt: skip
         if extra is not None:
             record.update(extra(step + 1))

@@ -523,3 +523,22 @@ def test_prune_pass_and_cli(tmp_path, tiny_model, text_file):
     bad["passes"] = [{"type": "prune", "pattern": "3:4"}]
     with pytest.raises(ConfigError, match="pattern must be one of"):
         parse_config(bad)
+
+
+def test_finetune_pass_merges_the_adapter(tmp_path, tiny_model, text_file):
+    raw = _config(tiny_model, text_file, tmp_path / "out")
+    raw["data"]["train"] = {"type": "text", "path": str(text_file)}
+    raw["passes"] = [{"type": "finetune", "method": "qlora", "data": "train", "steps": 3, "batch_size": 2,
+                      "seq_len": 32, "lr": 1e-2, "target_modules": ["q_proj", "down_proj"]}]  # fmt: skip
+    result = run_workflow(parse_config(raw), progress=False)
+    candidate = result.candidates[0]
+    info = candidate.passes[0]["info"]
+    assert info["method"] == "qlora" and info["trainable_params"] > 0
+    model, _ = slmops.zoo.load(tmp_path / "out" / "model")  # merged: a plain float model
+    assert isinstance(model.model.layers[0].self_attn.q_proj, torch.nn.Linear)
+    assert isinstance(model.get_input_embeddings(), torch.nn.Embedding)
+    assert (tmp_path / "out" / "finetune-adapter" / "adapter_config.json").is_file()
+    bad = _config(tiny_model, text_file, tmp_path / "bad")
+    bad["passes"] = [{"type": "finetune", "method": "dora"}]
+    with pytest.raises(ConfigError, match="method must be one of"):
+        parse_config(bad)

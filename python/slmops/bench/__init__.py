@@ -5,7 +5,10 @@ machine's read bandwidth), ``quality`` (the reference teacher under each RTN for
 GPTQ), ``compress`` (the calibrated algorithms' quality table) and ``kd`` (the
 distillation losses against PyTorch eager, time and peak memory), ``distill`` (a student
 distilled from the reference teacher against the same student trained on the text alone),
-``sparse`` (2:4, 4:8 and CSR matmul against the dense products they replace).
+``sparse`` (2:4, 4:8 and CSR matmul against the dense products they replace), ``finetune``
+(a LoRA step against peft + transformers, QLoRA against LoRA, quality before and after).
 Every speed figure is a ratio measured side by side in one run; see benchmarks/README.md."""
 
-BENCHMARKS = ("quant", "qmatmul", "quality", "export", "gptq", "compress", "kd", "distill", "sparse")
+BENCHMARKS = (
+    "quant", "qmatmul", "quality", "export", "gptq", "compress", "kd", "distill", "sparse", "finetune",
+)  # fmt: skip

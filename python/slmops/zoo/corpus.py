@@ -82,9 +82,9 @@ def kjv_eval_slice() -> str:
 
 _MODERN = {
     "thee": "you", "thou": "you", "ye": "you", "thy": "your", "thine": "yours", "hath": "has", "hast": "have",
-    "doth": "does", "dost": "do", "saith": "says", "unto": "to", "art": "are", "shalt": "shall", "wilt": "will",
-    "spake": "spoke", "behold": "look", "lo": "look", "yea": "yes", "nay": "no", "whither": "where",
-    "hither": "here", "thither": "there", "wherefore": "why", "verily": "truly",
+    "doth": "does", "dost": "do", "saith": "says", "unto": "to", "art": "are", "shalt": "shall",
+    "wilt": "will", "spake": "spoke", "behold": "look", "lo": "look", "yea": "yes", "nay": "no",
+    "whither": "where", "hither": "here", "thither": "there", "wherefore": "why", "verily": "truly",
 }  # fmt: skip
 _ARCHAIC = re.compile(r"\b(" + "|".join(_MODERN) + r")\b", re.IGNORECASE)
 _ETH = re.compile(r"\b([a-z]{3,})eth\b")
