@@ -91,21 +91,6 @@ class FinetuneResult:
     summary: dict[str, Any] = field(default_factory=dict)
 
 
-def _options(cls: type, value: Any, what: str) -> Any:
-    if value is None:
-        return cls()
-    if isinstance(value, cls):
-        return value
-    if isinstance(value, dict):
-        unknown = set(value) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(
-                f"unknown {what} options {sorted(unknown)}; known: {sorted(cls.__dataclass_fields__)}"
-            )
-        return cls(**value)
-    raise TypeError(f"{what} must be a {cls.__name__} or a dict")
-
-
 def evaluation_loss(model: Any, examples: list[Example], pad_id: int, micro_batch_size: int = 8) -> float:
     """Mean next-token cross entropy over the counted tokens of ``examples`` (nats)."""
     import torch
@@ -162,7 +147,7 @@ def finetune(
     from safetensors.torch import load_file, save_file
 
     from .._io import write_json_atomic
-    from ..distill import _load
+    from ..distill import _load, _options  # model loading and option dicts, as distillation takes them
     from ..nn import FusedLinearKDLoss
 
     if method not in METHODS:
