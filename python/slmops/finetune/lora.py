@@ -197,16 +197,18 @@ class ParameterCounts:
     trainable: int
     total: int
     frozen_bytes: int  # the frozen base as stored: parameters and buffers (quantized codes, scales)
+    total_bytes: int  # every parameter and buffer
 
 
 def count_parameters(model: nn.Module) -> ParameterCounts:
-    """Trainable and total parameters (a tied weight once), and the bytes of the frozen rest."""
-    trainable = total = frozen = 0
+    """Trainable and total parameters (a tied weight once), and the bytes of the frozen rest
+    and of everything."""
+    trainable = total = trainable_bytes = 0
     for p in model.parameters():
         total += p.numel()
         if p.requires_grad:
             trainable += p.numel()
-        else:
-            frozen += p.numel() * p.element_size()
-    frozen += sum(b.numel() * b.element_size() for b in model.buffers())
-    return ParameterCounts(trainable, total, frozen)
+            trainable_bytes += p.numel() * p.element_size()
+    stored = sum(p.numel() * p.element_size() for p in model.parameters())
+    stored += sum(b.numel() * b.element_size() for b in model.buffers())
+    return ParameterCounts(trainable, total, stored - trainable_bytes, stored)

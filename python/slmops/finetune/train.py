@@ -178,10 +178,7 @@ def finetune(
     else:
         train_ex, eval_ex = split_examples(examples, opts.eval_fraction, opts.seed)
 
-    base_params = count_parameters(model).total
-    float_base_bytes = count_parameters(model).frozen_bytes + sum(
-        p.numel() * p.element_size() for p in model.parameters() if p.requires_grad
-    )
+    before = count_parameters(model)  # the float base, before quantization and adapters
     quant_info = quantize_base(model, q_opts) if method == "qlora" else None
     torch.manual_seed(opts.seed)
     adapted = add_lora(model, lora_opts, adapter_name)
@@ -265,11 +262,11 @@ def finetune(
         "adapter_dir": str(adapter_dir),
         "adapted_layers": len(adapted),
         "trainable_params": counts.trainable,
-        "base_params": base_params,
-        "trainable_fraction": round(counts.trainable / max(base_params, 1), 6),
+        "base_params": before.total,
+        "trainable_fraction": round(counts.trainable / max(before.total, 1), 6),
         "frozen_base_bytes": counts.frozen_bytes,
-        "float_base_bytes": float_base_bytes,
-        "frozen_base_ratio": round(counts.frozen_bytes / max(float_base_bytes, 1), 4),
+        "float_base_bytes": before.total_bytes,
+        "frozen_base_ratio": round(counts.frozen_bytes / max(before.total_bytes, 1), 4),
         "peak_rss_mib": round(_peak_rss_mib(), 1),
         "train_sequences": len(train_ex),
         "eval_sequences": len(eval_ex),
