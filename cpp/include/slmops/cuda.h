@@ -5,6 +5,9 @@
 #include <cstdint>
 #include <string>
 
+#include "slmops/dtype.h"
+#include "slmops/kd_loss.h"
+#include "slmops/qmatmul.h"
 #include "slmops/quant.h"
 
 namespace slmops::cuda {
@@ -18,5 +21,35 @@ std::string architectures();      // CMAKE_CUDA_ARCHITECTURES of the build, "" w
 // Throws std::runtime_error on a CUDA error, std::invalid_argument on bad arguments.
 void dequantize(const QuantSpec& spec, ConstQuantStorage src, int64_t rows, int64_t K, void* dst, DType dst_dtype,
                 void* stream);
+
+// ---- quantized matmul -----------------------------------------------------------------
+// How a quantized matmul runs on the GPU:
+//   kGemv: decode (M <= kCudaGemvMaxRows), int4 / nf4 / int8: weights read once, decoded
+//     in registers (memory-bound: the target is the copy bandwidth).
+//   kTensorCore: fp16 / bf16 activations, int4 / nf4 / int8: weight tiles dequantized into
+//     shared memory and multiplied on the tensor cores (wmma), split-K for small M.
+//   kDequantizeGemm: any format and dtype: the weight is dequantized into a scratch
+//     buffer of the activations' dtype and multiplied by cuBLASLt (fp32 stays full fp32).
+// W8A8 is not a path but the activation mode kInt8Row (int8 per-row weights only).
+enum class CudaQMatmulPath : int { kAuto = 0, kGemv = 1, kTensorCore = 2, kDequantizeGemm = 3 };
+constexpr int64_t kCudaGemvMaxRows = 8;
+// Up to this many activation rows kAuto prefers the tensor-core kernel to dequantize +
+// cuBLASLt: above it the weight is reused by enough rows that cuBLAS's GEMM wins.
+constexpr int64_t kCudaTensorCoreMaxRows = 256;
+
+// The path kAuto takes on a GPU of `compute_capability` (10 * major + minor). Host logic:
+// callable and tested without a GPU.
+CudaQMatmulPath choose_qmatmul_path(const QuantSpec& spec, DType dtype, int64_t M, int compute_capability);
+// Whether the tensor-core kernel runs this format and dtype there (bf16 needs sm_80).
+bool tensor_core_supported(const QuantSpec& spec, DType dtype, int compute_capability);
+// Split-K factor of the tensor-core kernel for y [M, N], K on `sm_count` SMs.
+int tensor_core_split_k(int64_t M, int64_t N, int64_t K, int sm_count);
+
+// y [M, N] = x [M, K] @ W^T + bias on the GPU: W [N, K] in its quant_layout storage, x and
+// y of `dtype`, bias N floats or nullptr, all device pointers; enqueued on `stream`.
+// act kFloat or kInt8Row (W8A8); kInt8 (block-quantized activations) is a CPU mode.
+// Throws std::invalid_argument on bad arguments or a path that cannot run this problem.
+void qmatmul(const QuantSpec& spec, ConstQuantStorage w, int64_t N, int64_t K, const void* x, DType dtype, int64_t M,
+             const float* bias, void* y, QMatmulActivation act, CudaQMatmulPath path, void* stream);
 
 }  // namespace slmops::cuda

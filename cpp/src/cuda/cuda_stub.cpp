@@ -4,12 +4,19 @@
 #include "slmops/cuda.h"
 
 namespace slmops::cuda {
+namespace {
+[[noreturn]] void no_cuda() {
+  throw std::runtime_error("slmops was built without CUDA; rebuild with SLMOPS_WITH_CUDA=ON and nvcc on PATH");
+}
+}  // namespace
 
 bool compiled() { return false; }
 int device_count() { return 0; }
 std::string architectures() { return ""; }
-void dequantize(const QuantSpec&, ConstQuantStorage, int64_t, int64_t, void*, DType, void*) {
-  throw std::runtime_error("slmops was built without CUDA; rebuild with SLMOPS_WITH_CUDA=ON and nvcc on PATH");
+void dequantize(const QuantSpec&, ConstQuantStorage, int64_t, int64_t, void*, DType, void*) { no_cuda(); }
+void qmatmul(const QuantSpec&, ConstQuantStorage, int64_t, int64_t, const void*, DType, int64_t, const float*, void*,
+             QMatmulActivation, CudaQMatmulPath, void*) {
+  no_cuda();
 }
 
 }  // namespace slmops::cuda
