@@ -52,4 +52,32 @@ int tensor_core_split_k(int64_t M, int64_t N, int64_t K, int sm_count);
 void qmatmul(const QuantSpec& spec, ConstQuantStorage w, int64_t N, int64_t K, const void* x, DType dtype, int64_t M,
              const float* bias, void* y, QMatmulActivation act, CudaQMatmulPath path, void* stream);
 
+// ---- distillation losses ----------------------------------------------------------------
+// The teacher on the GPU, in the student's dtype: logits [rows, vocab], or (fused loss
+// only) hidden states [rows, hidden_size] and head [vocab, hidden_size]; none for plain
+// cross entropy (hard_weight 1). Top-k teachers are a CPU feature.
+struct CudaKdTeacher {
+  const void* logits = nullptr;
+  const void* hidden = nullptr;
+  const void* head = nullptr;
+  int64_t vocab = 0;
+  int64_t hidden_size = 0;
+};
+
+// kd_loss_fwd_bwd (kd_loss.h) on device pointers: student and grad [rows, vocab] of
+// `dtype` (grad may be nullptr), labels int64 [rows] or nullptr, loss_rows fp32 [rows].
+// Labels are not range-checked on the host (they live on the GPU): a row whose label is
+// out of range gets a NaN loss (the Python layer checks labels before calling).
+void kd_loss_fwd_bwd(const KdOptions& opt, const void* student, DType dtype, int64_t rows, int64_t vocab,
+                     const CudaKdTeacher& teacher, const int64_t* labels, float grad_scale, float* loss_rows,
+                     void* grad, void* stream);
+
+// fused_linear_kd_loss (kd_loss.h) on the GPU: hidden [rows, H] and weight [vocab, H] of
+// `dtype`; chunks of chunk_rows rows (0: fused_kd_chunk_rows) through cuBLASLt. d_hidden
+// fp32 [rows, H] is written, d_weight fp32 [vocab, H] accumulated (+=); either may be null.
+void fused_linear_kd_loss(const KdOptions& opt, const void* hidden, const void* weight, DType dtype, int64_t rows,
+                          int64_t H, int64_t vocab, const CudaKdTeacher& teacher, const int64_t* labels,
+                          float grad_scale, float* loss_rows, float* d_hidden, float* d_weight, int64_t chunk_rows,
+                          void* stream);
+
 }  // namespace slmops::cuda

@@ -18,5 +18,13 @@ void qmatmul(const QuantSpec&, ConstQuantStorage, int64_t, int64_t, const void*,
              QMatmulActivation, CudaQMatmulPath, void*) {
   no_cuda();
 }
+void kd_loss_fwd_bwd(const KdOptions&, const void*, DType, int64_t, int64_t, const CudaKdTeacher&, const int64_t*,
+                     float, float*, void*, void*) {
+  no_cuda();
+}
+void fused_linear_kd_loss(const KdOptions&, const void*, const void*, DType, int64_t, int64_t, int64_t,
+                          const CudaKdTeacher&, const int64_t*, float, float*, float*, float*, int64_t, void*) {
+  no_cuda();
+}
 
 }  // namespace slmops::cuda

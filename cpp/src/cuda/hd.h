@@ -9,9 +9,12 @@
 
 #if defined(__CUDACC__)
 #define SLMOPS_HD __host__ __device__ __forceinline__
-#define SLMOPS_UNROLL _Pragma("unroll")
 #else
 #define SLMOPS_HD inline
+#endif
+#if defined(__CUDA_ARCH__)  // the device pass only: the host compiler does not know the pragma
+#define SLMOPS_UNROLL _Pragma("unroll")
+#else
 #define SLMOPS_UNROLL
 #endif
 
