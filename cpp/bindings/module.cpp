@@ -84,6 +84,20 @@ void expect_cpu(const TensorArg& t) {
   if (t.cuda) throw py::value_error(t.name + " is a CUDA tensor; this operation runs on the CPU only");
 }
 
+// Runs fn with the GIL released; the kernels' std::invalid_argument becomes ValueError.
+template <class Fn>
+void run_released(Fn fn) {
+  try {
+    py::gil_scoped_release release;
+    fn();
+  } catch (const std::invalid_argument& e) {
+    throw py::value_error(e.what());
+  }
+}
+
+// The cudaStream_t of a Python stream handle (torch's Stream.cuda_stream, an int).
+void* stream_ptr(const py::object& stream) { return reinterpret_cast<void*>(stream.cast<intptr_t>()); }
+
 void py_quantize(py::handle src, const std::string& format, int64_t group_size, bool symmetric, py::handle data,
                  py::handle scales, py::handle zero_points, const std::string& isa) {
   const QuantSpec spec = make_spec(format, group_size, symmetric);
@@ -243,6 +257,51 @@ void py_qmatmul(const PyPackedWeight& pw, py::handle x, py::handle bias, py::han
   const CpuIsa cpu_isa = cpu_isa_from_name(isa);
   py::gil_scoped_release release;
   qmatmul(w, xa.data, x_dtype, M, bias_ptr, ya.data, y_dtype, act, cpu_isa, be);
+}
+
+// The quantized matmul on the GPU: the QuantizedTensor's buffers as they are (no packing).
+void py_cuda_qmatmul(const std::string& format, int64_t group_size, bool symmetric, py::handle data,
+                     py::handle scales, py::handle zero_points, int64_t N, int64_t K, py::handle x, py::handle bias,
+                     py::handle y, const std::string& activation, const std::string& path, py::object cuda_stream) {
+  const QuantSpec spec = make_spec(format, group_size, symmetric);
+  const QuantLayout L = quant_layout(spec, K);
+  StorageArgs s = storage_args(spec, L, N, data, scales, zero_points, false, cuda_stream);
+  TensorArg xa = tensor_arg(x, "x", cuda_stream), ya = tensor_arg(y, "y", cuda_stream), ba;
+  for (const TensorArg* t : {&s.data, &xa, &ya})
+    if (!t->cuda) throw py::value_error(t->name + " must be a CUDA tensor");
+  bindings::expect_same_device(s.data, xa);
+  bindings::expect_same_device(xa, ya);
+  bindings::expect_ndim(xa, 2, "[M, in_features]");
+  bindings::expect_ndim(ya, 2, "[M, out_features]");
+  bindings::expect_writeable(ya);
+  const int64_t M = xa.shape[0];
+  if (xa.shape[1] != K || ya.shape[0] != M || ya.shape[1] != N || ya.type != xa.type)
+    throw py::value_error("need x [M, " + std::to_string(K) + "] and y [M, " + std::to_string(N) +
+                          "] of one dtype, got x " + xa.shape_str() + ", y " + ya.shape_str());
+  const float* bias_ptr = nullptr;
+  if (!bias.is_none()) {
+    ba = tensor_arg(bias, "bias", cuda_stream);
+    bindings::expect_same_device(xa, ba);
+    bindings::expect_type(ba, {ElemType::kF32});
+    bindings::expect_numel(ba, N, "out_features");
+    bias_ptr = static_cast<const float*>(ba.data);
+  }
+  QMatmulActivation act;
+  if (activation == "float") act = QMatmulActivation::kFloat;
+  else if (activation == "int8") act = QMatmulActivation::kInt8;
+  else if (activation == "int8_row") act = QMatmulActivation::kInt8Row;
+  else throw py::value_error("activation must be 'float', 'int8' or 'int8_row', got '" + activation + "'");
+  cuda::CudaQMatmulPath p;
+  if (path == "auto") p = cuda::CudaQMatmulPath::kAuto;
+  else if (path == "gemv") p = cuda::CudaQMatmulPath::kGemv;
+  else if (path == "tensor_core") p = cuda::CudaQMatmulPath::kTensorCore;
+  else if (path == "dequantize_gemm") p = cuda::CudaQMatmulPath::kDequantizeGemm;
+  else throw py::value_error("CUDA backend must be 'auto', 'gemv', 'tensor_core' or 'dequantize_gemm', got '" + path + "'");
+  const ConstQuantStorage storage{static_cast<const uint8_t*>(s.data.data), static_cast<const float*>(s.scales.data),
+                                  static_cast<const uint8_t*>(s.zero_points.data)};
+  const DType dtype = xa.float_dtype();
+  void* stream = stream_ptr(cuda_stream);
+  run_released([&] { cuda::qmatmul(spec, storage, N, K, xa.data, dtype, M, bias_ptr, ya.data, act, p, stream); });
 }
 
 // Sparse weights and the Python arrays they borrow from, kept alive together.
@@ -558,13 +617,16 @@ KdOptions kd_options(const std::string& divergence, float temperature, float bet
   return o;
 }
 
-// A CPU array argument of `type` with `rows` rows (dimension 0) and, if cols >= 0, that many
-// columns; None gives an empty TensorArg.
+// An array argument of `type` with `rows` rows (dimension 0) and, if cols >= 0, that many
+// columns; None gives an empty TensorArg. On the CPU when `stream` is None, else on the GPU.
 TensorArg kd_arg(py::handle obj, const char* name, std::initializer_list<ElemType> types, int ndim, int64_t rows,
-                 int64_t cols, bool writing) {
+                 int64_t cols, bool writing, py::object stream = py::none()) {
   if (obj.is_none()) return TensorArg{};
-  TensorArg t = tensor_arg(obj, name);
-  expect_cpu(t);
+  TensorArg t = tensor_arg(obj, name, stream);
+  if (stream.is_none())
+    expect_cpu(t);
+  else if (!t.cuda)
+    throw py::value_error(t.name + " is on the CPU; the other distillation inputs are on a CUDA device");
   bindings::expect_type(t, types);
   bindings::expect_ndim(t, ndim, ndim == 1 ? "[rows]" : "[rows, columns]");
   if ((rows >= 0 && t.shape[0] != rows) || (ndim == 2 && cols >= 0 && t.shape[1] != cols))
@@ -580,14 +642,16 @@ struct KdTeacherArgs {
 };
 
 KdTeacherArgs kd_teacher(int64_t rows, py::handle logits, py::handle ids, py::handle logprobs, py::handle hidden,
-                         py::handle head) {
+                         py::handle head, py::object stream = py::none(),
+                         std::initializer_list<ElemType> hidden_types = {ElemType::kF32}) {
   KdTeacherArgs a;
   const auto floats = {ElemType::kF32, ElemType::kF16, ElemType::kBF16};
-  a.logits = kd_arg(logits, "teacher_logits", floats, 2, rows, -1, false);
-  a.ids = kd_arg(ids, "topk_ids", {ElemType::kI64}, 2, rows, -1, false);
-  a.logprobs = kd_arg(logprobs, "topk_logprobs", {ElemType::kF32}, 2, rows, a.ids.data ? a.ids.shape[1] : -1, false);
-  a.hidden = kd_arg(hidden, "teacher_hidden", {ElemType::kF32}, 2, rows, -1, false);
-  a.head = kd_arg(head, "teacher_head", {ElemType::kF32}, 2, -1, a.hidden.data ? a.hidden.shape[1] : -1, false);
+  a.logits = kd_arg(logits, "teacher_logits", floats, 2, rows, -1, false, stream);
+  a.ids = kd_arg(ids, "topk_ids", {ElemType::kI64}, 2, rows, -1, false, stream);
+  a.logprobs =
+      kd_arg(logprobs, "topk_logprobs", {ElemType::kF32}, 2, rows, a.ids.data ? a.ids.shape[1] : -1, false, stream);
+  a.hidden = kd_arg(hidden, "teacher_hidden", hidden_types, 2, rows, -1, false, stream);
+  a.head = kd_arg(head, "teacher_head", hidden_types, 2, -1, a.hidden.data ? a.hidden.shape[1] : -1, false, stream);
   KdTeacher& t = a.teacher;
   if (a.logits.data) {
     t.logits = a.logits.data;
@@ -602,6 +666,7 @@ KdTeacherArgs kd_teacher(int64_t rows, py::handle logits, py::handle ids, py::ha
   }
   if (a.hidden.data) {
     if (!a.head.data) throw py::value_error("teacher_hidden needs teacher_head");
+    if (a.hidden.type != ElemType::kF32) return a;  // CUDA: read through cuda_teacher
     t.hidden = static_cast<const float*>(a.hidden.data);
     t.head = static_cast<const float*>(a.head.data);
     t.hidden_size = a.hidden.shape[1];
@@ -610,30 +675,52 @@ KdTeacherArgs kd_teacher(int64_t rows, py::handle logits, py::handle ids, py::ha
   return a;
 }
 
-// Runs fn with the GIL released; the kernels' std::invalid_argument becomes ValueError.
-template <class Fn>
-void run_kd(Fn fn) {
-  try {
-    py::gil_scoped_release release;
-    fn();
-  } catch (const std::invalid_argument& e) {
-    throw py::value_error(e.what());
+// The GPU form of a teacher: logits or hidden + head in the student's dtype; top-k is a CPU feature.
+cuda::CudaKdTeacher cuda_teacher(const KdTeacherArgs& a, ElemType student_type) {
+  if (a.ids.data) throw py::value_error("top-k teachers run on the CPU; pass teacher logits or hidden states on CUDA");
+  cuda::CudaKdTeacher t;
+  if (a.logits.data) {
+    if (a.logits.type != student_type)
+      throw py::type_error("teacher_logits must have the student's dtype on CUDA, got " +
+                           std::string(bindings::elem_type_name(a.logits.type)));
+    t.logits = a.logits.data;
+    t.vocab = a.logits.shape[1];
   }
+  if (a.hidden.data) {
+    if (a.hidden.type != student_type || a.head.type != student_type)
+      throw py::type_error("teacher_hidden and teacher_head must have the student's dtype on CUDA");
+    t.hidden = a.hidden.data;
+    t.head = a.head.data;
+    t.hidden_size = a.hidden.shape[1];
+    t.vocab = a.head.shape[0];
+  }
+  return t;
 }
+
 
 void py_kd_loss(py::handle student, py::handle loss_rows, py::handle grad, py::handle teacher_logits,
                 py::handle topk_ids, py::handle topk_logprobs, py::handle labels, const std::string& divergence,
                 float temperature, float beta, bool scale_t2, float hard_weight, int64_t ignore_index,
-                float grad_scale, const std::string& isa) {
+                float grad_scale, const std::string& isa, py::object cuda_stream) {
   const KdOptions o = kd_options(divergence, temperature, beta, scale_t2, hard_weight, ignore_index);
-  TensorArg z = kd_arg(student, "student_logits", {ElemType::kF32, ElemType::kF16, ElemType::kBF16}, 2, -1, -1, false);
+  const py::object& st = cuda_stream;
+  TensorArg z =
+      kd_arg(student, "student_logits", {ElemType::kF32, ElemType::kF16, ElemType::kBF16}, 2, -1, -1, false, st);
   const int64_t rows = z.shape[0], V = z.shape[1];
-  TensorArg loss = kd_arg(loss_rows, "loss_rows", {ElemType::kF32}, 1, rows, -1, true);
-  TensorArg g = kd_arg(grad, "grad", {z.type}, 2, rows, V, true);
-  TensorArg y = kd_arg(labels, "labels", {ElemType::kI64}, 1, rows, -1, false);
-  KdTeacherArgs t = kd_teacher(rows, teacher_logits, topk_ids, topk_logprobs, py::none(), py::none());
+  TensorArg loss = kd_arg(loss_rows, "loss_rows", {ElemType::kF32}, 1, rows, -1, true, st);
+  TensorArg g = kd_arg(grad, "grad", {z.type}, 2, rows, V, true, st);
+  TensorArg y = kd_arg(labels, "labels", {ElemType::kI64}, 1, rows, -1, false, st);
+  KdTeacherArgs t = kd_teacher(rows, teacher_logits, topk_ids, topk_logprobs, py::none(), py::none(), st);
+  if (!st.is_none()) {
+    const cuda::CudaKdTeacher ct = cuda_teacher(t, z.type);
+    run_released([&] {
+      cuda::kd_loss_fwd_bwd(o, z.data, z.float_dtype(), rows, V, ct, static_cast<const int64_t*>(y.data), grad_scale,
+                            static_cast<float*>(loss.data), g.data, stream_ptr(st));
+    });
+    return;
+  }
   const CpuIsa cpu_isa = cpu_isa_from_name(isa);
-  run_kd([&] {
+  run_released([&] {
     kd_loss_fwd_bwd(o, z.data, z.float_dtype(), rows, V, t.teacher, static_cast<const int64_t*>(y.data), grad_scale,
                     static_cast<float*>(loss.data), g.data, cpu_isa);
   });
@@ -644,20 +731,37 @@ void py_fused_linear_kd_loss(py::handle hidden, py::handle weight, py::handle lo
                              py::handle topk_logprobs, py::handle teacher_hidden, py::handle teacher_head,
                              py::handle labels, const std::string& divergence, float temperature, float beta,
                              bool scale_t2, float hard_weight, int64_t ignore_index, float grad_scale,
-                             int64_t chunk_rows, const std::string& isa) {
+                             int64_t chunk_rows, const std::string& isa, py::object cuda_stream) {
   const KdOptions o = kd_options(divergence, temperature, beta, scale_t2, hard_weight, ignore_index);
-  TensorArg x = kd_arg(hidden, "student_hidden", {ElemType::kF32}, 2, -1, -1, false);
+  const py::object& st = cuda_stream;
+  // On CUDA the hidden states and heads keep their dtype (the GEMMs run in it); the CPU
+  // kernels take float32.
+  const bool gpu = !st.is_none();
+  TensorArg x = gpu ? kd_arg(hidden, "student_hidden", {ElemType::kF32, ElemType::kF16, ElemType::kBF16}, 2, -1, -1,
+                             false, st)
+                    : kd_arg(hidden, "student_hidden", {ElemType::kF32}, 2, -1, -1, false, st);
   const int64_t rows = x.shape[0], H = x.shape[1];
-  TensorArg w = kd_arg(weight, "student_head_weight", {ElemType::kF32}, 2, -1, H, false);
+  TensorArg w = kd_arg(weight, "student_head_weight", {x.type}, 2, -1, H, false, st);
   const int64_t V = w.shape[0];
-  TensorArg loss = kd_arg(loss_rows, "loss_rows", {ElemType::kF32}, 1, rows, -1, true);
-  TensorArg dx = kd_arg(d_hidden, "d_hidden", {ElemType::kF32}, 2, rows, H, true);
-  TensorArg dw = kd_arg(d_weight, "d_weight", {ElemType::kF32}, 2, V, H, true);
-  TensorArg y = kd_arg(labels, "labels", {ElemType::kI64}, 1, rows, -1, false);
-  KdTeacherArgs t = kd_teacher(rows, teacher_logits, topk_ids, topk_logprobs, teacher_hidden, teacher_head);
+  TensorArg loss = kd_arg(loss_rows, "loss_rows", {ElemType::kF32}, 1, rows, -1, true, st);
+  TensorArg dx = kd_arg(d_hidden, "d_hidden", {ElemType::kF32}, 2, rows, H, true, st);
+  TensorArg dw = kd_arg(d_weight, "d_weight", {ElemType::kF32}, 2, V, H, true, st);
+  TensorArg y = kd_arg(labels, "labels", {ElemType::kI64}, 1, rows, -1, false, st);
+  KdTeacherArgs t = kd_teacher(rows, teacher_logits, topk_ids, topk_logprobs, teacher_hidden, teacher_head, st,
+                               {gpu ? x.type : ElemType::kF32});
   if (chunk_rows < 0) throw py::value_error("chunk_rows must be >= 0 (0: automatic)");
+  if (gpu) {
+    const cuda::CudaKdTeacher ct = cuda_teacher(t, x.type);
+    run_released([&] {
+      cuda::fused_linear_kd_loss(o, x.data, w.data, x.float_dtype(), rows, H, V, ct,
+                                 static_cast<const int64_t*>(y.data), grad_scale, static_cast<float*>(loss.data),
+                                 static_cast<float*>(dx.data), static_cast<float*>(dw.data), chunk_rows,
+                                 stream_ptr(st));
+    });
+    return;
+  }
   const CpuIsa cpu_isa = cpu_isa_from_name(isa);
-  run_kd([&] {
+  run_released([&] {
     fused_linear_kd_loss(o, static_cast<const float*>(x.data), static_cast<const float*>(w.data), rows, H, V,
                          t.teacher, static_cast<const int64_t*>(y.data), grad_scale, static_cast<float*>(loss.data),
                          static_cast<float*>(dx.data), static_cast<float*>(dw.data), chunk_rows, cpu_isa);
@@ -737,6 +841,10 @@ PYBIND11_MODULE(_C, m, py::mod_gil_not_used()) {
       });
   m.def("pack_weight", &py_pack_weight, py::arg("format"), py::arg("group_size"), py::arg("symmetric"),
         py::arg("data"), py::arg("scales").none(true), py::arg("zero_points").none(true), py::arg("N"), py::arg("K"));
+  m.def("cuda_qmatmul", &py_cuda_qmatmul, py::arg("format"), py::arg("group_size"), py::arg("symmetric"),
+        py::arg("data"), py::arg("scales").none(true), py::arg("zero_points").none(true), py::arg("N"), py::arg("K"),
+        py::arg("x"), py::arg("bias").none(true), py::arg("y"), py::arg("activation"), py::arg("path"),
+        py::arg("cuda_stream"));
   m.def("qmatmul", &py_qmatmul, py::arg("packed"), py::arg("x"), py::arg("bias").none(true), py::arg("y"),
         py::arg("activation") = "float", py::arg("isa") = "auto", py::arg("backend") = "auto");
   py::class_<PyNMWeight>(m, "NMSparseWeight", "An n:m sparse weight borrowed for the spmm kernels.")
@@ -772,13 +880,14 @@ PYBIND11_MODULE(_C, m, py::mod_gil_not_used()) {
         py::arg("teacher_logits").none(true) = py::none(), py::arg("topk_ids").none(true) = py::none(), py::arg("topk_logprobs").none(true) = py::none(),
         py::arg("labels").none(true) = py::none(), py::arg("divergence"), py::arg("temperature"), py::arg("beta"),
         py::arg("scale_t2"), py::arg("hard_weight"), py::arg("ignore_index"), py::arg("grad_scale"),
-        py::arg("isa") = "auto");
+        py::arg("isa") = "auto", py::arg("cuda_stream") = py::none());
   m.def("fused_linear_kd_loss", &py_fused_linear_kd_loss, py::arg("hidden"), py::arg("weight"), py::arg("loss_rows"),
         py::arg("d_hidden").none(true) = py::none(), py::arg("d_weight").none(true) = py::none(), py::arg("teacher_logits").none(true) = py::none(),
         py::arg("topk_ids").none(true) = py::none(), py::arg("topk_logprobs").none(true) = py::none(), py::arg("teacher_hidden").none(true) = py::none(),
         py::arg("teacher_head").none(true) = py::none(), py::arg("labels").none(true) = py::none(), py::arg("divergence"),
         py::arg("temperature"), py::arg("beta"), py::arg("scale_t2"), py::arg("hard_weight"), py::arg("ignore_index"),
-        py::arg("grad_scale"), py::arg("chunk_rows") = 0, py::arg("isa") = "auto");
+        py::arg("grad_scale"), py::arg("chunk_rows") = 0, py::arg("isa") = "auto",
+        py::arg("cuda_stream") = py::none());
   m.def("fused_kd_chunk_rows", &fused_kd_chunk_rows, py::arg("rows"), py::arg("vocab"));
   m.attr("NF4_CODEBOOK") = std::vector<float>(kNF4Codebook, kNF4Codebook + 16);
   m.attr("NF4_DOUBLE_QUANT_BLOCK") = kNF4DoubleQuantBlock;

@@ -43,6 +43,7 @@ from typing import Any
 import numpy as np
 
 from .. import _C
+from .._cuda import is_cuda, stream_of
 from .._tensor import FLOAT_DTYPES, check_array, dtype_name, empty, is_torch, kernel_input
 
 DIVERGENCES = ("forward_kl", "reverse_kl", "jsd")
@@ -100,15 +101,22 @@ class KDOptions:
         }
 
 
-def _rows(x: Any, name: str, lead: tuple[int, ...] | None) -> Any:
-    """x [..., C] as a contiguous [rows, C] array, checking its leading dims against lead."""
+def _rows(x: Any, name: str, lead: tuple[int, ...] | None, device: Any = None) -> Any:
+    """x [..., C] as a contiguous [rows, C] array, checking its leading dims against lead
+    and its device against the student's (None: the CPU)."""
     check_array(x, name)
     if len(x.shape) < 1 or (lead is not None and tuple(x.shape[:-1]) != lead):
         want = f"[{', '.join(map(str, lead))}, ...]" if lead is not None else "[..., columns]"
         raise ValueError(f"{name} must have shape {want}, got {tuple(x.shape)}")
-    if is_torch(x) and x.device.type != "cpu":
-        raise ValueError(f"{name} is on {x.device}; the distillation kernels run on the CPU")
+    where = x.device if is_torch(x) and x.device.type != "cpu" else None
+    if where != device:
+        raise ValueError(f"{name} is on {where or 'the CPU'}, the student's tensors on {device or 'the CPU'}")
     return kernel_input(x).reshape(-1, x.shape[-1])
+
+
+def _device(x: Any) -> Any:
+    """The CUDA device of x, or None on the CPU (where the distillation kernels run too)."""
+    return x.device if is_cuda(x) else None
 
 
 def _as(x: Any, dtype: str) -> Any:
@@ -119,12 +127,17 @@ def _as(x: Any, dtype: str) -> Any:
     return np.ascontiguousarray(x, dtype=dtype)
 
 
-def _teacher_args(teacher: Any, lead: tuple[int, ...], opts: KDOptions, *, fused: bool) -> dict:
+def _teacher_args(
+    teacher: Any, lead: tuple[int, ...], opts: KDOptions, *, fused: bool, device: Any = None, dtype: str = "float32"
+) -> dict:
+    """The teacher's kernel arguments; hidden states and head in `dtype` (float32 on the CPU)."""
     if teacher is None:  # cross entropy on the labels alone (fine-tuning)
         if opts.hard_weight != 1.0:
             raise ValueError("teacher=None gives plain cross entropy: it needs hard_weight=1.0 and labels")
         return {}
     if isinstance(teacher, TeacherTopK):
+        if device is not None:
+            raise ValueError("TeacherTopK runs on the CPU; on CUDA pass teacher logits or TeacherHidden")
         ids = _rows(teacher.indices, "teacher.indices", lead)
         lp = _rows(teacher.logprobs, "teacher.logprobs", lead)
         if tuple(ids.shape) != tuple(lp.shape):
@@ -137,21 +150,23 @@ def _teacher_args(teacher: Any, lead: tuple[int, ...], opts: KDOptions, *, fused
             raise TypeError(
                 "kd_loss takes teacher logits or TeacherTopK; TeacherHidden needs fused_linear_kd_loss"
             )
-        hidden = _as(_rows(teacher.hidden, "teacher.hidden", lead), "float32")
-        head = _as(_rows(teacher.head_weight, "teacher.head_weight", None), "float32")
+        hidden = _as(_rows(teacher.hidden, "teacher.hidden", lead, device), dtype)
+        head = _as(_rows(teacher.head_weight, "teacher.head_weight", None, device), dtype)
         if len(teacher.head_weight.shape) != 2 or head.shape[1] != hidden.shape[1]:
             raise ValueError(
                 f"teacher.head_weight must be [vocab, {hidden.shape[1]}], "
                 f"got {tuple(teacher.head_weight.shape)}"
             )
         return {"teacher_hidden": hidden, "teacher_head": head}
-    logits = _rows(teacher, "teacher_logits", lead)
+    logits = _rows(teacher, "teacher_logits", lead, device)
     if dtype_name(logits) not in FLOAT_DTYPES:
         raise TypeError(f"teacher_logits must be float32, float16 or bfloat16, got {dtype_name(logits)}")
+    if device is not None:  # the GPU kernel reads both sides in one dtype
+        logits = _as(logits, dtype)
     return {"teacher_logits": logits}
 
 
-def _labels(labels: Any, lead: tuple[int, ...], opts: KDOptions) -> Any:
+def _labels(labels: Any, lead: tuple[int, ...], opts: KDOptions, device: Any = None, vocab: int = 0) -> Any:
     if labels is None:
         if opts.hard_weight > 0:
             raise ValueError("hard_weight > 0 needs labels (the hard targets, already shifted)")
@@ -159,7 +174,17 @@ def _labels(labels: Any, lead: tuple[int, ...], opts: KDOptions) -> Any:
     check_array(labels, "labels")
     if tuple(labels.shape) != lead:
         raise ValueError(f"labels must have shape {lead} (one per position), got {tuple(labels.shape)}")
-    return _as(kernel_input(labels).reshape(-1), "int64")
+    out = _as(_rows(labels.reshape(-1, 1), "labels", None, device).reshape(-1), "int64")
+    if device is not None and opts.hard_weight > 0:
+        # The CPU kernels name a bad label; the GPU's cannot raise, so check here.
+        bad = (out != opts.ignore_index) & ((out < 0) | (out >= vocab))
+        if bool(bad.any()):
+            row = int(bad.nonzero()[0, 0])
+            raise ValueError(
+                f"label {int(out[row])} of row {row} is outside the vocabulary [0, {vocab}) "
+                f"and is not ignore_index {opts.ignore_index}"
+            )
+    return out
 
 
 def _normalizer(labels: Any, rows: int, opts: KDOptions, num_tokens: Any) -> float:
@@ -215,14 +240,18 @@ def kd_loss(
             f"student_logits must be float32, float16 or bfloat16, got {dtype_name(student_logits)}"
         )
     lead = tuple(student_logits.shape[:-1])
-    z = _rows(student_logits, "student_logits", lead)
-    targets = _labels(labels, lead, opts)
+    device = _device(student_logits)
+    z = _rows(student_logits, "student_logits", lead, device)
+    teacher_args = _teacher_args(teacher, lead, opts, fused=False, device=device, dtype=dtype_name(z))
+    t_logits = teacher_args.get("teacher_logits")
+    compared = z.shape[1] if t_logits is None else min(z.shape[1], t_logits.shape[1])
+    targets = _labels(labels, lead, opts, device, compared)
     denom = _normalizer(targets, z.shape[0], opts, num_tokens)
     loss_rows = empty(z, (z.shape[0],), "float32")
     grad = empty(z, tuple(z.shape), dtype_name(z)) if return_grad else None
     _C.kd_loss(
         z, loss_rows, grad, labels=targets, grad_scale=1.0 / denom, isa=isa,
-        **_teacher_args(teacher, lead, opts, fused=False), **opts.kernel_args(),
+        cuda_stream=stream_of(z) if device is not None else None, **teacher_args, **opts.kernel_args(),
     )  # fmt: skip
     loss = _reduce(loss_rows, lead, opts, denom)
     return (loss, grad.reshape(student_logits.shape)) if return_grad else loss
@@ -268,14 +297,24 @@ def fused_linear_kd_loss(
             "reduction='none' gives no gradients (d_weight sums over positions); use 'sum' or 'batchmean'"
         )
     lead = tuple(student_hidden.shape[:-1])
-    x = _as(_rows(student_hidden, "student_hidden", lead), "float32")
-    w = _rows(student_head_weight, "student_head_weight", None)
+    device = _device(student_hidden)
+    # The CPU kernels compute in float32; the GPU's GEMMs run in the hidden states' dtype.
+    dtype = "float32" if device is None else dtype_name(student_hidden)
+    x = _as(_rows(student_hidden, "student_hidden", lead, device), dtype)
+    w = _rows(student_head_weight, "student_head_weight", None, device)
     if len(student_head_weight.shape) != 2 or w.shape[1] != x.shape[1]:
         raise ValueError(
             f"student_head_weight must be [vocab, {x.shape[1]}], got {tuple(student_head_weight.shape)}"
         )
-    w = _as(w, "float32")
-    targets = _labels(labels, lead, opts)
+    w = _as(w, dtype)
+    teacher_args = _teacher_args(teacher, lead, opts, fused=True, device=device, dtype=dtype)
+    if "teacher_logits" in teacher_args:
+        compared = min(w.shape[0], teacher_args["teacher_logits"].shape[1])
+    elif "teacher_head" in teacher_args:
+        compared = min(w.shape[0], teacher_args["teacher_head"].shape[0])
+    else:
+        compared = w.shape[0]
+    targets = _labels(labels, lead, opts, device, compared)
     denom = _normalizer(targets, x.shape[0], opts, num_tokens)
     loss_rows = empty(x, (x.shape[0],), "float32")
     d_hidden = empty(x, tuple(x.shape), "float32") if grad_hidden else None
@@ -285,8 +324,8 @@ def fused_linear_kd_loss(
         d_weight[...] = 0
     _C.fused_linear_kd_loss(
         x, w, loss_rows, d_hidden, d_weight, labels=targets, grad_scale=1.0 / denom,
-        chunk_rows=int(chunk_rows), isa=isa, **_teacher_args(teacher, lead, opts, fused=True),
-        **opts.kernel_args(),
+        chunk_rows=int(chunk_rows), isa=isa, cuda_stream=stream_of(x) if device is not None else None,
+        **teacher_args, **opts.kernel_args(),
     )  # fmt: skip
     loss = _reduce(loss_rows, lead, opts, denom)
     if d_hidden is not None:
