@@ -13,6 +13,7 @@
 
 #include "quant_cases.h"
 #include "slmops/cuda.h"
+#include "slmops/kd_loss.h"
 #include "slmops/quant.h"
 
 // SLMOPS_TESTS_HAVE_CUDA comes from tests/cpp/CMakeLists.txt in CUDA builds, where the
@@ -189,6 +190,98 @@ TEST(CudaDequantStreamTest, RunsOnAGivenStream) {
   CUDA_CHECK(cudaMemcpy(got.data(), d_out.p, want.size() * 4, cudaMemcpyDeviceToHost));
   CUDA_CHECK(cudaStreamDestroy(stream));
   EXPECT_EQ(std::memcmp(got.data(), want.data(), want.size() * 4), 0);
+}
+
+// y = x @ W^T through every GPU path against the CPU ref dequantization in double.
+TEST(CudaQMatmulTest, EveryPathMatchesTheDequantizedProduct) {
+  if (!gpu_visible()) GTEST_SKIP() << "no CUDA GPU visible";
+  const int64_t N = 70, K = 320;
+  for (const Case& c : {Case{QuantFormat::kInt4, 32, false}, Case{QuantFormat::kNF4, 64, true},
+                        Case{QuantFormat::kInt8, 0, true}, Case{QuantFormat::kQ4_K, 0, true}}) {
+    const QuantSpec spec{c.format, c.group_size, c.symmetric};
+    const QuantLayout L = quant_layout(spec, K);
+    const auto w = make_weights(N, K, 3);
+    std::vector<uint8_t> data(size_t(N * L.data_bytes_per_row)), zps(size_t(N * L.zero_point_bytes_per_row));
+    std::vector<float> scales(size_t(N * L.scales_per_row) + 1), dense(size_t(N * K));
+    quantize(spec, w.data(), DType::kF32, N, K, {data.data(), scales.data(), zps.data()}, CpuIsa::kRef);
+    dequantize(spec, {data.data(), scales.data(), zps.data()}, N, K, dense.data(), DType::kF32, CpuIsa::kRef);
+    DeviceBuffer d_data, d_scales, d_zps, d_x, d_y;
+    to_device(d_data, data);
+    to_device(d_scales, scales);
+    to_device(d_zps, zps);
+    for (int64_t M : {1, 5, 40}) {
+      std::vector<float> x(size_t(M * K));
+      std::mt19937 rng{unsigned(M)};
+      std::normal_distribution<float> nd;
+      for (auto& v : x) v = nd(rng);
+      DeviceBuffer dx, dy;
+      to_device(dx, x);
+      CUDA_CHECK(cudaMalloc(&dy.p, size_t(M * N) * 4));
+      for (auto path : {cuda::CudaQMatmulPath::kAuto, cuda::CudaQMatmulPath::kGemv,
+                        cuda::CudaQMatmulPath::kDequantizeGemm}) {
+        const bool fused = c.format != QuantFormat::kQ4_K;
+        if (path == cuda::CudaQMatmulPath::kGemv && (!fused || M > cuda::kCudaGemvMaxRows)) continue;
+        SCOPED_TRACE(case_name(c) + " M=" + std::to_string(M) + " path " + std::to_string(int(path)));
+        ASSERT_NO_THROW(cuda::qmatmul(spec,
+                                      {static_cast<const uint8_t*>(d_data.p), static_cast<const float*>(d_scales.p),
+                                       static_cast<const uint8_t*>(d_zps.p)},
+                                      N, K, dx.p, DType::kF32, M, nullptr, dy.p, QMatmulActivation::kFloat, path,
+                                      nullptr));
+        std::vector<float> y(size_t(M * N));
+        CUDA_CHECK(cudaMemcpy(y.data(), dy.p, y.size() * 4, cudaMemcpyDeviceToHost));
+        for (int64_t m = 0; m < M; ++m)
+          for (int64_t n = 0; n < N; ++n) {
+            double want = 0.0, mag = 0.0;
+            for (int64_t k = 0; k < K; ++k) {
+              want += double(x[size_t(m * K + k)]) * dense[size_t(n * K + k)];
+              mag += std::fabs(double(x[size_t(m * K + k)]) * dense[size_t(n * K + k)]);
+            }
+            ASSERT_NEAR(y[size_t(m * N + n)], want, 1e-5 * mag + 1e-6) << "m " << m << " n " << n;
+          }
+      }
+    }
+  }
+}
+
+// The distillation kernel against the double reference (fp32 logits).
+TEST(CudaKdTest, MatchesTheDoubleReference) {
+  if (!gpu_visible()) GTEST_SKIP() << "no CUDA GPU visible";
+  const int64_t rows = 9, vocab = 3000, tv = 2990;
+  std::mt19937 rng(9);
+  std::normal_distribution<float> nd(0.0f, 3.0f);
+  std::vector<float> z(size_t(rows * vocab)), t(size_t(rows * tv));
+  for (auto& v : z) v = nd(rng);
+  for (auto& v : t) v = nd(rng);
+  std::vector<int64_t> labels(static_cast<size_t>(rows));
+  for (int64_t r = 0; r < rows; ++r) labels[size_t(r)] = (r * 331) % tv;
+  labels[2] = -100;
+  DeviceBuffer dz, dt, dl, dloss, dgrad;
+  to_device(dz, z);
+  to_device(dt, t);
+  to_device(dl, labels);
+  CUDA_CHECK(cudaMalloc(&dloss.p, size_t(rows) * 4));
+  CUDA_CHECK(cudaMalloc(&dgrad.p, z.size() * 4));
+  for (Divergence d : {Divergence::kForwardKl, Divergence::kReverseKl, Divergence::kJsd}) {
+    KdOptions o;
+    o.divergence = d;
+    o.temperature = 1.5f;
+    o.hard_weight = 0.2f;
+    KdTeacher kt;
+    kt.logits = t.data();
+    kt.vocab = tv;
+    std::vector<float> want_loss(static_cast<size_t>(rows)), want_grad(z.size()), loss(static_cast<size_t>(rows)),
+        grad(z.size());
+    ref::kd_loss_fwd_bwd(o, z.data(), rows, vocab, kt, labels.data(), 0.25f, want_loss.data(), want_grad.data());
+    cuda::CudaKdTeacher ct;
+    ct.logits = dt.p;
+    ct.vocab = tv;
+    ASSERT_NO_THROW(cuda::kd_loss_fwd_bwd(o, dz.p, DType::kF32, rows, vocab, ct, static_cast<const int64_t*>(dl.p),
+                                          0.25f, static_cast<float*>(dloss.p), dgrad.p, nullptr));
+    CUDA_CHECK(cudaMemcpy(loss.data(), dloss.p, loss.size() * 4, cudaMemcpyDeviceToHost));
+    CUDA_CHECK(cudaMemcpy(grad.data(), dgrad.p, grad.size() * 4, cudaMemcpyDeviceToHost));
+    for (int64_t r = 0; r < rows; ++r) EXPECT_NEAR(loss[size_t(r)], want_loss[size_t(r)], 1e-4 * (1 + std::fabs(want_loss[size_t(r)])));
+    for (size_t i = 0; i < grad.size(); ++i) ASSERT_NEAR(grad[i], want_grad[i], 2e-6) << "element " << i;
+  }
 }
 
 #else  // no CUDA runtime in this build: the GPU tests exist and say why they skip
