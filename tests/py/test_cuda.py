@@ -8,14 +8,14 @@ tests/cpp/test_cuda_host.cpp. Run on a GPU machine with ``python -m pytest tests
 from __future__ import annotations
 
 import pytest
-import torch
-
 import slmops
+import torch
 from slmops.ops import fused_linear_kd_loss, kd_loss, qmatmul, quantize
 from slmops.ops.kd import TeacherHidden
 
 pytestmark = pytest.mark.skipif(
-    not (torch.cuda.is_available() and slmops.build_info()["cuda"]), reason="no CUDA GPU visible (or built without CUDA)"
+    not (torch.cuda.is_available() and slmops.build_info()["cuda"]),
+    reason="no CUDA GPU visible (or built without CUDA)",
 )
 
 DEV = "cuda"
@@ -102,11 +102,15 @@ def test_kd_loss_matches_the_cpu_kernels(divergence, dtype, hard_weight):
     t = (torch.randn(rows, vocab - 100) * 3).to(dtype)  # a shorter teacher vocabulary
     labels = torch.randint(0, vocab - 100, (rows,))
     labels[3] = -100
-    kw = dict(divergence=divergence, temperature=2.0, hard_weight=hard_weight, labels=labels, return_grad=True)
+    kw = dict(
+        divergence=divergence, temperature=2.0, hard_weight=hard_weight, labels=labels, return_grad=True
+    )
     want_loss, want_grad = kd_loss(z, t, **kw)
     loss, grad = kd_loss(z.to(DEV), t.to(DEV), **{**kw, "labels": labels.to(DEV)})
     assert abs(loss.item() - float(want_loss)) <= 1e-4 * (1 + abs(float(want_loss)))
-    assert (grad.float().cpu() - want_grad.float()).abs().max().item() <= (1e-6 if dtype == torch.float32 else 1e-3)
+    assert (grad.float().cpu() - want_grad.float()).abs().max().item() <= (
+        1e-6 if dtype == torch.float32 else 1e-3
+    )
 
 
 def test_kd_loss_rejects_labels_outside_the_vocabulary():
@@ -123,7 +127,13 @@ def test_fused_linear_kd_matches_eager(dtype):
     th = torch.randn(rows, 48, device=DEV, dtype=dtype)
     tw = (torch.randn(vocab, 48, device=DEV) * 0.1).to(dtype)
     loss, dh, dw = fused_linear_kd_loss(
-        h.detach(), w.detach(), TeacherHidden(th, tw), temperature=2.0, grad_hidden=True, grad_weight=True, chunk_rows=64
+        h.detach(),
+        w.detach(),
+        TeacherHidden(th, tw),
+        temperature=2.0,
+        grad_hidden=True,
+        grad_weight=True,
+        chunk_rows=64,
     )
     p = torch.log_softmax((th.double() @ tw.double().T) / 2, -1)
     q = torch.log_softmax((h.double() @ w.double().T) / 2, -1)

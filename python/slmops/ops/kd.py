@@ -128,7 +128,13 @@ def _as(x: Any, dtype: str) -> Any:
 
 
 def _teacher_args(
-    teacher: Any, lead: tuple[int, ...], opts: KDOptions, *, fused: bool, device: Any = None, dtype: str = "float32"
+    teacher: Any,
+    lead: tuple[int, ...],
+    opts: KDOptions,
+    *,
+    fused: bool,
+    device: Any = None,
+    dtype: str = "float32",
 ) -> dict:
     """The teacher's kernel arguments; hidden states and head in `dtype` (float32 on the CPU)."""
     if teacher is None:  # cross entropy on the labels alone (fine-tuning)
