@@ -71,8 +71,8 @@ def copy_bandwidth_gbs(nbytes: int, repeats: int) -> float:
     return 2 * nbytes / ms / 1e6  # read + write
 
 
-def row(case: str, ms: float | None, baseline: str, baseline_ms: float | None, ratio: float, target: str) -> dict:
-    return {"case": case, "slmops_ms": ms, "baseline": baseline, "baseline_ms": baseline_ms, "ratio": ratio,
+def row(case: str, ms: float | None, base: str, base_ms: float | None, ratio: float, target: str) -> dict:
+    return {"case": case, "slmops_ms": ms, "baseline": base, "baseline_ms": base_ms, "ratio": ratio,
             "target": target}  # fmt: skip
 
 
