@@ -22,15 +22,6 @@ DEV = "cuda"
 TOL = {torch.float32: 1e-4, torch.float16: 4e-3, torch.bfloat16: 2e-2}
 
 
-def _on_gpu(q):
-    from slmops.ops.quant import QuantizedTensor
-
-    return QuantizedTensor(
-        q.format, q.shape, {name: t.to(DEV) for name, t in q.tensors.items()},
-        group_size=q.group_size, symmetric=q.symmetric, dtype=q.dtype,
-    )  # fmt: skip
-
-
 CASES = [
     ("int4", {"group_size": 32}),
     ("int4", {"group_size": 128, "symmetric": False}),
@@ -48,7 +39,7 @@ CASES = [
 @pytest.mark.parametrize("m", [1, 3, 8, 16, 64, 300])
 def test_qmatmul_matches_dequantized_matmul(fmt, opts, dtype, m):
     n, k = 96, 512
-    qw = _on_gpu(quantize(torch.randn(n, k, generator=torch.Generator().manual_seed(m)) * 0.05, fmt, **opts))
+    qw = quantize(torch.randn(n, k, generator=torch.Generator().manual_seed(m)) * 0.05, fmt, **opts).to(DEV)
     x = torch.randn(m, k, device=DEV).to(dtype)
     bias = torch.randn(n, device=DEV)
     want = x.double() @ qw.dequantize("float32").double().T + bias.double()
@@ -61,7 +52,7 @@ def test_qmatmul_matches_dequantized_matmul(fmt, opts, dtype, m):
 @pytest.mark.parametrize("backend", ["gemv", "tensor_core", "dequantize_gemm"])
 def test_every_path_agrees_on_int4(backend):
     n, k, m = 200, 4096 + 64, 8  # tails: N not a multiple of the tiles
-    qw = _on_gpu(quantize(torch.randn(n, k) * 0.05, "int4", group_size=64, symmetric=False))
+    qw = quantize(torch.randn(n, k) * 0.05, "int4", group_size=64, symmetric=False).to(DEV)
     x = torch.randn(m, k, device=DEV, dtype=torch.float16)
     want = x.double() @ qw.dequantize("float32").double().T
     y = qmatmul(x, qw, backend=backend)
@@ -69,7 +60,7 @@ def test_every_path_agrees_on_int4(backend):
 
 
 def test_split_k_tensor_core_matches():
-    qw = _on_gpu(quantize(torch.randn(64, 8192) * 0.05, "nf4"))
+    qw = quantize(torch.randn(64, 8192) * 0.05, "nf4").to(DEV)
     x = torch.randn(16, 8192, device=DEV, dtype=torch.bfloat16)
     want = x.double() @ qw.dequantize("float32").double().T
     y = qmatmul(x, qw, backend="tensor_core")
@@ -78,7 +69,7 @@ def test_split_k_tensor_core_matches():
 
 def test_w8a8_matches_per_row_quantized_reference():
     n, k, m = 256, 1024, 512
-    qw = _on_gpu(quantize(torch.randn(n, k) * 0.05, "int8"))
+    qw = quantize(torch.randn(n, k) * 0.05, "int8").to(DEV)
     x = torch.randn(m, k, device=DEV, dtype=torch.float16)
     xs = x.float().abs().amax(1, keepdim=True) / 127
     xq = torch.round(x.float() / xs).clamp(-127, 127)
@@ -88,7 +79,7 @@ def test_w8a8_matches_per_row_quantized_reference():
 
 
 def test_w8a8_refuses_grouped_weights():
-    qw = _on_gpu(quantize(torch.randn(8, 64), "int8", group_size=32))
+    qw = quantize(torch.randn(8, 64), "int8", group_size=32).to(DEV)
     with pytest.raises(ValueError, match="one scale per row"):
         qmatmul(torch.randn(2, 64, device=DEV), qw, activation="int8_row")
 

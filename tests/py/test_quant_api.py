@@ -313,3 +313,14 @@ def test_onnxruntime_matmulnbits_decodes_our_weights(rng, format, K, opts):
     sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     (y,) = sess.run(None, {"A": np.eye(K, dtype=np.float32)})
     np.testing.assert_allclose(y.T, q.dequantize(), rtol=0, atol=1e-6)
+
+
+def test_to_moves_every_buffer_and_keeps_the_values():
+    w = torch.randn(8, 64)
+    q = quantize(w, "nf4", group_size=32, double_quant=True)
+    moved = q.to("cpu")
+    assert moved is not q and set(moved.tensors) == set(q.tensors)
+    assert (moved.group_size, moved.symmetric, moved.format) == (q.group_size, q.symmetric, q.format)
+    assert torch.equal(moved.dequantize(), q.dequantize())
+    with pytest.raises(TypeError, match="numpy"):
+        quantize(w.numpy(), "int8").to("cpu")

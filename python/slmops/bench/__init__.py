@@ -11,5 +11,6 @@ distilled from the reference teacher against the same student trained on the tex
 Every speed figure is a ratio measured side by side in one run; see benchmarks/README.md."""
 
 BENCHMARKS = (
-    "quant", "qmatmul", "quality", "export", "gptq", "compress", "kd", "distill", "sparse", "finetune", "cuda",
+    "quant", "qmatmul", "quality", "export", "gptq", "compress", "kd", "distill", "sparse", "finetune",
+    "cuda",
 )  # fmt: skip

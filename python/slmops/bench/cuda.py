@@ -31,7 +31,6 @@ import torch.nn.functional as F
 import slmops
 from slmops.ops import fused_linear_kd_loss, kd_loss, qmatmul, quantize
 from slmops.ops.kd import TeacherHidden
-from slmops.ops.quant import QuantizedTensor
 
 from .quality import write_results
 
@@ -59,11 +58,6 @@ def peak_mib(fn: Callable[[], object]) -> float:
     return (torch.cuda.max_memory_allocated() - base) / 2**20
 
 
-def on_gpu(q: QuantizedTensor) -> QuantizedTensor:
-    tensors = {name: t.cuda() for name, t in q.tensors.items()}
-    return QuantizedTensor(q.format, q.shape, tensors, group_size=q.group_size, symmetric=q.symmetric)
-
-
 def copy_bandwidth_gbs(nbytes: int, repeats: int) -> float:
     src = torch.empty(nbytes, dtype=torch.uint8, device="cuda")
     dst = torch.empty_like(src)
@@ -79,7 +73,7 @@ def row(case: str, ms: float | None, base: str, base_ms: float | None, ratio: fl
 def bench_gemv(shapes: list[tuple[int, int]], repeats: int, copy_gbs: float) -> list[dict]:
     rows = []
     for n, k in shapes:
-        qw = on_gpu(quantize(torch.randn(n, k) * 0.05, "int4", group_size=128))
+        qw = quantize(torch.randn(n, k) * 0.05, "int4", group_size=128).to("cuda")
         x = torch.randn(1, k, device="cuda", dtype=torch.bfloat16)
         ms = gpu_time_ms(lambda x=x, qw=qw: qmatmul(x, qw, backend="gemv"), repeats)
         ratio = qw.nbytes / ms / 1e6 / copy_gbs
@@ -91,7 +85,7 @@ def bench_gemm(shapes: list[tuple[int, int]], ms_list: list[int], repeats: int) 
     rows = []
     for n, k in shapes:
         w = torch.randn(n, k) * 0.05
-        qw = on_gpu(quantize(w, "int4", group_size=128))
+        qw = quantize(w, "int4", group_size=128).to("cuda")
         w16 = w.to("cuda", torch.float16)
         for m in ms_list:
             x = torch.randn(m, k, device="cuda", dtype=torch.float16)
@@ -105,7 +99,7 @@ def bench_w8a8(shapes: list[tuple[int, int]], m: int, repeats: int) -> list[dict
     rows = []
     for n, k in shapes:
         w = torch.randn(n, k) * 0.05
-        qw = on_gpu(quantize(w, "int8"))
+        qw = quantize(w, "int8").to("cuda")
         w16 = w.to("cuda", torch.float16)
         x = torch.randn(m, k, device="cuda", dtype=torch.float16)
         ours = gpu_time_ms(lambda x=x, qw=qw: qmatmul(x, qw, activation="int8_row"), repeats)

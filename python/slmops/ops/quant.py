@@ -124,6 +124,16 @@ class QuantizedTensor:
             f"bits_per_weight={self.bits_per_weight:.3f}, nbytes={self.nbytes})"
         )
 
+    def to(self, device: Any) -> QuantizedTensor:
+        """The same quantized tensor with its buffers on ``device`` (``"cuda"``, ``"cpu"``, a
+        torch.device): where the GPU kernels of qmatmul read it. Torch buffers only."""
+        if self.framework != "torch":
+            raise TypeError("this QuantizedTensor holds numpy arrays; quantize a torch tensor to move it")
+        return QuantizedTensor(
+            self.format, self.shape, {name: t.to(device) for name, t in self.tensors.items()},
+            group_size=self.group_size, symmetric=self.symmetric, dtype=self.dtype,
+        )  # fmt: skip
+
     # -- dequantize -----------------------------------------------------------------
     def dequantize(self, dtype: str | None = None, *, isa: str = "auto") -> Any:
         """The float weight ``[out_features, in_features]`` in this tensor's framework and
