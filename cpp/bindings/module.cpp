@@ -190,6 +190,13 @@ void py_double_dequantize_scales(py::handle codes, py::handle block_scales, floa
                            static_cast<float*>(d.data));
 }
 
+QMatmulActivation qmatmul_activation(const std::string& activation) {
+  if (activation == "float") return QMatmulActivation::kFloat;
+  if (activation == "int8") return QMatmulActivation::kInt8;
+  if (activation == "int8_row") return QMatmulActivation::kInt8Row;
+  throw py::value_error("activation must be 'float', 'int8' or 'int8_row', got '" + activation + "'");
+}
+
 // A packed weight and the Python arrays it borrows from, kept alive together.
 struct PyPackedWeight {
   PackedWeight w;
@@ -244,11 +251,7 @@ void py_qmatmul(const PyPackedWeight& pw, py::handle x, py::handle bias, py::han
     bindings::expect_numel(ba, w.N, "out_features");
     bias_ptr = static_cast<const float*>(ba.data);
   }
-  QMatmulActivation act;
-  if (activation == "float") act = QMatmulActivation::kFloat;
-  else if (activation == "int8") act = QMatmulActivation::kInt8;
-  else if (activation == "int8_row") act = QMatmulActivation::kInt8Row;
-  else throw py::value_error("activation must be 'float', 'int8' or 'int8_row', got '" + activation + "'");
+  const QMatmulActivation act = qmatmul_activation(activation);
   QMatmulBackend be;
   if (backend == "auto") be = QMatmulBackend::kAuto;
   else if (backend == "kernels") be = QMatmulBackend::kKernels;
@@ -286,11 +289,7 @@ void py_cuda_qmatmul(const std::string& format, int64_t group_size, bool symmetr
     bindings::expect_numel(ba, N, "out_features");
     bias_ptr = static_cast<const float*>(ba.data);
   }
-  QMatmulActivation act;
-  if (activation == "float") act = QMatmulActivation::kFloat;
-  else if (activation == "int8") act = QMatmulActivation::kInt8;
-  else if (activation == "int8_row") act = QMatmulActivation::kInt8Row;
-  else throw py::value_error("activation must be 'float', 'int8' or 'int8_row', got '" + activation + "'");
+  const QMatmulActivation act = qmatmul_activation(activation);
   cuda::CudaQMatmulPath p;
   if (path == "auto") p = cuda::CudaQMatmulPath::kAuto;
   else if (path == "gemv") p = cuda::CudaQMatmulPath::kGemv;
