@@ -289,9 +289,11 @@ def fused_linear_kd_loss(
     gradient in place and go through the two products for d(hidden) and d(weight).
 
     Returns ``(loss, d_hidden, d_weight)``; a gradient not asked for (``grad_hidden``,
-    ``grad_weight``) is None and costs nothing. Arithmetic is float32 (fp16/bf16 inputs are
-    converted; the gradients come back in the inputs' dtypes). ``reduction="none"`` gives
-    per-position losses without gradients: d(weight) sums over positions.
+    ``grad_weight``) is None and costs nothing. On the CPU arithmetic is float32 (fp16/bf16
+    inputs are converted); on CUDA tensors the chunk GEMMs run in the inputs' dtype on
+    cuBLASLt with float32 accumulation. The gradients come back in the inputs' dtypes.
+    ``reduction="none"`` gives per-position losses without gradients: d(weight) sums over
+    positions.
     """
     opts = KDOptions(divergence, temperature, beta, reduction, ignore_index, hard_weight, scale_t2)
     for name, x in (("student_hidden", student_hidden), ("student_head_weight", student_head_weight)):
