@@ -63,6 +63,14 @@ void with_dtype(DType dtype, F&& f) {
   throw std::invalid_argument("unknown dtype");
 }
 
+// Grid of the grid-stride elementwise kernels over n elements: capped, since each thread
+// loops over idx, idx + stride, ...
+constexpr int kElementwiseThreads = 256;
+inline unsigned elementwise_blocks(int64_t n) {
+  const int64_t blocks = (n + kElementwiseThreads - 1) / kElementwiseThreads;
+  return unsigned(blocks < 4096 ? blocks : 4096);
+}
+
 inline void check(cudaError_t err, const char* what) {
   if (err != cudaSuccess) throw std::runtime_error(std::string(what) + ": " + cudaGetErrorString(err));
 }

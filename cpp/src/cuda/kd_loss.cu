@@ -139,10 +139,6 @@ void launch_rows(const KdOptions& o, const void* student, DType dtype, int64_t r
   check_launch("kd loss kernel launch");
 }
 
-GemmType gemm_type(DType d) {
-  return d == DType::kF32 ? GemmType::kF32 : d == DType::kF16 ? GemmType::kF16 : GemmType::kBF16;
-}
-
 }  // namespace
 
 void kd_loss_fwd_bwd(const KdOptions& opt, const void* student, DType dtype, int64_t rows, int64_t vocab,

@@ -8,10 +8,11 @@
 
 #include "cuda/dequant_element.h"
 #include "cuda/hd.h"
+#include "slmops/cuda.h"
 
 namespace slmops::cuda {
 
-constexpr int kGemvMaxRows = 8;  // decode batches: M = 1 to 8
+constexpr int kGemvMaxRows = int(kCudaGemvMaxRows);  // decode batches: M = 1 to 8
 
 // The formats with a fused GPU kernel.
 enum class FusedFormat : int { kInt4, kNF4, kInt8 };

@@ -25,10 +25,6 @@ __global__ void broadcast_bias_kernel(const float* __restrict__ bias, int64_t M,
     y[i] = from_f32<T>(bias[i % N]);
 }
 
-GemmType gemm_type(DType d) {
-  return d == DType::kF32 ? GemmType::kF32 : d == DType::kF16 ? GemmType::kF16 : GemmType::kBF16;
-}
-
 void dequantize_gemm(const QuantSpec& spec, ConstQuantStorage w, int64_t N, int64_t K, const void* x, DType dtype,
                      int64_t M, const float* bias, void* y, cudaStream_t stream) {
   StreamBuffer wd(size_t(N * K) * size_t(dtype_size(dtype)), stream);
@@ -37,8 +33,7 @@ void dequantize_gemm(const QuantSpec& spec, ConstQuantStorage w, int64_t N, int6
   if (bias) {  // y starts as the broadcast bias and the GEMM adds onto it
     with_dtype(dtype, [&](auto* tag) {
       using T = std::remove_pointer_t<decltype(tag)>;
-      const int64_t blocks = std::min<int64_t>((M * N + 255) / 256, 4096);
-      broadcast_bias_kernel<T><<<unsigned(blocks), 256, 0, stream>>>(bias, M, N, static_cast<T*>(y));
+      broadcast_bias_kernel<T><<<elementwise_blocks(M * N), kElementwiseThreads, 0, stream>>>(bias, M, N, static_cast<T*>(y));
     });
     check_launch("bias broadcast launch");
     beta = 1.0f;

@@ -7,6 +7,8 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "slmops/dtype.h"
+
 namespace slmops::cuda {
 
 struct DeviceInfo {
@@ -37,6 +39,9 @@ class StreamBuffer {
 
 // Element types of a GEMM operand.
 enum class GemmType : int { kF32, kF16, kBF16, kI8, kI32 };
+inline GemmType gemm_type(DType d) {
+  return d == DType::kF32 ? GemmType::kF32 : d == DType::kF16 ? GemmType::kF16 : GemmType::kBF16;
+}
 
 // A row-major matrix operand: op(X) is X ([rows, cols] as stored, leading dimension ld)
 // or its transpose.

@@ -64,8 +64,7 @@ void launch_w8a8(const QuantRows& w, const void* x, DType dtype, int64_t M, cons
     check_launch("w8a8 activation quantization launch");
     gemm(M, N, K, {xq.get(), GemmType::kI8, K, false}, {w.data, GemmType::kI8, K, true}, acc.get(), GemmType::kI32, N,
          1.0f, 0.0f, stream);
-    const int64_t blocks = std::min<int64_t>((M * N + 255) / 256, 4096);
-    dequantize_acc_kernel<T><<<unsigned(blocks), 256, 0, stream>>>(acc.as<int32_t>(), xs.as<float>(), w.scales, bias,
+    dequantize_acc_kernel<T><<<elementwise_blocks(M * N), kElementwiseThreads, 0, stream>>>(acc.as<int32_t>(), xs.as<float>(), w.scales, bias,
                                                                     M, N, static_cast<T*>(y));
     check_launch("w8a8 output scaling launch");
   });
