@@ -122,7 +122,8 @@ TEST_P(SpmmNM, MatchesDenseProductOnEveryIsaAndShape) {
   const int n = m / 2;
   const bool quantized = type == SparseValueType::kInt8 || type == SparseValueType::kInt4;
   // Tails: kept values not a multiple of 16, rows not a multiple of the row blocks; M on both
-  // sides of the many-rows threshold, and a K spanning several column blocks.
+  // sides of the many-rows threshold and over one 128-row slice, and a K spanning several
+  // column blocks and decode ranges.
   for (const auto& [N, K] : std::vector<std::pair<int64_t, int64_t>>{{3, 8 * m}, {17, 40 * m}, {66, 136 * m}}) {
     const int64_t kept = K / m * n, group = quantized ? 16 : 0;
     const NMCase c = make_nm(N, K, n, m, type, group, unsigned(N * 7 + K));
@@ -134,7 +135,7 @@ TEST_P(SpmmNM, MatchesDenseProductOnEveryIsaAndShape) {
     const NMSparseWeight w = make_nm_weight(N, K, n, m, type, values, quantized ? c.scales.data() : nullptr, nullptr,
                                             group, c.indices.data());
     ASSERT_EQ(w.kept(), kept);
-    for (int64_t M : {int64_t(1), int64_t(5), kSpmmGemmRows, int64_t(37)}) {
+    for (int64_t M : {int64_t(1), int64_t(5), kSpmmGemmRows, int64_t(37), int64_t(150)}) {
       const auto x = randn(size_t(M * K), unsigned(M + K)), bias = randn(size_t(N), 3);
       for (CpuIsa isa : isas()) {
         std::vector<float> y(size_t(M * N), -1.0f);
@@ -193,7 +194,7 @@ class SpmmCsr : public ::testing::TestWithParam<bool> {};
 
 TEST_P(SpmmCsr, MatchesDenseProductWithEmptyRows) {
   const bool cols16 = GetParam();
-  const int64_t N = 37, K = 300;
+  const int64_t N = 37, K = 700;  // K: several column blocks and two decode ranges
   std::mt19937 rng(9);
   std::uniform_real_distribution<float> u(0.0f, 1.0f);
   std::vector<float> dense(size_t(N * K), 0.0f), values;
@@ -220,7 +221,7 @@ TEST_P(SpmmCsr, MatchesDenseProductWithEmptyRows) {
   w.cols = cols16 ? static_cast<const void*>(c16.data()) : static_cast<const void*>(c32.data());
   w.values = values.data();
   validate_csr(w);
-  for (int64_t M : {int64_t(1), int64_t(3), int64_t(20)}) {
+  for (int64_t M : {int64_t(1), int64_t(3), int64_t(20), int64_t(150)}) {
     const auto x = randn(size_t(M * K), unsigned(M)), bias = randn(size_t(N), 4);
     for (CpuIsa isa : isas()) {
       std::vector<float> y(size_t(M * N), -1.0f);

@@ -4,6 +4,9 @@
 #include "slmops/spmm.h"
 
 #include <algorithm>
+#include <cstdlib>
+#include <memory>
+#include <new>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -29,47 +32,91 @@ namespace {
 
 void invalid(const std::string& what) { throw std::invalid_argument(what); }
 
-// The many-rows path: xT [K, Mp] (activation rows padded to Mp with zeros), then per block
-// of output rows and block of columns, every row's kept weights in those columns are
-// decoded once and accumulated against one 64-row slice of xT at a time: 64 columns x 64
-// activation rows of xT (16 KiB) stay in L1 while the block's 32 rows sweep them.
-// `slice(n, k0, k1, vals, cols)` yields row n's kept weights in [k0, k1) as (vals, cols, count).
-template <class Slice>
-void spmm_transposed(int64_t N, int64_t K, const float* x, int64_t M, const float* bias, float* y,
-                     const cpu::SpmmKernels& kernels, const Slice& slice) {
-  constexpr int64_t kRowsPerBlock = 32, kColsPerBlock = 64, kSliceRows = 64;
-  const int64_t Mp = (M + 15) / 16 * 16;
-  std::vector<float> xT(static_cast<size_t>(K * Mp), 0.0f);
-  parallel_for(K, [&](int64_t k0, int64_t k1) {
-    for (int64_t k = k0; k < k1; ++k)
-      for (int64_t m = 0; m < M; ++m) xT[size_t(k * Mp + m)] = x[m * K + k];
-  });
-  const int64_t blocks = (N + kRowsPerBlock - 1) / kRowsPerBlock;
-  parallel_for(blocks, [&](int64_t b0, int64_t b1) {
-    std::vector<float> acc(static_cast<size_t>(kRowsPerBlock * Mp));
-    std::vector<float> vals(static_cast<size_t>(kRowsPerBlock * kColsPerBlock));
-    std::vector<int32_t> cols(static_cast<size_t>(kRowsPerBlock * kColsPerBlock));
-    const float* v[kRowsPerBlock];
-    const int32_t* c[kRowsPerBlock];
-    int64_t count[kRowsPerBlock];
-    for (int64_t b = b0; b < b1; ++b) {
-      const int64_t n0 = b * kRowsPerBlock, n1 = std::min(N, n0 + kRowsPerBlock);
-      std::fill(acc.begin(), acc.end(), 0.0f);
-      for (int64_t k0 = 0; k0 < K; k0 += kColsPerBlock) {
-        const int64_t k1 = std::min(K, k0 + kColsPerBlock);
-        for (int64_t n = n0; n < n1; ++n) {
-          const size_t at = size_t((n - n0) * kColsPerBlock);
-          slice(n, k0, k1, &vals[at], &cols[at], &v[n - n0], &c[n - n0], &count[n - n0]);
-        }
-        for (int64_t m0 = 0; m0 < Mp; m0 += kSliceRows)
-          for (int64_t n = n0; n < n1; ++n)
-            kernels.accumulate(v[n - n0], c[n - n0], count[n - n0], xT.data() + m0, Mp,
-                               std::min(kSliceRows, Mp - m0), &acc[size_t((n - n0) * Mp + m0)]);
-      }
-      for (int64_t n = n0; n < n1; ++n)
-        for (int64_t m = 0; m < M; ++m) y[m * N + n] = acc[size_t((n - n0) * Mp + m)] + (bias ? bias[n] : 0.0f);
+// The many-rows path, one slice of up to 128 activation rows at a time: xT [K, S] (the
+// slice transposed, padded to S rows with zeros), then per block of 32 output rows:
+//  - their kept weights are decoded 512 columns at a time: a row's values are read in runs
+//    long enough for the hardware prefetcher (64 columns a row defeat it: weights then
+//    arrive at DRAM latency), into scratch that stays in L2;
+//  - per 64-column block of those, each row's kept weights are broadcast against the whole
+//    slice (8 zmm accumulators): that block of xT (32 KiB at S = 128) stays in L1 while the
+//    32 rows sweep it, their accumulators (16 KiB) next to it.
+// Buffers are thread-local and kept between calls: fresh pages for a multi-MiB xT cost as
+// much as the products at small shapes.
+// `decode(n0, n1, k0, k1, panel)` fills the panel for rows [n0, n1) and columns [k0, k1).
+constexpr int64_t kSliceRows = 128, kRowsPerBlock = 32, kColsPerBlock = 64, kColBlocksPerDecode = 8;
+
+// A float buffer whose rows of 16 start on cache lines: xT and the accumulators are read in
+// 64-byte vectors, and one that straddles two lines costs two loads.
+struct AlignedFloats {
+  struct Free {
+    void operator()(float* p) const { std::free(p); }
+  };
+  std::unique_ptr<float, Free> data_;
+  size_t size_ = 0;
+  void resize(size_t n) {
+    if (n <= size_) return;
+    data_.reset(static_cast<float*>(std::aligned_alloc(64, (n * sizeof(float) + 63) / 64 * 64)));
+    if (!data_) throw std::bad_alloc();
+    size_ = n;
+  }
+  float* data() { return data_.get(); }
+  float& operator[](size_t i) { return data_.get()[i]; }
+};
+
+struct DecodedPanel {
+  static constexpr int64_t kStride = kColsPerBlock * kColBlocksPerDecode;  // scratch per row
+  std::vector<float> vals = std::vector<float>(size_t(kRowsPerBlock * kStride));
+  std::vector<int32_t> cols = std::vector<int32_t>(size_t(kRowsPerBlock * kStride));
+  // Row r's kept weights in column block b of the decoded range: count, values, columns.
+  int64_t count[kRowsPerBlock][kColBlocksPerDecode];
+  const float* v[kRowsPerBlock][kColBlocksPerDecode];
+  const int32_t* c[kRowsPerBlock][kColBlocksPerDecode];
+};
+
+// x rows [m0, m0 + rows) transposed into xT [K, S], in 16 x 16 tiles (both sides stay in cache).
+void transpose_slice(const float* x, int64_t K, int64_t m0, int64_t rows, int64_t S, float* xT) {
+  parallel_for((K + 15) / 16, [&](int64_t t0, int64_t t1) {
+    for (int64_t k0 = t0 * 16; k0 < std::min(K, t1 * 16); k0 += 16) {
+      const int64_t k1 = std::min(K, k0 + 16);
+      for (int64_t mb = 0; mb < S; mb += 16)
+        for (int64_t k = k0; k < k1; ++k)
+          for (int64_t m = mb; m < mb + 16; ++m) xT[k * S + m] = m < rows ? x[(m0 + m) * K + k] : 0.0f;
     }
   });
+}
+
+template <class Decode>
+void spmm_transposed(int64_t N, int64_t K, const float* x, int64_t M, const float* bias, float* y,
+                     const cpu::SpmmKernels& kernels, const Decode& decode) {
+  thread_local AlignedFloats xT_buffer;  // the calling thread's; the workers get a pointer
+  for (int64_t m0 = 0; m0 < M; m0 += kSliceRows) {
+    const int64_t rows = std::min(kSliceRows, M - m0), S = (rows + 15) / 16 * 16;
+    xT_buffer.resize(static_cast<size_t>(K * S));
+    const float* xT = xT_buffer.data();
+    transpose_slice(x, K, m0, rows, S, xT_buffer.data());
+    const int64_t blocks = (N + kRowsPerBlock - 1) / kRowsPerBlock;
+    parallel_for(blocks, [&](int64_t b0, int64_t b1) {
+      thread_local AlignedFloats acc;
+      thread_local std::unique_ptr<DecodedPanel> panel;
+      acc.resize(static_cast<size_t>(kRowsPerBlock * S));
+      if (!panel) panel = std::make_unique<DecodedPanel>();
+      for (int64_t b = b0; b < b1; ++b) {
+        const int64_t n0 = b * kRowsPerBlock, n1 = std::min(N, n0 + kRowsPerBlock);
+        std::fill(acc.data(), acc.data() + kRowsPerBlock * S, 0.0f);
+        for (int64_t k0 = 0; k0 < K; k0 += DecodedPanel::kStride) {
+          const int64_t k1 = std::min(K, k0 + DecodedPanel::kStride);
+          decode(n0, n1, k0, k1, *panel);
+          for (int64_t cb = 0; cb * kColsPerBlock < k1 - k0; ++cb)
+            for (int64_t r = 0; r < n1 - n0; ++r)
+              kernels.accumulate(panel->v[r][cb], panel->c[r][cb], panel->count[r][cb], xT, S, S,
+                                 &acc[size_t(r * S)]);
+        }
+        for (int64_t m = 0; m < rows; ++m)
+          for (int64_t n = n0; n < n1; ++n)
+            y[(m0 + m) * N + n] = acc[size_t((n - n0) * S + m)] + (bias ? bias[n] : 0.0f);
+      }
+    });
+  }
 }
 
 void add_bias(const float* bias, int64_t M, int64_t N, float* y) {
@@ -147,11 +194,15 @@ void spmm_nm(const NMSparseWeight& w, const float* x, int64_t M, const float* bi
     return add_bias(bias, M, w.N, y);
   }
   spmm_transposed(w.N, w.K, x, M, bias, y, kernels,
-                  [&](int64_t n, int64_t k0, int64_t k1, float* vals, int32_t* cols, const float** v,
-                      const int32_t** c, int64_t* count) {
-                    *count = kernels.nm_decode(w, n, k0, k1, vals, cols);
-                    *v = vals;
-                    *c = cols;
+                  [&](int64_t n0, int64_t n1, int64_t k0, int64_t k1, DecodedPanel& p) {
+                    kernels.nm_decode(w, n0, n1, k0, k1, p.vals.data(), p.cols.data(), p.kStride);
+                    for (int64_t r = 0; r < n1 - n0; ++r)
+                      for (int64_t cb = 0; cb * kColsPerBlock < k1 - k0; ++cb) {
+                        const int64_t at = r * p.kStride + cb * kColsPerBlock / w.m * w.n;
+                        p.v[r][cb] = p.vals.data() + at;
+                        p.c[r][cb] = p.cols.data() + at;
+                        p.count[r][cb] = std::min(kColsPerBlock, k1 - k0 - cb * kColsPerBlock) / w.m * w.n;
+                      }
                   });
 }
 
@@ -163,12 +214,10 @@ void spmm_csr(const CsrWeight& w, const float* x, int64_t M, const float* bias, 
     parallel_for(w.N, [&](int64_t n0, int64_t n1) { kernels.csr_rows(w, x, M, y, n0, n1); });
     return add_bias(bias, M, w.N, y);
   }
-  // A row's nonzeros in [k0, k1) are found by binary search over its sorted columns; int16
-  // columns are widened for the kernel.
+  // A row's nonzeros in a column block are found by binary search over its sorted columns;
+  // int16 columns are widened for the kernel.
   spmm_transposed(w.N, w.K, x, M, bias, y, kernels,
-                  [&](int64_t n, int64_t k0, int64_t k1, float*, int32_t* cols, const float** v, const int32_t** c,
-                      int64_t* count) {
-                    int64_t lo = w.row_ptr[n], hi = w.row_ptr[n + 1];
+                  [&](int64_t n0, int64_t n1, int64_t k0, int64_t k1, DecodedPanel& p) {
                     auto first_at_or_after = [&](int64_t k, int64_t a, int64_t b) {
                       while (a < b) {
                         const int64_t mid = (a + b) / 2;
@@ -176,16 +225,24 @@ void spmm_csr(const CsrWeight& w, const float* x, int64_t M, const float* bias, 
                       }
                       return a;
                     };
-                    lo = first_at_or_after(k0, lo, hi);
-                    hi = first_at_or_after(k1, lo, hi);
-                    *count = hi - lo;
-                    *v = w.values + lo;
-                    if (w.cols16) {
-                      const int16_t* src = static_cast<const int16_t*>(w.cols) + lo;
-                      for (int64_t i = 0; i < hi - lo; ++i) cols[i] = src[i];
-                      *c = cols;
-                    } else {
-                      *c = static_cast<const int32_t*>(w.cols) + lo;
+                    for (int64_t n = n0; n < n1; ++n) {
+                      const int64_t r = n - n0, end = w.row_ptr[n + 1];
+                      const int64_t first = first_at_or_after(k0, w.row_ptr[n], end);
+                      int64_t lo = first;
+                      for (int64_t cb = 0; cb * kColsPerBlock < k1 - k0; ++cb) {
+                        const int64_t hi = first_at_or_after(std::min(k1, k0 + (cb + 1) * kColsPerBlock), lo, end);
+                        p.count[r][cb] = hi - lo;
+                        p.v[r][cb] = w.values + lo;
+                        if (w.cols16) {
+                          int32_t* dst = p.cols.data() + r * p.kStride + (lo - first);
+                          const int16_t* src = static_cast<const int16_t*>(w.cols) + lo;
+                          for (int64_t i = 0; i < hi - lo; ++i) dst[i] = src[i];
+                          p.c[r][cb] = dst;
+                        } else {
+                          p.c[r][cb] = static_cast<const int32_t*>(w.cols) + lo;
+                        }
+                        lo = hi;
+                      }
                     }
                   });
 }

@@ -13,9 +13,11 @@ struct SpmmKernels {
   // y[m * N + n] = (row n of W) . x[m] for m < M, n in [n0, n1): few activation rows.
   void (*nm_rows)(const NMSparseWeight& w, const float* x, int64_t M, float* y, int64_t n0, int64_t n1);
   void (*csr_rows)(const CsrWeight& w, const float* x, int64_t M, float* y, int64_t n0, int64_t n1);
-  // The kept weights of row n in columns [k0, k1) (k0 a multiple of 32 * m / n = 64, k1 of m)
-  // as fp32 values and their columns, in order; returns how many.
-  int64_t (*nm_decode)(const NMSparseWeight& w, int64_t n, int64_t k0, int64_t k1, float* vals, int32_t* cols);
+  // The kept weights of rows [n0, n1) in columns [k0, k1) (k0 a multiple of 32 * m / n = 64,
+  // k1 of m) as fp32 values and their columns, in order: row n's (k1 - k0) * n / m of them
+  // at vals/cols + (n - n0) * stride.
+  void (*nm_decode)(const NMSparseWeight& w, int64_t n0, int64_t n1, int64_t k0, int64_t k1, float* vals,
+                    int32_t* cols, int64_t stride);
   // acc[0, width) += sum_j vals[j] * xT[cols[j] * ld + (0, width)]; width a multiple of 16.
   // The inner loop of the many-rows path: x transposed, each kept weight broadcast.
   void (*accumulate)(const float* vals, const int32_t* cols, int64_t count, const float* xT, int64_t ld,

@@ -25,13 +25,14 @@ void csr_rows(const CsrWeight& w, const float* x, int64_t M, float* y, int64_t n
     }
 }
 
-int64_t nm_decode(const NMSparseWeight& w, int64_t n, int64_t k0, int64_t k1, float* vals, int32_t* cols) {
+void nm_decode(const NMSparseWeight& w, int64_t n0, int64_t n1, int64_t k0, int64_t k1, float* vals, int32_t* cols,
+               int64_t stride) {
   const int64_t j0 = k0 / w.m * w.n, j1 = k1 / w.m * w.n;
-  for (int64_t j = j0; j < j1; ++j) {
-    vals[j - j0] = nm_value(w, n, j);
-    cols[j - j0] = int32_t(nm_column(w, n, j));
-  }
-  return j1 - j0;
+  for (int64_t n = n0; n < n1; ++n)
+    for (int64_t j = j0; j < j1; ++j) {
+      vals[(n - n0) * stride + j - j0] = nm_value(w, n, j);
+      cols[(n - n0) * stride + j - j0] = int32_t(nm_column(w, n, j));
+    }
 }
 
 void accumulate(const float* vals, const int32_t* cols, int64_t count, const float* xT, int64_t ld, int64_t width,
