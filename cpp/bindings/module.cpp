@@ -857,10 +857,18 @@ PYBIND11_MODULE(_C, m, py::mod_gil_not_used()) {
   m.def("pack_csr", &py_pack_csr, py::arg("N"), py::arg("K"), py::arg("row_ptr"), py::arg("cols"), py::arg("values"));
   m.def(
       "spmm",
-      [](const PyNMWeight& w, py::handle x, py::handle bias, py::handle y, const std::string& isa) {
-        py_spmm(w.w, x, bias, y, isa, spmm_nm);
+      [](const PyNMWeight& w, py::handle x, py::handle bias, py::handle y, const std::string& isa,
+         const std::string& activation) {
+        if (activation != "float" && activation != "int8")
+          throw py::value_error("activation must be 'float' or 'int8', got '" + activation + "'");
+        const SpmmActivation act = activation == "int8" ? SpmmActivation::kInt8 : SpmmActivation::kFloat;
+        py_spmm(w.w, x, bias, y, isa,
+                [act](const NMSparseWeight& w, const float* x, int64_t M, const float* b, float* y, CpuIsa i) {
+                  spmm_nm(w, x, M, b, y, i, act);
+                });
       },
-      py::arg("weight"), py::arg("x"), py::arg("bias").none(true), py::arg("y"), py::arg("isa") = "auto");
+      py::arg("weight"), py::arg("x"), py::arg("bias").none(true), py::arg("y"), py::arg("isa") = "auto",
+      py::arg("activation") = "float");
   m.def(
       "spmm",
       [](const PyCsrWeight& w, py::handle x, py::handle bias, py::handle y, const std::string& isa) {

@@ -64,9 +64,17 @@ void validate_csr(const CsrWeight& w);
 // along each weight row (decode once, gather the activations each kept value meets); from
 // kSpmmGemmRows rows the activations are transposed and every kept value is broadcast
 // against a vector of activation rows.
+//
+// act = kInt8 (int8 or int4 values only): each activation row is first quantized to int8 in
+// blocks of 32 (kActBlock of qmatmul: symmetric, absmax / 127, half to even) and y = W x^
+// with x^ the dequantized row, as qmatmul's int8 mode. For 2:4 int4 values with groups of 16,
+// 32 or a multiple of 64 kept values, and fewer than kSpmmGemmRows rows, AVX-512 runs this
+// on integer dot products (VNNI, activations gathered by byte shuffles); everything else
+// runs the float kernels on x^, so every ISA computes the same product.
+enum class SpmmActivation : int { kFloat = 0, kInt8 = 1 };
 constexpr int64_t kSpmmGemmRows = 8;
 void spmm_nm(const NMSparseWeight& w, const float* x, int64_t M, const float* bias, float* y,
-             CpuIsa isa = CpuIsa::kAuto);
+             CpuIsa isa = CpuIsa::kAuto, SpmmActivation act = SpmmActivation::kFloat);
 void spmm_csr(const CsrWeight& w, const float* x, int64_t M, const float* bias, float* y,
               CpuIsa isa = CpuIsa::kAuto);
 

@@ -4,6 +4,7 @@
 #include "slmops/spmm.h"
 
 #include <algorithm>
+#include <cstring>
 #include <cstdlib>
 #include <memory>
 #include <new>
@@ -11,7 +12,9 @@
 #include <string>
 #include <vector>
 
+#include "cpu/row_kernels.h"
 #include "cpu/spmm_kernels.h"
+#include "slmops/qmatmul.h"
 #include "slmops/threading.h"
 
 namespace slmops {
@@ -127,6 +130,48 @@ void add_bias(const float* bias, int64_t M, int64_t N, float* y) {
   });
 }
 
+// Activation rows quantized as qmatmul's int8 mode does (blocks of kActBlock = 32,
+// symmetric, absmax / 127, half to even) by the int8 format's row kernel: x^ always, and
+// the integer kernel's window layout (SpmmInt8Rows) when it will run.
+struct Int8Activations {
+  std::vector<int8_t> windows;
+  std::vector<float> lane_scales, xhat;
+  int64_t windows_per_row = 0;
+};
+
+Int8Activations quantize_activations(const float* x, int64_t M, int64_t K, CpuIsa isa, bool windows) {
+  constexpr int64_t kBlock = kActBlock, kWindow = 128, kLanes = 16;
+  const cpu::RowKernels& rows = cpu::row_kernels_for(isa);
+  Int8Activations a;
+  a.windows_per_row = (K + kWindow - 1) / kWindow;
+  const int64_t Kp = a.windows_per_row * kWindow, blocks = Kp / kBlock;
+  a.xhat.resize(size_t(M * K));
+  if (windows) {
+    a.windows.assign(size_t(M * Kp), 0);
+    a.lane_scales.assign(size_t(M * a.windows_per_row * kLanes), 0.0f);
+  }
+  parallel_for(M, [&](int64_t m0, int64_t m1) {
+    std::vector<int8_t> q(size_t(Kp), 0);
+    std::vector<float> s(size_t(blocks), 0.0f);
+    for (int64_t m = m0; m < m1; ++m) {
+      rows.quantize[int(QuantFormat::kInt8)](x + m * K, K, cpu::RowParams{kBlock, true, 0.0f},
+                                              {reinterpret_cast<uint8_t*>(q.data()), s.data(), nullptr});
+      for (int64_t k = 0; k < K; ++k) a.xhat[size_t(m * K + k)] = float(q[size_t(k)]) * s[size_t(k / kBlock)];
+      if (!windows) continue;
+      int8_t* win = &a.windows[size_t(m * Kp)];
+      float* lanes = &a.lane_scales[size_t(m * a.windows_per_row * kLanes)];
+      for (int64_t t = 0; t < a.windows_per_row; ++t) {
+        // Lane L of the first half: columns 32L..32L+15 of the window; of the second: 32L+16..
+        for (int64_t half = 0; half < 2; ++half)
+          for (int64_t L = 0; L < 4; ++L)
+            std::memcpy(win + t * kWindow + half * 64 + L * 16, q.data() + t * kWindow + 32 * L + 16 * half, 16);
+        for (int64_t l = 0; l < kLanes; ++l) lanes[t * kLanes + l] = s[size_t(4 * t + l / 4)];
+      }
+    }
+  });
+  return a;
+}
+
 }  // namespace
 
 NMSparseWeight make_nm_weight(int64_t N, int64_t K, int n, int m, SparseValueType type, const void* values,
@@ -185,10 +230,24 @@ void validate_csr(const CsrWeight& w) {
   }
 }
 
-void spmm_nm(const NMSparseWeight& w, const float* x, int64_t M, const float* bias, float* y, CpuIsa isa) {
+void spmm_nm(const NMSparseWeight& w, const float* x, int64_t M, const float* bias, float* y, CpuIsa isa,
+             SpmmActivation act) {
   if (M < 0) invalid("M must be >= 0");
   if (M == 0) return;
   const cpu::SpmmKernels& kernels = cpu::spmm_kernels_for(isa);
+  Int8Activations xq;
+  if (act == SpmmActivation::kInt8) {
+    if (w.type != SparseValueType::kInt8 && w.type != SparseValueType::kInt4)
+      invalid("int8 activations need int8 or int4 sparse values (float values multiply float activations)");
+    const bool integer_kernel = M < kSpmmGemmRows && kernels.nm_rows_int8 && cpu::spmm_int8_kernel_takes(w);
+    xq = quantize_activations(x, M, w.K, isa, integer_kernel);
+    if (integer_kernel) {
+      const cpu::SpmmInt8Rows rows{xq.windows.data(), xq.lane_scales.data(), xq.xhat.data(), xq.windows_per_row};
+      parallel_for(w.N, [&](int64_t n0, int64_t n1) { kernels.nm_rows_int8(w, rows, M, y, n0, n1); });
+      return add_bias(bias, M, w.N, y);
+    }
+    x = xq.xhat.data();  // the float kernels on the dequantized activations: the same product
+  }
   if (M < kSpmmGemmRows) {
     parallel_for(w.N, [&](int64_t n0, int64_t n1) { kernels.nm_rows(w, x, M, y, n0, n1); });
     return add_bias(bias, M, w.N, y);

@@ -9,6 +9,27 @@
 
 namespace slmops::cpu {
 
+// Activation rows quantized for the integer kernel, in its gather layout: per row, windows
+// of 128 columns as 128 bytes (lane L of the first 64 holds columns 32L..32L+15 of the
+// window, lane L of the second 64 columns 32L+16..32L+31: each byte shuffle then reaches
+// the columns of the 8 kept values in its half lane), 16 lane scales per window (lane l of
+// a 64-kept step covers columns 8l..8l+7, in activation block l / 4), and x^ for row tails.
+struct SpmmInt8Rows {
+  const int8_t* windows;      // [M, windows_per_row, 128]
+  const float* lane_scales;   // [M, windows_per_row, 16]
+  const float* xhat;          // [M, K] the dequantized activations
+  int64_t windows_per_row;
+};
+
+// Whether the integer kernel takes w: 2:4 int4 whose quantization groups divide 64 kept
+// values or are multiples of 64 (a 64-value step then meets whole lanes of each group).
+inline bool spmm_int8_kernel_takes(const NMSparseWeight& w) {
+  return w.type == SparseValueType::kInt4 && w.n == 2 && w.m == 4 && (w.group % 64 == 0 || 64 % w.group == 0);
+}
+
+using NmRowsInt8Fn = void (*)(const NMSparseWeight& w, const SpmmInt8Rows& x, int64_t M, float* y, int64_t n0,
+                              int64_t n1);
+
 struct SpmmKernels {
   // y[m * N + n] = (row n of W) . x[m] for m < M, n in [n0, n1): few activation rows.
   void (*nm_rows)(const NMSparseWeight& w, const float* x, int64_t M, float* y, int64_t n0, int64_t n1);
@@ -22,6 +43,8 @@ struct SpmmKernels {
   // The inner loop of the many-rows path: x transposed, each kept weight broadcast.
   void (*accumulate)(const float* vals, const int32_t* cols, int64_t count, const float* xT, int64_t ld,
                      int64_t width, float* acc);
+  // nm_rows with int8 activations (spmm_int8_kernel_takes(w)); nullptr where the ISA has none.
+  NmRowsInt8Fn nm_rows_int8;
 };
 
 const SpmmKernels& spmm_kernels_for(CpuIsa isa);

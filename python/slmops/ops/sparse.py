@@ -284,16 +284,32 @@ def _to_bf16_bits(a: np.ndarray) -> np.ndarray:
     return torch.from_numpy(a).to(torch.bfloat16).view(torch.int16).numpy().view(np.uint16).copy()
 
 
-def spmm(x: Any, sw: SparseTensor, *, bias: Any = None, isa: str = "auto") -> Any:
+def spmm(x: Any, sw: SparseTensor, *, bias: Any = None, activation: str = "float", isa: str = "auto") -> Any:
     """``x [..., in_features] @ W.T + bias`` -> ``[..., out_features]`` in x's framework and
-    dtype, on the sparse kernels (CPU; the products are fp32)."""
+    dtype, on the sparse kernels (CPU; the products are fp32).
+
+    ``activation="int8"`` (n:m weights with int8/int4 values): each row of x is quantized to
+    int8 in blocks of 32 first, as ``qmatmul(..., activation="int8")`` does, and the result
+    is ``W @ x^`` for the dequantized x^. 2:4 int4 weights (groups of 16, 32 or a multiple
+    of 64 kept values) then run on integer dot products on AVX-512 CPUs at decode sizes
+    (fewer than 8 rows); every other case runs the float kernels on x^."""
     if not isinstance(sw, SparseTensor):
         raise TypeError(f"sw must be a SparseTensor, got {type(sw).__name__}")
+    if activation not in ("float", "int8"):
+        raise ValueError(f"activation must be 'float' or 'int8', got {activation!r}")
+    if activation == "int8" and sw.values not in ("int8", "int4"):
+        raise ValueError(
+            f"activation='int8' needs int8 or int4 values; this {sw.pattern} weight stores {sw.values} "
+            "(float values multiply float activations)"
+        )
     n, k = sw.shape
     dtype = check_linear_input(x, k, "spmm")
     lead = tuple(x.shape[:-1])
     x2 = kernel_input(x.float() if is_torch(x) else x.astype(np.float32, copy=False)).reshape(-1, k)
     y = empty(x2, (x2.shape[0], n), "float32")
-    _C.spmm(sw.packed(), x2, float32_bias(bias, n), y, isa=isa)
+    if sw.pattern == "csr":
+        _C.spmm(sw.packed(), x2, float32_bias(bias, n), y, isa=isa)
+    else:
+        _C.spmm(sw.packed(), x2, float32_bias(bias, n), y, isa=isa, activation=activation)
     y = y.to(x.dtype) if is_torch(x) else y.astype(dtype, copy=False)
     return y.reshape(*lead, n)

@@ -9,5 +9,7 @@
 
 namespace slmops::cpu::avx2 {
 #include "cpu/simd/vec_avx2.h"
+// int8 activations run the float kernels on the dequantized rows (no byte-gather kernel yet).
+constexpr NmRowsInt8Fn kNmRowsInt8 = nullptr;
 #include "cpu/simd/spmm_simd.inc"
 }  // namespace slmops::cpu::avx2

@@ -1,5 +1,6 @@
 // Sparse matmul kernels for avx512: spmm_simd.inc compiled with this ISA's flags (set on this
-// file only, in CMakeLists.txt) inside its own namespace.
+// file only, in CMakeLists.txt) inside its own namespace, plus the int8-activation kernel
+// for 2:4 int4 weights, which only AVX-512 (BW byte shuffles, VNNI) has.
 #include <immintrin.h>
 
 #include <cstdint>
@@ -9,5 +10,131 @@
 
 namespace slmops::cpu::avx512 {
 #include "cpu/simd/vec_avx512.h"
+
+namespace {
+
+// 2:4 int4 weights x int8 activations, 64 kept values (128 columns) a step:
+//  - codes: 32 bytes widened to 16-bit words, each word's two nibbles split into its two
+//    bytes, so byte p holds kept value p (unsigned 0..15, VNNI's unsigned operand);
+//  - positions: the 16 index bytes broadcast to the four lanes, byte p picks index byte
+//    p / 4, a word shift brings field p % 4 to the bottom, and (field & 3) | 4 * (p % 8 / 2)
+//    is the column of kept value p within the 16 columns of its half lane;
+//  - activations: two byte shuffles from the window's two 64-byte halves (SpmmInt8Rows)
+//    gather the 64 int8 activations the kept values meet;
+//  - one VNNI dot gives 16 lanes of 4 products, a second the lanes' activation sums (for the
+//    zero points: w = s * q + o); each lane lies in one activation block and one
+//    quantization group, so it is converted once with scale s * sx and offset o * sx.
+struct Int8Constants {
+  __m512i replicate, word_shift, base, low2, low_nibble_words, ones;
+  __mmask64 odd_bytes = 0xAAAAAAAAAAAAAAAAull, high_half_lanes = 0xFF00FF00FF00FF00ull;
+  __m512i group_lanes;  // groups < 64: lane l's group relative to the step's first, 4 * l / group
+  Int8Constants(int64_t group) {
+    alignas(64) int8_t rep[64], base_b[64];
+    alignas(64) int16_t shift[32];
+    alignas(64) int32_t lanes[16];
+    for (int p = 0; p < 64; ++p) {
+      rep[p] = int8_t(4 * (p / 16) + (p % 16) / 4);
+      base_b[p] = int8_t(4 * ((p % 8) / 2));
+    }
+    for (int w = 0; w < 32; ++w) shift[w] = int16_t((2 * w) % 4 < 2 ? 0 : 4);
+    for (int l = 0; l < 16; ++l) lanes[l] = group < 64 ? int32_t(4 * l / group) : 0;
+    replicate = _mm512_load_si512(rep);
+    base = _mm512_load_si512(base_b);
+    word_shift = _mm512_load_si512(shift);
+    group_lanes = _mm512_load_si512(lanes);
+    low2 = _mm512_set1_epi8(3);
+    low_nibble_words = _mm512_set1_epi16(0x000F);
+    ones = _mm512_set1_epi8(1);
+  }
+};
+
+inline __m512i step_codes(const uint8_t* codes, const Int8Constants& c) {
+  const __m512i t = _mm512_cvtepu8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(codes)));
+  const __m512i high = _mm512_slli_epi16(_mm512_srli_epi16(t, 4), 8);
+  return _mm512_ternarylogic_epi32(t, high, c.low_nibble_words, 0xEC);  // (t & 0x000F) | high
+}
+
+inline __m512i step_positions(const uint8_t* index_bytes, const Int8Constants& c) {
+  const __m512i bytes = _mm512_broadcast_i32x4(_mm_loadu_si128(reinterpret_cast<const __m128i*>(index_bytes)));
+  const __m512i rep = _mm512_shuffle_epi8(bytes, c.replicate);
+  const __m512i t = _mm512_srlv_epi16(_mm512_mask_blend_epi8(c.odd_bytes, rep, _mm512_srli_epi16(rep, 2)), c.word_shift);
+  return _mm512_ternarylogic_epi32(t, c.low2, c.base, 0xEA);  // (t & 3) | base
+}
+
+// Lane l's value of a per-group array (the row's scales or offsets) for a step whose first
+// group is p: groups_per_step 2 or 4 (groups of 32 or 16) are loaded exactly and spread
+// over their lanes; 1 (groups of 64 or more) is broadcast.
+inline __m512 lane_values(const float* p, int groups_per_step, const Int8Constants& c) {
+  if (groups_per_step == 1) return _mm512_set1_ps(*p);
+  const __m128 v = groups_per_step == 2 ? _mm_castpd_ps(_mm_load_sd(reinterpret_cast<const double*>(p))) : _mm_loadu_ps(p);
+  return _mm512_permutexvar_ps(c.group_lanes, _mm512_castps128_ps512(v));
+}
+
+template <int R>
+void int8_row_block(const NMSparseWeight& w, const Int8Constants& c, int64_t n, const SpmmInt8Rows& x, int64_t m0,
+                    float* y) {
+  const int64_t kept = w.kept(), full = kept / 64 * 64;
+  const uint8_t* codes = static_cast<const uint8_t*>(w.values) + n * w.int4_row_bytes();
+  const uint8_t* index_row = w.indices + n * w.index_row_bytes();
+  const float* scales = w.scales + n * w.groups();
+  const float* offsets = w.offsets.data() + n * w.groups();
+  const int8_t* win[R];
+  const float* xs[R];
+  for (int r = 0; r < R; ++r) {
+    win[r] = x.windows + (m0 + r) * x.windows_per_row * 128;
+    xs[r] = x.lane_scales + (m0 + r) * x.windows_per_row * 16;
+  }
+  __m512 acc[R], acc_sum[R];  // the products, and the zero-point terms
+  for (int r = 0; r < R; ++r) acc[r] = acc_sum[r] = _mm512_setzero_ps();
+  // The step's first quantization group, without a division per step.
+  const int groups_per_step = w.group <= 64 ? int(64 / w.group) : 1;
+  const int64_t steps_per_group = w.group <= 64 ? 1 : w.group / 64;
+  int64_t g = 0, step_in_group = 0;
+  for (int64_t j = 0, t = 0; j < full; j += 64, ++t) {
+    // Four streams per row (codes, indices, scales, offsets): requested ahead, as nm_rows does.
+    __builtin_prefetch(codes + j / 2 + 4096);
+    __builtin_prefetch(index_row + j / 4 + 2048);
+    __builtin_prefetch(scales + g + 512);
+    __builtin_prefetch(offsets + g + 512);
+    const __m512i q = step_codes(codes + j / 2, c);
+    const __m512i pos = step_positions(index_row + j / 4, c);
+    const __m512 s = lane_values(scales + g, groups_per_step, c), o = lane_values(offsets + g, groups_per_step, c);
+    if (groups_per_step > 1) {
+      g += groups_per_step;
+    } else if (++step_in_group == steps_per_group) {
+      ++g;
+      step_in_group = 0;
+    }
+    for (int r = 0; r < R; ++r) {
+      const int8_t* xw = win[r] + t * 128;
+      const __m512i lo = _mm512_loadu_si512(xw), hi = _mm512_loadu_si512(xw + 64);
+      const __m512i xg = _mm512_mask_shuffle_epi8(_mm512_shuffle_epi8(lo, pos), c.high_half_lanes, hi, pos);
+      const __m512i dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), q, xg);
+      const __m512i sum = _mm512_dpbusd_epi32(_mm512_setzero_si512(), c.ones, xg);
+      const __m512 sx = _mm512_loadu_ps(xs[r] + t * 16);
+      acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_mul_ps(s, sx), acc[r]);
+      acc_sum[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), _mm512_mul_ps(o, sx), acc_sum[r]);
+    }
+  }
+  for (int r = 0; r < R; ++r) {
+    float total = _mm512_reduce_add_ps(_mm512_add_ps(acc[r], acc_sum[r]));
+    const float* xhat = x.xhat + (m0 + r) * w.K;
+    for (int64_t j = full; j < kept; ++j) total += nm_value(w, n, j) * xhat[nm_column(w, n, j)];
+    y[(m0 + r) * w.N + n] = total;
+  }
+}
+
+void nm_rows_int8(const NMSparseWeight& w, const SpmmInt8Rows& x, int64_t M, float* y, int64_t n0, int64_t n1) {
+  const Int8Constants c(w.group);
+  for (int64_t n = n0; n < n1; ++n) {
+    int64_t m = 0;
+    for (; m + 4 <= M; m += 4) int8_row_block<4>(w, c, n, x, m, y);
+    for (; m < M; ++m) int8_row_block<1>(w, c, n, x, m, y);
+  }
+}
+
+}  // namespace
+
+constexpr NmRowsInt8Fn kNmRowsInt8 = nm_rows_int8;
 #include "cpu/simd/spmm_simd.inc"
 }  // namespace slmops::cpu::avx512

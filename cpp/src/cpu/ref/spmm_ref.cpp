@@ -46,7 +46,7 @@ void accumulate(const float* vals, const int32_t* cols, int64_t count, const flo
 }  // namespace
 
 const SpmmKernels& spmm_kernels() {
-  static const SpmmKernels k{nm_rows, csr_rows, nm_decode, accumulate};
+  static const SpmmKernels k{nm_rows, csr_rows, nm_decode, accumulate, nullptr};
   return k;
 }
 
