@@ -174,6 +174,77 @@ TEST(SpmmNM, Int4ZeroPointsGiveOffsets) {
   }
 }
 
+// x quantized as the int8 activation mode specifies it (the int8 format, group 32), written
+// out here: scale absmax / 127, codes x * (1 / scale) rounded half to even.
+std::vector<float> int8_blocks_dequantized(const std::vector<float>& x, int64_t M, int64_t K) {
+  std::vector<float> out(x.size());
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t b = 0; b < K; b += 32) {
+      const int64_t e = std::min(K, b + 32);
+      float amax = 0.0f;
+      for (int64_t k = b; k < e; ++k) amax = std::max(amax, std::abs(x[size_t(m * K + k)]));
+      const float s = amax / 127.0f;
+      for (int64_t k = b; k < e; ++k)
+        out[size_t(m * K + k)] = s > 0 ? s * std::nearbyint(x[size_t(m * K + k)] * (1.0f / s)) : 0.0f;
+    }
+  return out;
+}
+
+// int8 activations: y = W x^ on every ISA, for the integer kernel's cases (2:4 int4, groups
+// of 16, 32, 64, 128 and the whole row, kept values beyond the last 64-value step, zero
+// points) and for the fallbacks (int8 values, 4:8, more rows than the decode path).
+TEST(SpmmNM, Int8ActivationsMultiplyTheDequantizedActivations) {
+  struct Case {
+    int m;
+    SparseValueType type;
+    int64_t K, group;
+    bool zero_points;
+  };
+  const Case cases[] = {{4, SparseValueType::kInt4, 1024, 32, false},  {4, SparseValueType::kInt4, 544, 16, true},
+                        {4, SparseValueType::kInt4, 1280, 64, true},   {4, SparseValueType::kInt4, 2048, 128, false},
+                        {4, SparseValueType::kInt4, 768, 384, true},   {4, SparseValueType::kInt4, 480, 48, false},
+                        {4, SparseValueType::kInt8, 1024, 32, false},  {8, SparseValueType::kInt4, 1024, 32, true}};
+  for (const Case& t : cases) {
+    const int64_t N = 19, n = t.m / 2, kept = t.K / t.m * n, groups = kept / t.group;
+    const NMCase c = make_nm(N, t.K, n, t.m, t.type, t.group, unsigned(t.K + t.group));
+    std::vector<uint8_t> zp(size_t(N * ((groups + 1) / 2)));
+    for (size_t i = 0; i < zp.size(); ++i) zp[i] = uint8_t((i * 7 + 3) % 256);
+    const bool with_zp = t.type == SparseValueType::kInt4 && t.zero_points;
+    const void* values = t.type == SparseValueType::kInt8 ? static_cast<const void*>(c.codes8.data())
+                                                           : static_cast<const void*>(c.codes4.data());
+    const NMSparseWeight w = make_nm_weight(N, t.K, n, t.m, t.type, values, c.scales.data(),
+                                            with_zp ? zp.data() : nullptr, t.group, c.indices.data());
+    std::vector<float> dense(size_t(N * t.K), 0.0f);  // the weights with their zero points
+    for (int64_t r = 0; r < N; ++r)
+      for (int64_t j = 0; j < kept; ++j) {
+        const int64_t g = j / t.group;
+        const int zero = with_zp ? (zp[size_t(r * ((groups + 1) / 2) + g / 2)] >> (4 * (g & 1))) & 0xF : 8;
+        const float s = c.scales[size_t(r * groups + g)];
+        const float v = t.type == SparseValueType::kInt8
+                            ? s * float(c.codes8[size_t(r * kept + j)])
+                            : s * float(((c.codes4[size_t(r * (kept / 2) + j / 2)] >> (4 * (j & 1))) & 0xF) - zero);
+        dense[size_t(r * t.K + c.cols[size_t(r * kept + j)])] = v;
+      }
+    for (int64_t M : {int64_t(1), int64_t(3), int64_t(5), int64_t(12)}) {
+      const auto x = randn(size_t(M * t.K), unsigned(M * 31 + t.K)), bias = randn(size_t(N), 6);
+      const auto xhat = int8_blocks_dequantized(x, M, t.K);
+      for (CpuIsa isa : isas()) {
+        std::vector<float> y(size_t(M * N), -1.0f);
+        spmm_nm(w, x.data(), M, bias.data(), y.data(), isa, SpmmActivation::kInt8);
+        expect_product(dense, xhat, bias, y, M, N, t.K,
+                       std::string(cpu_isa_name(isa)) + " " + std::to_string(n) + ":" + std::to_string(t.m) +
+                           " K=" + std::to_string(t.K) + " group=" + std::to_string(t.group) +
+                           " M=" + std::to_string(M));
+      }
+    }
+  }
+  std::vector<float> v(64), x(64), y(2);
+  std::vector<uint8_t> idx(64);
+  const NMSparseWeight f32 = make_nm_weight(2, 64, 2, 4, SparseValueType::kF32, v.data(), nullptr, nullptr, 0, idx.data());
+  EXPECT_THROW(spmm_nm(f32, x.data(), 1, nullptr, y.data(), CpuIsa::kAuto, SpmmActivation::kInt8),
+               std::invalid_argument);  // float values take float activations
+}
+
 TEST(SpmmNM, RejectsBadLayouts) {
   std::vector<float> v(64);
   std::vector<uint8_t> idx(64);

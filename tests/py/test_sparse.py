@@ -127,6 +127,27 @@ def test_spmm_matches_float64_dense(isa, pattern, values, m_rows):
     assert_close(y, reference(x, sw, bias), x, sw.to_dense())
 
 
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("pattern,values,group", [("2:4", "int4", 32), ("2:4", "int4", 128), ("2:4", "int8", 16),
+                                                  ("4:8", "int4", 16)])  # fmt: skip
+@pytest.mark.parametrize("m_rows", [1, 5, 9])
+def test_spmm_int8_activations_multiply_the_dequantized_activations(isa, pattern, values, group, m_rows):
+    from quant_reference import int8
+
+    rows, k = 21, 1040  # 520 kept values a row: 8 integer-kernel steps and a tail
+    sw = sparsify(rng.standard_normal((rows, k)).astype(np.float32), pattern, values=values, group_size=group,
+                  symmetric=values == "int8", prune=True)  # fmt: skip
+    x = rng.standard_normal((m_rows, k)).astype(np.float32)
+    q, s = int8(x, 32)  # the activation mode's quantization, from the format's definition
+    xhat = q.astype(np.float32) * np.repeat(s, 32, axis=1)[:, :k]
+    y = spmm(torch.from_numpy(x), sw, activation="int8", isa=isa)
+    assert_close(y.numpy(), reference(xhat, sw, None), xhat, sw.to_dense())
+    with pytest.raises(ValueError, match="int8 or int4 values"):
+        spmm(x, sparsify(sw.to_dense(), pattern), activation="int8")
+    with pytest.raises(ValueError, match="'float' or 'int8'"):
+        spmm(x, sw, activation="int4")
+
+
 def test_spmm_keeps_framework_dtype_and_leading_dims():
     sw = sparsify(rng.standard_normal((24, 64)).astype(np.float32), "2:4", prune=True)
     x = torch.randn(2, 3, 64, dtype=torch.bfloat16)

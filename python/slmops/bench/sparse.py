@@ -1,9 +1,9 @@
 """Sparse matmul against dense, side by side in one run, the shapes of ``bench qmatmul``.
 
-For each weight shape (N, K): GEMV (M = 1) with 2:4 fp32, bf16 and int4 values, 4:8 fp32
-and CSR at 90% next to the dense products they replace: fp32 and bf16 through torch
-(oneDNN/MKL), int4 through slmops' qmatmul (float activations, the same arithmetic, and
-int8 activations, its fastest path). GEMV timings rotate through enough copies of every
+For each weight shape (N, K): GEMV (M = 1) with 2:4 fp32, bf16 and int4 values (float and
+int8 activations), 4:8 fp32 and CSR at 90% next to the dense products they replace: fp32
+and bf16 through torch (oneDNN/MKL), int4 through slmops' qmatmul with the same activation
+mode (its int8 one is its fastest path). GEMV timings rotate through enough copies of every
 weight to exceed three times the last-level cache, so weights come from memory as in a
 decode step. GEMM (M = 128): 2:4 and 4:8 fp32 against the dense fp32 GEMM through oneDNN
 (slmops' sgemm) and torch. CSR break-even: for the first shape, CSR at 50% to 95%
@@ -37,7 +37,7 @@ TARGETS = [
     ("2:4 fp32 GEMV vs dense fp32", "2:4 fp32", "dense fp32", 1, 1.6),
     ("2:4 bf16 GEMV vs dense bf16", "2:4 bf16", "dense bf16", 1, 1.6),
     ("2:4 int4 GEMV vs dense int4 (float act)", "2:4 int4", "dense int4", 1, 1.4),
-    ("2:4 int4 GEMV vs dense int4 (int8 act)", "2:4 int4", "dense int4 int8-act", 1, 1.4),
+    ("2:4 int4 GEMV vs dense int4 (int8 act)", "2:4 int4 int8-act", "dense int4 int8-act", 1, 1.4),
     ("CSR 90% GEMV vs dense fp32", "csr 90%", "dense fp32", 1, 4.0),
     ("2:4 fp32 GEMM M=128 vs oneDNN fp32", "2:4 fp32", "dense fp32 onednn", 128, 1.2),
 ]
@@ -88,6 +88,9 @@ def gemv_cases(w: np.ndarray, llc: int) -> dict[str, tuple]:
         copies = [first] + [sparsify(variants(source, i), pattern, values=values) for i in
                             range(1, n_copies(first.nbytes))]  # fmt: skip
         cases[label] = (first.nbytes, rotating(copies, lambda x, c: spmm(x, c)))
+        if values == "int4":
+            int8_act = lambda x, c: spmm(x, c, activation="int8")  # noqa: E731
+            cases["2:4 int4 int8-act"] = (first.nbytes, rotating(copies, int8_act))
     return cases
 
 
