@@ -219,6 +219,19 @@ def test_sparse_linear_forward_backward_and_state_dict():
         SparseLinear(64, 40, pattern="4:8").load_state_dict(layer.state_dict())
 
 
+def test_sparse_linear_int8_activations_run_spmm_int8():
+    torch.manual_seed(1)
+    linear = torch.nn.Linear(256, 24)
+    layer = SparseLinear.from_linear(linear, "2:4", values="int4", prune=True, activation="int8")
+    assert "activation=int8" in repr(layer)
+    x = torch.randn(2, 256)
+    expected = spmm(x, layer.sparse_weight, bias=linear.bias.detach(), activation="int8")
+    torch.testing.assert_close(layer(x), expected)
+    assert not torch.allclose(layer(x), spmm(x, layer.sparse_weight, bias=linear.bias.detach()))
+    with pytest.raises(ValueError, match="int8 or int4 values"):
+        SparseLinear.from_linear(linear, "2:4", prune=True, activation="int8")
+
+
 def test_sparse_linear_requires_the_pattern_unless_pruning():
     linear = torch.nn.Linear(16, 4)
     with pytest.raises(ValueError, match="not 2:4 sparse"):

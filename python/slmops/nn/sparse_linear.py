@@ -13,6 +13,14 @@ from ..ops import SparseTensor, sparsify, spmm
 _PREFIX = "sparse_"
 
 
+def _checked_activation(activation: str, values: str) -> str:
+    if activation not in ("float", "int8"):
+        raise ValueError(f"activation must be 'float' or 'int8', got {activation!r}")
+    if activation == "int8" and values not in ("int8", "int4"):
+        raise ValueError(f"activation='int8' needs int8 or int4 values, got values={values!r}")
+    return activation
+
+
 class _SparseLinearFunction(torch.autograd.Function):
     """y = x @ W.T + b on the sparse kernels; gradients for x and b, none for the frozen W."""
 
@@ -20,7 +28,7 @@ class _SparseLinearFunction(torch.autograd.Function):
     def forward(ctx: Any, x: torch.Tensor, bias: torch.Tensor | None, module: SparseLinear) -> torch.Tensor:
         ctx.module = module
         ctx.has_bias = bias is not None
-        return spmm(x, module.sparse_weight, bias=bias)
+        return spmm(x, module.sparse_weight, bias=bias, activation=module.activation)
 
     @staticmethod
     def backward(ctx: Any, grad_y: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
@@ -40,6 +48,9 @@ class SparseLinear(nn.Module):
     dense weight with ``F.linear``. The bias stays a float parameter. The sparse buffers
     are in the ``state_dict`` (``sparse_values``, ``sparse_indices``, ...) with the layout
     options in its extra state, so a ``SparseLinear`` of the same pattern loads them back.
+
+    ``activation="int8"`` (int8/int4 values): the forward quantizes its input to int8 in
+    blocks of 32 first (``spmm(..., activation="int8")``: integer dot products for 2:4 int4).
     """
 
     def __init__(
@@ -52,6 +63,7 @@ class SparseLinear(nn.Module):
         values: str = "float32",
         group_size: int | None = None,
         symmetric: bool = True,
+        activation: str = "float",
     ) -> None:
         super().__init__()
         self.in_features, self.out_features = int(in_features), int(out_features)
@@ -66,6 +78,7 @@ class SparseLinear(nn.Module):
             )
         )
         self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
+        self.activation = _checked_activation(activation, values)
 
     @classmethod
     def from_linear(
@@ -77,6 +90,7 @@ class SparseLinear(nn.Module):
         group_size: int | None = None,
         symmetric: bool = True,
         prune: bool = False,
+        activation: str = "float",
     ) -> SparseLinear:
         """Stores ``linear.weight`` sparse (``slmops.ops.sparsify`` options): its zeros must
         already follow an n:m ``pattern`` (as ``prune_model`` leaves them) unless
@@ -91,10 +105,12 @@ class SparseLinear(nn.Module):
             symmetric=symmetric,
             prune=prune,
         )
-        return cls.from_sparse(sw, linear.bias)
+        return cls.from_sparse(sw, linear.bias, activation=activation)
 
     @classmethod
-    def from_sparse(cls, sw: SparseTensor, bias: torch.Tensor | None = None) -> SparseLinear:
+    def from_sparse(
+        cls, sw: SparseTensor, bias: torch.Tensor | None = None, *, activation: str = "float"
+    ) -> SparseLinear:
         """Wraps an already sparse weight as it is."""
         if not isinstance(sw, SparseTensor):
             raise TypeError(f"expected a SparseTensor, got {type(sw).__name__}")
@@ -105,6 +121,7 @@ class SparseLinear(nn.Module):
         module.out_features, module.in_features = sw.shape
         module._set_weight(sw)
         module.bias = None if bias is None else nn.Parameter(bias.detach().float().cpu().clone())
+        module.activation = _checked_activation(activation, sw.values)
         return module
 
     # -- the sparse weight -------------------------------------------------------------
@@ -174,4 +191,6 @@ class SparseLinear(nn.Module):
         bias = self.bias is not None
         head = f"in_features={self.in_features}, out_features={self.out_features}, bias={bias}"
         layout = f"pattern={sw.pattern}, values={sw.values}{quant}"
+        if self.activation != "float":
+            layout += f", activation={self.activation}"
         return f"{head}, {layout}, density={sw.density:.3f}, bytes={sw.nbytes}"
