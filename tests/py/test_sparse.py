@@ -129,7 +129,8 @@ def test_spmm_matches_float64_dense(isa, pattern, values, m_rows):
 
 @pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize(
-    "pattern,values,group", [("2:4", "int4", 32), ("2:4", "int4", 128), ("2:4", "int8", 16), ("4:8", "int4", 16)]
+    "pattern,values,group",
+    [("2:4", "int4", 32), ("2:4", "int4", 128), ("2:4", "int8", 16), ("4:8", "int4", 16)],
 )
 @pytest.mark.parametrize("m_rows", [1, 5, 9])
 def test_spmm_int8_activations_multiply_the_dequantized_activations(isa, pattern, values, group, m_rows):
