@@ -192,3 +192,57 @@ def test_bad_calibration_input_is_a_clear_error(tiny, tmp_path):
     gpt2 = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=320))
     with pytest.raises(ValueError, match="no decoder layer list"):
         slmops.quantize_model(gpt2, "gptq", tokenizer=tok, calibration=[TEXT * 30], progress=False)
+
+
+@pytest.mark.parametrize("memory_budget", [None, 1])  # one pass a layer; one sample a chunk
+def test_linear_sequential_driver_feeds_each_linear_the_compressed_inputs(tiny, memory_budget):
+    """Each linear's Hessian is X^T X of its input with the linears the layer calls before
+    it already compressed: checked against a fresh forward of the layer per linear."""
+    from slmops.quantize.calibration import _first_layer_inputs, decoder_layers, run_linear_sequential
+
+    model, _ = tiny
+    m = copy.deepcopy(model)
+    batches = torch.randint(0, 320, (6, 16), generator=torch.Generator().manual_seed(0))
+    names = [[f"model.layers.{i}.{s}" for s in LLAMA_CALL_ORDER] for i in range(2)]
+    seen: list[tuple[str, np.ndarray]] = []
+
+    def compress(name, stats):
+        seen.append((name, stats.hessian.copy()))
+        linear = m.get_submodule(name)
+        linear.weight.data = torch.round(linear.weight.data * 16) / 16  # a stand-in compression
+
+    run_linear_sequential(
+        m, batches, names, compress, hessian=True, progress=False, memory_budget=memory_budget
+    )
+    assert [n for n, _ in seen] == [n for layer in names for n in layer]  # the order the layers call them
+
+    # Reference: the same rounding applied linear by linear on a fresh copy, each Hessian
+    # taken from the whole layer's forward with the earlier linears rounded.
+    ref = copy.deepcopy(model)
+    with torch.no_grad():
+        [(hidden, kwargs)] = _first_layer_inputs(ref, batches, batch_size=6)
+        for i, layer in enumerate(decoder_layers(ref)):
+            for name in names[i]:
+                captured = []  # (a hook that returned a value would replace the output)
+                handle = ref.get_submodule(name).register_forward_hook(
+                    lambda mod, args, out, c=captured: (
+                        c.append(args[0].reshape(-1, args[0].shape[-1])) and None
+                    )
+                )
+                layer(hidden, **kwargs)
+                handle.remove()
+                x = captured[0].double()
+                expected = (x.T @ x).numpy()
+                got = dict(seen)[name]
+                np.testing.assert_allclose(got, expected, rtol=2e-4, atol=2e-4 * np.abs(expected).max())
+                lin = ref.get_submodule(name)
+                lin.weight.data = torch.round(lin.weight.data * 16) / 16
+            out = layer(hidden, **kwargs)
+            hidden = out[0] if isinstance(out, tuple) else out
+
+
+# The order a Llama decoder layer calls its linears in.
+LLAMA_CALL_ORDER = [
+    "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+    "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj",
+]  # fmt: skip

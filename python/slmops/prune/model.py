@@ -36,7 +36,7 @@ from torch import nn
 
 from .. import _C
 from ..nn import QuantLinear, SparseLinear
-from ..quantize.calibration import calibration_tokens, linears_by_layer, observe_inputs, run_layerwise
+from ..quantize.calibration import calibration_tokens, linears_by_layer, run_linear_sequential
 from ..quantize.gptq import check_damp, check_options, damped, to_quantized
 from ..quantize.model import DEFAULT_SKIP, matches, select_linears
 
@@ -204,20 +204,21 @@ def prune_model(
             summary.skipped[name] = f"outside the decoder layers ({method} calibrates the layers' linears)"
         joint: dict[str, Any] = {}
 
-        def compress(i: int, layer: nn.Module, forward: Any) -> None:
-            stats = observe_inputs(model, by_layer[i], forward, hessian=method == "sparsegpt", moments=True)
-            for name in by_layer[i]:
-                weight = model.get_submodule(name).weight
-                if method == "wanda":
-                    norms = torch.from_numpy(np.sqrt(stats[name].sq_sum)).float()
-                    scores = weight.detach().abs().float() * norms
-                    _apply(model, name, keep_mask(scores, n, m, shares[name]), summary)
-                else:
-                    q = _sparsegpt(model, name, stats[name].hessian, n, m, shares[name], damp, grid, summary)
-                    if q is not None:
-                        joint[name] = q
+        def compress(name: str, stats: Any) -> None:
+            weight = model.get_submodule(name).weight
+            if method == "wanda":
+                norms = torch.from_numpy(np.sqrt(stats.sq_sum)).float()
+                scores = weight.detach().abs().float() * norms
+                _apply(model, name, keep_mask(scores, n, m, shares[name]), summary)
+            else:
+                q = _sparsegpt(model, name, stats.hessian, n, m, shares[name], damp, grid, summary)
+                if q is not None:
+                    joint[name] = q
 
-        run_layerwise(model, batches, compress, progress=progress)
+        run_linear_sequential(
+            model, batches, by_layer, compress, hessian=method == "sparsegpt", moments=method == "wanda",
+            progress=progress,
+        )  # fmt: skip
         if grid is not None:
             from ..quantize.model import QuantizationSummary, replace_linear
 

@@ -1,12 +1,18 @@
 """Calibration for the compression algorithms that look at activations (GPTQ, and the
 ones that come after it): token windows from text, and a layer-by-layer driver.
 
-The driver captures the inputs of the first decoder layer for all calibration samples,
-then for each layer in turn lets the algorithm observe the layer (hooks on its linears
-see their inputs), compress it, and runs the samples through the *compressed* layer to get
-the next layer's inputs ("true sequential"). Peak memory is one layer's work plus the
-calibration activations: n_samples x seq_len x hidden_size float32 values, twice (the
-inputs and outputs of the current layer); 128 x 512 x 4096 is 1 GiB each.
+The drivers capture the inputs of the first decoder layer for all calibration samples,
+then go through the layers in turn, each layer's inputs being the outputs of the
+*compressed* layers before it ("true sequential"):
+  * ``run_linear_sequential`` (GPTQ, SparseGPT, Wanda): within a layer too, each linear
+    is compressed from the inputs the compressed linears before it produce, in one pass
+    per layer when the samples fit in memory at once;
+  * ``run_layerwise`` (AWQ, SmoothQuant, which fold scales across a layer's linears): the
+    algorithm observes the whole layer, compresses it, then the samples go through it.
+Peak memory: the calibration activations, n_samples x seq_len x hidden_size values twice
+(a layer's inputs and outputs; 128 x 512 x 4096 float32 is 1 GiB each), plus one layer's
+working activations for the samples that go through it at once (``samples_per_pass``:
+all of them when they fit in a quarter of physical memory, at most 8 GiB).
 """
 
 from __future__ import annotations
@@ -147,20 +153,11 @@ class _Captured(Exception):
     pass
 
 
-@torch.no_grad()
-def run_layerwise(
-    model: nn.Module,
-    batches: torch.Tensor,
-    compress_layer: Callable[[int, nn.Module, Callable[[], None]], None],
-    *,
-    batch_size: int = 8,
-    progress: bool = True,
-) -> None:
-    """For each decoder layer: ``compress_layer(index, layer, forward)`` where ``forward()``
-    runs every calibration sample through the layer (so hooks the callback registers see
-    the inputs); then the samples go through the compressed layer to the next one."""
-    from tqdm.auto import tqdm
-
+def _first_layer_inputs(
+    model: nn.Module, batches: torch.Tensor, batch_size: int
+) -> list[tuple[torch.Tensor, dict]]:
+    """The inputs (hidden states and keyword arguments) of the first decoder layer for each
+    chunk of ``batch_size`` calibration samples: the model runs up to that layer only."""
     layers = decoder_layers(model)
     device = next(model.parameters()).device
     inputs: list[tuple[torch.Tensor, dict]] = []
@@ -179,13 +176,33 @@ def run_layerwise(
                 pass
     finally:
         handle.remove()
+    return inputs
+
+
+def _output(out: Any) -> torch.Tensor:
+    return out[0] if isinstance(out, tuple) else out
+
+
+@torch.no_grad()
+def run_layerwise(
+    model: nn.Module,
+    batches: torch.Tensor,
+    compress_layer: Callable[[int, nn.Module, Callable[[], None]], None],
+    *,
+    batch_size: int = 8,
+    progress: bool = True,
+) -> None:
+    """For each decoder layer: ``compress_layer(index, layer, forward)`` where ``forward()``
+    runs every calibration sample through the layer (so hooks the callback registers see
+    the inputs); then the samples go through the compressed layer to the next one. For
+    algorithms that fold scales across a layer's linears (AWQ, SmoothQuant)."""
+    from tqdm.auto import tqdm
+
+    layers = decoder_layers(model)
+    inputs = _first_layer_inputs(model, batches, batch_size)
 
     def run_through(layer: nn.Module) -> list[torch.Tensor]:
-        outs = []
-        for hidden, kwargs in inputs:
-            out = layer(hidden, **kwargs)
-            outs.append(out[0] if isinstance(out, tuple) else out)
-        return outs
+        return [_output(layer(hidden, **kwargs)) for hidden, kwargs in inputs]
 
     for i, layer in enumerate(
         tqdm(layers, desc="calibrated compression", unit="layer", disable=not progress)
@@ -193,6 +210,146 @@ def run_layerwise(
         compress_layer(i, layer, lambda layer=layer: run_through(layer))
         outs = run_through(layer)
         inputs = [(o, kw) for o, (_, kw) in zip(outs, inputs, strict=True)]
+
+
+def samples_per_pass(model: nn.Module, n_samples: int, seq_len: int, memory_budget: int | None = None) -> int:
+    """How many calibration samples go through a decoder layer at once in
+    ``run_linear_sequential``: all of them when the layer's activations for all fit in
+    ``memory_budget`` bytes (default: a quarter of physical memory, at most 8 GiB), else as
+    many as fit. The estimate per token is 6 hidden-size and 3 intermediate-size vectors
+    (the layer's peak with fused attention, with a margin) in the model's dtype."""
+    if memory_budget is None:
+        physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        memory_budget = min(8 << 30, physical // 4)
+    config = getattr(model, "config", None)
+    hidden = int(getattr(config, "hidden_size", 0) or 4096)
+    intermediate = int(getattr(config, "intermediate_size", 0) or 4 * hidden)
+    element = next(model.parameters()).element_size()
+    per_sample = seq_len * (6 * hidden + 3 * intermediate) * element
+    return int(max(1, min(n_samples, memory_budget // per_sample)))
+
+
+class _Stop(Exception):
+    """Ends a partial pass through a layer at the next linear still to compress."""
+
+
+@torch.no_grad()
+def run_linear_sequential(
+    model: nn.Module,
+    batches: torch.Tensor,
+    names_by_layer: Sequence[Sequence[str]],
+    compress: Callable[[str, InputStats], None],
+    *,
+    hessian: bool = False,
+    moments: bool = False,
+    progress: bool = True,
+    memory_budget: int | None = None,
+) -> None:
+    """True sequential down to the linears (GPTQ's ``--true-sequential``, applied to every
+    per-linear algorithm): in each decoder layer, the linears (module names in
+    ``names_by_layer``) are compressed in the order the layer calls them, each from the
+    inputs that the already compressed linears before it produce; linears called on one
+    tensor (q/k/v, gate/up) share one ``InputStats``. ``compress(name, stats)`` must leave
+    the linear computing with its compressed weight.
+
+    When the calibration samples fit in memory at once (``samples_per_pass``), each layer
+    takes one forward pass: a hook compresses every linear when the pass reaches it, before
+    it runs. Otherwise the samples go in chunks, one partial pass per group of linears
+    (stopped at the next linear to compress) and a last full pass for the next layer's
+    inputs: the same result, more passes."""
+    from tqdm.auto import tqdm
+
+    layers = decoder_layers(model)
+    n_samples, seq_len = batches.shape
+    per_pass = samples_per_pass(model, n_samples, seq_len, memory_budget)
+    inputs = _first_layer_inputs(model, batches, per_pass)
+
+    def new_stats(x: torch.Tensor) -> InputStats:
+        return InputStats.empty(x.shape[-1], hessian=hessian, moments=moments)
+
+    for i, layer in enumerate(
+        tqdm(layers, desc="calibrated compression", unit="layer", disable=not progress)
+    ):
+        outs = _compress_linears_in_order(
+            model, i, layer, inputs, set(names_by_layer[i]), compress, new_stats
+        )
+        inputs = [(o, kw) for o, (_, kw) in zip(outs, inputs, strict=True)]
+
+
+def _compress_linears_in_order(
+    model: nn.Module,
+    index: int,
+    layer: nn.Module,
+    inputs: list[tuple[torch.Tensor, dict]],
+    targets: set[str],
+    compress: Callable[[str, InputStats], None],
+    new_stats: Callable[[torch.Tensor], InputStats],
+) -> list[torch.Tensor]:
+    """One decoder layer of ``run_linear_sequential``; returns its outputs per chunk."""
+    done: set[str] = set()
+    # The group being collected: its linears, their shared input statistics, the tensor
+    # object they read in the current chunk, and whether the first chunk is still finding it.
+    group: list[str] = []
+    state: dict[str, Any] = {"stats": None, "input": None, "discovering": True}
+
+    def one_pass(name: str, x: torch.Tensor) -> None:
+        if x is not state["input"]:
+            state["input"], state["stats"] = x, new_stats(x)
+            state["stats"].add(x)
+        compress(name, state["stats"])
+        done.add(name)
+
+    def partial_pass(name: str, x: torch.Tensor) -> None:
+        if state["discovering"] and (not group or x is state["input"]):
+            if not group:
+                state["stats"] = new_stats(x)
+                state["stats"].add(x)
+            group.append(name)
+            state["input"] = x
+        elif name in group and not state["discovering"]:
+            if name == group[0]:
+                state["stats"].add(x)
+                state["input"] = x
+            elif x is not state["input"]:
+                raise RuntimeError(f"{name} shared its input with {group[0]} in one batch but not another")
+        else:
+            raise _Stop
+
+    observe = one_pass if len(inputs) == 1 else partial_pass
+
+    def pre_hook(name: str) -> Callable:
+        def hook(module: nn.Module, args: tuple) -> None:
+            if name not in done:
+                observe(name, args[0])
+
+        return hook
+
+    handles = [model.get_submodule(name).register_forward_pre_hook(pre_hook(name)) for name in targets]
+    try:
+        while True:
+            group.clear()
+            state.update(stats=None, input=None, discovering=True)
+            outs = []
+            for hidden, kwargs in inputs:
+                try:
+                    outs.append(_output(layer(hidden, **kwargs)))
+                except _Stop:
+                    pass
+                state["discovering"] = False
+            if not group:
+                break  # nothing was left to compress: that was the full pass
+            for name in group:
+                compress(name, state["stats"])
+                done.add(name)
+    finally:
+        for h in handles:
+            h.remove()
+    if done != targets:
+        raise RuntimeError(
+            f"decoder layer {index} never called {sorted(targets - done)} in its forward: "
+            "there are no inputs to calibrate them on"
+        )
+    return outs
 
 
 @dataclass
@@ -212,7 +369,15 @@ class InputStats:
     rows: int = 0
     sample: list[torch.Tensor] = field(default_factory=list)
 
-    def add(self, x: torch.Tensor, keep_per_batch: int) -> None:
+    @classmethod
+    def empty(cls, k: int, *, hessian: bool, moments: bool) -> InputStats:
+        """Nothing seen yet, for inputs of k features: what ``hessian`` and ``moments`` ask for."""
+        stats = cls(hessian=np.zeros((k, k), np.float32) if hessian else None)
+        if moments:
+            stats.sq_sum, stats.abs_sum, stats.abs_max = np.zeros(k), np.zeros(k), np.zeros(k, np.float32)
+        return stats
+
+    def add(self, x: torch.Tensor, keep_per_batch: int = 0) -> None:
         x = x.detach().reshape(-1, x.shape[-1]).float()
         if self.hessian is not None:
             from .. import _C
@@ -250,11 +415,7 @@ def observe_inputs(
         if name not in owner:  # first batch: q/k/v (gate/up) read the same tensor object
             owner[name] = last[1] if x is last[0] else name
             if owner[name] == name:
-                k = x.shape[-1]
-                stats[name] = InputStats(hessian=np.zeros((k, k), np.float32) if hessian else None)
-                if moments:
-                    stats[name].sq_sum, stats[name].abs_sum = np.zeros(k), np.zeros(k)
-                    stats[name].abs_max = np.zeros(k, np.float32)
+                stats[name] = InputStats.empty(x.shape[-1], hessian=hessian, moments=moments)
             else:
                 stats[name] = stats[owner[name]]
         if owner[name] != name:

@@ -1,6 +1,6 @@
-"""GPTQ over a whole model: the calibration driver feeds each decoder layer, hooks collect
-the Hessian of every linear's inputs, and each linear is replaced by the QuantLinear that
-``gptq_quantize_weight`` makes of it."""
+"""GPTQ over a whole model: the calibration driver (``run_linear_sequential``) gives each
+linear the Hessian of its inputs, computed with the linears before it already quantized,
+and each linear is replaced by the QuantLinear that ``gptq_quantize_weight`` makes of it."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from ..nn import QuantLinear
-from .calibration import calibration_tokens, linears_by_layer, observe_inputs, run_layerwise
+from .calibration import calibration_tokens, linears_by_layer, run_linear_sequential
 from .gptq import check_damp, check_options, gptq_quantize_weight
 from .model import QuantizationSummary, replace_linear
 
@@ -67,21 +67,18 @@ def gptq_quantize_model(
     }
     start = time.perf_counter()
 
-    def compress(i: int, layer: nn.Module, forward: Any) -> None:
-        names = by_layer[i]
-        stats = observe_inputs(model, names, forward, hessian=True)
-        for name in names:
-            linear = model.get_submodule(name)
-            w = linear.weight.detach().float().cpu().numpy()
-            q = gptq_quantize_weight(w, stats[name].hessian, **opts)
-            # The next layer's inputs come from this layer with its quantized weights; the
-            # float product of the dequantized values is faster than the int4 kernel at
-            # calibration batch sizes. The QuantLinear replaces it once all layers are done.
-            linear.weight.data = torch.from_numpy(q.dequantize()).to(linear.weight)
-            quantized[name] = q
+    def compress(name: str, stats: Any) -> None:
+        linear = model.get_submodule(name)
+        w = linear.weight.detach().float().cpu().numpy()
+        q = gptq_quantize_weight(w, stats.hessian, **opts)
+        # The linears after it read its output with the quantized weights; the float product
+        # of the dequantized values is faster than the int4 kernel at calibration batch
+        # sizes. The QuantLinear replaces it once all layers are done.
+        linear.weight.data = torch.from_numpy(q.dequantize()).to(linear.weight)
+        quantized[name] = q
 
     quantized: dict[str, Any] = {}
-    run_layerwise(model, batches, compress, progress=progress)
+    run_linear_sequential(model, batches, by_layer, compress, hessian=True, progress=progress)
     for name, q in quantized.items():
         bias = model.get_submodule(name).bias
         replace_linear(model, name, QuantLinear.from_quantized(q, bias, activation=activation), summary)
