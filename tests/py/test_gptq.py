@@ -194,8 +194,9 @@ def test_bad_calibration_input_is_a_clear_error(tiny, tmp_path):
         slmops.quantize_model(gpt2, "gptq", tokenizer=tok, calibration=[TEXT * 30], progress=False)
 
 
-@pytest.mark.parametrize("memory_budget", [None, 1])  # one pass a layer; one sample a chunk
-def test_linear_sequential_driver_feeds_each_linear_the_compressed_inputs(tiny, memory_budget):
+# One pass a layer (greenlets: 3 chunks, 1 chunk); partial passes (a budget nothing fits in).
+@pytest.mark.parametrize(("memory_budget", "batch_size"), [(None, 2), (None, 8), (1, 2)])
+def test_linear_sequential_driver_feeds_each_linear_the_compressed_inputs(tiny, memory_budget, batch_size):
     """Each linear's Hessian is X^T X of its input with the linears the layer calls before
     it already compressed: checked against a fresh forward of the layer per linear."""
     from slmops.quantize.calibration import _first_layer_inputs, decoder_layers, run_linear_sequential

@@ -212,12 +212,14 @@ def run_layerwise(
         inputs = [(o, kw) for o, (_, kw) in zip(outs, inputs, strict=True)]
 
 
-def samples_per_pass(model: nn.Module, n_samples: int, seq_len: int, memory_budget: int | None = None) -> int:
-    """How many calibration samples go through a decoder layer at once in
-    ``run_linear_sequential``: all of them when the layer's activations for all fit in
-    ``memory_budget`` bytes (default: a quarter of physical memory, at most 8 GiB), else as
-    many as fit. The estimate per token is 6 hidden-size and 3 intermediate-size vectors
-    (the layer's peak with fused attention, with a margin) in the model's dtype."""
+def layer_activations_fit(
+    model: nn.Module, n_samples: int, seq_len: int, memory_budget: int | None = None
+) -> bool:
+    """Whether a decoder layer's working activations for all calibration samples at once fit
+    in ``memory_budget`` bytes (default: a quarter of physical memory, at most 8 GiB): the
+    one-pass schedule of ``run_linear_sequential`` holds them all. Per token: 6 hidden-size
+    and 3 intermediate-size vectors in the model's dtype (a layer's peak with fused
+    attention, with a margin)."""
     if memory_budget is None:
         physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
         memory_budget = min(8 << 30, physical // 4)
@@ -225,12 +227,18 @@ def samples_per_pass(model: nn.Module, n_samples: int, seq_len: int, memory_budg
     hidden = int(getattr(config, "hidden_size", 0) or 4096)
     intermediate = int(getattr(config, "intermediate_size", 0) or 4 * hidden)
     element = next(model.parameters()).element_size()
-    per_sample = seq_len * (6 * hidden + 3 * intermediate) * element
-    return int(max(1, min(n_samples, memory_budget // per_sample)))
+    return n_samples * seq_len * (6 * hidden + 3 * intermediate) * element <= memory_budget
 
 
 class _Stop(Exception):
     """Ends a partial pass through a layer at the next linear still to compress."""
+
+
+class _Reached:
+    """What a chunk's forward hands the driver when it reaches a linear still to compress."""
+
+    def __init__(self, name: str, x: torch.Tensor) -> None:
+        self.name, self.x = name, x
 
 
 @torch.no_grad()
@@ -242,6 +250,7 @@ def run_linear_sequential(
     *,
     hessian: bool = False,
     moments: bool = False,
+    batch_size: int = 8,
     progress: bool = True,
     memory_budget: int | None = None,
 ) -> None:
@@ -252,17 +261,19 @@ def run_linear_sequential(
     tensor (q/k/v, gate/up) share one ``InputStats``. ``compress(name, stats)`` must leave
     the linear computing with its compressed weight.
 
-    When the calibration samples fit in memory at once (``samples_per_pass``), each layer
-    takes one forward pass: a hook compresses every linear when the pass reaches it, before
-    it runs. Otherwise the samples go in chunks, one partial pass per group of linears
+    Samples go through a layer in chunks of ``batch_size``. When the layer's activations for
+    all of them fit in memory at once (``layer_activations_fit``), each layer takes one
+    forward pass: every chunk's forward runs as a greenlet that pauses at each linear still
+    to compress until all chunks are there, and the linear is compressed before any of them
+    runs it. Otherwise there is one partial pass over the chunks per group of linears
     (stopped at the next linear to compress) and a last full pass for the next layer's
-    inputs: the same result, more passes."""
+    inputs: the same result, more passes, one chunk's activations at a time."""
     from tqdm.auto import tqdm
 
     layers = decoder_layers(model)
+    inputs = _first_layer_inputs(model, batches, batch_size)
     n_samples, seq_len = batches.shape
-    per_pass = samples_per_pass(model, n_samples, seq_len, memory_budget)
-    inputs = _first_layer_inputs(model, batches, per_pass)
+    schedule = _OnePass if layer_activations_fit(model, n_samples, seq_len, memory_budget) else _PartialPasses
 
     def new_stats(x: torch.Tensor) -> InputStats:
         return InputStats.empty(x.shape[-1], hessian=hessian, moments=moments)
@@ -270,86 +281,114 @@ def run_linear_sequential(
     for i, layer in enumerate(
         tqdm(layers, desc="calibrated compression", unit="layer", disable=not progress)
     ):
-        outs = _compress_linears_in_order(
-            model, i, layer, inputs, set(names_by_layer[i]), compress, new_stats
-        )
+        targets = set(names_by_layer[i])
+        run = schedule(compress, new_stats)
+
+        def pre_hook(name: str, run: _OnePass | _PartialPasses = run) -> Callable:
+            def hook(module: nn.Module, args: tuple) -> None:
+                if name not in run.done:
+                    run.reached(name, args[0])
+
+            return hook
+
+        handles = [model.get_submodule(name).register_forward_pre_hook(pre_hook(name)) for name in targets]
+        try:
+            outs = run(layer, inputs)
+        finally:
+            for h in handles:
+                h.remove()
+        if run.done != targets:
+            raise RuntimeError(
+                f"decoder layer {i} never called {sorted(targets - run.done)} in its forward: "
+                "there are no inputs to calibrate them on"
+            )
         inputs = [(o, kw) for o, (_, kw) in zip(outs, inputs, strict=True)]
 
 
-def _compress_linears_in_order(
-    model: nn.Module,
-    index: int,
-    layer: nn.Module,
-    inputs: list[tuple[torch.Tensor, dict]],
-    targets: set[str],
-    compress: Callable[[str, InputStats], None],
-    new_stats: Callable[[torch.Tensor], InputStats],
-) -> list[torch.Tensor]:
-    """One decoder layer of ``run_linear_sequential``; returns its outputs per chunk."""
-    done: set[str] = set()
-    # The group being collected: its linears, their shared input statistics, the tensor
-    # object they read in the current chunk, and whether the first chunk is still finding it.
-    group: list[str] = []
-    state: dict[str, Any] = {"stats": None, "input": None, "discovering": True}
+class _OnePass:
+    """Every chunk's forward through the layer runs in a greenlet that pauses at each linear
+    still to compress (``reached``); once all chunks are there, it is compressed from all
+    their inputs, and they go on."""
 
-    def one_pass(name: str, x: torch.Tensor) -> None:
-        if x is not state["input"]:
-            state["input"], state["stats"] = x, new_stats(x)
-            state["stats"].add(x)
-        compress(name, state["stats"])
-        done.add(name)
+    def __init__(self, compress: Callable[[str, InputStats], None], new_stats: Callable) -> None:
+        self.compress, self.new_stats, self.done = compress, new_stats, set()
 
-    def partial_pass(name: str, x: torch.Tensor) -> None:
-        if state["discovering"] and (not group or x is state["input"]):
-            if not group:
-                state["stats"] = new_stats(x)
-                state["stats"].add(x)
-            group.append(name)
-            state["input"] = x
-        elif name in group and not state["discovering"]:
-            if name == group[0]:
-                state["stats"].add(x)
-                state["input"] = x
-            elif x is not state["input"]:
-                raise RuntimeError(f"{name} shared its input with {group[0]} in one batch but not another")
+    def reached(self, name: str, x: torch.Tensor) -> None:
+        from greenlet import getcurrent
+
+        getcurrent().parent.switch(_Reached(name, x))
+
+    def __call__(self, layer: nn.Module, inputs: list[tuple[torch.Tensor, dict]]) -> list[torch.Tensor]:
+        from greenlet import greenlet
+
+        workers = [greenlet(lambda h=h, kw=kw: _output(layer(h, **kw))) for h, kw in inputs]
+        states = [w.switch() for w in workers]
+        previous: list[torch.Tensor] = []
+        stats = None
+        while isinstance(states[0], _Reached):
+            names = {s.name if isinstance(s, _Reached) else None for s in states}
+            if len(names) != 1:
+                raise RuntimeError(
+                    f"the calibration chunks reached different linears: {sorted(map(str, names))}"
+                )
+            xs = [s.x for s in states]
+            if len(xs) != len(previous) or any(x is not p for x, p in zip(xs, previous, strict=True)):
+                stats = self.new_stats(xs[0])  # a new input (else a linear sharing the last one's)
+                for x in xs:
+                    stats.add(x)
+            previous = xs
+            self.compress(states[0].name, stats)
+            self.done.add(states[0].name)
+            states = [w.switch() for w in workers]
+        return states
+
+
+class _PartialPasses:
+    """Per group of linears reading one tensor: a pass over the chunks that collects the
+    group's input statistics and stops at the next linear to compress (the first chunk
+    finds the group), then the group is compressed. The pass that meets no linear to
+    compress gives the layer's outputs."""
+
+    def __init__(self, compress: Callable[[str, InputStats], None], new_stats: Callable) -> None:
+        self.compress, self.new_stats, self.done = compress, new_stats, set()
+        self.group: list[str] = []
+        self.stats: InputStats | None = None
+        self.input: torch.Tensor | None = None
+        self.discovering = True
+
+    def reached(self, name: str, x: torch.Tensor) -> None:
+        if self.discovering and (not self.group or x is self.input):
+            if not self.group:
+                self.stats = self.new_stats(x)
+                self.stats.add(x)
+            self.group.append(name)
+            self.input = x
+        elif name in self.group and not self.discovering:
+            if name == self.group[0]:
+                self.stats.add(x)
+                self.input = x
+            elif x is not self.input:
+                raise RuntimeError(
+                    f"{name} shared its input with {self.group[0]} in one batch but not another"
+                )
         else:
             raise _Stop
 
-    observe = one_pass if len(inputs) == 1 else partial_pass
-
-    def pre_hook(name: str) -> Callable:
-        def hook(module: nn.Module, args: tuple) -> None:
-            if name not in done:
-                observe(name, args[0])
-
-        return hook
-
-    handles = [model.get_submodule(name).register_forward_pre_hook(pre_hook(name)) for name in targets]
-    try:
+    def __call__(self, layer: nn.Module, inputs: list[tuple[torch.Tensor, dict]]) -> list[torch.Tensor]:
         while True:
-            group.clear()
-            state.update(stats=None, input=None, discovering=True)
+            self.group, self.stats, self.input, self.discovering = [], None, None, True
             outs = []
             for hidden, kwargs in inputs:
                 try:
                     outs.append(_output(layer(hidden, **kwargs)))
                 except _Stop:
                     pass
-                state["discovering"] = False
-            if not group:
-                break  # nothing was left to compress: that was the full pass
-            for name in group:
-                compress(name, state["stats"])
-                done.add(name)
-    finally:
-        for h in handles:
-            h.remove()
-    if done != targets:
-        raise RuntimeError(
-            f"decoder layer {index} never called {sorted(targets - done)} in its forward: "
-            "there are no inputs to calibrate them on"
-        )
-    return outs
+                self.discovering = False
+            if not self.group:
+                return outs  # nothing was left to compress: that was the full pass
+            for name in self.group:
+                self.compress(name, self.stats)
+                self.done.add(name)
 
 
 @dataclass
