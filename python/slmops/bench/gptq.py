@@ -225,7 +225,7 @@ def _forward_only(index, layer, forward) -> None:
 
 
 def bench_model(name: str, samples: int, seq_len: int) -> dict:
-    from slmops.quantize.calibration import calibration_batches, decoder_layers, run_layerwise
+    from slmops.quantize.calibration import calibration_batches, run_layerwise
 
     model, tok = slmops.zoo.load(name)
     batches = calibration_batches(tok, None, n_samples=samples, seq_len=seq_len)
@@ -247,8 +247,7 @@ def bench_model(name: str, samples: int, seq_len: int) -> dict:
     # the first layer (the same inputs: only float summation order differs) and in all (a
     # weight that rounds the other way changes every later layer's inputs).
     moved, total = [0, 0], [0, 0]
-    first = decoder_layers(s_model)[0]
-    first_layer = {id(m) for m in first.modules()}
+    first_layer = {id(m) for m in s_model.model.layers[0].modules()}  # now QuantLinears
     for m_t, m_s in zip(t_model.modules(), s_model.modules(), strict=True):
         if isinstance(m_s, slmops.nn.QuantLinear):
             w_t, w_s = m_t.weight.detach(), torch.from_numpy(np.asarray(m_s.qweight.dequantize("float32")))

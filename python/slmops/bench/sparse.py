@@ -20,7 +20,10 @@ import argparse
 import math
 import os
 import platform
+import statistics
+import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -28,7 +31,7 @@ import torch
 import slmops
 from slmops.ops import qmatmul, quantize, sparsify, spmm
 
-from .qmatmul import SHAPES, llc_bytes, median_time
+from .qmatmul import SHAPES, llc_bytes
 from .quality import cpu_name, write_results
 
 CSR_SWEEP = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
@@ -118,9 +121,32 @@ def gemm_cases(w: np.ndarray) -> dict[str, tuple]:
     return cases
 
 
+def interleaved_medians(
+    fns: dict[str, Any], budget: float, repeats: int, rounds: int = 5
+) -> dict[str, float]:
+    """Median time of each function over ``rounds`` rounds that take every function in turn
+    (each round a share of the budget and repeats): a shared machine's slow spells then
+    fall on the baseline and the candidate alike instead of on one of them."""
+    samples: dict[str, list[float]] = {name: [] for name in fns}
+    for fn in fns.values():
+        fn()  # warm up: packing, page faults, thread pool
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            for _ in range(max(1, repeats // rounds)):
+                t = time.perf_counter()
+                fn()
+                samples[name].append(time.perf_counter() - t)
+                if time.perf_counter() - start > budget / rounds:
+                    break
+    return {name: statistics.median(v) for name, v in samples.items()}
+
+
 def measure(cases: dict[str, tuple], n: int, k: int, m: int, args, rows: list[dict]) -> None:
     x = np.random.default_rng(m).standard_normal((m, k)).astype(np.float32)
-    times = {name: median_time(lambda f=f: f(x), args.budget, args.repeats) for name, (_, f) in cases.items()}
+    times = interleaved_medians(
+        {name: (lambda f=f: f(x)) for name, (_, f) in cases.items()}, args.budget, args.repeats
+    )
     for name, (nbytes, _) in cases.items():
         t = times[name]
         row = dict(case=name, N=n, K=k, M=m, median_s=t, weight_bytes=nbytes, gbps=nbytes / t / 1e9,
@@ -141,11 +167,12 @@ def csr_break_even(w: np.ndarray, m: int, args) -> dict:
     """CSR against dense fp32 over sparsities; the interpolated sparsity where it breaks even."""
     x = np.random.default_rng(m).standard_normal((m, w.shape[1])).astype(np.float32)
     wt = torch.from_numpy(w)
-    dense = median_time(lambda: torch.from_numpy(x) @ wt.T, args.budget, args.repeats)
-    ratios = {}
+    fns: dict[Any, Any] = {"dense": lambda: torch.from_numpy(x) @ wt.T}
     for s in CSR_SWEEP:
         sw = sparsify(unstructured(w, s, 2), "csr")
-        ratios[s] = dense / median_time(lambda sw=sw: spmm(x, sw), args.budget, args.repeats)
+        fns[s] = lambda sw=sw: spmm(x, sw)
+    times = interleaved_medians(fns, args.budget, args.repeats)
+    ratios = {s: times["dense"] / times[s] for s in CSR_SWEEP}
     even = None
     points = sorted(ratios.items())
     if points[0][1] >= 1.0:
