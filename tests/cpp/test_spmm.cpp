@@ -240,7 +240,8 @@ TEST(SpmmNM, Int8ActivationsMultiplyTheDequantizedActivations) {
   }
   std::vector<float> v(64), x(64), y(2);
   std::vector<uint8_t> idx(64);
-  const NMSparseWeight f32 = make_nm_weight(2, 64, 2, 4, SparseValueType::kF32, v.data(), nullptr, nullptr, 0, idx.data());
+  const NMSparseWeight f32 =
+      make_nm_weight(2, 64, 2, 4, SparseValueType::kF32, v.data(), nullptr, nullptr, 0, idx.data());
   EXPECT_THROW(spmm_nm(f32, x.data(), 1, nullptr, y.data(), CpuIsa::kAuto, SpmmActivation::kInt8),
                std::invalid_argument);  // float values take float activations
 }

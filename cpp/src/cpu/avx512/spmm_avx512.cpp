@@ -57,7 +57,8 @@ inline __m512i step_codes(const uint8_t* codes, const Int8Constants& c) {
 inline __m512i step_positions(const uint8_t* index_bytes, const Int8Constants& c) {
   const __m512i bytes = _mm512_broadcast_i32x4(_mm_loadu_si128(reinterpret_cast<const __m128i*>(index_bytes)));
   const __m512i rep = _mm512_shuffle_epi8(bytes, c.replicate);
-  const __m512i t = _mm512_srlv_epi16(_mm512_mask_blend_epi8(c.odd_bytes, rep, _mm512_srli_epi16(rep, 2)), c.word_shift);
+  const __m512i odd_pre_shifted = _mm512_mask_blend_epi8(c.odd_bytes, rep, _mm512_srli_epi16(rep, 2));
+  const __m512i t = _mm512_srlv_epi16(odd_pre_shifted, c.word_shift);
   return _mm512_ternarylogic_epi32(t, c.low2, c.base, 0xEA);  // (t & 3) | base
 }
 
@@ -66,7 +67,8 @@ inline __m512i step_positions(const uint8_t* index_bytes, const Int8Constants& c
 // over their lanes; 1 (groups of 64 or more) is broadcast.
 inline __m512 lane_values(const float* p, int groups_per_step, const Int8Constants& c) {
   if (groups_per_step == 1) return _mm512_set1_ps(*p);
-  const __m128 v = groups_per_step == 2 ? _mm_castpd_ps(_mm_load_sd(reinterpret_cast<const double*>(p))) : _mm_loadu_ps(p);
+  const __m128 v = groups_per_step == 2 ? _mm_castpd_ps(_mm_load_sd(reinterpret_cast<const double*>(p)))
+                                        : _mm_loadu_ps(p);
   return _mm512_permutexvar_ps(c.group_lanes, _mm512_castps128_ps512(v));
 }
 
