@@ -199,12 +199,12 @@ NMSparseWeight make_nm_weight(int64_t N, int64_t K, int n, int m, SparseValueTyp
       invalid("the quantization group of sparse values must be a multiple of 16 kept values or the whole row, got " +
               std::to_string(group));
     w.scales = scales;
-    if (type == SparseValueType::kInt4) {
+    if (type == SparseValueType::kInt4 && zero_points) {
       const int64_t groups = w.groups(), zp_bytes = (groups + 1) / 2;
       w.offsets.resize(size_t(N * groups));
       for (int64_t r = 0; r < N; ++r)
         for (int64_t g = 0; g < groups; ++g) {
-          const int zp = zero_points ? (zero_points[r * zp_bytes + g / 2] >> ((g & 1) * 4)) & 0xF : 8;
+          const int zp = (zero_points[r * zp_bytes + g / 2] >> ((g & 1) * 4)) & 0xF;
           w.offsets[size_t(r * groups + g)] = -float(zp) * scales[r * groups + g];
         }
     }

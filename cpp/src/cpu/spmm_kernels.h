@@ -68,7 +68,8 @@ static inline float nm_value(const NMSparseWeight& w, int64_t n, int64_t j) {
     case SparseValueType::kInt4: {
       const uint8_t byte = static_cast<const uint8_t*>(w.values)[n * w.int4_row_bytes() + j / 2];
       const int64_t g = n * w.groups() + j / w.group;
-      return w.scales[g] * float((j & 1) ? byte >> 4 : byte & 0xF) + w.offsets[size_t(g)];
+      const int q = (j & 1) ? byte >> 4 : byte & 0xF;
+      return w.offsets.empty() ? w.scales[g] * float(q - 8) : w.scales[g] * float(q) + w.offsets[size_t(g)];
     }
   }
   return 0.0f;

@@ -22,8 +22,8 @@ namespace {
 //  - activations: two byte shuffles from the window's two 64-byte halves (SpmmInt8Rows)
 //    gather the 64 int8 activations the kept values meet;
 //  - one VNNI dot gives 16 lanes of 4 products, a second the lanes' activation sums (for the
-//    zero points: w = s * q + o); each lane lies in one activation block and one
-//    quantization group, so it is converted once with scale s * sx and offset o * sx.
+//    zero points: w = s * q + o, or s * (q - 8) when symmetric); each lane lies in one
+//    activation block and one quantization group, so it is converted once.
 struct Int8Constants {
   __m512i replicate, word_shift, base, low2, low_nibble_words, ones;
   __mmask64 odd_bytes = 0xAAAAAAAAAAAAAAAAull, high_half_lanes = 0xFF00FF00FF00FF00ull;
@@ -72,35 +72,39 @@ inline __m512 lane_values(const float* p, int groups_per_step, const Int8Constan
   return _mm512_permutexvar_ps(c.group_lanes, _mm512_castps128_ps512(v));
 }
 
-template <int R>
+// Symmetric weights (zero point 8) need no offsets: the lane sums come off the products in
+// integers, dot - 8 * sum, and one conversion follows.
+template <int R, bool kSymmetric>
 void int8_row_block(const NMSparseWeight& w, const Int8Constants& c, int64_t n, const SpmmInt8Rows& x, int64_t m0,
                     float* y) {
   const int64_t kept = w.kept(), full = kept / 64 * 64;
   const uint8_t* codes = static_cast<const uint8_t*>(w.values) + n * w.int4_row_bytes();
   const uint8_t* index_row = w.indices + n * w.index_row_bytes();
   const float* scales = w.scales + n * w.groups();
-  const float* offsets = w.offsets.data() + n * w.groups();
+  const float* offsets = kSymmetric ? nullptr : w.offsets.data() + n * w.groups();
   const int8_t* win[R];
   const float* xs[R];
   for (int r = 0; r < R; ++r) {
     win[r] = x.windows + (m0 + r) * x.windows_per_row * 128;
     xs[r] = x.lane_scales + (m0 + r) * x.windows_per_row * 16;
   }
-  __m512 acc[R], acc_sum[R];  // the products, and the zero-point terms
+  __m512 acc[R], acc_sum[R];  // the products, and the zero-point terms (with offsets)
   for (int r = 0; r < R; ++r) acc[r] = acc_sum[r] = _mm512_setzero_ps();
   // The step's first quantization group, without a division per step.
   const int groups_per_step = w.group <= 64 ? int(64 / w.group) : 1;
   const int64_t steps_per_group = w.group <= 64 ? 1 : w.group / 64;
   int64_t g = 0, step_in_group = 0;
   for (int64_t j = 0, t = 0; j < full; j += 64, ++t) {
-    // Four streams per row (codes, indices, scales, offsets): requested ahead, as nm_rows does.
+    // One stream per array of the row: requested ahead, as nm_rows does.
     __builtin_prefetch(codes + j / 2 + 4096);
     __builtin_prefetch(index_row + j / 4 + 2048);
     __builtin_prefetch(scales + g + 512);
-    __builtin_prefetch(offsets + g + 512);
+    if constexpr (!kSymmetric) __builtin_prefetch(offsets + g + 512);
     const __m512i q = step_codes(codes + j / 2, c);
     const __m512i pos = step_positions(index_row + j / 4, c);
-    const __m512 s = lane_values(scales + g, groups_per_step, c), o = lane_values(offsets + g, groups_per_step, c);
+    const __m512 s = lane_values(scales + g, groups_per_step, c);
+    __m512 o = s;
+    if constexpr (!kSymmetric) o = lane_values(offsets + g, groups_per_step, c);
     if (groups_per_step > 1) {
       g += groups_per_step;
     } else if (++step_in_group == steps_per_group) {
@@ -114,8 +118,13 @@ void int8_row_block(const NMSparseWeight& w, const Int8Constants& c, int64_t n, 
       const __m512i dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), q, xg);
       const __m512i sum = _mm512_dpbusd_epi32(_mm512_setzero_si512(), c.ones, xg);
       const __m512 sx = _mm512_loadu_ps(xs[r] + t * 16);
-      acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_mul_ps(s, sx), acc[r]);
-      acc_sum[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), _mm512_mul_ps(o, sx), acc_sum[r]);
+      if constexpr (kSymmetric) {
+        const __m512i centered = _mm512_sub_epi32(dot, _mm512_slli_epi32(sum, 3));
+        acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(centered), _mm512_mul_ps(s, sx), acc[r]);
+      } else {
+        acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_mul_ps(s, sx), acc[r]);
+        acc_sum[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), _mm512_mul_ps(o, sx), acc_sum[r]);
+      }
     }
   }
   for (int r = 0; r < R; ++r) {
@@ -126,13 +135,20 @@ void int8_row_block(const NMSparseWeight& w, const Int8Constants& c, int64_t n, 
   }
 }
 
-void nm_rows_int8(const NMSparseWeight& w, const SpmmInt8Rows& x, int64_t M, float* y, int64_t n0, int64_t n1) {
-  const Int8Constants c(w.group);
+template <bool kSymmetric>
+void int8_rows(const NMSparseWeight& w, const Int8Constants& c, const SpmmInt8Rows& x, int64_t M, float* y,
+               int64_t n0, int64_t n1) {
   for (int64_t n = n0; n < n1; ++n) {
     int64_t m = 0;
-    for (; m + 4 <= M; m += 4) int8_row_block<4>(w, c, n, x, m, y);
-    for (; m < M; ++m) int8_row_block<1>(w, c, n, x, m, y);
+    for (; m + 4 <= M; m += 4) int8_row_block<4, kSymmetric>(w, c, n, x, m, y);
+    for (; m < M; ++m) int8_row_block<1, kSymmetric>(w, c, n, x, m, y);
   }
+}
+
+void nm_rows_int8(const NMSparseWeight& w, const SpmmInt8Rows& x, int64_t M, float* y, int64_t n0, int64_t n1) {
+  const Int8Constants c(w.group);
+  if (w.offsets.empty()) return int8_rows<true>(w, c, x, M, y, n0, n1);
+  int8_rows<false>(w, c, x, M, y, n0, n1);
 }
 
 }  // namespace
