@@ -1,5 +1,5 @@
 """Calibration for the compression algorithms that look at activations (GPTQ, and the
-ones that come after it): token windows from text, and a layer-by-layer driver.
+ones that come after it): token windows from text, and the layer-by-layer drivers.
 
 The drivers capture the inputs of the first decoder layer for all calibration samples,
 then go through the layers in turn, each layer's inputs being the outputs of the
@@ -10,9 +10,10 @@ then go through the layers in turn, each layer's inputs being the outputs of the
   * ``run_layerwise`` (AWQ, SmoothQuant, which fold scales across a layer's linears): the
     algorithm observes the whole layer, compresses it, then the samples go through it.
 Peak memory: the calibration activations, n_samples x seq_len x hidden_size values twice
-(a layer's inputs and outputs; 128 x 512 x 4096 float32 is 1 GiB each), plus one layer's
-working activations for the samples that go through it at once (``samples_per_pass``:
-all of them when they fit in a quarter of physical memory, at most 8 GiB).
+(a layer's inputs and outputs; 128 x 512 x 4096 float32 is 1 GiB each), plus the layer's
+working activations: for all samples at once in the one-pass schedule, which runs only
+when they fit in a quarter of physical memory, at most 8 GiB (``layer_activations_fit``),
+else for one chunk of samples at a time.
 """
 
 from __future__ import annotations
