@@ -57,6 +57,18 @@ namespace avx2 { const SpmmKernels& spmm_kernels(); }
 namespace avx512 { const SpmmKernels& spmm_kernels(); }
 #endif
 
+// A row's extent in each buffer of an n:m weight, found once per call: the kernels step
+// from row to row thousands of times a call, and each size is a division.
+struct NMRowStrides {
+  int64_t kept, groups, index_bytes, value_bytes;  // value_bytes: bytes of values a row
+  explicit NMRowStrides(const NMSparseWeight& w)
+      : kept(w.kept()), groups(w.groups()), index_bytes(w.index_row_bytes()),
+        value_bytes(w.type == SparseValueType::kF32    ? 4 * kept
+                    : w.type == SparseValueType::kBF16 ? 2 * kept
+                    : w.type == SparseValueType::kInt8 ? kept
+                                                       : w.int4_row_bytes()) {}
+};
+
 // Kept value j of row n, as a float.
 static inline float nm_value(const NMSparseWeight& w, int64_t n, int64_t j) {
   const int64_t i = n * w.kept() + j;

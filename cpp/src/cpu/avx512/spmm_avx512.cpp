@@ -75,13 +75,13 @@ inline __m512 lane_values(const float* p, int groups_per_step, const Int8Constan
 // Symmetric weights (zero point 8) need no offsets: the lane sums come off the products in
 // integers, dot - 8 * sum, and one conversion follows.
 template <int R, bool kSymmetric>
-void int8_row_block(const NMSparseWeight& w, const Int8Constants& c, int64_t n, const SpmmInt8Rows& x, int64_t m0,
-                    float* y) {
-  const int64_t kept = w.kept(), full = kept / 64 * 64;
-  const uint8_t* codes = static_cast<const uint8_t*>(w.values) + n * w.int4_row_bytes();
-  const uint8_t* index_row = w.indices + n * w.index_row_bytes();
-  const float* scales = w.scales + n * w.groups();
-  const float* offsets = kSymmetric ? nullptr : w.offsets.data() + n * w.groups();
+void int8_row_block(const NMSparseWeight& w, const NMRowStrides& rs, const Int8Constants& c, int64_t n,
+                    const SpmmInt8Rows& x, int64_t m0, float* y) {
+  const int64_t kept = rs.kept, full = kept / 64 * 64;
+  const uint8_t* codes = static_cast<const uint8_t*>(w.values) + n * rs.value_bytes;
+  const uint8_t* index_row = w.indices + n * rs.index_bytes;
+  const float* scales = w.scales + n * rs.groups;
+  const float* offsets = kSymmetric ? nullptr : w.offsets.data() + n * rs.groups;
   const int8_t* win[R];
   const float* xs[R];
   for (int r = 0; r < R; ++r) {
@@ -138,10 +138,11 @@ void int8_row_block(const NMSparseWeight& w, const Int8Constants& c, int64_t n, 
 template <bool kSymmetric>
 void int8_rows(const NMSparseWeight& w, const Int8Constants& c, const SpmmInt8Rows& x, int64_t M, float* y,
                int64_t n0, int64_t n1) {
+  const NMRowStrides rs(w);
   for (int64_t n = n0; n < n1; ++n) {
     int64_t m = 0;
-    for (; m + 4 <= M; m += 4) int8_row_block<4, kSymmetric>(w, c, n, x, m, y);
-    for (; m < M; ++m) int8_row_block<1, kSymmetric>(w, c, n, x, m, y);
+    for (; m + 4 <= M; m += 4) int8_row_block<4, kSymmetric>(w, rs, c, n, x, m, y);
+    for (; m < M; ++m) int8_row_block<1, kSymmetric>(w, rs, c, n, x, m, y);
   }
 }
 
