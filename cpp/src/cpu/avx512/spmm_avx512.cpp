@@ -28,7 +28,7 @@ struct Int8Constants {
   __m512i replicate, word_shift, base, low2, low_nibble_words, ones;
   __mmask64 odd_bytes = 0xAAAAAAAAAAAAAAAAull, high_half_lanes = 0xFF00FF00FF00FF00ull;
   __m512i group_lanes;  // groups < 64: lane l's group relative to the step's first, 4 * l / group
-  Int8Constants(int64_t group) {
+  explicit Int8Constants(int64_t group) {
     alignas(64) int8_t rep[64], base_b[64];
     alignas(64) int16_t shift[32];
     alignas(64) int32_t lanes[16];
