@@ -45,8 +45,8 @@ void gptq_quantize(float* W, int64_t N, int64_t K, const float* U, const GptqGri
                    float* scales, uint8_t* zeros, uint8_t* codes, int64_t block = 128);
 
 // What SparseGPT prunes: with m > 0, an n:m pattern (n of every m consecutive weights of
-// a row kept: 2:4, 4:8); with m == 0, the fraction `sparsity` of each row, chosen per
-// block of columns (the same share of every row and block).
+// a row kept: 2:4, 4:8); with m == 0, the fraction `sparsity` of every block of columns,
+// chosen over all its rows at once (the published rule: rows keep different shares).
 struct SparsePattern {
   float sparsity = 0.5f;
   int n = 0, m = 0;

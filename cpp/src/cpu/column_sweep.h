@@ -12,15 +12,18 @@
 
 namespace slmops::gptq_detail {
 
-// For each block of columns [i1, i2) and each row r: for j in [i1, i2), w[j] becomes
+// For each block of columns [i1, i2): before_block(i1, i2) (every row's earlier errors
+// already applied to W), then for each row r: for j in [i1, i2), w[j] becomes
 // target(r, j, w, i2) (w: the row, every earlier column's error already applied), and
 // the error (w[j] - target) / U[j][j] is spread over the block's later columns along row
 // j of U; the block's errors reach the columns after it through one sgemm.
-template <class Target>
-void column_sweep(float* W, int64_t N, int64_t K, const float* U, int64_t block, Target&& target) {
+template <class Target, class BeforeBlock>
+void column_sweep(float* W, int64_t N, int64_t K, const float* U, int64_t block, Target&& target,
+                  BeforeBlock&& before_block) {
   std::vector<float> E(size_t(N) * size_t(block));
   for (int64_t i1 = 0; i1 < K; i1 += block) {
     const int64_t i2 = std::min(K, i1 + block), B = i2 - i1;
+    before_block(i1, i2);
     parallel_for(N, [&](int64_t r0, int64_t r1) {
       for (int64_t r = r0; r < r1; ++r) {
         float* w = W + r * K;
@@ -59,6 +62,30 @@ inline void prune_smallest(const float* w, const float* d, int64_t ldd, int64_t 
   };
   if (count > 0 && count < n) std::nth_element(order.begin(), order.begin() + count, order.end(), less);
   for (int64_t i = 0; i < n; ++i) mask[order[i]] = i < count ? 0 : 1;
+}
+
+// SparseGPT's unstructured choice within one block of columns [j, j + B) (the published
+// rule: one threshold over all rows of the block, so rows keep different shares): mark
+// the `count` entries of W[:, j:j+B) with the smallest w^2 / d^2 (d: U's diagonal), the
+// lower (row, column) first on a tie.
+inline void prune_block_smallest(const float* W, int64_t N, int64_t K, const float* U, int64_t j, int64_t B,
+                                 int64_t count, uint8_t* mask, std::vector<int64_t>& order) {
+  order.resize(size_t(N * B));
+  for (int64_t i = 0; i < N * B; ++i) order[size_t(i)] = i;
+  auto score = [&](int64_t i) {
+    const int64_t r = i / B, c = j + i % B;
+    const float w = W[r * K + c], d = U[c * K + c];
+    return (w * w) / (d * d);
+  };
+  auto less = [&](int64_t a, int64_t b) {
+    const float sa = score(a), sb = score(b);
+    return sa < sb || (sa == sb && a < b);
+  };
+  if (count > 0 && count < N * B) std::nth_element(order.begin(), order.begin() + count, order.end(), less);
+  for (int64_t i = 0; i < N * B; ++i) {
+    const int64_t at = order[size_t(i)];
+    mask[(at / B) * K + j + at % B] = i < count ? 0 : 1;
+  }
 }
 
 }  // namespace slmops::gptq_detail

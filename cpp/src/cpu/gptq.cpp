@@ -128,7 +128,7 @@ void gptq_quantize(float* W, int64_t N, int64_t K, const float* U, const GptqGri
   if (col_group)
     for (int64_t j = 0; j < K; ++j) n_groups = std::max<int64_t>(n_groups, int64_t(col_group[j]) + 1);
   if (!col_group) block = std::max(block, G) / G * G;  // a group never straddles two blocks
-  column_sweep(W, N, K, U, block, [&](int64_t r, int64_t j, const float* w, int64_t) {
+  auto target = [&](int64_t r, int64_t j, const float* w, int64_t) {
     const int64_t g = col_group ? col_group[j] : j / G;
     float* s = scales + r * n_groups + g;
     uint8_t* z = zeros + r * n_groups + g;
@@ -136,7 +136,8 @@ void gptq_quantize(float* W, int64_t N, int64_t K, const float* U, const GptqGri
     const int q = quantize_value(w[j], *s, *z, grid);
     codes[r * K + j] = uint8_t(q);
     return float(q - int(*z)) * *s;
-  });
+  };
+  column_sweep(W, N, K, U, block, target, [](int64_t, int64_t) {});
 }
 
 void sparsegpt_prune(float* W, int64_t N, int64_t K, const float* U, const SparsePattern& pattern,
@@ -150,15 +151,18 @@ void sparsegpt_prune(float* W, int64_t N, int64_t K, const float* U, const Spars
   const int64_t M = pattern.m;
   const int64_t unit = std::lcm(grid ? G : 1, M > 0 ? M : 1);  // no group or n:m set straddles two blocks
   block = std::max(block, unit) / unit * unit;
-  column_sweep(W, N, K, U, block, [&](int64_t r, int64_t j, const float* w, int64_t i2) {
+  // Unstructured: each block's zeros are chosen over all its rows at once, before the sweep.
+  std::vector<int64_t> block_order;
+  auto choose_block_zeros = [&](int64_t i1, int64_t i2) {
+    if (M != 0) return;
+    const int64_t count = int64_t(std::nearbyint(pattern.sparsity * float(N * (i2 - i1))));
+    prune_block_smallest(W, N, K, U, i1, i2 - i1, count, mask, block_order);
+  };
+  auto target = [&](int64_t r, int64_t j, const float* w, int64_t) {
     uint8_t* m = mask + r * K;
     if (M > 0 && j % M == 0) {  // n:m: choose this set's zeros from the weights as they are now
       thread_local std::vector<int64_t> order;
       prune_smallest(w + j, U + j * K + j, K + 1, M, M - pattern.n, m + j, order);
-    } else if (M == 0 && (j % block == 0)) {  // unstructured: this block's share of each row
-      thread_local std::vector<int64_t> order;
-      const int64_t B = i2 - j;
-      prune_smallest(w + j, U + j * K + j, K + 1, B, int64_t(std::nearbyint(pattern.sparsity * float(B))), m + j, order);
     }
     float t = m[j] ? w[j] : 0.0f;
     if (grid) {
@@ -170,7 +174,8 @@ void sparsegpt_prune(float* W, int64_t N, int64_t K, const float* U, const Spars
       t = float(q - int(*z)) * *s;
     }
     return t;
-  });
+  };
+  column_sweep(W, N, K, U, block, target, choose_block_zeros);
 }
 
 }  // namespace slmops

@@ -137,8 +137,9 @@ def prune_model(
     """Prunes, in place, every ``nn.Linear`` of ``model`` (but ``skip``; only ``include``
     when given; fnmatch patterns on module names, lm_head kept by default).
 
-    ``method``: 'magnitude', 'wanda' or 'sparsegpt'; ``sparsity`` the share of each row
-    to zero for ``pattern='unstructured'`` (uniform), or per layer a mapping of fnmatch
+    ``method``: 'magnitude', 'wanda' or 'sparsegpt'; ``sparsity`` the share of each layer
+    to zero for ``pattern='unstructured'`` (per row for Wanda, per block of 128 columns for
+    SparseGPT, per layer for magnitude, as each is published), or per layer a mapping of fnmatch
     patterns to shares (the first match wins; layers no pattern matches are kept), or
     ``pattern`` '2:4' / '4:8'. ``sparse=True`` replaces each pruned layer by a
     ``SparseLinear`` (n:m layout, or CSR for unstructured; ``sparse_values`` 'float32',

@@ -99,16 +99,15 @@ void sparsegpt_prune(float* W, int64_t N, int64_t K, const float* U, const Spars
   const int64_t block = std::max<int64_t>(128, unit) / unit * unit;  // where the blocked loop chooses
   std::vector<int64_t> order;
   for (int64_t j = 0; j < K; ++j) {
+    if (M == 0 && j % block == 0) {  // unstructured: one threshold over the block's rows
+      const int64_t B = std::min(block, K - j);
+      gptq_detail::prune_block_smallest(W, N, K, U, j, B, int64_t(std::nearbyint(pattern.sparsity * float(N * B))),
+                                        mask, order);
+    }
     for (int64_t r = 0; r < N; ++r) {
       float* w = W + r * K;
       uint8_t* m = mask + r * K;
-      if (M > 0 && j % M == 0) {
-        gptq_detail::prune_smallest(w + j, U + j * K + j, K + 1, M, M - pattern.n, m + j, order);
-      } else if (M == 0 && j % block == 0) {
-        const int64_t B = std::min(block, K - j);
-        gptq_detail::prune_smallest(w + j, U + j * K + j, K + 1, B,
-                                    int64_t(std::nearbyint(pattern.sparsity * float(B))), m + j, order);
-      }
+      if (M > 0 && j % M == 0) gptq_detail::prune_smallest(w + j, U + j * K + j, K + 1, M, M - pattern.n, m + j, order);
       float t = m[j] ? w[j] : 0.0f;
       if (grid) {
         float* s = scales + r * n_groups + j / G;
