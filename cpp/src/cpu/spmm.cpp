@@ -131,21 +131,22 @@ void add_bias(const float* bias, int64_t M, int64_t N, float* y) {
 }
 
 // Activation rows quantized as qmatmul's int8 mode does (blocks of kActBlock = 32,
-// symmetric, absmax / 127, half to even) by the int8 format's row kernel: x^ always, and
-// the integer kernel's window layout (SpmmInt8Rows) when it will run.
+// symmetric, absmax / 127, half to even) by the int8 format's row kernel: the integer
+// kernel's window layout (SpmmInt8Rows) when it will run, and x^ when anything reads it
+// (the float kernels, or the integer kernel's rows that end short of a 64-value step).
 struct Int8Activations {
   std::vector<int8_t> windows;
   std::vector<float> lane_scales, xhat;
   int64_t windows_per_row = 0;
 };
 
-Int8Activations quantize_activations(const float* x, int64_t M, int64_t K, CpuIsa isa, bool windows) {
+Int8Activations quantize_activations(const float* x, int64_t M, int64_t K, CpuIsa isa, bool windows, bool xhat) {
   constexpr int64_t kBlock = kActBlock, kWindow = 128, kLanes = 16;
   const cpu::RowKernels& rows = cpu::row_kernels_for(isa);
   Int8Activations a;
   a.windows_per_row = (K + kWindow - 1) / kWindow;
   const int64_t Kp = a.windows_per_row * kWindow, blocks = Kp / kBlock;
-  a.xhat.resize(size_t(M * K));
+  if (xhat) a.xhat.resize(size_t(M * K));
   if (windows) {
     a.windows.assign(size_t(M * Kp), 0);
     a.lane_scales.assign(size_t(M * a.windows_per_row * kLanes), 0.0f);
@@ -156,7 +157,8 @@ Int8Activations quantize_activations(const float* x, int64_t M, int64_t K, CpuIs
     for (int64_t m = m0; m < m1; ++m) {
       rows.quantize[int(QuantFormat::kInt8)](x + m * K, K, cpu::RowParams{kBlock, true, 0.0f},
                                               {reinterpret_cast<uint8_t*>(q.data()), s.data(), nullptr});
-      for (int64_t k = 0; k < K; ++k) a.xhat[size_t(m * K + k)] = float(q[size_t(k)]) * s[size_t(k / kBlock)];
+      if (xhat)
+        for (int64_t k = 0; k < K; ++k) a.xhat[size_t(m * K + k)] = float(q[size_t(k)]) * s[size_t(k / kBlock)];
       if (!windows) continue;
       int8_t* win = &a.windows[size_t(m * Kp)];
       float* lanes = &a.lane_scales[size_t(m * a.windows_per_row * kLanes)];
@@ -240,7 +242,7 @@ void spmm_nm(const NMSparseWeight& w, const float* x, int64_t M, const float* bi
     if (w.type != SparseValueType::kInt8 && w.type != SparseValueType::kInt4)
       invalid("int8 activations need int8 or int4 sparse values (float values multiply float activations)");
     const bool integer_kernel = M < kSpmmGemmRows && kernels.nm_rows_int8 && cpu::spmm_int8_kernel_takes(w);
-    xq = quantize_activations(x, M, w.K, isa, integer_kernel);
+    xq = quantize_activations(x, M, w.K, isa, integer_kernel, !integer_kernel || w.kept() % 64 != 0);
     if (integer_kernel) {
       const cpu::SpmmInt8Rows rows{xq.windows.data(), xq.lane_scales.data(), xq.xhat.data(), xq.windows_per_row};
       parallel_for(w.N, [&](int64_t n0, int64_t n1) { kernels.nm_rows_int8(w, rows, M, y, n0, n1); });

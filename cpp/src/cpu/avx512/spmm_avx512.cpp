@@ -129,8 +129,7 @@ void int8_row_block(const NMSparseWeight& w, const NMRowStrides& rs, const Int8C
   }
   for (int r = 0; r < R; ++r) {
     float total = _mm512_reduce_add_ps(_mm512_add_ps(acc[r], acc_sum[r]));
-    const float* xhat = x.xhat + (m0 + r) * w.K;
-    for (int64_t j = full; j < kept; ++j) total += nm_value(w, n, j) * xhat[nm_column(w, n, j)];
+    for (int64_t j = full; j < kept; ++j) total += nm_value(w, n, j) * x.xhat[(m0 + r) * w.K + nm_column(w, n, j)];
     y[(m0 + r) * w.N + n] = total;
   }
 }
