@@ -485,16 +485,16 @@ void py_cholesky_inverse_upper(py::handle H, bool reference) {
   }
 }
 
-GptqGrid make_grid(int bits, bool symmetric, int64_t group_size) {
+GptqGrid make_grid(int bits, bool symmetric, int64_t group_size, bool mse) {
   if (bits < 2 || bits > 8) throw py::value_error("bits must be in [2, 8], got " + std::to_string(bits));
   if (group_size < 0) throw py::value_error("group_size must be >= 0");
-  return GptqGrid{bits, symmetric, group_size};
+  return GptqGrid{bits, symmetric, group_size, mse};
 }
 
 void py_gptq_grid_params(py::handle W, int bits, bool symmetric, int64_t group_size, py::handle scales,
-                         py::handle zeros) {
+                         py::handle zeros, bool mse) {
   TensorArg w = f32_matrix(W, "W", -1, -1, false);
-  const GptqGrid grid = make_grid(bits, symmetric, group_size);
+  const GptqGrid grid = make_grid(bits, symmetric, group_size, mse);
   const int64_t N = w.shape[0], K = w.shape[1], G = group_size ? group_size : K;
   TensorArg s = f32_matrix(scales, "scales", N, (K + G - 1) / G, true);
   TensorArg z = tensor_arg(zeros, "zeros");
@@ -506,11 +506,12 @@ void py_gptq_grid_params(py::handle W, int bits, bool symmetric, int64_t group_s
 }
 
 void py_gptq_quantize(py::handle W, py::handle U, int bits, bool symmetric, int64_t group_size, py::handle col_group,
-                      py::handle scales, py::handle zeros, py::handle codes, int64_t block, bool reference) {
+                      py::handle scales, py::handle zeros, py::handle codes, int64_t block, bool reference,
+                      bool mse) {
   TensorArg w = f32_matrix(W, "W", -1, -1, true);
   const int64_t N = w.shape[0], K = w.shape[1];
   TensorArg u = f32_matrix(U, "U", K, K, false);
-  const GptqGrid grid = make_grid(bits, symmetric, group_size);
+  const GptqGrid grid = make_grid(bits, symmetric, group_size, mse);
   const int32_t* groups = nullptr;
   int64_t n_groups = group_size ? (K + group_size - 1) / group_size : 0;
   TensorArg g;
@@ -551,7 +552,7 @@ void py_gptq_quantize(py::handle W, py::handle U, int bits, bool symmetric, int6
 // bits 0: prune only (scales, zeros, codes may be None).
 void py_sparsegpt_prune(py::handle W, py::handle U, float sparsity, int n, int m, int bits, bool symmetric,
                         int64_t group_size, py::handle scales, py::handle zeros, py::handle codes, py::handle mask,
-                        int64_t block, bool reference) {
+                        int64_t block, bool reference, bool mse) {
   TensorArg w = f32_matrix(W, "W", -1, -1, true);
   const int64_t N = w.shape[0], K = w.shape[1];
   TensorArg u = f32_matrix(U, "U", K, K, false);
@@ -564,7 +565,7 @@ void py_sparsegpt_prune(py::handle W, py::handle U, float sparsity, int n, int m
   GptqGrid grid;
   TensorArg s, z, c;
   if (bits) {
-    grid = make_grid(bits, symmetric, group_size);
+    grid = make_grid(bits, symmetric, group_size, mse);
     const int64_t G = group_size ? group_size : K;
     s = f32_matrix(scales, "scales", N, (K + G - 1) / G, true);
     z = tensor_arg(zeros, "zeros");
@@ -815,16 +816,16 @@ PYBIND11_MODULE(_C, m, py::mod_gil_not_used()) {
   m.def("cholesky_inverse_upper", &py_cholesky_inverse_upper, py::arg("H"), py::arg("reference") = false,
         "In place: H -> U, upper Cholesky factor of H^-1. ValueError if H is not positive definite.");
   m.def("gptq_grid_params", &py_gptq_grid_params, py::arg("W"), py::arg("bits"), py::arg("symmetric"),
-        py::arg("group_size"), py::arg("scales"), py::arg("zeros"));
+        py::arg("group_size"), py::arg("scales"), py::arg("zeros"), py::arg("mse") = false);
   m.def("gptq_quantize", &py_gptq_quantize, py::arg("W"), py::arg("U"), py::arg("bits"), py::arg("symmetric"),
         py::arg("group_size"), py::arg("col_group").none(true), py::arg("scales"), py::arg("zeros"), py::arg("codes"),
-        py::arg("block") = 128, py::arg("reference") = false);
+        py::arg("block") = 128, py::arg("reference") = false, py::arg("mse") = false);
   m.def("sparsegpt_prune", &py_sparsegpt_prune, py::arg("W"), py::arg("U"), py::arg("sparsity"), py::arg("n"),
         py::arg("m"), py::arg("bits"), py::arg("symmetric"), py::arg("group_size"), py::arg("scales").none(true),
         py::arg("zeros").none(true), py::arg("codes").none(true), py::arg("mask"), py::arg("block") = 128,
-        py::arg("reference") = false,
+        py::arg("reference") = false, py::arg("mse") = false,
         "SparseGPT in place on W [N, K] given U (cholesky_inverse_upper of the Hessian): n:m when m > 0, "
-        "else `sparsity` of each row per block; bits > 0 also quantizes the kept weights (GPTQ's grid).");
+        "else `sparsity` of each block; bits > 0 also quantizes the kept weights (GPTQ's grid, searched with mse).");
   m.def("double_quantize_scales", &py_double_quantize_scales, py::arg("scales"), py::arg("codes"),
         py::arg("block_scales"));
   m.def("double_dequantize_scales", &py_double_dequantize_scales, py::arg("codes"), py::arg("block_scales"),

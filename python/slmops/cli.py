@@ -197,6 +197,7 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
             quant["calibration"] = "calibration"
     if args.algorithm == "gptq":
         quant["act_order"] = args.act_order
+        quant["mse"] = args.mse
         if args.bits is not None:
             quant["bits"] = args.bits
     return _run_config(raw, args, source="slmops quantize")
@@ -440,6 +441,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--bits", type=int, choices=(2, 3, 4, 8), help="gptq: bits per weight (default from --format)"
     )
     p.add_argument("--act-order", action="store_true", help="gptq: columns by decreasing Hessian diagonal")
+    p.add_argument(
+        "--mse", action="store_true", help="gptq: search each group's clipping range (best at 3 bits)"
+    )
     p.add_argument(
         "--calibration", type=Path, help="calibrated algorithms: .txt/.jsonl calibration text (default: KJV)"
     )

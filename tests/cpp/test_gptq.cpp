@@ -78,7 +78,8 @@ TEST(Gptq, BlockedColumnLoopMatchesReference) {
   auto U = hessian(K, 400, 11);
   slmops::cholesky_inverse_upper(U.data(), K);
   const auto W0 = gaussian(size_t(N * K), 12);
-  for (const slmops::GptqGrid grid : {slmops::GptqGrid{4, true, 32}, slmops::GptqGrid{3, false, 64}}) {
+  for (const slmops::GptqGrid grid : {slmops::GptqGrid{4, true, 32}, slmops::GptqGrid{3, false, 64},
+                                      slmops::GptqGrid{3, true, 64, /*mse=*/true}}) {
     const int64_t groups = (K + grid.group_size - 1) / grid.group_size;
     auto W = W0, Wr = W0;
     std::vector<float> s(size_t(N * groups)), sr = s;
@@ -97,7 +98,7 @@ TEST(SparseGpt, BlockedMatchesReferenceAndPattern) {
   auto U = hessian(K, 512, 21);
   slmops::cholesky_inverse_upper(U.data(), K);
   const auto W0 = gaussian(size_t(N * K), 22);
-  const slmops::GptqGrid grid{4, true, 64};
+  const slmops::GptqGrid grid{4, false, 64, /*mse=*/true};
   for (const slmops::SparsePattern p : {slmops::SparsePattern{0.5f, 0, 0}, slmops::SparsePattern{0.0f, 2, 4},
                                         slmops::SparsePattern{0.0f, 4, 8}}) {
     for (const slmops::GptqGrid* g : {static_cast<const slmops::GptqGrid*>(nullptr), &grid}) {

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <limits>
 
 #include "slmops/gptq.h"
 
@@ -16,33 +17,59 @@ inline int mid_code(const GptqGrid& g) { return 1 << (g.bits - 1); }
 // int8 keeps [-127, 127]: code 0 (-128) is never used.
 inline int min_code(const GptqGrid& g) { return g.bits == 8 && g.symmetric ? 1 : 0; }
 
-inline void group_params(const float* x, int64_t n, const GptqGrid& g, float* scale, uint8_t* zero) {
+inline int quantize_value(float x, float scale, int zero, const GptqGrid& g) {
+  const float inv = scale != 0.0f ? 1.0f / scale : 0.0f;
+  return std::clamp(rne(x * inv) + zero, min_code(g), max_code(g));
+}
+
+// The grid of a range: signed absmax (symmetric) or [min, max] (asymmetric), times p.
+inline void range_params(float signed_absmax, float mn, float mx, float p, const GptqGrid& g, float* scale,
+                         uint8_t* zero) {
   if (g.symmetric) {
-    float best = 0.0f, best_abs = 0.0f;  // signed absmax, the first one wins a tie
-    for (int64_t i = 0; i < n; ++i) {
-      const float a = std::fabs(x[i]);
-      if (a > best_abs) {
-        best_abs = a;
-        best = x[i];
-      }
-    }
-    *scale = g.bits == 8 ? best_abs / 127.0f : best / -float(mid_code(g));
+    *scale = g.bits == 8 ? p * std::fabs(signed_absmax) / 127.0f : p * signed_absmax / -float(mid_code(g));
     *zero = uint8_t(mid_code(g));
     return;
   }
-  float mn = 0.0f, mx = 0.0f;
-  for (int64_t i = 0; i < n; ++i) {
-    mn = std::min(mn, x[i]);
-    mx = std::max(mx, x[i]);
-  }
+  mn *= p;
+  mx *= p;
   *scale = (mx - mn) / float(max_code(g));
   const float inv = *scale != 0.0f ? 1.0f / *scale : 0.0f;
   *zero = uint8_t(*scale != 0.0f ? std::clamp(rne(-mn * inv), 0, max_code(g)) : mid_code(g));
 }
 
-inline int quantize_value(float x, float scale, int zero, const GptqGrid& g) {
-  const float inv = scale != 0.0f ? 1.0f / scale : 0.0f;
-  return std::clamp(rne(x * inv) + zero, min_code(g), max_code(g));
+// GPTQ's Quantizer(mse=True) grid: shrink factors 1 - i / 100 for i < 80.
+constexpr int kShrinkSteps = 80;
+constexpr float kShrinkStep = 0.01f;
+
+inline void group_params(const float* x, int64_t n, const GptqGrid& g, float* scale, uint8_t* zero) {
+  float signed_absmax = 0.0f, absmax = 0.0f, mn = 0.0f, mx = 0.0f;  // the first absmax wins a tie
+  for (int64_t i = 0; i < n; ++i) {
+    const float a = std::fabs(x[i]);
+    if (a > absmax) {
+      absmax = a;
+      signed_absmax = x[i];
+    }
+    mn = std::min(mn, x[i]);
+    mx = std::max(mx, x[i]);
+  }
+  range_params(signed_absmax, mn, mx, 1.0f, g, scale, zero);
+  if (!g.mse) return;
+  float best = std::numeric_limits<float>::infinity();
+  for (int step = 0; step < kShrinkSteps; ++step) {
+    float s;
+    uint8_t z;
+    range_params(signed_absmax, mn, mx, 1.0f - float(step) * kShrinkStep, g, &s, &z);
+    float err = 0.0f;
+    for (int64_t i = 0; i < n; ++i) {
+      const float e = float(quantize_value(x[i], s, z, g) - int(z)) * s - x[i];
+      err += e * e;
+    }
+    if (err < best) {  // strictly less: the widest range wins a tie
+      best = err;
+      *scale = s;
+      *zero = z;
+    }
+  }
 }
 
 }  // namespace slmops::gptq_detail

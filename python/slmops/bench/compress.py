@@ -3,7 +3,8 @@ against its uncalibrated baseline measured in the same run.
 
 Rows (every linear of the decoder layers; the tied embedding / lm_head stays float):
   * 4-bit group 128, symmetric and asymmetric: RTN, GPTQ (and GPTQ with act-order), AWQ;
-  * 3-bit group 128 symmetric: RTN (GPTQ's grid with an identity Hessian), GPTQ;
+  * 3-bit group 128 symmetric: RTN (GPTQ's grid with an identity Hessian), GPTQ; both
+    also with ``mse`` (each group's range searched), GPTQ's at 4 bits too;
   * W8A8 (int8 weights per channel, int8 activations per token): plain, SmoothQuant;
   * 50% unstructured, 2:4 and 4:8: magnitude, Wanda, SparseGPT; SparseGPT 2:4 with its
     kept weights quantized to 4 bits in the same pass.
@@ -47,8 +48,11 @@ ROWS = {  # label: (kind, method, options, baseline label)
     "rtn-4-asym": ("quantize", "rtn", {"format": "int4", "symmetric": False, **G128}, None),
     "gptq-4-asym": ("quantize", "gptq", {"bits": 4, "symmetric": False, **G128}, "rtn-4-asym"),
     "awq-4-asym": ("quantize", "awq", {"format": "int4", "symmetric": False, **G128}, "rtn-4-asym"),
-    "rtn-3-sym": ("rtn3", "rtn", {"bits": 3, "symmetric": True, **G128}, None),
+    "gptq-4-sym-mse": ("quantize", "gptq", {"bits": 4, "symmetric": True, "mse": True, **G128}, "rtn-4-sym"),
+    "rtn-3-sym": ("rtn-grid", "rtn", {"bits": 3, "symmetric": True, **G128}, None),
     "gptq-3-sym": ("quantize", "gptq", {"bits": 3, "symmetric": True, **G128}, "rtn-3-sym"),
+    "rtn-3-sym-mse": ("rtn-grid", "rtn", {"bits": 3, "symmetric": True, "mse": True, **G128}, "rtn-3-sym"),
+    "gptq-3-sym-mse": ("quantize", "gptq", {"bits": 3, "symmetric": True, "mse": True, **G128}, "rtn-3-sym"),
     "w8a8": ("quantize", "rtn", {"format": "int8", "activation": "int8_row"}, None),
     "smoothquant-w8a8": ("quantize", "smoothquant", {"format": "int8", "alpha": 0.5}, "w8a8"),
     "magnitude-50%": ("prune", "magnitude", {"sparsity": 0.5}, None),
@@ -70,14 +74,18 @@ ROWS = {  # label: (kind, method, options, baseline label)
 CALIBRATED = {"gptq", "awq", "smoothquant", "wanda", "sparsegpt"}
 
 
-def rtn_3bit(model: torch.nn.Module, bits: int, symmetric: bool, group_size: int) -> None:
+def rtn_on_gptq_grid(
+    model: torch.nn.Module, bits: int, symmetric: bool, group_size: int, mse: bool = False
+) -> None:
     """Round to nearest on GPTQ's 2-4 bit grid: GPTQ with an identity Hessian and no damping
     quantizes each column on its own (tests/py/test_gptq.py checks the equality)."""
     for name, m in list(model.named_modules()):
         if isinstance(m, torch.nn.Linear) and ".layers." in name:
             w = m.weight.detach().float().numpy()
             eye = np.eye(w.shape[1], dtype=np.float32)
-            q = gptq_quantize_weight(w, eye, bits=bits, group_size=group_size, symmetric=symmetric, damp=0.0)
+            q = gptq_quantize_weight(
+                w, eye, bits=bits, group_size=group_size, symmetric=symmetric, damp=0.0, mse=mse
+            )
             parent, _, child = name.rpartition(".")
             setattr(model.get_submodule(parent), child, QuantLinear.from_quantized(q, m.bias))
 
@@ -122,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
         elif kind == "prune":
             slmops.prune_model(m, method, **calib, **options)
         else:
-            rtn_3bit(m, **options)
+            rtn_on_gptq_grid(m, **options)
         seconds = time.perf_counter() - start
         rows.append({"row": label, "perplexity": ppl(m), "linear_bytes": linear_bytes(m), "seconds": seconds})
         print(f"{label}: ppl {rows[-1]['perplexity']:.3f} ({seconds:.1f} s)", flush=True)

@@ -147,7 +147,7 @@ def prune_model(
     (wanda, sparsegpt) as for ``quantize_model``: ``calibration`` None for the reference
     corpus, a .txt/.jsonl path, a list of texts (tokenized with ``tokenizer``), or token
     ids [n, seq_len]. SparseGPT only: ``damp``, and ``quantize=dict(bits=4,
-    group_size=128, symmetric=True)`` to quantize the kept weights in the same pass
+    group_size=128, symmetric=True, mse=False)`` to quantize the kept weights in the same pass
     (``QuantLinear`` layers with ``activation`` out).
     """
     if method not in METHODS:
@@ -169,10 +169,12 @@ def prune_model(
     if quantize is not None:
         if method != "sparsegpt":
             raise ValueError("quantize= (prune and quantize in one pass) is SparseGPT's: method='sparsegpt'")
-        unknown = set(quantize) - {"bits", "group_size", "symmetric"}
+        unknown = set(quantize) - {"bits", "group_size", "symmetric", "mse"}
         if unknown:
-            raise ValueError(f"unknown quantize options {sorted(unknown)}; give bits, group_size, symmetric")
-        grid = {"bits": 4, "group_size": 128, "symmetric": True} | dict(quantize)
+            raise ValueError(
+                f"unknown quantize options {sorted(unknown)}; give bits, group_size, symmetric, mse"
+            )
+        grid = {"bits": 4, "group_size": 128, "symmetric": True, "mse": False} | dict(quantize)
         check_options(grid["bits"], grid["group_size"], grid["symmetric"])
     check_damp(damp)
     summary = PruningSummary(method=method, pattern=pattern, sparsity=share, per_layer=per_layer)
@@ -278,7 +280,9 @@ def _sparsegpt(
         groups = -(-k // (gs or k))
         scales, zeros = np.empty((rows, groups), np.float32), np.empty((rows, groups), np.uint8)
         codes = np.empty((rows, k), np.uint8)
-        _C.sparsegpt_prune(W, U, share, n, m, bits, sym, gs, scales, zeros, codes, mask)
+        _C.sparsegpt_prune(
+            W, U, share, n, m, bits, sym, gs, scales, zeros, codes, mask, mse=bool(grid["mse"])
+        )
         q = to_quantized(codes, scales, zeros, bits, gs, sym)
     with torch.no_grad():  # the layer runs on the pruned values for the next layer's inputs
         linear.weight.copy_(torch.from_numpy(W))

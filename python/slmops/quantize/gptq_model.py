@@ -43,6 +43,7 @@ def gptq_quantize_model(
     progress: bool,
     group_size: int | None = None,
     symmetric: bool | None = None,
+    mse: bool = False,
     **unknown: Any,
 ) -> QuantizationSummary:
     if unknown:
@@ -64,6 +65,7 @@ def gptq_quantize_model(
         "symmetric": symmetric,
         "act_order": act_order,
         "damp": damp,
+        "mse": bool(mse),
     }
     start = time.perf_counter()
 

@@ -77,7 +77,8 @@ def quantize_model(
 
     GPTQ options: ``bits`` (2, 3, 4 stored as int4; 8 as int8; default from ``format``),
     ``group_size`` (default 128; 0 = per row, int8 only), ``symmetric``, ``act_order``,
-    ``damp``; calibration text ``calibration`` (None = the reference corpus, a .txt/.jsonl
+    ``damp``, ``mse`` (search each group's clipping range; recommended, most at 3 bits);
+    calibration text ``calibration`` (None = the reference corpus, a .txt/.jsonl
     path or a list of texts) tokenized with ``tokenizer`` into ``n_samples`` windows of
     ``seq_len`` tokens (or ``calibration`` as a LongTensor [n, seq_len] of token ids).
     """

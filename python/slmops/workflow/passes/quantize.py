@@ -14,7 +14,7 @@ from ...quantize.model import METHODS, quantize_model
 from ..registry import Pass, PassContext, PassOptions, PassOutput, one_of, register_pass
 
 CALIBRATION = ("calibration", "n_samples", "seq_len")
-GPTQ_ONLY = ("bits", "act_order", "damp")
+GPTQ_ONLY = ("bits", "act_order", "damp", "mse")
 
 
 class QuantizeOptions(PassOptions):
@@ -34,6 +34,7 @@ class QuantizeOptions(PassOptions):
     bits: int | None = None
     act_order: bool = False
     damp: float = 0.01
+    mse: bool = False  # search each group's clipping range (see slmops.quantize.gptq)
     # smoothquant only
     alpha: float = 0.5
 
