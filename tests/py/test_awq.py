@@ -28,7 +28,8 @@ def test_folding_keeps_the_float_model(tiny_llama):
 
 
 @torch.no_grad()
-def test_scales_and_clipping_beat_rtn_with_outlier_channels():
+@pytest.mark.parametrize("duo_scaling", [False, True])
+def test_scales_and_clipping_beat_rtn_with_outlier_channels(duo_scaling):
     gen = torch.Generator().manual_seed(1)
     k = 256
     x = torch.randn(1024, k, generator=gen)
@@ -44,7 +45,21 @@ def test_scales_and_clipping_beat_rtn_with_outlier_channels():
 
     rtn = error(linear)
     a = InputStats(abs_sum=x.abs().sum(0).double().numpy(), rows=len(x), sample=[x])
-    s = _search_scale([linear], a, "int4", options)
+    s = _search_scale([linear], a, "int4", options, duo_scaling)
+    # The search's pick is the candidate of least output error, each candidate written out
+    # here from its definition (AutoAWQ's duo scaling: activations over weights).
+    w = linear.weight.detach()
+    groups = w.abs().reshape(128, 2, 128)
+    w_mean = (groups / (groups.amax(-1, keepdim=True) + 1e-6)).reshape(128, k).mean(0)
+    candidates = []
+    for i in range(20):
+        c = (x.abs().mean(0).pow(i / 20) / ((w_mean.pow(1 - i / 20) + 1e-4) if duo_scaling else 1)).clamp(
+            min=1e-4
+        )
+        c = c / (c.max() * c.min()).sqrt()
+        q = slmops.ops.quantize(w * c, "int4", **options).dequantize() / c
+        candidates.append((float((x @ q.t() - ref).square().mean()), c))
+    torch.testing.assert_close(s, min(candidates, key=lambda e: e[0])[1], rtol=1e-4, atol=1e-6)
     with torch.no_grad():
         linear.weight.mul_(s)
     xs = x / s

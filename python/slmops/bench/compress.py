@@ -2,7 +2,8 @@
 against its uncalibrated baseline measured in the same run.
 
 Rows (every linear of the decoder layers; the tied embedding / lm_head stays float):
-  * 4-bit group 128, symmetric and asymmetric: RTN, GPTQ (and GPTQ with act-order), AWQ;
+  * 4-bit group 128, symmetric and asymmetric: RTN, GPTQ (and GPTQ with act-order), AWQ
+    (and AWQ with the paper's activation-only scales);
   * 3-bit group 128 symmetric: RTN (GPTQ's grid with an identity Hessian), GPTQ; both
     also with ``mse`` (each group's range searched), GPTQ's at 4 bits too;
   * W8A8 (int8 weights per channel, int8 activations per token): plain, SmoothQuant;
@@ -48,6 +49,12 @@ ROWS = {  # label: (kind, method, options, baseline label)
     "rtn-4-asym": ("quantize", "rtn", {"format": "int4", "symmetric": False, **G128}, None),
     "gptq-4-asym": ("quantize", "gptq", {"bits": 4, "symmetric": False, **G128}, "rtn-4-asym"),
     "awq-4-asym": ("quantize", "awq", {"format": "int4", "symmetric": False, **G128}, "rtn-4-asym"),
+    "awq-4-asym-paper": (
+        "quantize",
+        "awq",
+        {"format": "int4", "symmetric": False, "duo_scaling": False, **G128},
+        "rtn-4-asym",
+    ),  # fmt: skip
     "gptq-4-sym-mse": ("quantize", "gptq", {"bits": 4, "symmetric": True, "mse": True, **G128}, "rtn-4-sym"),
     "rtn-3-sym": ("rtn-grid", "rtn", {"bits": 3, "symmetric": True, **G128}, None),
     "gptq-3-sym": ("quantize", "gptq", {"bits": 3, "symmetric": True, **G128}, "rtn-3-sym"),

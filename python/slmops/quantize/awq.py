@@ -1,17 +1,22 @@
 """AWQ (Lin et al., 2023): activation-aware weight quantization, on slmops's RTN formats.
 
 A few input channels carry much larger activations than the rest, and the weights they
-multiply matter most. AWQ scales those weights up by s_j = mean|x_j|^alpha before
-rounding (so they round with less relative error) and divides the layer's inputs by s_j,
-folding 1/s into the op before the linear so the float model is unchanged:
+multiply matter most. AWQ scales those weights up by s_j before rounding (so they round
+with less relative error) and divides the layer's inputs by s_j, folding 1/s into the op
+before the linear so the float model is unchanged:
 
 * ``input_layernorm`` -> q/k/v_proj, ``post_attention_layernorm`` -> gate/up_proj
   (the norm's weight is divided by s; Gemma's norm multiplies by 1 + weight),
 * ``v_proj`` -> ``o_proj`` when their shapes match (no grouped-query attention),
 * ``up_proj`` -> ``down_proj`` (the product act(gate) * up is linear in up).
 
-alpha is searched on a grid of 20 in [0, 1) per group of linears, minimizing the error of
-their outputs on calibration inputs; then each linear but q/k gets its weights clipped
+s_j = mean|x_j|^alpha / mean_j(w)^(1 - alpha), where mean_j(w) is the mean over the
+group's output rows of |w| relative to its quantization group's absmax (AutoAWQ's
+default "duo scaling": a channel whose weights are already large in their groups needs
+less help); ``duo_scaling=False`` gives the paper's s_j = mean|x_j|^alpha. On the
+reference teacher duo scaling halves AWQ's perplexity increase (README). alpha is
+searched on a grid of 20 in [0, 1) per group of linears, minimizing the error of their
+outputs on calibration inputs; then each linear but q/k gets its weights clipped
 per quantization group at the ratio (of 1.0 .. 0.55) that minimizes that group's output
 error. The layer's linears are then quantized round-to-nearest (any int4/int8 option of
 ``slmops.ops.quantize``), so the output is in the formats every kernel and exporter takes.
@@ -40,6 +45,15 @@ CLIP_ROWS = 512  # of which the clipping search uses this many
 
 def _fake_quant(w: torch.Tensor, format: str, options: dict[str, Any]) -> torch.Tensor:
     return quantize(w.contiguous(), format, **options).dequantize()  # a torch tensor for a torch input
+
+
+def _weight_mean(weights: list[torch.Tensor], group_size: int) -> torch.Tensor:
+    """Per input channel, the mean over all rows of |w| / (absmax of its quantization group)."""
+    w = torch.cat(weights).abs()
+    k = w.shape[1]
+    g = group_size if group_size and k % group_size == 0 else k
+    grouped = w.reshape(-1, k // g, g)
+    return (grouped / (grouped.amax(-1, keepdim=True) + 1e-6)).reshape(-1, k).mean(0)
 
 
 def _scale_groups(layer: nn.Module) -> list[tuple[nn.Module, list[nn.Linear]]]:
@@ -79,15 +93,19 @@ def _fold(prev: nn.Module, linears: list[nn.Linear], s: torch.Tensor) -> None:
 
 @torch.no_grad()
 def _search_scale(
-    linears: list[nn.Linear], stats: InputStats, format: str, options: dict[str, Any]
+    linears: list[nn.Linear], stats: InputStats, format: str, options: dict[str, Any], duo_scaling: bool
 ) -> torch.Tensor:
     x = torch.cat(stats.sample)
     weights = [linear.weight.detach().float() for linear in linears]
     reference = [x @ w.t() for w in weights]
     mean_abs = torch.from_numpy(stats.abs_sum / max(stats.rows, 1)).float().clamp(min=1e-8)
+    w_mean = _weight_mean(weights, options.get("group_size", 0)) if duo_scaling else None
     best, best_s = float("inf"), torch.ones_like(mean_abs)
     for i in range(GRID):
-        s = mean_abs.pow(i / GRID)
+        alpha = i / GRID
+        s = mean_abs.pow(alpha)
+        if w_mean is not None:  # AutoAWQ's constants
+            s = (s / (w_mean.pow(1 - alpha) + 1e-4)).clamp(min=1e-4)
         s = s / (s.max() * s.min()).sqrt()  # centred around 1, as the paper's code does
         loss = sum(
             float((x @ (_fake_quant(w * s, format, options) / s).t() - ref).square().mean())
@@ -133,6 +151,7 @@ def awq_quantize_model(
     n_samples: int,
     seq_len: int,
     progress: bool,
+    duo_scaling: bool = True,
     **options: Any,
 ) -> QuantizationSummary:
     if format not in ("int4", "int8"):
@@ -158,7 +177,7 @@ def awq_quantize_model(
         stats = observe_inputs(model, list(linears), forward, moments=True, keep=SAMPLE_ROWS)
         for prev, group in groups:
             st = stats[names[id(group[0])]]
-            s = _search_scale(group, st, format, options)
+            s = _search_scale(group, st, format, options, duo_scaling)
             _fold(prev, group, s)
             st.sample = [x / s for x in st.sample]  # the linears now read x / s
         for name, linear in linears.items():

@@ -65,7 +65,8 @@ def quantize_model(
 
     ``method``: 'rtn' (round to nearest), 'gptq' (calibrated, see ``slmops.quantize.gptq``)
     or 'awq' (activation-aware scales and clipping, then RTN; ``slmops.quantize.awq``;
-    int4 defaults to group 128 with zero points, the paper's setting) or 'smoothquant'
+    int4 defaults to group 128 with zero points, the paper's setting; option
+    ``duo_scaling`` = True, AutoAWQ's scales from activations and weights) or 'smoothquant'
     (format 'int8' with int8 per-token activations, option ``alpha`` = 0.5;
     ``slmops.quantize.smoothquant``). ``format`` and
     ``quant_options`` (group_size, symmetric, double_quant) as for ``slmops.ops.quantize``.

@@ -15,6 +15,7 @@ from ..registry import Pass, PassContext, PassOptions, PassOutput, one_of, regis
 
 CALIBRATION = ("calibration", "n_samples", "seq_len")
 GPTQ_ONLY = ("bits", "act_order", "damp", "mse")
+AWQ_ONLY = ("duo_scaling",)
 
 
 class QuantizeOptions(PassOptions):
@@ -35,6 +36,8 @@ class QuantizeOptions(PassOptions):
     act_order: bool = False
     damp: float = 0.01
     mse: bool = False  # search each group's clipping range (see slmops.quantize.gptq)
+    # awq only
+    duo_scaling: bool = True  # s from activations and weights (False: the paper's activations only)
     # smoothquant only
     alpha: float = 0.5
 
@@ -71,6 +74,8 @@ class QuantizePass(Pass):
         if options.format != "nf4":
             opts.pop("double_quant")
         unused = set(GPTQ_ONLY) if options.algorithm != "gptq" else set()
+        if options.algorithm != "awq":
+            unused |= set(AWQ_ONLY)
         if options.algorithm != "smoothquant":
             unused.add("alpha")
         if options.algorithm == "rtn":  # the calibration options mean nothing to RTN
@@ -90,7 +95,7 @@ class QuantizePass(Pass):
                 tokenizer=tokenizer,
                 calibration=[ctx.data(name)] if name else None,
                 progress=False,
-                **{k: opts[k] for k in (*GPTQ_ONLY, "alpha", "n_samples", "seq_len") if k in opts},
+                **{k: opts[k] for k in (*GPTQ_ONLY, *AWQ_ONLY, "alpha", "n_samples", "seq_len") if k in opts},
             )
         summary = quantize_model(
             model,
