@@ -96,6 +96,30 @@ def test_prune_model_patterns_and_joint_quantization(tiny_llama):
         assert torch.isfinite(m(ids).logits).all()
 
 
+@pytest.mark.parametrize("pattern", ["unstructured", "2:4"])
+def test_wanda_pipeline_scores_each_weight_by_its_input_norm(tiny_llama, pattern):
+    """The model pipeline's Wanda mask of the first layer's q_proj (whose inputs no earlier
+    compression changes) equals the mask of |w| * ||x_j|| computed here from a hook."""
+    model, tok = tiny_llama
+    ids = torch.tensor(tok(CALIBRATION_TEXT * 30)["input_ids"][: 4 * 32]).reshape(4, 32)
+    q_proj = model.model.layers[0].self_attn.q_proj
+    seen = []
+    hook = q_proj.register_forward_hook(
+        lambda mod, args, out: seen.append(args[0].reshape(-1, mod.in_features))
+    )
+    with torch.no_grad():
+        model(ids)
+    hook.remove()
+    norms = torch.cat(seen).double().square().sum(0).sqrt().float()
+    n, m = (0, 0) if pattern == "unstructured" else (2, 4)
+    want = keep_mask(q_proj.weight.detach().abs() * norms, n, m, 0.5)
+    assert (want != keep_mask(q_proj.weight.detach().abs(), n, m, 0.5)).float().mean() > 0.02  # not magnitude
+    pruned = copy.deepcopy(model)
+    slmops.prune_model(pruned, "wanda", pattern=pattern, calibration=ids, progress=False)
+    got = pruned.model.layers[0].self_attn.q_proj.weight != 0
+    assert (got == want).float().mean() > 0.999  # a tie broken the other way at most
+
+
 def test_prune_errors_are_clear(tiny_llama):
     model, tok = tiny_llama
     run = lambda method="wanda", **kw: slmops.prune_model(copy.deepcopy(model), method, progress=False, **kw)  # noqa: E731

@@ -338,6 +338,23 @@ def test_search_expansion_grid_random_and_ranges(tmp_path, tiny_model, text_file
 # -- the CLI ----------------------------------------------------------------------------------
 
 
+def test_cli_quantize_gptq_flags_reach_the_pass(tmp_path, tiny_model, text_file):
+    args = ["quantize", "-m", str(tiny_model), "-f", "int4", "--algorithm", "gptq", "--bits", "3", "--mse",
+            "--act-order", "--group-size", "32", "--calibration", str(text_file), "--n-samples", "4",
+            "--seq-len", "32", "-o", str(tmp_path / "q"), "-q"]  # fmt: skip
+    assert cli(args) == 0
+    history = json.loads((tmp_path / "q" / "run_history.json").read_text())
+    options = history["config"]["passes"][0]
+    assert (options["bits"], options["mse"], options["act_order"], options["group_size"]) == (
+        3,
+        True,
+        True,
+        32,
+    )
+    model, _ = slmops.zoo.load(tmp_path / "q" / "model")
+    assert model.model.layers[0].mlp.down_proj.qweight.format == "int4"
+
+
 def test_cli_quantize_optimize_evaluate_end_to_end(tmp_path, tiny_model, text_file, capsys):
     assert (
         cli(["quantize", "--model", str(tiny_model), "--format", "int8", "-o", str(tmp_path / "q"), "-q"])
@@ -450,8 +467,8 @@ def test_demo_end_to_end_on_the_reference_teacher(tmp_path, capsys):
 def test_gptq_pass_calibrates_on_a_named_dataset(tmp_path, tiny_model, text_file):
     raw = _config(tiny_model, text_file, tmp_path / "out")
     raw["data"]["calib"] = {"type": "text", "path": str(text_file)}
-    raw["passes"] = [{"type": "quantize", "algorithm": "gptq", "format": "int4", "group_size": 32,
-                      "calibration": "calib", "n_samples": 4, "seq_len": 32}]  # fmt: skip
+    raw["passes"] = [{"type": "quantize", "algorithm": "gptq", "format": "int4", "group_size": 32, "bits": 3,
+                      "mse": True, "calibration": "calib", "n_samples": 4, "seq_len": 32}]  # fmt: skip
     result = run_workflow(parse_config(raw), progress=False)
     info = result.candidates[0].passes[0]["info"]
     assert info["layers_quantized"] == 14 and "(gptq)" in info["summary"]
@@ -463,7 +480,9 @@ def test_gptq_pass_calibrates_on_a_named_dataset(tmp_path, tiny_model, text_file
         parse_config(bad)
 
 
-@pytest.mark.parametrize("algorithm, extra", [("awq", {"group_size": 32}), ("smoothquant", {"alpha": 0.6})])
+@pytest.mark.parametrize(
+    "algorithm, extra", [("awq", {"group_size": 32, "duo_scaling": False}), ("smoothquant", {"alpha": 0.6})]
+)
 def test_awq_and_smoothquant_passes_calibrate(tmp_path, tiny_model, text_file, algorithm, extra):
     raw = _config(tiny_model, text_file, tmp_path / "out")
     raw["data"]["calib"] = {"type": "text", "path": str(text_file)}

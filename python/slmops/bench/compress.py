@@ -45,6 +45,7 @@ ROWS = {  # label: (kind, method, options, baseline label)
         {"bits": 4, "symmetric": True, "act_order": True, **G128},
         "rtn-4-sym",
     ),  # fmt: skip
+    "gptq-4-sym-mse": ("quantize", "gptq", {"bits": 4, "symmetric": True, "mse": True, **G128}, "rtn-4-sym"),
     "awq-4-sym": ("quantize", "awq", {"format": "int4", "symmetric": True, **G128}, "rtn-4-sym"),
     "rtn-4-asym": ("quantize", "rtn", {"format": "int4", "symmetric": False, **G128}, None),
     "gptq-4-asym": ("quantize", "gptq", {"bits": 4, "symmetric": False, **G128}, "rtn-4-asym"),
@@ -55,7 +56,6 @@ ROWS = {  # label: (kind, method, options, baseline label)
         {"format": "int4", "symmetric": False, "duo_scaling": False, **G128},
         "rtn-4-asym",
     ),  # fmt: skip
-    "gptq-4-sym-mse": ("quantize", "gptq", {"bits": 4, "symmetric": True, "mse": True, **G128}, "rtn-4-sym"),
     "rtn-3-sym": ("rtn-grid", "rtn", {"bits": 3, "symmetric": True, **G128}, None),
     "gptq-3-sym": ("quantize", "gptq", {"bits": 3, "symmetric": True, **G128}, "rtn-3-sym"),
     "rtn-3-sym-mse": ("rtn-grid", "rtn", {"bits": 3, "symmetric": True, "mse": True, **G128}, "rtn-3-sym"),
