@@ -59,9 +59,18 @@ inline void group_params(const float* x, int64_t n, const GptqGrid& g, float* sc
     float s;
     uint8_t z;
     range_params(signed_absmax, mn, mx, 1.0f - float(step) * kShrinkStep, g, &s, &z);
+    // quantize_value in float, so that the loop vectorizes: the codes are small integers,
+    // exact in float, and (v + 1.5 * 2^23) - 1.5 * 2^23 rounds half to even as nearbyint
+    // does for |v| < 2^22 (v is clamped to that first; the code is clamped after anyway).
+    const float inv = s != 0.0f ? 1.0f / s : 0.0f, zf = float(z);
+    const float lo = float(min_code(g)), hi = float(max_code(g));
+    constexpr float kRound = 12582912.0f, kLimit = 4194304.0f;
     float err = 0.0f;
+#pragma omp simd reduction(+ : err)
     for (int64_t i = 0; i < n; ++i) {
-      const float e = float(quantize_value(x[i], s, z, g) - int(z)) * s - x[i];
+      const float v = std::min(std::max(x[i] * inv, -kLimit), kLimit);
+      const float q = std::min(std::max((v + kRound) - kRound + zf, lo), hi);
+      const float e = (q - zf) * s - x[i];
       err += e * e;
     }
     if (err < best) {  // strictly less: the widest range wins a tie
