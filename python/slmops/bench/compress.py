@@ -16,6 +16,7 @@ the seconds to compress. Calibration: 128 windows of 512 tokens of the training 
 
     slmops bench compress                     # ~8 min on 2 cores (development VM)
     slmops bench compress --rows gptq-4-sym,rtn-4-sym --markdown compress.md
+    slmops bench compress --rows rtn-3-sym,gptq-3-sym --seed 3   # other calibration windows
 """
 
 from __future__ import annotations
@@ -105,6 +106,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rows", default=",".join(ROWS), help="comma list of row labels")
     parser.add_argument("--samples", type=int, default=128)
     parser.add_argument("--seq-len", type=int, default=512)
+    parser.add_argument(
+        "--seed", type=int, default=0, help="which calibration windows (the shares move about +-0.1 with it)"
+    )
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--json", type=Path)
     parser.add_argument("--markdown", type=Path)
@@ -119,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
 
     model, tok = slmops.zoo.load(args.model)
     text = slmops.zoo.eval_text()
-    batches = calibration_batches(tok, None, n_samples=args.samples, seq_len=args.seq_len)
+    batches = calibration_batches(tok, None, n_samples=args.samples, seq_len=args.seq_len, seed=args.seed)
 
     def ppl(m) -> float:
         r = slmops.evaluate(m, tok, metrics=["perplexity"], data=text, seq_len=512, stride=256)
@@ -145,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     change = {r["row"]: r["perplexity"] / base - 1 for r in rows}
     header = (
         f"slmops {slmops.__version__}, torch {torch.__version__}, {cpu_name()}, {args.threads} threads; "
-        f"{args.model}, calibration {args.samples} x {args.seq_len} tokens"
+        f"{args.model}, calibration {args.samples} x {args.seq_len} tokens (seed {args.seed})"
     )
     lines = [
         header,
