@@ -69,16 +69,18 @@ inline void prune_smallest(const float* w, const float* d, int64_t ldd, int64_t 
 // the `count` entries of W[:, j:j+B) with the smallest w^2 / d^2 (d: U's diagonal), the
 // lower (row, column) first on a tie.
 inline void prune_block_smallest(const float* W, int64_t N, int64_t K, const float* U, int64_t j, int64_t B,
-                                 int64_t count, uint8_t* mask, std::vector<int64_t>& order) {
+                                 int64_t count, uint8_t* mask, std::vector<int64_t>& order,
+                                 std::vector<float>& scores) {
   order.resize(size_t(N * B));
-  for (int64_t i = 0; i < N * B; ++i) order[size_t(i)] = i;
-  auto score = [&](int64_t i) {
+  scores.resize(size_t(N * B));
+  for (int64_t i = 0; i < N * B; ++i) {  // once each, not per comparison
     const int64_t r = i / B, c = j + i % B;
     const float w = W[r * K + c], d = U[c * K + c];
-    return (w * w) / (d * d);
-  };
+    order[size_t(i)] = i;
+    scores[size_t(i)] = (w * w) / (d * d);
+  }
   auto less = [&](int64_t a, int64_t b) {
-    const float sa = score(a), sb = score(b);
+    const float sa = scores[size_t(a)], sb = scores[size_t(b)];
     return sa < sb || (sa == sb && a < b);
   };
   if (count > 0 && count < N * B) std::nth_element(order.begin(), order.begin() + count, order.end(), less);

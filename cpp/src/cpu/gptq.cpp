@@ -153,10 +153,11 @@ void sparsegpt_prune(float* W, int64_t N, int64_t K, const float* U, const Spars
   block = std::max(block, unit) / unit * unit;
   // Unstructured: each block's zeros are chosen over all its rows at once, before the sweep.
   std::vector<int64_t> block_order;
+  std::vector<float> block_scores;
   auto choose_block_zeros = [&](int64_t i1, int64_t i2) {
     if (M != 0) return;
     const int64_t count = int64_t(std::nearbyint(pattern.sparsity * float(N * (i2 - i1))));
-    prune_block_smallest(W, N, K, U, i1, i2 - i1, count, mask, block_order);
+    prune_block_smallest(W, N, K, U, i1, i2 - i1, count, mask, block_order, block_scores);
   };
   auto target = [&](int64_t r, int64_t j, const float* w, int64_t) {
     uint8_t* m = mask + r * K;

@@ -9,16 +9,9 @@ import torch
 from torch import nn
 
 from ..ops import SparseTensor, sparsify, spmm
+from ..ops.sparse import check_activation
 
 _PREFIX = "sparse_"
-
-
-def _checked_activation(activation: str, values: str) -> str:
-    if activation not in ("float", "int8"):
-        raise ValueError(f"activation must be 'float' or 'int8', got {activation!r}")
-    if activation == "int8" and values not in ("int8", "int4"):
-        raise ValueError(f"activation='int8' needs int8 or int4 values, got values={values!r}")
-    return activation
 
 
 class _SparseLinearFunction(torch.autograd.Function):
@@ -78,7 +71,7 @@ class SparseLinear(nn.Module):
             )
         )
         self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
-        self.activation = _checked_activation(activation, values)
+        self.activation = check_activation(activation, values, pattern)
 
     @classmethod
     def from_linear(
@@ -121,7 +114,7 @@ class SparseLinear(nn.Module):
         module.out_features, module.in_features = sw.shape
         module._set_weight(sw)
         module.bias = None if bias is None else nn.Parameter(bias.detach().float().cpu().clone())
-        module.activation = _checked_activation(activation, sw.values)
+        module.activation = check_activation(activation, sw.values, sw.pattern)
         return module
 
     # -- the sparse weight -------------------------------------------------------------

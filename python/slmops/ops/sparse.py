@@ -284,6 +284,18 @@ def _to_bf16_bits(a: np.ndarray) -> np.ndarray:
     return torch.from_numpy(a).to(torch.bfloat16).view(torch.int16).numpy().view(np.uint16).copy()
 
 
+def check_activation(activation: str, values: str, pattern: str) -> str:
+    """``activation`` if spmm can take it for a weight of these ``values``, else ValueError."""
+    if activation not in ("float", "int8"):
+        raise ValueError(f"activation must be 'float' or 'int8', got {activation!r}")
+    if activation == "int8" and values not in ("int8", "int4"):
+        raise ValueError(
+            f"activation='int8' needs int8 or int4 values; this {pattern} weight stores {values} "
+            "(float values multiply float activations)"
+        )
+    return activation
+
+
 def spmm(x: Any, sw: SparseTensor, *, bias: Any = None, activation: str = "float", isa: str = "auto") -> Any:
     """``x [..., in_features] @ W.T + bias`` -> ``[..., out_features]`` in x's framework and
     dtype, on the sparse kernels (CPU; the products are fp32).
@@ -295,13 +307,7 @@ def spmm(x: Any, sw: SparseTensor, *, bias: Any = None, activation: str = "float
     (fewer than 8 rows); every other case runs the float kernels on x^."""
     if not isinstance(sw, SparseTensor):
         raise TypeError(f"sw must be a SparseTensor, got {type(sw).__name__}")
-    if activation not in ("float", "int8"):
-        raise ValueError(f"activation must be 'float' or 'int8', got {activation!r}")
-    if activation == "int8" and sw.values not in ("int8", "int4"):
-        raise ValueError(
-            f"activation='int8' needs int8 or int4 values; this {sw.pattern} weight stores {sw.values} "
-            "(float values multiply float activations)"
-        )
+    check_activation(activation, sw.values, sw.pattern)
     n, k = sw.shape
     dtype = check_linear_input(x, k, "spmm")
     lead = tuple(x.shape[:-1])

@@ -98,11 +98,12 @@ void sparsegpt_prune(float* W, int64_t N, int64_t K, const float* U, const Spars
   const int64_t unit = std::lcm(grid ? G : 1, M > 0 ? M : 1);
   const int64_t block = std::max<int64_t>(128, unit) / unit * unit;  // where the blocked loop chooses
   std::vector<int64_t> order;
+  std::vector<float> scores;
   for (int64_t j = 0; j < K; ++j) {
     if (M == 0 && j % block == 0) {  // unstructured: one threshold over the block's rows
       const int64_t B = std::min(block, K - j);
       gptq_detail::prune_block_smallest(W, N, K, U, j, B, int64_t(std::nearbyint(pattern.sparsity * float(N * B))),
-                                        mask, order);
+                                        mask, order, scores);
     }
     for (int64_t r = 0; r < N; ++r) {
       float* w = W + r * K;
