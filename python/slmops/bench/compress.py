@@ -14,7 +14,7 @@ against fp32, the change as a share of the baseline's (RTN for quantizers, plain
 for SmoothQuant, magnitude for pruners), the bytes of the compressed linear weights, and
 the seconds to compress. Calibration: 128 windows of 512 tokens of the training corpus.
 
-    slmops bench compress                     # ~8 min on 2 cores (development VM)
+    slmops bench compress                     # ~10 min on 2 cores (development VM)
     slmops bench compress --rows gptq-4-sym,rtn-4-sym --markdown compress.md
     slmops bench compress --rows rtn-3-sym,gptq-3-sym --seed 3   # other calibration windows
 """
