@@ -300,16 +300,33 @@ def test_qlora_trains_on_a_small_frozen_base(student, tmp_path):
     assert s["eval_loss_after"] < s["eval_loss_before"]
 
 
-def test_gradient_checkpointing_and_accumulation_keep_the_gradient(student, tmp_path):
+def test_gradient_checkpointing_and_accumulation_keep_the_gradient(student, tmp_path, monkeypatch):
+    # Compares the gradient each optimizer step receives. Not the adapters afterwards: AdamW's
+    # update g / (sqrt(v) + eps) is ill-conditioned where |g| is near eps (1e-8), and after a
+    # first step with lora_B = 0 many lora_A gradients are ~4e-9, so float32 summation order
+    # alone (micro-batches, another attention kernel) moves those weights by 2e-3 of the lr.
     base = {"steps": 2, "lr": 1e-2, "eval_fraction": 0.0, **SMALL}
     lora = {"dropout": 0.0}
-    runs = {}
+    grads: dict[str, list[list[torch.Tensor]]] = {}
+    adamw_step = torch.optim.AdamW.step
+
+    def recording_step(self, *args, **kwargs):
+        grads[name].append([p.grad.clone() for g in self.param_groups for p in g["params"]])
+        return adamw_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", recording_step)
     for name, extra in (("a", {}), ("b", {"gradient_checkpointing": True, "micro_batch_size": 1})):
+        grads[name] = []
         slmops.finetune(fresh(), student[1], TEXT, out_dir=tmp_path / name, training={**base, **extra},
                         lora=lora, progress=False)  # fmt: skip
-        runs[name] = _adapter(tmp_path / name)
-    for key, w in runs["a"].items():
-        torch.testing.assert_close(runs["b"][key], w, rtol=1e-4, atol=1e-5, msg=key)
+    assert len(grads["a"]) == len(grads["b"]) == 2
+    for step_a, step_b in zip(grads["a"], grads["b"]):
+        assert any(g.abs().max() > 0 for g in step_a)
+        for ga, gb in zip(step_a, step_b):
+            assert float((gb - ga).norm()) <= 1e-5 * float(ga.norm()) + 1e-12
+    a, b = _adapter(tmp_path / "a"), _adapter(tmp_path / "b")
+    for key, w in a.items():  # the weights follow, up to the eps-regime elements above
+        assert float((b[key] - w).norm()) <= 1e-3 * float(w.norm()), key
 
 
 def test_resume_reproduces_one_uninterrupted_run(student, tmp_path):

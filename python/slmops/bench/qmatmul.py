@@ -180,10 +180,10 @@ def bench_decode(args, rows):
     with torch.inference_mode():
         for name, model in models.items():
             cache = DynamicCache()
-            model(prompt, past_key_values=cache, use_cache=True)
+            model(prompt, cache=cache, use_cache=True)
 
             def step(model=model, cache=cache):
-                model(token, past_key_values=cache, use_cache=True)
+                model(token, cache=cache, use_cache=True)
                 cache.crop(-1)  # drop the new token: the context stays 32 long
 
             times[name] = median_time(step, args.budget * 3, args.repeats)

@@ -111,13 +111,13 @@ def speed(model: Any, prompt_tokens: int, decode_tokens: int, repeats: int, warm
     for run in range(warmup + repeats):
         cache = DynamicCache()
         t0 = time.perf_counter()
-        out = model(prompt, past_key_values=cache, use_cache=True)
+        out = model(prompt, cache=cache, use_cache=True)
         t1 = time.perf_counter()
         token = out.logits[:, -1:].argmax(-1)
         steps = []
         for _ in range(decode_tokens):
             t = time.perf_counter()
-            out = model(token, past_key_values=cache, use_cache=True)
+            out = model(token, cache=cache, use_cache=True)
             token = out.logits[:, -1:].argmax(-1)
             steps.append(time.perf_counter() - t)
         if run >= warmup:

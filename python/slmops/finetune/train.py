@@ -184,7 +184,7 @@ def finetune(
     adapted = add_lora(model, lora_opts, adapter_name)
     counts = count_parameters(model)
     if opts.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     micro_eval = opts.micro_batch_size or opts.batch_size
