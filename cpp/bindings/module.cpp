@@ -7,6 +7,7 @@
 #include <memory>
 #include <string>
 
+#include "common/checked_int.h"
 #include "slmops/build_info.h"
 #include "slmops/cpu_features.h"
 #include "slmops/cuda.h"
@@ -55,8 +56,10 @@ StorageArgs storage_args(const QuantSpec& spec, const QuantLayout& L, int64_t ro
   s.data = tensor_arg(data, "data", stream);
   bindings::expect_type(s.data, spec.format == QuantFormat::kInt8 ? std::initializer_list<ElemType>{ElemType::kI8, ElemType::kU8}
                                                                   : std::initializer_list<ElemType>{ElemType::kU8});
-  bindings::expect_numel(s.data, rows * L.data_bytes_per_row, "rows * data bytes per row");
-  const int64_t n_scales = L.tensor_scale ? 1 : rows * L.scales_per_row;
+  if (rows < 0) throw py::value_error("rows must be >= 0, got " + std::to_string(rows));
+  bindings::expect_numel(s.data, checked_mul(rows, L.data_bytes_per_row, "rows * data bytes per row"),
+                         "rows * data bytes per row");
+  const int64_t n_scales = L.tensor_scale ? 1 : checked_mul(rows, L.scales_per_row, "rows * scales per row");
   if (n_scales > 0) {
     s.scales = tensor_arg(scales, "scales", stream);
     bindings::expect_type(s.scales, {ElemType::kF32});
@@ -64,7 +67,7 @@ StorageArgs storage_args(const QuantSpec& spec, const QuantLayout& L, int64_t ro
     bindings::expect_same_device(s.data, s.scales);
     s.has_scales = true;
   }
-  const int64_t n_zp = rows * L.zero_point_bytes_per_row;
+  const int64_t n_zp = checked_mul(rows, L.zero_point_bytes_per_row, "rows * zero point bytes per row");
   if (n_zp > 0) {
     s.zero_points = tensor_arg(zero_points, "zero_points", stream);
     bindings::expect_type(s.zero_points, {ElemType::kU8});
@@ -167,7 +170,7 @@ float py_double_quantize_scales(py::handle src, py::handle codes, py::handle blo
   bindings::expect_type(b, {ElemType::kF32});
   const int64_t n = a.numel();
   bindings::expect_numel(c, n, "one code per scale");
-  bindings::expect_numel(b, (n + kNF4DoubleQuantBlock - 1) / kNF4DoubleQuantBlock, "one per block of 256 scales");
+  bindings::expect_numel(b, ceil_div(n, kNF4DoubleQuantBlock), "one per block of 256 scales");
   bindings::expect_writeable(c);
   bindings::expect_writeable(b);
   float offset = 0.0f;
@@ -184,7 +187,7 @@ void py_double_dequantize_scales(py::handle codes, py::handle block_scales, floa
   bindings::expect_type(d, {ElemType::kF32});
   const int64_t n = c.numel();
   bindings::expect_numel(d, n, "one scale per code");
-  bindings::expect_numel(b, (n + kNF4DoubleQuantBlock - 1) / kNF4DoubleQuantBlock, "one per block of 256 scales");
+  bindings::expect_numel(b, ceil_div(n, kNF4DoubleQuantBlock), "one per block of 256 scales");
   bindings::expect_writeable(d);
   double_dequantize_scales(static_cast<const int8_t*>(c.data), static_cast<const float*>(b.data), offset, n,
                            static_cast<float*>(d.data));
@@ -197,10 +200,40 @@ QMatmulActivation qmatmul_activation(const std::string& activation) {
   throw py::value_error("activation must be 'float', 'int8' or 'int8_row', got '" + activation + "'");
 }
 
+// A Python array that a pack (PackedWeight, NMSparseWeight, CsrWeight) reads at every
+// matmul, with the address and size it had when packed. Holding a reference keeps the
+// array alive but not its memory: ndarray.resize(refcheck=False) or torch's resize_/set_
+// can move it. Every use re-reads the array and refuses to run on memory that moved.
+struct Borrowed {
+  py::object keep;    // what keeps the memory alive (the array, a DLPack capsule, or our copy)
+  py::object source;  // the caller's array, re-read at each use; None when we own a copy
+  std::string name;
+  const void* data = nullptr;
+  int64_t numel = 0;
+};
+
+Borrowed borrow(py::handle obj, const TensorArg& t) {
+  Borrowed b{t.owner, t.copied || !t.data ? py::none() : py::reinterpret_borrow<py::object>(obj), t.name, t.data,
+             t.data ? t.numel() : 0};
+  return b;
+}
+
+void check_borrowed(const Borrowed& b) {
+  if (b.source.is_none()) return;
+  const TensorArg now = tensor_arg(b.source, b.name.c_str());
+  if (now.data != b.data || now.numel() != b.numel)
+    throw py::value_error(b.name + " was resized or reallocated after the weight was packed, and the packing reads "
+                          "its old memory; pack it again (build a new QuantizedTensor / SparseTensor from the new "
+                          "buffers)");
+}
+
 // A packed weight and the Python arrays it borrows from, kept alive together.
 struct PyPackedWeight {
   PackedWeight w;
-  py::object data, scales, zero_points;
+  Borrowed data, scales, zero_points;
+  void check() const {
+    for (const Borrowed* b : {&data, &scales, &zero_points}) check_borrowed(*b);
+  }
 };
 
 std::unique_ptr<PyPackedWeight> py_pack_weight(const std::string& format, int64_t group_size, bool symmetric,
@@ -213,9 +246,9 @@ std::unique_ptr<PyPackedWeight> py_pack_weight(const std::string& format, int64_
   StorageArgs s = storage_args(spec, L, N, data, scales, zero_points, false, py::none());
   expect_cpu(s.data);
   auto out = std::make_unique<PyPackedWeight>();
-  out->data = s.data.owner;
-  out->scales = s.scales.owner;
-  out->zero_points = s.zero_points.owner;
+  out->data = borrow(data, s.data);
+  out->scales = borrow(scales, s.scales);
+  out->zero_points = borrow(zero_points, s.zero_points);
   const ConstQuantStorage storage{static_cast<const uint8_t*>(s.data.data), static_cast<const float*>(s.scales.data),
                                   static_cast<const uint8_t*>(s.zero_points.data)};
   py::gil_scoped_release release;
@@ -225,6 +258,7 @@ std::unique_ptr<PyPackedWeight> py_pack_weight(const std::string& format, int64_
 
 void py_qmatmul(const PyPackedWeight& pw, py::handle x, py::handle bias, py::handle y, const std::string& activation,
                 const std::string& isa, const std::string& backend) {
+  pw.check();
   const PackedWeight& w = pw.w;
   TensorArg xa = tensor_arg(x, "x");
   expect_cpu(xa);
@@ -306,11 +340,19 @@ void py_cuda_qmatmul(const std::string& format, int64_t group_size, bool symmetr
 // Sparse weights and the Python arrays they borrow from, kept alive together.
 struct PyNMWeight {
   NMSparseWeight w;
-  py::object values, scales, zero_points, indices;
+  Borrowed values, scales, indices;  // zero points are read once, into w.offsets
+  void check() const {
+    for (const Borrowed* b : {&values, &scales, &indices}) check_borrowed(*b);
+  }
 };
+// CSR indices are copied, not borrowed: the kernels index x and the values through them,
+// so a later in-place write to the caller's row_ptr or cols must not reach them unchecked.
 struct PyCsrWeight {
   CsrWeight w;
-  py::object row_ptr, cols, values;
+  std::vector<int64_t> row_ptr;
+  std::vector<uint8_t> cols;
+  Borrowed values;
+  void check() const { check_borrowed(values); }
 };
 
 const void* cpu_array(TensorArg& t, std::initializer_list<ElemType> types, int64_t numel, const char* what) {
@@ -329,38 +371,36 @@ std::unique_ptr<PyNMWeight> py_pack_nm(int n, int m, int64_t N, int64_t K, const
   else if (value_type == "int8") type = SparseValueType::kInt8;
   else if (value_type == "int4") type = SparseValueType::kInt4;
   else throw py::value_error("values must be 'float32', 'bfloat16', 'int8' or 'int4', got '" + value_type + "'");
-  if (N <= 0 || K <= 0 || m <= 0 || K % m)
-    throw py::value_error("shape (" + std::to_string(N) + ", " + std::to_string(K) +
-                          ") must be positive with in_features a multiple of " + std::to_string(m));
-  const int64_t kept = K / m * n;
+  const NMSparseWeight shape = nm_layout(N, K, n, m, type, group);  // validated: the sizes below fit
   auto out = std::make_unique<PyNMWeight>();
   TensorArg va = tensor_arg(values, "values"), ia = tensor_arg(indices, "indices"), sa, za;
-  const int64_t groups = group ? (kept + group - 1) / group : 1;
-  const int64_t value_count = type == SparseValueType::kInt4 ? N * (groups * group / 2) : N * kept;
+  const int64_t groups = shape.groups();
+  const int64_t value_count = checked_mul(N, type == SparseValueType::kInt4 ? shape.int4_row_bytes() : shape.kept(),
+                                          "rows * value bytes per row");
   const void* v = cpu_array(va,
                             type == SparseValueType::kF32    ? std::initializer_list<ElemType>{ElemType::kF32}
                             : type == SparseValueType::kBF16 ? std::initializer_list<ElemType>{ElemType::kU16, ElemType::kBF16}
                             : type == SparseValueType::kInt8 ? std::initializer_list<ElemType>{ElemType::kI8, ElemType::kU8}
                                                              : std::initializer_list<ElemType>{ElemType::kU8},
                             value_count, "the kept values");
-  const int64_t index_bytes = N * ((kept * (m == 4 ? 2 : 3) + 7) / 8);
+  const int64_t index_bytes = checked_mul(N, shape.index_row_bytes(), "rows * index bytes per row");
   const void* idx = cpu_array(ia, {ElemType::kU8}, index_bytes, "rows * index bytes per row");
   const float* s = nullptr;
   const uint8_t* z = nullptr;
   if (type == SparseValueType::kInt8 || type == SparseValueType::kInt4) {
     if (scales.is_none()) throw py::value_error("int8 and int4 values need scales");
     sa = tensor_arg(scales, "scales");
-    s = static_cast<const float*>(cpu_array(sa, {ElemType::kF32}, N * groups, "rows * groups"));
+    s = static_cast<const float*>(cpu_array(sa, {ElemType::kF32}, checked_mul(N, groups, "rows * groups"), "rows * groups"));
     if (!zero_points.is_none()) {
       za = tensor_arg(zero_points, "zero_points");
-      z = static_cast<const uint8_t*>(cpu_array(za, {ElemType::kU8}, N * ((groups + 1) / 2), "rows * ceil(groups / 2)"));
+      z = static_cast<const uint8_t*>(cpu_array(za, {ElemType::kU8}, checked_mul(N, ceil_div(groups, 2), "rows * zero point bytes"),
+                                                "rows * ceil(groups / 2)"));
     }
   }
   out->w = make_nm_weight(N, K, n, m, type, v, s, z, group, static_cast<const uint8_t*>(idx));
-  out->values = va.owner;
-  out->indices = ia.owner;
-  out->scales = sa.owner;
-  out->zero_points = za.owner;
+  out->values = borrow(values, va);
+  out->indices = borrow(indices, ia);
+  out->scales = borrow(scales, sa);
   return out;
 }
 
@@ -369,20 +409,23 @@ std::unique_ptr<PyCsrWeight> py_pack_csr(int64_t N, int64_t K, py::handle row_pt
     throw py::value_error("shape must be positive, got (" + std::to_string(N) + ", " + std::to_string(K) + ")");
   auto out = std::make_unique<PyCsrWeight>();
   TensorArg ra = tensor_arg(row_ptr, "row_ptr"), ca = tensor_arg(cols, "cols"), va = tensor_arg(values, "values");
-  out->w.N = N;
-  out->w.K = K;
-  out->w.row_ptr = static_cast<const int64_t*>(cpu_array(ra, {ElemType::kI64}, N + 1, "out_features + 1"));
-  const int64_t nnz = out->w.row_ptr[N];
+  const auto* rp = static_cast<const int64_t*>(
+      cpu_array(ra, {ElemType::kI64}, checked_add(N, 1, "out_features + 1"), "out_features + 1"));
+  out->row_ptr.assign(rp, rp + N + 1);
+  const int64_t nnz = out->row_ptr.back();
   expect_cpu(ca);
   bindings::expect_type(ca, {ElemType::kI16, ElemType::kI32});
   bindings::expect_numel(ca, nnz, "row_ptr[-1] (the nonzeros)");
+  const auto* cb = static_cast<const uint8_t*>(ca.data);
+  out->cols.assign(cb, cb + size_t(nnz) * (ca.type == ElemType::kI16 ? 2 : 4));
+  out->w.N = N;
+  out->w.K = K;
+  out->w.row_ptr = out->row_ptr.data();
   out->w.cols16 = ca.type == ElemType::kI16;
-  out->w.cols = ca.data;
+  out->w.cols = out->cols.data();
   out->w.values = static_cast<const float*>(cpu_array(va, {ElemType::kF32}, nnz, "row_ptr[-1] (the nonzeros)"));
   validate_csr(out->w);
-  out->row_ptr = ra.owner;
-  out->cols = ca.owner;
-  out->values = va.owner;
+  out->values = borrow(values, va);
   return out;
 }
 
@@ -863,6 +906,7 @@ PYBIND11_MODULE(_C, m, py::mod_gil_not_used()) {
         if (activation != "float" && activation != "int8")
           throw py::value_error("activation must be 'float' or 'int8', got '" + activation + "'");
         const SpmmActivation act = activation == "int8" ? SpmmActivation::kInt8 : SpmmActivation::kFloat;
+        w.check();
         py_spmm(w.w, x, bias, y, isa,
                 [act](const NMSparseWeight& w, const float* x, int64_t M, const float* b, float* y, CpuIsa i) {
                   spmm_nm(w, x, M, b, y, i, act);
@@ -873,6 +917,7 @@ PYBIND11_MODULE(_C, m, py::mod_gil_not_used()) {
   m.def(
       "spmm",
       [](const PyCsrWeight& w, py::handle x, py::handle bias, py::handle y, const std::string& isa) {
+        w.check();
         py_spmm(w.w, x, bias, y, isa, spmm_csr);
       },
       py::arg("weight"), py::arg("x"), py::arg("bias").none(true), py::arg("y"), py::arg("isa") = "auto");

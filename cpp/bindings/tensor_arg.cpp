@@ -2,8 +2,10 @@
 
 #include <pybind11/numpy.h>
 
+#include <cstring>
 #include <sstream>
 
+#include "common/checked_int.h"
 #include "dlpack.h"
 
 namespace slmops::bindings {
@@ -54,6 +56,29 @@ bool is_c_contiguous(const std::vector<int64_t>& shape, const int64_t* strides) 
   return true;
 }
 
+size_t elem_size(ElemType t) {
+  switch (t) {
+    case ElemType::kU8: case ElemType::kI8: return 1;
+    case ElemType::kF16: case ElemType::kBF16: case ElemType::kU16: case ElemType::kI16: return 2;
+    case ElemType::kF32: case ElemType::kI32: return 4;
+    default: return 8;
+  }
+}
+
+bool misaligned(const void* p, size_t size) { return reinterpret_cast<uintptr_t>(p) % size != 0; }
+
+// A CPU array whose data is not aligned to its element size (np.frombuffer at an odd
+// offset, torch.frombuffer): typed loads from it are undefined behaviour, so the kernel
+// reads an aligned copy (numpy allocations are at least 16-byte aligned).
+void copy_to_aligned(TensorArg& t) {
+  const size_t bytes = size_t(t.numel()) * elem_size(t.type);
+  py::array_t<uint8_t> copy{py::ssize_t(bytes)};
+  if (bytes) std::memcpy(copy.mutable_data(), t.data, bytes);
+  t.data = copy.mutable_data();
+  t.owner = copy;
+  t.copied = true;
+}
+
 }  // namespace
 
 const char* elem_type_name(ElemType t) {
@@ -73,7 +98,7 @@ const char* elem_type_name(ElemType t) {
 
 int64_t TensorArg::numel() const {
   int64_t n = 1;
-  for (int64_t d : shape) n *= d;
+  for (int64_t d : shape) n = checked_mul(n, d, (name + " element count").c_str());
   return n;
 }
 
@@ -115,6 +140,15 @@ TensorArg tensor_arg(py::handle obj, const char* name, py::object cuda_stream) {
     }
     if (!is_c_contiguous(t.shape, strides.data())) not_contiguous(t.name);
     t.owner = py::reinterpret_borrow<py::object>(obj);
+    if (!arr.dtype().attr("isnative").cast<bool>()) {
+      // '>f4' on a little-endian machine: the values, not the bytes, are what the caller means.
+      py::array native = arr.attr("astype")(arr.dtype().attr("newbyteorder")("="));
+      t.data = native.mutable_data();
+      t.owner = native;
+      t.copied = true;
+    } else if (misaligned(t.data, elem_size(t.type))) {
+      copy_to_aligned(t);
+    }
     return t;
   }
   if (!py::hasattr(obj, "__dlpack__"))
@@ -140,10 +174,19 @@ TensorArg tensor_arg(py::handle obj, const char* name, py::object cuda_stream) {
   if (t.type == ElemType::kOther)
     throw py::type_error(t.name + " has an unsupported dtype (DLPack code " + std::to_string(dl.dtype.code) + ", " +
                          std::to_string(dl.dtype.bits) + " bits)");
+  if (dl.ndim < 0 || (dl.ndim > 0 && !dl.shape)) throw py::value_error(t.name + ": malformed DLPack shape");
   t.shape.assign(dl.shape, dl.shape + dl.ndim);
+  for (int64_t d : t.shape)
+    if (d < 0) throw py::value_error(t.name + " has a negative dimension in its DLPack shape " + t.shape_str());
+  t.numel();  // throws if the element count overflows
   if (dl.strides && !is_c_contiguous(t.shape, dl.strides)) not_contiguous(t.name);
   t.data = static_cast<char*>(dl.data) + dl.byte_offset;
   t.owner = capsule;
+  if (misaligned(t.data, elem_size(t.type))) {
+    if (t.cuda)
+      throw py::value_error(t.name + " is a CUDA tensor whose data is not aligned to its element size; pass .clone()");
+    copy_to_aligned(t);
+  }
   return t;
 }
 
@@ -169,6 +212,9 @@ void expect_numel(const TensorArg& t, int64_t n, const char* what) {
 
 void expect_writeable(const TensorArg& t) {
   if (!t.writeable) throw py::value_error(t.name + " is read-only; pass a writeable output array");
+  if (t.copied)
+    throw py::value_error(t.name + " is byte-swapped or not aligned to its element size, so it cannot be written in "
+                          "place; pass a native, aligned output array (np.empty / torch.empty make one)");
 }
 
 void expect_same_device(const TensorArg& a, const TensorArg& b) {

@@ -25,7 +25,8 @@ struct TensorArg {
   bool cuda = false;
   int device_id = 0;
   bool writeable = true;
-  py::object owner;  // keeps the exporter's buffer alive while the kernel runs
+  bool copied = false;  // data is a native, aligned copy of the caller's array (inputs only)
+  py::object owner;     // keeps the exporter's buffer (or the copy) alive while the kernel runs
 
   int64_t numel() const;
   std::string shape_str() const;
@@ -34,7 +35,10 @@ struct TensorArg {
 
 // `cuda_stream` is forwarded to __dlpack__(stream=...) so the producer orders its pending
 // work before the kernel's stream. Rejects non-contiguous arrays with a message that says
-// to call .contiguous() / np.ascontiguousarray.
+// to call .contiguous() / np.ascontiguousarray. The kernels read native-endian values
+// through typed, element-aligned pointers, so a byte-swapped numpy array or a CPU array
+// whose data is not aligned to its element size is read from a converted copy (`copied`;
+// expect_writeable rejects such an array as an output: the kernel would write the copy).
 TensorArg tensor_arg(py::handle obj, const char* name, py::object cuda_stream = py::none());
 
 // Validation helpers; each raises ValueError/TypeError that names the argument.

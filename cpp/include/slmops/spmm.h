@@ -36,15 +36,20 @@ struct NMSparseWeight {
   int64_t kept() const { return K / m * n; }  // kept values per row
   int index_bits() const { return m == 4 ? 2 : 3; }
   int64_t index_row_bytes() const { return (kept() * index_bits() + 7) / 8; }
-  int64_t groups() const { return group ? (kept() + group - 1) / group : 0; }
+  int64_t groups() const { return group ? (kept() - 1) / group + 1 : 0; }  // kept >= 1
   int64_t int4_row_bytes() const { return groups() * group / 2; }
 };
 
-// Validates the layout (n:m in {2:4, 4:8}, K a multiple of m, quantized groups a multiple
-// of 16 kept values or the whole row, int4 with an even row) and computes int4 offsets
-// from the zero points (nibble g%2 of byte g/2 per row; nullptr: symmetric, zero point 8,
-// and no offsets: the kernels then read a quarter fewer bytes of scales per weight).
-// Throws std::invalid_argument with the reason.
+// The shape of an n:m weight without its buffers: validates n:m in {2:4, 4:8}, K a
+// multiple of m, the quantization group (int8/int4: 0 for the whole row, else a positive
+// multiple of 16 kept values) and that every buffer's size, N times its row, fits in
+// int64. Callers size the buffers from the result. Throws std::invalid_argument.
+NMSparseWeight nm_layout(int64_t N, int64_t K, int n, int m, SparseValueType type, int64_t group);
+
+// nm_layout plus the buffers (values and indices required, scales for int8/int4), and the
+// int4 offsets computed from the zero points (nibble g%2 of byte g/2 per row; nullptr:
+// symmetric, zero point 8, and no offsets: the kernels then read a quarter fewer bytes of
+// scales per weight). Throws std::invalid_argument with the reason.
 NMSparseWeight make_nm_weight(int64_t N, int64_t K, int n, int m, SparseValueType type, const void* values,
                               const float* scales, const uint8_t* zero_points, int64_t group,
                               const uint8_t* indices);
@@ -58,7 +63,8 @@ struct CsrWeight {
   int64_t nnz() const { return row_ptr[N]; }
 };
 
-// Checks row pointers and column indices (in range, strictly increasing within a row);
+// Checks the row pointers (row_ptr[0] = 0, non-decreasing: every row inside [0, nnz)) before
+// it reads any column index, then the columns (in range, strictly increasing within a row);
 // throws std::invalid_argument naming the first bad row.
 void validate_csr(const CsrWeight& w);
 

@@ -2,6 +2,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "common/checked_int.h"
 #include "cpu/quant_common.h"
 #include "slmops/quant.h"
 
@@ -65,7 +66,7 @@ QuantLayout quant_layout(const QuantSpec& spec, int64_t K) {
     case QuantFormat::kInt8:
       if (L.group_size != 0 && L.group_size < 1)
         throw std::invalid_argument(fmt + ": group_size must be positive, got " + std::to_string(L.group_size));
-      L.groups_per_row = L.group_size ? (K + L.group_size - 1) / L.group_size : 1;
+      L.groups_per_row = L.group_size ? ceil_div(K, L.group_size) : 1;
       L.data_bytes_per_row = K;
       L.scales_per_row = L.groups_per_row;
       break;
@@ -73,10 +74,10 @@ QuantLayout quant_layout(const QuantSpec& spec, int64_t K) {
       if (!is_power_of_two(L.group_size) || L.group_size < 16)
         throw std::invalid_argument(fmt + ": group_size must be a power of two >= 16 (MatMulNBits block_size), got " +
                                     std::to_string(L.group_size));
-      L.groups_per_row = (K + L.group_size - 1) / L.group_size;  // last group zero-padded
-      L.data_bytes_per_row = L.groups_per_row * L.group_size / 2;
+      L.groups_per_row = ceil_div(K, L.group_size);  // last group zero-padded
+      L.data_bytes_per_row = checked_mul(L.groups_per_row, L.group_size / 2, "int4 bytes per row (groups * group_size / 2)");
       L.scales_per_row = L.groups_per_row;
-      L.zero_point_bytes_per_row = spec.symmetric ? 0 : (L.groups_per_row + 1) / 2;
+      L.zero_point_bytes_per_row = spec.symmetric ? 0 : ceil_div(L.groups_per_row, 2);
       break;
     case QuantFormat::kNF4:
       if (!is_power_of_two(L.group_size) || L.group_size < 16)
@@ -91,7 +92,7 @@ QuantLayout quant_layout(const QuantSpec& spec, int64_t K) {
       break;
     case QuantFormat::kTernary:
       L.groups_per_row = 1;
-      L.data_bytes_per_row = (K + 3) / 4;
+      L.data_bytes_per_row = ceil_div(K, 4);
       L.tensor_scale = true;
       break;
     default:  // GGUF block formats
@@ -100,7 +101,7 @@ QuantLayout quant_layout(const QuantSpec& spec, int64_t K) {
         throw std::invalid_argument(fmt + ": K (in_features) = " + std::to_string(K) + " must be a multiple of " +
                                     std::to_string(info.block_size) + " (the GGUF block size)");
       L.groups_per_row = K / info.block_size;
-      L.data_bytes_per_row = L.groups_per_row * info.block_bytes;
+      L.data_bytes_per_row = checked_mul(L.groups_per_row, info.block_bytes, "GGUF bytes per row (blocks * block bytes)");
       break;
   }
   return L;

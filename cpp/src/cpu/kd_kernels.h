@@ -8,10 +8,21 @@
 #pragma once
 
 #include <cstdint>
+#include <limits>
 
 #include "slmops/cpu_features.h"
 
 namespace slmops::cpu {
+
+// NaN in, NaN out: a row whose student or teacher logits hold NaN or +Inf (-Inf is a valid
+// logit, probability 0), or whose top-k log-probabilities hold NaN, gets a NaN loss and an
+// all-NaN gradient row, on every ISA and in the double-precision oracle alike, instead of
+// whatever the passes' clamps (which keep masked -Inf ids at 0) would make of it.
+static inline bool poisons_row(const float* x, int64_t n) {
+  bool bad = false;  // branch-free, so it vectorizes
+  for (int64_t j = 0; j < n; ++j) bad |= !(x[j] < std::numeric_limits<float>::infinity());
+  return bad;
+}
 
 struct KdKernels {
   // log(sum exp(s x[j])), stable (running max).

@@ -3,6 +3,7 @@
 // divergences), and for the fused loss walk the rows in chunks through sgemm.
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -222,6 +223,12 @@ void rows_loop(const cpu::KdKernels& kk, const KdOptions& opt, int64_t r_begin, 
       const float* z = student_row(r, zbuf);
       const bool dense_teacher = teacher.logits || teacher.hidden;
       const float* t = dense_teacher ? teacher_row(r, tbuf) : nullptr;
+      if (cpu::poisons_row(z, n) || (t && cpu::poisons_row(t, n)) || (tk.k && cpu::poisons_row(tk.logprobs, tk.k))) {
+        loss_rows[r] = std::numeric_limits<float>::quiet_NaN();
+        if (g) std::fill(g, g + vocab, std::numeric_limits<float>::quiet_NaN());
+        finish(r);
+        continue;
+      }
       loss_rows[r] = float(kd_row(kk, opt, z, vocab, n, t, teacher.topk_ids ? &tk : nullptr, label, grad_scale, g, sc));
       finish(r);
     }

@@ -7,6 +7,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstring>
+#include <limits>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -312,6 +313,7 @@ void qmatmul(const PackedWeight& w, const void* x, DType x_dtype, int64_t M, con
     });
     xf = x32.data();
   }
+  const std::vector<uint8_t> bad_rows = cpu::non_finite_rows(xf, M, K);  // their outputs become NaN
 
   cpu::TileArgs args{&w, M, xf, nullptr, nullptr, 0, nullptr};
   const int64_t code_elements = w.kind == PackedKind::kTernary ? 4 * w.row_bytes
@@ -329,10 +331,11 @@ void qmatmul(const PackedWeight& w, const void* x, DType x_dtype, int64_t M, con
     const int64_t blocks = args.Kp / kActBlock;
     xq.assign(size_t(M * args.Kp), 0);
     xs.assign(size_t(M * blocks), 0.0f);
-    xhat.resize(size_t(M * K));
+    xhat.assign(size_t(M * K), 0.0f);
     const cpu::RowParams params{per_row ? 0 : kActBlock, true, 0.0f};
     parallel_for(M, [&](int64_t m0, int64_t m1) {
       for (int64_t m = m0; m < m1; ++m) {
+        if (!bad_rows.empty() && bad_rows[size_t(m)]) continue;  // stays zero; its y row is NaN
         int8_t* q = &xq[size_t(m * args.Kp)];
         float* s = &xs[size_t(m * blocks)];
         rows.quantize[int(QuantFormat::kInt8)](xf + m * K, K, params, {reinterpret_cast<uint8_t*>(q), s, nullptr});
@@ -376,6 +379,7 @@ void qmatmul(const PackedWeight& w, const void* x, DType x_dtype, int64_t M, con
       float* row = yf + m * N;
       if (bias)
         for (int64_t n = 0; n < N; ++n) row[n] += bias[n];
+      if (!bad_rows.empty() && bad_rows[size_t(m)]) std::fill(row, row + N, std::numeric_limits<float>::quiet_NaN());
       if (y_dtype != DType::kF32)
         (y_dtype == DType::kF16 ? rows.f32_to_f16 : rows.f32_to_bf16)(row, N, static_cast<uint16_t*>(y) + m * N);
     }

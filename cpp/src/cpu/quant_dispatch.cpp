@@ -3,6 +3,8 @@
 // ternary scale. Baseline compiler flags only.
 #include <algorithm>
 #include <cmath>
+#include <cstring>
+#include <limits>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -60,6 +62,43 @@ cpu::RowParams row_params(const QuantSpec& spec, const QuantLayout& L) {
   return cpu::RowParams{L.group_size, spec.symmetric, 0.0f};
 }
 
+// The GGUF blocks store their scales as fp16: a finite weight whose block needs a scale past
+// 65504 would get an Inf scale and dequantize to Inf/NaN. Per format: the byte offsets of
+// the fp16 scales in a block, and the largest magnitude every weight can have (65504 times
+// the largest code that multiplies the scale that overflows first).
+struct F16BlockScales {
+  int count = 0;
+  int offset[2] = {0, 0};
+  const char* max_magnitude = "";
+};
+
+F16BlockScales f16_block_scales(QuantFormat f) {
+  switch (f) {
+    case QuantFormat::kQ4_0: return {1, {0, 0}, "524032 (8 x 65504)"};
+    case QuantFormat::kQ8_0: return {1, {0, 0}, "8319008 (127 x 65504)"};
+    case QuantFormat::kQ4_K: return {2, {0, 2}, "4126752 (63 x 65504, the block minimum's limit)"};
+    case QuantFormat::kQ6_K: return {1, {208, 0}, "268304384 (4096 x 65504)"};
+    case QuantFormat::kTQ2_0: return {1, {64, 0}, "65504"};
+    default: return {};
+  }
+}
+
+// The first block (GGUF) or group of a quantized row whose scale is not finite, or -1.
+int64_t first_bad_scale(const QuantLayout& L, const F16BlockScales& f16, int block_bytes, const cpu::RowDst& d) {
+  if (f16.count) {
+    for (int64_t b = 0; b < L.groups_per_row; ++b)
+      for (int i = 0; i < f16.count; ++i) {
+        uint16_t h;
+        std::memcpy(&h, d.data + b * block_bytes + f16.offset[i], 2);
+        if ((h & 0x7c00u) == 0x7c00u) return b;
+      }
+  } else if (d.scales) {
+    for (int64_t g = 0; g < L.scales_per_row; ++g)
+      if (!std::isfinite(d.scales[g])) return g;
+  }
+  return -1;
+}
+
 }  // namespace
 
 void quantize(const QuantSpec& spec, const void* src, DType src_dtype, int64_t rows, int64_t K, QuantStorage dst,
@@ -74,6 +113,9 @@ void quantize(const QuantSpec& spec, const void* src, DType src_dtype, int64_t r
     p.tensor_scale = ternary_scale(k, src, src_dtype, rows, K);
     dst.scales[0] = p.tensor_scale;
   }
+  const QuantFormatInfo& info = quant_format_info(spec.format);
+  const F16BlockScales f16 = f16_block_scales(spec.format);
+  std::vector<int64_t> bad_scale(size_t(rows), -1);
   parallel_for(rows, [&](int64_t r0, int64_t r1) {
     std::vector<float> buf(src_dtype == DType::kF32 ? 0 : size_t(K));
     for (int64_t r = r0; r < r1; ++r) {
@@ -82,8 +124,23 @@ void quantize(const QuantSpec& spec, const void* src, DType src_dtype, int64_t r
                     L.tensor_scale ? nullptr : dst.scales + r * L.scales_per_row,
                     dst.zero_points + r * L.zero_point_bytes_per_row};
       fn(x, K, p, d);
+      bad_scale[size_t(r)] = first_bad_scale(L, f16, info.block_bytes, d);
     }
   });
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t g = bad_scale[size_t(r)];
+    if (g < 0) continue;
+    const int64_t G = L.group_size ? L.group_size : K;
+    const std::string where = "row " + std::to_string(r) + ", columns " + std::to_string(g * G) + "-" +
+                              std::to_string(std::min(K, (g + 1) * G) - 1);
+    if (f16.count)
+      throw std::invalid_argument(std::string("format '") + info.name + "': the weights of " + where +
+                                  " need a float16 block scale past 65504 (the largest float16); " + info.name +
+                                  " represents weights of magnitude up to " + f16.max_magnitude +
+                                  ". Scale the weight down, or use a format with float32 scales (int8, int4, nf4)");
+    throw std::invalid_argument(std::string("format '") + info.name + "': the scale of " + where +
+                                " overflows float32 (the weights' range exceeds 3.4e38); scale the weight down");
+  }
 }
 
 void dequantize(const QuantSpec& spec, ConstQuantStorage src, int64_t rows, int64_t K, void* dst, DType dst_dtype,
@@ -141,6 +198,24 @@ int64_t find_non_finite(const void* src, DType dtype, int64_t n) {
   for (int64_t bad : first_bad)
     if (bad >= 0) return bad;
   return -1;
+}
+
+std::vector<uint8_t> cpu::non_finite_rows(const float* x, int64_t M, int64_t K) {
+  std::vector<uint8_t> rows(size_t(M), 0);
+  parallel_for(M, [&](int64_t m0, int64_t m1) {
+    for (int64_t m = m0; m < m1; ++m) {
+      bool bad = false;  // a branch-free scan that vectorizes: false for NaN and +-Inf
+      for (int64_t k = 0; k < K; ++k) bad |= !(std::fabs(x[m * K + k]) <= std::numeric_limits<float>::max());
+      rows[size_t(m)] = bad;
+    }
+  });
+  if (std::find(rows.begin(), rows.end(), 1) == rows.end()) rows.clear();
+  return rows;
+}
+
+void cpu::fill_nan_rows(const std::vector<uint8_t>& rows, int64_t N, float* y) {
+  for (size_t m = 0; m < rows.size(); ++m)
+    if (rows[m]) std::fill(y + int64_t(m) * N, y + (int64_t(m) + 1) * N, std::numeric_limits<float>::quiet_NaN());
 }
 
 void double_quantize_scales(const float* src, int64_t n, int8_t* codes, float* block_scales, float* offset) {

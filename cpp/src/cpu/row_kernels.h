@@ -5,6 +5,7 @@
 
 #include <array>
 #include <cstdint>
+#include <vector>
 
 #include "slmops/quant.h"
 
@@ -41,6 +42,13 @@ struct RowKernels {
 
 // The kernel set `isa` selects (kAuto: the dispatcher's choice); throws if it cannot run here.
 const RowKernels& row_kernels_for(CpuIsa isa);
+
+// NaN in, NaN out for the matmul drivers (qmatmul, spmm): the rows of x [M, K] (fp32)
+// holding NaN or Inf, one flag per row, or an empty vector when there are none. Those rows
+// are not quantized (the int8 modes cannot code them: they would give finite garbage), and
+// fill_nan_rows makes their outputs y [M, N] all NaN, whatever path computed the others.
+std::vector<uint8_t> non_finite_rows(const float* x, int64_t M, int64_t K);
+void fill_nan_rows(const std::vector<uint8_t>& rows, int64_t N, float* y);
 
 namespace ref { const RowKernels& row_kernels(); }
 #ifdef SLMOPS_HAVE_AVX2

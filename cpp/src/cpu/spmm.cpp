@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "common/checked_int.h"
 #include "cpu/row_kernels.h"
 #include "cpu/spmm_kernels.h"
 #include "slmops/qmatmul.h"
@@ -140,13 +141,14 @@ struct Int8Activations {
   int64_t windows_per_row = 0;
 };
 
-Int8Activations quantize_activations(const float* x, int64_t M, int64_t K, CpuIsa isa, bool windows, bool xhat) {
+Int8Activations quantize_activations(const float* x, int64_t M, int64_t K, CpuIsa isa, bool windows, bool xhat,
+                                     const std::vector<uint8_t>& bad_rows) {
   constexpr int64_t kBlock = kActBlock, kWindow = 128, kLanes = 16;
   const cpu::RowKernels& rows = cpu::row_kernels_for(isa);
   Int8Activations a;
   a.windows_per_row = (K + kWindow - 1) / kWindow;
   const int64_t Kp = a.windows_per_row * kWindow, blocks = Kp / kBlock;
-  if (xhat) a.xhat.resize(size_t(M * K));
+  if (xhat) a.xhat.assign(size_t(M * K), 0.0f);
   if (windows) {
     a.windows.assign(size_t(M * Kp), 0);
     a.lane_scales.assign(size_t(M * a.windows_per_row * kLanes), 0.0f);
@@ -155,6 +157,7 @@ Int8Activations quantize_activations(const float* x, int64_t M, int64_t K, CpuIs
     std::vector<int8_t> q(size_t(Kp), 0);
     std::vector<float> s(size_t(blocks), 0.0f);
     for (int64_t m = m0; m < m1; ++m) {
+      if (!bad_rows.empty() && bad_rows[size_t(m)]) continue;  // stays zero; its y row is NaN
       rows.quantize[int(QuantFormat::kInt8)](x + m * K, K, cpu::RowParams{kBlock, true, 0.0f},
                                               {reinterpret_cast<uint8_t*>(q.data()), s.data(), nullptr});
       if (xhat)
@@ -176,9 +179,7 @@ Int8Activations quantize_activations(const float* x, int64_t M, int64_t K, CpuIs
 
 }  // namespace
 
-NMSparseWeight make_nm_weight(int64_t N, int64_t K, int n, int m, SparseValueType type, const void* values,
-                              const float* scales, const uint8_t* zero_points, int64_t group,
-                              const uint8_t* indices) {
+NMSparseWeight nm_layout(int64_t N, int64_t K, int n, int m, SparseValueType type, int64_t group) {
   if (!((n == 2 && m == 4) || (n == 4 && m == 8)))
     invalid("pattern must be 2:4 or 4:8, got " + std::to_string(n) + ":" + std::to_string(m));
   if (N <= 0 || K <= 0) invalid("the weight must have at least one row and one column");
@@ -189,17 +190,30 @@ NMSparseWeight make_nm_weight(int64_t N, int64_t K, int n, int m, SparseValueTyp
   w.n = n;
   w.m = m;
   w.type = type;
+  const int64_t kept = w.kept();
+  checked_mul(N, kept, "rows * kept values");
+  checked_mul(N, w.index_row_bytes(), "rows * index bytes");
+  if (type == SparseValueType::kInt8 || type == SparseValueType::kInt4) {
+    w.group = group ? group : kept;
+    if (w.group != kept && (w.group < 0 || w.group % 16))
+      invalid("the quantization group of sparse values must be a multiple of 16 kept values or the whole row, got " +
+              std::to_string(group));
+    checked_mul(N, w.groups(), "rows * groups");
+    if (type == SparseValueType::kInt4)
+      checked_mul(N, checked_mul(w.groups(), w.group / 2, "int4 bytes per row"), "rows * int4 bytes per row");
+  }
+  return w;
+}
+
+NMSparseWeight make_nm_weight(int64_t N, int64_t K, int n, int m, SparseValueType type, const void* values,
+                              const float* scales, const uint8_t* zero_points, int64_t group,
+                              const uint8_t* indices) {
+  NMSparseWeight w = nm_layout(N, K, n, m, type, group);
   w.values = values;
   w.indices = indices;
   if (!values || !indices) invalid("values and indices are required");
-  const bool quantized = type == SparseValueType::kInt8 || type == SparseValueType::kInt4;
-  if (quantized) {
-    const int64_t kept = w.kept();
-    w.group = group ? group : kept;
+  if (type == SparseValueType::kInt8 || type == SparseValueType::kInt4) {
     if (!scales) invalid("int8 and int4 values need their scales");
-    if (w.group != kept && w.group % 16)
-      invalid("the quantization group of sparse values must be a multiple of 16 kept values or the whole row, got " +
-              std::to_string(group));
     w.scales = scales;
     if (type == SparseValueType::kInt4 && zero_points) {
       const int64_t groups = w.groups(), zp_bytes = (groups + 1) / 2;
@@ -218,9 +232,14 @@ void validate_csr(const CsrWeight& w) {
   if (w.N <= 0 || w.K <= 0) invalid("the weight must have at least one row and one column");
   if (w.row_ptr[0] != 0) invalid("row_ptr[0] must be 0, got " + std::to_string(w.row_ptr[0]));
   if (w.cols16 && w.K > 32768) invalid("int16 column indices hold in_features up to 32768; use int32");
+  // All row pointers first: only when they rise from 0 to nnz does every row's range lie
+  // inside the [nnz] column and value buffers, and may the column pass read them.
+  for (int64_t n = 0; n < w.N; ++n)
+    if (w.row_ptr[n + 1] < w.row_ptr[n])
+      invalid("row_ptr must not decrease: row_ptr[" + std::to_string(n + 1) + "] = " + std::to_string(w.row_ptr[n + 1]) +
+              " < row_ptr[" + std::to_string(n) + "] = " + std::to_string(w.row_ptr[n]));
   for (int64_t n = 0; n < w.N; ++n) {
     const int64_t begin = w.row_ptr[n], end = w.row_ptr[n + 1];
-    if (end < begin) invalid("row_ptr must not decrease: row " + std::to_string(n));
     for (int64_t i = begin; i < end; ++i) {
       const int64_t c = cpu::csr_column(w, i);
       if (c < 0 || c >= w.K)
@@ -232,17 +251,17 @@ void validate_csr(const CsrWeight& w) {
   }
 }
 
-void spmm_nm(const NMSparseWeight& w, const float* x, int64_t M, const float* bias, float* y, CpuIsa isa,
-             SpmmActivation act) {
-  if (M < 0) invalid("M must be >= 0");
-  if (M == 0) return;
+namespace {
+
+void spmm_nm_paths(const NMSparseWeight& w, const float* x, int64_t M, const float* bias, float* y, CpuIsa isa,
+                   SpmmActivation act, const std::vector<uint8_t>& bad_rows) {
   const cpu::SpmmKernels& kernels = cpu::spmm_kernels_for(isa);
   Int8Activations xq;
   if (act == SpmmActivation::kInt8) {
     if (w.type != SparseValueType::kInt8 && w.type != SparseValueType::kInt4)
       invalid("int8 activations need int8 or int4 sparse values (float values multiply float activations)");
     const bool integer_kernel = M < kSpmmGemmRows && kernels.nm_rows_int8 && cpu::spmm_int8_kernel_takes(w);
-    xq = quantize_activations(x, M, w.K, isa, integer_kernel, !integer_kernel || w.kept() % 64 != 0);
+    xq = quantize_activations(x, M, w.K, isa, integer_kernel, !integer_kernel || w.kept() % 64 != 0, bad_rows);
     if (integer_kernel) {
       const cpu::SpmmInt8Rows rows{xq.windows.data(), xq.lane_scales.data(), xq.xhat.data(), xq.windows_per_row};
       parallel_for(w.N, [&](int64_t n0, int64_t n1) { kernels.nm_rows_int8(w, rows, M, y, n0, n1); });
@@ -267,9 +286,7 @@ void spmm_nm(const NMSparseWeight& w, const float* x, int64_t M, const float* bi
                   });
 }
 
-void spmm_csr(const CsrWeight& w, const float* x, int64_t M, const float* bias, float* y, CpuIsa isa) {
-  if (M < 0) invalid("M must be >= 0");
-  if (M == 0) return;
+void spmm_csr_paths(const CsrWeight& w, const float* x, int64_t M, const float* bias, float* y, CpuIsa isa) {
   const cpu::SpmmKernels& kernels = cpu::spmm_kernels_for(isa);
   if (M < kSpmmGemmRows) {
     parallel_for(w.N, [&](int64_t n0, int64_t n1) { kernels.csr_rows(w, x, M, y, n0, n1); });
@@ -306,6 +323,28 @@ void spmm_csr(const CsrWeight& w, const float* x, int64_t M, const float* bias, 
                       }
                     }
                   });
+}
+
+}  // namespace
+
+// A NaN or Inf in a row of x makes that whole row of y NaN on every path (see
+// cpu::non_finite_rows): a sparse row would otherwise propagate it only to the outputs whose
+// weights touch its column, and the int8 mode not at all.
+void spmm_nm(const NMSparseWeight& w, const float* x, int64_t M, const float* bias, float* y, CpuIsa isa,
+             SpmmActivation act) {
+  if (M < 0) invalid("M must be >= 0");
+  if (M == 0) return;
+  const std::vector<uint8_t> bad_rows = cpu::non_finite_rows(x, M, w.K);
+  spmm_nm_paths(w, x, M, bias, y, isa, act, bad_rows);
+  cpu::fill_nan_rows(bad_rows, w.N, y);
+}
+
+void spmm_csr(const CsrWeight& w, const float* x, int64_t M, const float* bias, float* y, CpuIsa isa) {
+  if (M < 0) invalid("M must be >= 0");
+  if (M == 0) return;
+  const std::vector<uint8_t> bad_rows = cpu::non_finite_rows(x, M, w.K);
+  spmm_csr_paths(w, x, M, bias, y, isa);
+  cpu::fill_nan_rows(bad_rows, w.N, y);
 }
 
 }  // namespace slmops

@@ -146,6 +146,15 @@ void kd_loss_fwd_bwd(const KdOptions& opt, const float* student, int64_t rows, i
     if (gr) std::fill(gr, gr + vocab, 0.0f);
     loss_rows[r] = 0.0f;
     if (labels && labels[r] == opt.ignore_index) continue;
+    const auto* t_logits = static_cast<const float*>(teacher.logits);
+    const bool poisoned = cpu::poisons_row(student + r * vocab, n) ||
+                          (t_logits && cpu::poisons_row(t_logits + r * teacher.vocab, n)) ||
+                          (topk && cpu::poisons_row(teacher.topk_logprobs + r * teacher.k, teacher.k));
+    if (poisoned) {  // NaN in, NaN out (see cpu::poisons_row)
+      loss_rows[r] = std::numeric_limits<float>::quiet_NaN();
+      if (gr) std::fill(gr, gr + vocab, std::numeric_limits<float>::quiet_NaN());
+      continue;
+    }
     for (int64_t j = 0; j < n; ++j) {
       z[size_t(j)] = student[r * vocab + j];
       u[size_t(j)] = z[size_t(j)] / T;
