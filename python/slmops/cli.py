@@ -127,7 +127,7 @@ def _run_config(raw: dict, args: argparse.Namespace, source: str) -> int:
     if getattr(args, "output_dir", None):
         raw["output_dir"] = str(args.output_dir)
     cfg = parse_config(raw, source=source)
-    return _finish(run_workflow(cfg, progress=not args.quiet), args)
+    return _finish(run_workflow(cfg, progress=not args.quiet, **_run_permissions(args)), args)
 
 
 def _finish(result, args: argparse.Namespace) -> int:
@@ -153,7 +153,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from .workflow import load_config, run_workflow
 
     cfg = load_config(args.config)
-    return _finish(run_workflow(cfg, output_dir=args.output_dir, progress=not args.quiet), args)
+    result = run_workflow(cfg, output_dir=args.output_dir, progress=not args.quiet, **_run_permissions(args))
+    return _finish(result, args)
 
 
 def _data_entry(data: str) -> dict:
@@ -280,7 +281,7 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
         from ._io import atomic_dir
 
         merged = merge_lora(result.model)
-        with atomic_dir(args.output_dir / "merged") as tmp:
+        with atomic_dir(args.output_dir / "merged", overwrite=args.overwrite) as tmp:
             merged.save_pretrained(tmp)
             result.tokenizer.save_pretrained(tmp)
     line = (
@@ -348,7 +349,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
         options["name"] = args.name
     if args.scale_dtype:
         options["scale_dtype"] = args.scale_dtype
-    manifest = export(args.model, args.target, args.output_dir, **options)
+    manifest = export(args.model, args.target, args.output_dir, overwrite=args.overwrite, **options)
     for f in manifest["files"]:
         print(f"{args.output_dir / f['path']}  {f['bytes']:,} bytes  sha256 {f['sha256'][:16]}")
     return EXIT_OK
@@ -369,6 +370,25 @@ def _add_run_flags(p: argparse.ArgumentParser, output_required: bool = False) ->
         help="folder for the model, report, run_history.json, log and cache",
     )
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+    _add_overwrite_flag(p, "OUT/model and the artifact folders")
+    p.add_argument(
+        "--allow-code",
+        action="store_true",
+        help="let the config's custom metrics import and run their module (code execution: "
+        "only for configs you trust)",
+    )
+
+
+def _run_permissions(args: argparse.Namespace) -> dict[str, bool]:
+    return {"overwrite": args.overwrite, "allow_code": args.allow_code}
+
+
+def _add_overwrite_flag(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help=f"replace {what} even if it holds files slmops did not write (default: refuse)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -506,6 +526,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="hf (GPTQ layout of a quantized model): dtype of the scales, default float16",
     )
     p.add_argument("--output-dir", "-o", type=Path, required=True)
+    _add_overwrite_flag(p, "the output folder")
     p.set_defaults(func=_cmd_export)
 
     p = sub.add_parser(
@@ -588,6 +609,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output-dir", type=Path, required=True)
     p.add_argument("--method", choices=["lora", "qlora"], default="lora")
     p.add_argument("--merge", action="store_true", help="also write OUT/merged: base + adapter, float")
+    _add_overwrite_flag(p, "OUT/merged")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     g = p.add_argument_group("adapter")
@@ -636,6 +658,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from safetensors import SafetensorError
+
     from .workflow import ConfigError
 
     args = build_parser().parse_args(argv)
@@ -644,8 +668,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as e:
         print(f"slmops: {e}", file=sys.stderr)
         return EXIT_USAGE
-    except (ValueError, FileNotFoundError, KeyError) as e:
-        print(f"slmops {args.command}: error: {e}", file=sys.stderr)
+    except (ValueError, OSError, KeyError, SafetensorError) as e:  # bad input, files, folders
+        message = e.args[0] if isinstance(e, KeyError) and e.args else e
+        print(f"slmops {args.command}: error: {message}", file=sys.stderr)
+        return EXIT_ERROR
+    except Exception as e:
+        if os.environ.get("SLMOPS_TRACEBACK"):
+            raise
+        print(
+            f"slmops {args.command}: error: {type(e).__name__}: {e} (SLMOPS_TRACEBACK=1 shows where)",
+            file=sys.stderr,
+        )
         return EXIT_ERROR
 
 

@@ -320,9 +320,9 @@ def test_gradient_checkpointing_and_accumulation_keep_the_gradient(student, tmp_
         slmops.finetune(fresh(), student[1], TEXT, out_dir=tmp_path / name, training={**base, **extra},
                         lora=lora, progress=False)  # fmt: skip
     assert len(grads["a"]) == len(grads["b"]) == 2
-    for step_a, step_b in zip(grads["a"], grads["b"]):
+    for step_a, step_b in zip(grads["a"], grads["b"], strict=True):
         assert any(g.abs().max() > 0 for g in step_a)
-        for ga, gb in zip(step_a, step_b):
+        for ga, gb in zip(step_a, step_b, strict=True):
             assert float((gb - ga).norm()) <= 1e-5 * float(ga.norm()) + 1e-12
     a, b = _adapter(tmp_path / "a"), _adapter(tmp_path / "b")
     for key, w in a.items():  # the weights follow, up to the eps-regime elements above

@@ -265,7 +265,9 @@ def test_search_goals_pareto_and_best(tmp_path, tiny_model, text_file):
         {"name": "nll1", "function": "test_workflow:first_token_nll"},
     ]
     raw["evaluate"]["goals"] = {"perplexity_increase_pct": 2.0, "size_ratio": 0.5}
-    result = run_workflow(parse_config(raw), progress=False)
+    with pytest.raises(PermissionError, match="allow_code"):  # a custom metric runs code: opt in
+        run_workflow(parse_config(raw), progress=False)
+    result = run_workflow(parse_config(raw), progress=False, allow_code=True)
     # q4_0 and ternary ignore group_size: 8 combinations, 6 distinct candidates.
     formats = [
         (c.passes[0]["options"]["format"], c.passes[0]["options"].get("group_size"))

@@ -118,11 +118,12 @@ def train_student(
     import torch
     from safetensors.torch import load_model, save_model
 
-    from .._io import atomic_dir
+    from .._io import atomic_dir, check_writable
     from ..nn import FusedLinearKDLoss, TeacherHidden
 
     opts = options or TrainingOptions()
     out = Path(out_dir)
+    check_writable(out / "model")  # before training: the model must not replace a user's folder
     offline = teacher is None
     if offline and any(e.topk_ids is None for e in examples):
         raise ValueError(

@@ -1,26 +1,16 @@
 """``slmops.export(model, target, out_dir)``: one entry point for every target; each writes
 into a temporary sibling folder that is renamed at the end, with ``manifest.json`` listing
-every file with its size and SHA-256."""
+every file with its size and SHA-256 (see ``slmops._io``)."""
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 from pathlib import Path
 from typing import Any
 
-from .._io import atomic_dir
+from .._io import atomic_dir, check_writable, read_manifest
 
 TARGETS = ("onnx-genai", "gguf", "hf", "slmops")
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def export(
@@ -28,6 +18,7 @@ def export(
     target: str,
     out_dir: str | os.PathLike[str],
     tokenizer: Any = None,
+    overwrite: bool = False,
     **options: Any,
 ) -> dict[str, Any]:
     """Writes ``model`` for a runtime and returns the manifest.
@@ -51,6 +42,8 @@ def export(
     - ``"slmops"``: an slmops checkpoint (quantized linears as their codes and scales).
 
     Unsupported architectures or formats raise ``ValueError`` before anything is written.
+    An existing ``out_dir`` is replaced only when slmops wrote it or it is empty, or with
+    ``overwrite=True``; otherwise ``OutputExistsError``, before any work.
     """
     from .. import zoo
     from ..nn import QuantLinear
@@ -61,6 +54,7 @@ def export(
 
     if target not in TARGETS:
         raise ValueError(f"unknown export target {target!r}; expected one of {TARGETS}")
+    check_writable(out_dir, overwrite)
     if isinstance(model, (str, os.PathLike)):
         model, loaded_tok = zoo.load(model)
         tokenizer = tokenizer or loaded_tok
@@ -88,8 +82,8 @@ def export(
     elif target == "hf" and options:
         raise ValueError(f"option(s) {sorted(options)} apply to quantized models; this one is float")
 
-    with atomic_dir(out_dir) as tmp:
-        details: dict[str, Any] = {}
+    details: dict[str, Any] = {"target": target}
+    with atomic_dir(out_dir, overwrite=overwrite, details=details) as tmp:
         if target == "onnx-genai":
             options = {"name": Path(out_dir).name, **options}  # Foundry lists the model by it
             details.update(write_onnx_genai(model, tokenizer, tmp, **options))
@@ -105,11 +99,7 @@ def export(
             tokenizer.save_pretrained(tmp)
         else:
             save_checkpoint(model, tokenizer, tmp)
-        files = [
-            {"path": p.relative_to(tmp).as_posix(), "bytes": p.stat().st_size, "sha256": _sha256(p)}
-            for p in sorted(tmp.rglob("*"))
-            if p.is_file()
-        ]
-        manifest = {"target": target, "options": options, "files": files, **details}
-        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str) + "\n")
+        details["options"] = options
+    manifest = read_manifest(Path(out_dir))
+    assert manifest is not None  # atomic_dir wrote it
     return manifest

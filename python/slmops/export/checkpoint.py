@@ -66,12 +66,15 @@ def _unique_tensors(model: Any) -> dict[str, Any]:
     return out
 
 
-def save_checkpoint(model: Any, tokenizer: Any, folder: str | os.PathLike[str]) -> Path:
-    """Writes ``model`` (any transformers model, slmops modules included) and ``tokenizer``."""
+def save_checkpoint(
+    model: Any, tokenizer: Any, folder: str | os.PathLike[str], overwrite: bool = False
+) -> Path:
+    """Writes ``model`` (any transformers model, slmops modules included) and ``tokenizer``;
+    an existing ``folder`` is replaced only if slmops wrote it (or with ``overwrite``)."""
     from safetensors.torch import save_file
 
     dst = Path(folder)
-    with atomic_dir(dst) as tmp:
+    with atomic_dir(dst, overwrite=overwrite) as tmp:
         layers = _slmops_layers(model)
         model.config.save_pretrained(tmp)
         cfg = json.loads((tmp / "config.json").read_text())

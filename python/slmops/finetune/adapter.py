@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .lora import LoRAOptions, add_lora, linear_layers, lora_layers
+from .lora import LoRAOptions, _replace, add_lora, linear_layers, lora_layers
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
@@ -37,9 +37,11 @@ def save_adapter(
     adapter_name: str | None = None,
     *,
     base_model_name_or_path: str | None = None,
+    overwrite: bool = False,
 ) -> Path:
     """Writes adapter ``adapter_name`` (default: the active one) of ``model`` to ``folder``
-    in the peft format, atomically. Returns the folder."""
+    in the peft format, atomically (an existing folder only if slmops wrote it, or with
+    ``overwrite``). Returns the folder."""
     from peft import LoraConfig
     from safetensors.torch import save_file
 
@@ -75,7 +77,7 @@ def save_adapter(
         r=r, lora_alpha=alpha, lora_dropout=dropout, use_rslora=rslora, bias="none", task_type="CAUSAL_LM",
         target_modules=_target_modules(model, list(mine)), base_model_name_or_path=base_model_name_or_path,
     )  # fmt: skip
-    with atomic_dir(folder) as tmp:
+    with atomic_dir(folder, overwrite=overwrite) as tmp:
         config.save_pretrained(str(tmp))
         save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
     return Path(folder)
@@ -106,17 +108,24 @@ def read_adapter_config(folder: str | os.PathLike[str]) -> dict[str, Any]:
 
 
 def load_adapter(
-    model: nn.Module, folder: str | os.PathLike[str], adapter_name: str = "default"
+    model: nn.Module, folder: str | os.PathLike[str], adapter_name: str = "default", verify: bool = True
 ) -> list[str]:
     """Adds the peft-format adapter in ``folder`` to ``model`` as ``adapter_name`` (the
     active one from now on) and returns the adapted layers' paths. The layers are those the
-    weights file names; each must exist in the model with the adapter's shapes."""
+    weights file names; each must exist in the model with the adapter's shapes. All or
+    nothing: every tensor is checked before the model changes, and a failure while adding
+    leaves the model as it was. A folder slmops wrote is first checked against its manifest
+    (``verify=False`` skips that)."""
     from safetensors.torch import load_file
+
+    from .._io import verify_folder
 
     config = read_adapter_config(folder)
     weights_path = Path(folder) / WEIGHTS_FILE
     if not weights_path.is_file():
         raise FileNotFoundError(f"{folder} holds no {WEIGHTS_FILE}")
+    if verify:
+        verify_folder(folder)
     tensors = load_file(str(weights_path))
     paths = []
     for key in tensors:
@@ -133,24 +142,56 @@ def load_adapter(
             f"{weights_path} adapts layers the model does not have as linear layers: {missing[:5]}"
             f"{' ...' if len(missing) > 5 else ''} (an adapter for another architecture?)"
         )
+    r = config.get("r")
+    if not isinstance(r, int) or isinstance(r, bool) or r < 1:
+        raise ValueError(f"{Path(folder) / CONFIG_FILE}: r must be an integer >= 1, got {r!r}")
+    for path in paths:  # before anything is allocated or changed
+        layer = model.get_submodule(path)
+        if adapter_name in getattr(layer, "adapters", ()):
+            raise ValueError(f"layer {path} already has an adapter named {adapter_name!r}")
+        for key, shape in (
+            (".lora_A.weight", (r, layer.in_features)),
+            (".lora_B.weight", (layer.out_features, r)),
+        ):
+            t = tensors.get(_PREFIX + path + key)
+            if t is None or tuple(t.shape) != shape or not t.dtype.is_floating_point:
+                got = None if t is None else f"{tuple(t.shape)} {t.dtype}"
+                raise ValueError(
+                    f"{weights_path}: {path}{key} is {got}; the model needs {shape} floating point"
+                )
     # the exact paths as one regex: the names in a peft config may select more layers
     options = LoRAOptions(
-        r=int(config["r"]), alpha=float(config["lora_alpha"]),
+        r=r, alpha=float(config["lora_alpha"]),
         dropout=float(config.get("lora_dropout") or 0.0), use_rslora=bool(config.get("use_rslora", False)),
         target_modules="|".join(map(re.escape, paths)),
     )  # fmt: skip
-    add_lora(model, options, adapter_name)
-    layers = lora_layers(model)
-    with torch.no_grad():
-        for path in paths:
-            m = layers[path]
-            for part, key in (("lora_A", ".lora_A.weight"), ("lora_B", ".lora_B.weight")):
-                dst = getattr(m, part)[adapter_name].weight
-                src = tensors.get(_PREFIX + path + key)
-                if src is None or tuple(src.shape) != tuple(dst.shape):
-                    got = None if src is None else tuple(src.shape)
-                    raise ValueError(
-                        f"{weights_path}: {path}{key} has shape {got}, the model needs {tuple(dst.shape)}"
-                    )
-                dst.copy_(src.to(dst.dtype))
+    originals = {path: model.get_submodule(path) for path in paths}
+    trainable = {p: p.requires_grad for p in model.parameters()}
+    active = {name: m.active_adapter for name, m in lora_layers(model).items()}
+    try:
+        add_lora(model, options, adapter_name)
+        layers = lora_layers(model)
+        with torch.no_grad():
+            for path in paths:
+                for part, key in (("lora_A", ".lora_A.weight"), ("lora_B", ".lora_B.weight")):
+                    dst = getattr(layers[path], part)[adapter_name].weight
+                    dst.copy_(tensors[_PREFIX + path + key].to(dst.dtype))
+    except BaseException:
+        _restore(model, originals, adapter_name, trainable, active)
+        raise
     return paths
+
+
+def _restore(
+    model: nn.Module, originals: dict[str, nn.Module], adapter_name: str, trainable: dict, active: dict
+) -> None:
+    """Undoes a partly added adapter: the wrapped layers, the flags, the active adapters."""
+    for path, module in originals.items():
+        if model.get_submodule(path) is not module:
+            _replace(model, path, module)
+        elif adapter_name in getattr(module, "adapters", ()):
+            module.delete_adapter(adapter_name)
+    for p, flag in trainable.items():
+        p.requires_grad_(flag)
+    for name, m in lora_layers(model).items():
+        m.set_adapter(active.get(name))

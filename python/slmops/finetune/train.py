@@ -146,7 +146,7 @@ def finetune(
     import torch
     from safetensors.torch import load_file, save_file
 
-    from .._io import write_json_atomic
+    from .._io import check_writable, write_json_atomic
     from ..distill import _load, _options  # model loading and option dicts, as distillation takes them
     from ..nn import FusedLinearKDLoss
 
@@ -166,6 +166,7 @@ def finetune(
     elif tokenizer is None:
         raise ValueError("a model object needs its tokenizer")
     out = Path(out_dir)
+    check_writable(out / "adapter")  # before training: the adapter must not replace a user's folder
     proc = Process()
     if proc.world > opts.batch_size:
         raise ValueError(f"batch_size {opts.batch_size} is smaller than the {proc.world} processes")
@@ -249,7 +250,7 @@ def finetune(
     model.eval()
     eval_after = evaluation_loss(model, eval_ex, pad_id, micro_eval) if eval_ex else None
     adapter_dir = out / "adapter"
-    if proc.rank == 0:
+    if proc.rank == 0:  # (checked writable at the start)
         base_name = getattr(model.config, "_name_or_path", None) or None
         save_adapter(model, adapter_dir, adapter_name, base_model_name_or_path=base_name)
     proc.barrier()

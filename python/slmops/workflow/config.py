@@ -25,6 +25,7 @@ import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .registry import get_pass
@@ -102,7 +103,9 @@ class EvaluateConfig(_Strict):
 
 
 class SearchConfig(_Strict):
-    """Option values to try: ``"<pass name>.<option>": [values]`` or ``{min, max, step}``."""
+    """Option values to try: ``"<pass name>.<option>": [values]`` or ``{min, max, step}``.
+    Candidates are drawn from the space without building it: a space of any size is fine
+    with ``max_trials``; without it, at most ``MAX_CANDIDATES``."""
 
     strategy: Literal["grid", "random"] = "grid"
     max_trials: Annotated[int, Field(ge=1)] | None = None
@@ -110,13 +113,17 @@ class SearchConfig(_Strict):
     space: dict[str, list[Any] | dict[str, float]] = {}
 
 
+# A pass name becomes a folder name (<output_dir>/<name>-<artifact>): one plain path component.
+PASS_NAME = r"^[A-Za-z0-9_][A-Za-z0-9_-]{0,63}$"
+
+
 class PassConfig(BaseModel):
-    """One pass: ``type``, an optional unique ``name`` (default: the type), and the pass's
-    own options as further keys, validated by the pass."""
+    """One pass: ``type``, an optional unique ``name`` (default: the type; letters, digits,
+    ``_`` and ``-``), and the pass's own options as further keys, validated by the pass."""
 
     model_config = ConfigDict(extra="allow")
     type: str
-    name: str | None = None
+    name: Annotated[str, Field(pattern=PASS_NAME)] | None = None
 
     @property
     def options(self) -> dict[str, Any]:
@@ -215,17 +222,28 @@ def parse_config(raw: Any, source: str = "config", base_dir: Path | None = None)
     return cfg
 
 
+class _NoAliasLoader(yaml.SafeLoader):
+    """safe_load without anchors and aliases: a few nested aliases expand to billions of
+    nodes (the "billion laughs"), and a run config has no need of them."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.YAMLError(
+                f"aliases (*{event.anchor}) are not allowed in a run config{event.start_mark}"
+            )
+        return super().compose_node(parent, index)
+
+
 def load_config(path: str | os.PathLike[str]) -> RunConfig:
     """Reads a YAML (.yaml, .yml) or JSON (.json) run config; relative data paths are taken
     from the config file's folder."""
-    import yaml
-
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"config file {p} does not exist")
     text = p.read_text(encoding="utf-8")
     try:
-        raw = json.loads(text) if p.suffix == ".json" else yaml.safe_load(text)
+        raw = json.loads(text) if p.suffix == ".json" else yaml.load(text, Loader=_NoAliasLoader)
     except (json.JSONDecodeError, yaml.YAMLError) as e:
         raise ConfigError(f"{p}: not valid {'JSON' if p.suffix == '.json' else 'YAML'}: {e}") from None
     return parse_config(raw, source=str(p), base_dir=p.parent)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import importlib
-import itertools
 import json
 import logging
 import math
@@ -24,8 +23,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .._io import atomic_dir, write_atomic, write_json_atomic
-from .config import CustomMetric, RunConfig
+from .._io import (
+    CorruptedFileError,
+    atomic_dir,
+    check_writable,
+    verify_folder,
+    write_atomic,
+    write_json_atomic,
+)
+from .config import DATA_OPTIONS, CustomMetric, RunConfig
 from .registry import PassContext, get_pass
 
 HISTORY_FILE = "run_history.json"
@@ -51,35 +57,66 @@ def hash_model_folder(folder: Path) -> str:
 # -- search -------------------------------------------------------------------------
 
 
-def _values(spec: list | dict) -> list:
-    if isinstance(spec, list):
-        return spec
-    lo, hi, step = spec.get("min"), spec.get("max"), spec.get("step")
-    if lo is None or hi is None or not step:
-        raise ValueError(f"a range needs min, max and a non-zero step, got {spec}")
-    n = int(math.floor((hi - lo) / step + 1e-9)) + 1
-    vals = [lo + i * step for i in range(n)]
-    return [int(v) if all(isinstance(x, int) for x in (lo, step)) else round(v, 10) for v in vals]
+MAX_CANDIDATES = 10_000  # a search without max_trials; more is an error, not a run of days
+
+
+class _Axis:
+    """One option's values, a list or a {min, max, step} range read lazily (a range of a
+    billion values costs nothing until a value is drawn)."""
+
+    def __init__(self, spec: list | dict) -> None:
+        self.spec = spec
+        if isinstance(spec, list):
+            self.n = len(spec)
+            return
+        lo, hi, step = spec.get("min"), spec.get("max"), spec.get("step")
+        if lo is None or hi is None or not step:
+            raise ValueError(f"a range needs min, max and a non-zero step, got {spec}")
+        self.n = max(int(math.floor((hi - lo) / step + 1e-9)) + 1, 0)
+        self.ints = all(isinstance(x, int) for x in (lo, step))
+
+    def __getitem__(self, i: int) -> Any:
+        if isinstance(self.spec, list):
+            return self.spec[i]
+        v = self.spec["min"] + i * self.spec["step"]
+        return int(v) if self.ints else round(v, 10)
 
 
 def expand_search(cfg: RunConfig) -> list[dict[str, dict[str, Any]]]:
-    """The candidates as option overrides per pass name: ``[{"quantize": {"format": "nf4"}}]``."""
+    """The candidates as option overrides per pass name: ``[{"quantize": {"format": "nf4"}}]``,
+    in grid order (the first key slowest) or a seeded random sample, ``max_trials`` at most."""
     if cfg.search is None or not cfg.search.space:
         return [{}]
     keys = list(cfg.search.space)
-    grid = list(itertools.product(*(_values(cfg.search.space[k]) for k in keys)))
+    axes = [_Axis(cfg.search.space[k]) for k in keys]
+    total = math.prod(a.n for a in axes)
+    wanted = total if cfg.search.max_trials is None else min(total, cfg.search.max_trials)
+    if wanted > MAX_CANDIDATES:
+        raise ValueError(
+            f"the search space has {total:,} candidates; set search.max_trials "
+            f"(at most {MAX_CANDIDATES:,} run)"
+        )
     if cfg.search.strategy == "random":
-        random.Random(cfg.search.seed).shuffle(grid)
-    if cfg.search.max_trials is not None:
-        grid = grid[: cfg.search.max_trials]
+        indices = random.Random(cfg.search.seed).sample(range(total), wanted)
+    else:
+        indices = range(wanted)
     candidates = []
-    for combo in grid:
+    for index in indices:
         overrides: dict[str, dict[str, Any]] = {}
-        for key, value in zip(keys, combo, strict=True):
+        for key, axis, i in zip(keys, axes, _digits(index, [a.n for a in axes]), strict=True):
             pass_name, _, option = key.partition(".")
-            overrides.setdefault(pass_name, {})[option] = value
+            overrides.setdefault(pass_name, {})[option] = axis[i]
         candidates.append(overrides)
     return candidates
+
+
+def _digits(index: int, sizes: list[int]) -> list[int]:
+    """``index`` in the mixed radix of ``sizes``, the last axis fastest (itertools.product's order)."""
+    out = []
+    for n in reversed(sizes):
+        index, d = divmod(index, n)
+        out.append(d)
+    return out[::-1]
 
 
 # -- selection ------------------------------------------------------------------------
@@ -168,8 +205,18 @@ class RunResult:
 
 class Engine:
     def __init__(
-        self, cfg: RunConfig, output_dir: str | os.PathLike[str] | None = None, progress: bool = True
+        self,
+        cfg: RunConfig,
+        output_dir: str | os.PathLike[str] | None = None,
+        progress: bool = True,
+        allow_code: bool = False,
     ):
+        custom = [m.function for m in cfg.evaluate.metrics if isinstance(m, CustomMetric)]
+        if custom and not allow_code:
+            raise PermissionError(
+                f"the config's custom metrics run code ({', '.join(custom)}): importing a module runs "
+                "anything in it. Allow it for configs you trust with allow_code=True (CLI: --allow-code)"
+            )
         self.cfg = cfg
         self.out = Path(output_dir or cfg.output_dir)
         self.cache = self.out / "cache"
@@ -196,11 +243,11 @@ class Engine:
         from .. import zoo
         from ..export import save_checkpoint
 
-        done = self.cache / key / "result.json"
-        if done.is_file():
+        cached = self._cached_pass(key)
+        if cached is not None:
             self.log.info("pass %s: cached (%s)", pass_obj.type, key)
-            return json.loads(done.read_text())
-        with atomic_dir(self.cache / key) as tmp:
+            return cached
+        with atomic_dir(self.cache / key, overwrite=True) as tmp:  # the cache is ours alone
             model, tokenizer = zoo.load(parent_dir)
             ctx = PassContext(
                 data=self.data_text, artifacts_dir=tmp / "artifacts", seed=self.cfg.seed, log=self.log
@@ -210,14 +257,34 @@ class Engine:
             out = pass_obj.run(model, tokenizer, options, ctx)
             save_checkpoint(out.model, out.tokenizer, tmp / "model")
             result = {
-                "model_dir": str(self.cache / key / "model"),
                 "info": out.info,
-                "artifacts": {k: str(self.cache / key / "artifacts" / v) for k, v in out.artifacts.items()},
+                "artifacts": dict(out.artifacts),  # paths inside the entry's artifacts/
                 "seconds": round(time.perf_counter() - t0, 2),
             }
             write_json_atomic(result, tmp / "result.json")
         self.log.info("pass %s: done in %.1f s (%s)", pass_obj.type, result["seconds"], key)
-        return result
+        return self._located(key, result)
+
+    def _located(self, key: str, result: dict[str, Any]) -> dict[str, Any]:
+        """The result with the entry's model and artifact paths as they are now."""
+        entry = self.cache / key
+        artifacts = {k: str(entry / "artifacts" / v) for k, v in result["artifacts"].items()}
+        return {**result, "model_dir": str(entry / "model"), "artifacts": artifacts}
+
+    def _cached_pass(self, key: str) -> dict[str, Any] | None:
+        """A finished pass's result if its entry is whole: result.json readable and the model's
+        files matching their manifest. A damaged or partly deleted entry is computed again."""
+        entry = self.cache / key
+        try:
+            result = json.loads((entry / "result.json").read_text())
+            if not verify_folder(entry / "model"):
+                raise CorruptedFileError(f"{entry / 'model'} has no manifest")
+        except FileNotFoundError:
+            return None
+        except (ValueError, OSError) as e:  # CorruptedFileError is a ValueError
+            self.log.warning("cache entry %s is damaged (%s); computing it again", key, e)
+            return None
+        return self._located(key, result)
 
     def _evaluate_cached(self, model_key: str, model_dir: Path) -> dict[str, Any]:
         ev = self.cfg.evaluate
@@ -225,15 +292,26 @@ class Engine:
             {
                 "model": model_key,
                 "evaluate": ev.model_dump(mode="json"),
-                "data": self.cfg.data[ev.data].model_dump() if ev.data else None,
+                "data": self._data_hash(ev.data) if ev.data else None,
             }
         )
         path = self.cache / "eval" / f"{eval_key}.json"
-        if path.is_file():
-            return json.loads(path.read_text())
+        try:  # the metrics with their own checksum: an edited or truncated file is measured again
+            saved = json.loads(path.read_text())
+            if saved["sha256"] == _hash(saved["metrics"]):
+                return saved["metrics"]
+            self.log.warning("evaluation cache %s does not match its checksum; measuring again", path)
+        except FileNotFoundError:
+            pass
+        except (ValueError, KeyError, TypeError) as e:
+            self.log.warning("evaluation cache %s is unreadable (%s); measuring again", path, e)
         metrics = self._evaluate(model_dir)
-        write_json_atomic(metrics, path)
+        write_json_atomic({"metrics": metrics, "sha256": _hash(metrics)}, path)
         return metrics
+
+    def _data_hash(self, name: str) -> str:
+        """A dataset's content hash: cache keys change when a data file does."""
+        return hashlib.sha256(self.data_text(name).encode()).hexdigest()[:16]
 
     def _evaluate(self, model_dir: Path) -> dict[str, Any]:
         from .. import zoo
@@ -288,7 +366,10 @@ class Engine:
             m["bytes_on_disk"] = r["memory"]["model_bytes_on_disk"]
             m["peak_rss_bytes"] = r["memory"]["peak_rss_bytes"]
         for custom in (x for x in ev.metrics if isinstance(x, CustomMetric)):
-            m[custom.name] = float(_import(custom.function)(model, tokenizer, text))
+            value = float(_import(custom.function)(model, tokenizer, text))
+            if not math.isfinite(value):
+                raise ValueError(f"custom metric {custom.name!r} returned {value}")
+            m[custom.name] = value
         return m
 
     def _plan(self, overrides: list[dict[str, dict[str, Any]]], input_key: str) -> list[Candidate]:
@@ -304,6 +385,7 @@ class Engine:
                     pass_obj = get_pass(pc.type)()
                     options = pass_obj.Options.model_validate({**pc.options, **o.get(name, {})})
                     effective = pass_obj.normalize(options)
+                    datasets = {getattr(options, k, None) for k in DATA_OPTIONS} - {None}
                     key = _hash(
                         {
                             "parent": parent_key,
@@ -311,6 +393,7 @@ class Engine:
                             "version": pass_obj.version,
                             "options": effective,
                             "seed": self.cfg.seed,
+                            "data": {d: self._data_hash(d) for d in sorted(datasets)},
                         }
                     )
                     cand.passes.append(
@@ -353,7 +436,7 @@ class Engine:
         src = self._input_folder()
         input_key = hash_model_folder(src)
         self.log.info("input model %s (%s)", src, input_key)
-        base = self._evaluate_cached(input_key, src)
+        base = self._evaluate_cached(input_key, src)  # a failure here (bad data, bad metric) ends the run
         input_info = {"model": cfg.model, "path": str(src), "key": input_key, "metrics": base}
         candidates = self._plan(expand_search(cfg), input_key)
         history_path = self.out / HISTORY_FILE
@@ -468,9 +551,9 @@ def read_data(d: Any) -> str:
     return text[: d.max_chars] if d.max_chars else text
 
 
-def _copy_atomic(src: Path, dst: Path) -> None:
+def _copy_atomic(src: Path, dst: Path, overwrite: bool) -> None:
     if src.is_dir():
-        with atomic_dir(dst) as tmp:
+        with atomic_dir(dst, overwrite=overwrite) as tmp:
             shutil.copytree(src, tmp, dirs_exist_ok=True)
     else:
         write_atomic(dst, src.read_bytes())
@@ -481,17 +564,25 @@ def run_workflow(
     output_dir: str | os.PathLike[str] | None = None,
     progress: bool = True,
     report: bool = True,
+    overwrite: bool = False,
+    allow_code: bool = False,
 ) -> RunResult:
     """Runs a config; writes ``run_history.json``, ``run.log``, the best candidate's model as
     ``<output_dir>/model`` and its artifacts as ``<output_dir>/<pass>-<artifact>`` (for
-    example ``export-gguf``), and (``report``) ``report.md`` / ``report.html``."""
-    result = Engine(cfg, output_dir, progress).run()
+    example ``export-gguf``), and (``report``) ``report.md`` / ``report.html``. An existing
+    ``model`` or artifact folder is replaced only if slmops wrote it, or with ``overwrite``
+    (``model`` is checked before any work; an artifact's refusal comes after the run, whose
+    passes stay cached, so a rerun with another folder or ``overwrite`` is quick).
+    Custom metrics import and run the module the config names: ``allow_code=True`` allows
+    that (only for configs you trust); a metric that raises fails its candidate."""
+    check_writable(Path(output_dir or cfg.output_dir) / "model", overwrite)
+    result = Engine(cfg, output_dir, progress, allow_code).run()
     best = result.best_candidate
     if best is not None and best.model_dir is not None:
         # The chosen model and its artifacts, out of the cache into plain names.
-        _copy_atomic(Path(best.model_dir), result.output_dir / "model")
+        _copy_atomic(Path(best.model_dir), result.output_dir / "model", overwrite)
         for name, path in best.artifacts.items():
-            _copy_atomic(Path(path), result.output_dir / name.replace(".", "-"))
+            _copy_atomic(Path(path), result.output_dir / name.replace(".", "-"), overwrite)
     if report:
         from .report import write_report
 

@@ -42,27 +42,41 @@ def path(name_or_dir: str | os.PathLike[str]) -> Path:
     return candidate
 
 
-def load(name_or_dir: str | os.PathLike[str], dtype: Any = None) -> tuple[Any, Any]:
+def load(name_or_dir: str | os.PathLike[str], dtype: Any = None, verify: bool = True) -> tuple[Any, Any]:
     """``(model, tokenizer)`` of a shipped model, a Hugging Face folder (float or GPTQ
     layout) or an slmops checkpoint (``slmops.export.save_checkpoint``), in eval mode.
 
     ``dtype`` defaults to float32 (the weights may be stored in float16 or bfloat16; the
     CPU computes in fp32). A tokenizer whose ids do not fit the model's embedding is an
-    error, not a silent garbage result.
+    error, not a silent garbage result; so is any tensor the model expects and the file
+    lacks, or the file holds and the model does not expect. A folder slmops wrote is
+    first checked against the checksums of its manifest (``verify=False`` skips that).
     """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from .._io import verify_folder
     from ..export import is_checkpoint, is_gptq_checkpoint, load_checkpoint, load_gptq
 
     folder = path(name_or_dir)
+    if verify:
+        verify_folder(folder)
     tokenizer = AutoTokenizer.from_pretrained(folder)
     if is_checkpoint(folder):  # linears quantized by slmops
         model = load_checkpoint(folder, dtype)
     elif is_gptq_checkpoint(folder):  # GPTQ layout: our QuantLinear, no GPTQ library needed
         model = load_gptq(folder, dtype)
     else:
-        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype or torch.float32)
+        model, info = AutoModelForCausalLM.from_pretrained(
+            folder, dtype=dtype or torch.float32, output_loading_info=True
+        )
+        # transformers initialises what it does not find: a model of random weights
+        wrong = {k: sorted(v)[:5] for k, v in info.items() if k != "error_msgs" and v}
+        if wrong or info.get("error_msgs"):
+            raise ValueError(
+                f"{folder} does not load as a plain transformers model ({wrong or info['error_msgs']}); "
+                "if it was quantized, its config.json's quantization_config is missing or damaged"
+            )
     check_tokenizer(model, tokenizer)
     model.eval()
     return model, tokenizer
