@@ -135,6 +135,11 @@ def _finish(result, args: argparse.Namespace) -> int:
     if not args.quiet:
         print(f"report: {result.output_dir / 'report.md'} (and report.html)")
     if best is None:
+        failed = [c for c in result.candidates if c.status == "failed"]
+        for c in failed:
+            print(f"candidate {c.id} failed: {c.error}", file=sys.stderr)
+        if len(failed) == len(result.candidates):
+            return EXIT_ERROR
         print("no candidate met the goals; see the report for what each missed", file=sys.stderr)
         return EXIT_GOALS_MISSED
     m = best.metrics

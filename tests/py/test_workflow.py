@@ -563,3 +563,87 @@ def test_finetune_pass_merges_the_adapter(tmp_path, tiny_model, text_file):
     bad["passes"] = [{"type": "finetune", "method": "dora"}]
     with pytest.raises(ConfigError, match="method must be one of"):
         parse_config(bad)
+
+
+# -- hostile inputs: each a reproducer of a finding of the 2026-12-04 probe ---------------------
+
+
+def test_pass_names_are_single_path_components(tmp_path, tiny_model, text_file):
+    for bad in ("/abs/path/target", "../up", "a/b", ".hidden", "x" * 65):
+        raw = _config(tiny_model, text_file, tmp_path / "out")
+        raw["passes"][0]["name"] = bad
+        with pytest.raises(ConfigError, match=r"passes\[0\]\.name"):
+            parse_config(raw)
+
+
+def test_yaml_aliases_and_unbounded_search_spaces_are_refused_at_once(tmp_path, tiny_model, text_file):
+    bomb = tmp_path / "bomb.yaml"
+    lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x]"]
+    lines += [f"a{i}: &a{i} [*a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}]" for i in range(1, 12)]
+    bomb.write_text("\n".join(lines) + f"\nmodel: {tiny_model}\n")
+    with pytest.raises(ConfigError, match="aliases"):
+        load_config(bomb)
+    raw = _config(tiny_model, text_file, tmp_path / "out")
+    raw["search"] = {"space": {"test_scale_mlp.factor": {"min": 1, "max": 1e12, "step": 1}}, "max_trials": 2}
+    assert [c["test_scale_mlp"]["factor"] for c in expand_search(parse_config(raw))] == [1, 2]
+    raw["search"]["strategy"] = "random"
+    assert len(expand_search(parse_config(raw))) == 2  # sampled without building the grid
+    del raw["search"]["max_trials"]
+    with pytest.raises(ValueError, match="max_trials"):
+        expand_search(parse_config(raw))
+
+
+def test_a_damaged_cache_entry_is_computed_again(tmp_path, tiny_model, text_file):
+    raw = _config(tiny_model, text_file, tmp_path / "out")
+    first = run_workflow(parse_config(raw), progress=False).candidates[0]
+    weights = Path(first.model_dir) / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-64:] = bytes(range(64))  # the last tensor's bytes, header intact
+    weights.write_bytes(bytes(data))
+    CALLS.clear()
+    again = run_workflow(parse_config(raw), progress=False).candidates[0]
+    assert CALLS == ["test_shift_mlp:0.01"]  # the damaged entry ran again, its parent did not
+    assert again.metrics["perplexity"] == first.metrics["perplexity"]
+    slmops.zoo.load(again.model_dir)  # whole again: verifies
+    eval_files = list((tmp_path / "out" / "cache" / "eval").glob("*.json"))
+    for f in eval_files:
+        f.write_text(f.read_text()[:20])  # truncated: measured again, not a failed candidate
+    assert run_workflow(parse_config(raw), progress=False).candidates[0].status == "ok"
+    import shutil
+
+    shutil.rmtree(again.model_dir)  # a missing cached model: computed again, not an aborted run
+    assert run_workflow(parse_config(raw), progress=False).candidates[0].status == "ok"
+
+
+def test_the_cache_follows_the_data_files_content(tmp_path, tiny_model, text_file):
+    raw = _config(tiny_model, text_file, tmp_path / "out")
+    first = run_workflow(parse_config(raw), progress=False)
+    text_file.write_text(text_file.read_text()[: len(text_file.read_text()) // 2])
+    second = run_workflow(parse_config(raw), progress=False)
+    assert second.input["metrics"]["perplexity"] != first.input["metrics"]["perplexity"]
+
+
+def test_a_run_never_replaces_a_model_folder_it_did_not_write(tmp_path, tiny_model, text_file):
+    out = tmp_path / "out"
+    (out / "model").mkdir(parents=True)
+    (out / "model" / "thesis.txt").write_text("years of work")
+    raw = _config(tiny_model, text_file, out)
+    CALLS.clear()
+    with pytest.raises(FileExistsError, match="overwrite"):
+        run_workflow(parse_config(raw), progress=False)
+    assert CALLS == []  # refused before any work
+    assert (out / "model" / "thesis.txt").read_text() == "years of work"
+    run_workflow(parse_config(raw), progress=False, overwrite=True)
+    assert not (out / "model" / "thesis.txt").exists()
+
+
+def test_cli_quantize_rejects_impossible_options_before_any_work(tmp_path, capsys):
+    assert (
+        cli(["quantize", "-m", "kjv-teacher", "-f", "int4", "--group-size", "24", "-o", str(tmp_path)]) == 2
+    )
+    assert "power of two" in capsys.readouterr().err
+    assert cli(["quantize", "-m", "kjv-teacher", "-f", "int8", "--group-size", str(2**63 - 1),
+                "-o", str(tmp_path)]) == 2  # fmt: skip
+    assert not (tmp_path / "cache").exists()
+    with pytest.raises(ValueError, match="unknown format"):
+        slmops.quantize_model(slmops.zoo.load("kjv-teacher")[0], format="int5")

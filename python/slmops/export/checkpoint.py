@@ -109,7 +109,19 @@ def empty_model(folder: str | os.PathLike[str], dtype: Any = None) -> tuple[Any,
 def load_state(model: Any, state: dict, src: Path, complete: tuple[str, ...] = ()) -> None:
     """Loads ``state`` into ``model``, ties the weights, and raises on missing or unexpected
     tensors (a tied lm_head, the slmops extra state and the tensors of the modules named in
-    ``complete``, already built with their weights, are not missing)."""
+    ``complete``, already built with their weights, are not missing). A tensor's kind must
+    match: integer codes stay integers of their exact dtype (load_state_dict would cast a
+    BOOL or F8 file tensor silently), and float tensors float (any width: dtype converts)."""
+    import torch
+
+    expected = model.state_dict()
+    for name, t in state.items():
+        want = expected.get(name)
+        if not isinstance(want, torch.Tensor):
+            continue
+        same_kind = t.dtype.is_floating_point and want.dtype.is_floating_point
+        if not same_kind and t.dtype != want.dtype:
+            raise ValueError(f"checkpoint {src}: tensor {name} is {t.dtype}, the model needs {want.dtype}")
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [k for k in missing if k.rsplit(".", 1)[0] not in complete]
     model.tie_weights()

@@ -83,41 +83,45 @@ def quantize_model(
     path or a list of texts) tokenized with ``tokenizer`` into ``n_samples`` windows of
     ``seq_len`` tokens (or ``calibration`` as a LongTensor [n, seq_len] of token ids).
     """
+    from ..ops import FORMATS
+
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if format not in FORMATS:
+        raise ValueError(f"unknown format {format!r}; expected one of {sorted(FORMATS)}")
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     targets, summary = _targets(model, format, skip, include)
+    calibrated = dict(
+        format=format, activation=activation, tokenizer=tokenizer, calibration=calibration,
+        n_samples=n_samples, seq_len=seq_len, progress=progress, **quant_options,
+    )  # fmt: skip
     if method == "gptq":
         from .gptq_model import gptq_quantize_model
 
-        return gptq_quantize_model(
-            model, targets, summary, format=format, activation=activation, tokenizer=tokenizer,
-            calibration=calibration, n_samples=n_samples, seq_len=seq_len, bits=bits, act_order=act_order,
-            damp=damp, progress=progress, **quant_options,
-        )  # fmt: skip
-    if method == "awq":
+        summary = gptq_quantize_model(
+            model, targets, summary, bits=bits, act_order=act_order, damp=damp, **calibrated
+        )
+    elif method == "awq":
         from .awq import awq_quantize_model
 
-        return awq_quantize_model(
-            model, targets, summary, format=format, activation=activation, tokenizer=tokenizer,
-            calibration=calibration, n_samples=n_samples, seq_len=seq_len, progress=progress, **quant_options,
-        )  # fmt: skip
-    if method == "smoothquant":
+        summary = awq_quantize_model(model, targets, summary, **calibrated)
+    elif method == "smoothquant":
         from .smoothquant import smoothquant_model
 
-        return smoothquant_model(
-            model, targets, summary, format=format, activation=activation, tokenizer=tokenizer,
-            calibration=calibration, n_samples=n_samples, seq_len=seq_len, progress=progress, **quant_options,
-        )  # fmt: skip
-    for name in targets:
-        linear = model.get_submodule(name)
-        try:
-            q = QuantLinear.from_linear(linear, format, activation=activation, **quant_options)
-        except ValueError as e:  # shapes the format cannot take
-            summary.skipped[name] = str(e)
-            continue
-        replace_linear(model, name, q, summary)
+        summary = smoothquant_model(model, targets, summary, **calibrated)
+    else:
+        for name in targets:
+            linear = model.get_submodule(name)
+            try:
+                q = QuantLinear.from_linear(linear, format, activation=activation, **quant_options)
+            except ValueError as e:  # shapes the format cannot take
+                summary.skipped[name] = str(e)
+                continue
+            replace_linear(model, name, q, summary)
+    if targets and not summary.replaced:  # options no layer can take: an error, not a float model
+        reasons = sorted({summary.skipped[t] for t in targets if t in summary.skipped})
+        raise ValueError(f"no layer could be quantized to {format!r}: {'; '.join(reasons[:3])}")
     return summary
 
 

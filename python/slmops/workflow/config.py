@@ -188,7 +188,7 @@ def parse_config(raw: Any, source: str = "config", base_dir: Path | None = None)
                 msg = "unknown option" if err["type"] == "extra_forbidden" else err["msg"]
                 if err["type"] == "literal_error":
                     msg = f"{msg}, got {err['input']!r}"
-                problems.append((f"{where}.{_where(err['loc'])}", msg))
+                problems.append((f"{where}.{_where(err['loc'])}" if err["loc"] else where, msg))
         if names.count(names[i]) > 1:
             problems.append(
                 (f"{where}.name", f"pass name {names[i]!r} is used twice; give each a unique name")

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import field_validator
+from pydantic import field_validator, model_validator
 
 from ...ops import FORMATS
 from ...ops.qmatmul import ACTIVATIONS
@@ -14,6 +14,7 @@ from ...quantize.model import METHODS, quantize_model
 from ..registry import Pass, PassContext, PassOptions, PassOutput, one_of, register_pass
 
 CALIBRATION = ("calibration", "n_samples", "seq_len")
+MAX_GROUP_SIZE = 1 << 16  # larger groups than any layer's row: a typo, not a choice
 GPTQ_ONLY = ("bits", "act_order", "damp", "mse")
 AWQ_ONLY = ("duo_scaling",)
 
@@ -57,6 +58,22 @@ class QuantizeOptions(PassOptions):
     @classmethod
     def _activation(cls, v: str) -> str:
         return one_of("activation", v, ACTIVATIONS)
+
+    @model_validator(mode="after")
+    def _group_size(self) -> QuantizeOptions:
+        """A group size the format cannot take fails here, before any work: one row of a
+        group's length goes through the kernels' own checks."""
+        import numpy as np
+
+        from ...ops import quantize
+
+        g = self.group_size
+        if not g or not FORMATS[self.format]["has_group_size"]:  # 0: per row, GPTQ's int8 choice
+            return self
+        if not 0 <= g <= MAX_GROUP_SIZE:
+            raise ValueError(f"group_size must be in [0, {MAX_GROUP_SIZE}], got {g}")
+        quantize(np.zeros((1, max(g, 256)), np.float32), self.format, group_size=g, symmetric=self.symmetric)
+        return self
 
 
 @register_pass

@@ -1,0 +1,189 @@
+"""Reproducers of the 2026-12-04 hostile-input probe for the file and folder paths: output
+folders slmops did not write, damaged checkpoints and adapters, interrupted writes, and the
+CLI's errors. Each failed before its fix."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import sys
+
+import pytest
+import slmops
+import torch
+from safetensors.torch import load_file, save_file
+from slmops._io import CorruptedFileError, OutputExistsError, atomic_dir
+from slmops.cli import main as cli
+from slmops.export import save_checkpoint
+from slmops.finetune import LoRAOptions, add_lora, load_adapter, lora_layers, save_adapter
+
+
+@pytest.fixture(scope="module")
+def teacher():
+    return slmops.zoo.load("kjv-teacher")
+
+
+def _quantized(teacher, folder):
+    model, tok = slmops.zoo.load("kjv-teacher")
+    slmops.quantize_model(model, format="int4", progress=False)
+    return save_checkpoint(model, tok, folder)
+
+
+# -- output folders ---------------------------------------------------------------------------
+
+
+def test_export_refuses_a_folder_it_did_not_write(teacher, tmp_path):
+    out = tmp_path / "d"
+    out.mkdir()
+    (out / "thesis.txt").write_text("years of work")
+    with pytest.raises(OutputExistsError, match="overwrite"):
+        slmops.export(*teacher[:1], "slmops", out, tokenizer=teacher[1])
+    assert (out / "thesis.txt").read_text() == "years of work"
+    slmops.export(teacher[0], "slmops", tmp_path / "e", tokenizer=teacher[1])
+    slmops.export(teacher[0], "slmops", tmp_path / "e", tokenizer=teacher[1])  # ours: replaced
+    (tmp_path / "e" / "notes.txt").write_text("mine")  # ours plus a user's file: refused
+    with pytest.raises(OutputExistsError):
+        slmops.export(teacher[0], "slmops", tmp_path / "e", tokenizer=teacher[1])
+    slmops.export(teacher[0], "slmops", out, tokenizer=teacher[1], overwrite=True)
+    assert not (out / "thesis.txt").exists()
+
+
+def test_the_working_folder_its_parents_and_files_are_never_replaced(teacher, tmp_path, monkeypatch):
+    work = tmp_path / "a" / "b"
+    work.mkdir(parents=True)
+    (work / "keep.txt").write_text("x")
+    monkeypatch.chdir(work)
+    for target in (".", "..", str(tmp_path)):
+        with pytest.raises(OutputExistsError, match="working folder"):
+            save_checkpoint(teacher[0], teacher[1], target, overwrite=True)
+    (work / "file.txt").write_text("a file")
+    with pytest.raises(OutputExistsError, match="a file"):
+        save_checkpoint(teacher[0], teacher[1], "file.txt")
+    assert (work / "file.txt").read_text() == "a file" and (work / "keep.txt").exists()
+
+
+def test_cli_export_refuses_then_overwrites_with_the_flag(tmp_path, capsys):
+    out = tmp_path / "d"
+    out.mkdir()
+    (out / "thesis.txt").write_text("x")
+    args = ["export", "-m", "kjv-student", "-t", "slmops", "-o", str(out)]
+    assert cli(args) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--overwrite" in err  # one clear line, no traceback
+    assert (out / "thesis.txt").exists()
+    assert cli([*args, "--overwrite"]) == 0 and not (out / "thesis.txt").exists()
+
+
+def test_outputs_follow_the_umask_and_stale_temporaries_are_cleaned(tmp_path):
+    old = os.umask(0o022)
+    try:
+        stale = tmp_path / ".out.slmops-tmp-999999999-abc"  # a writer killed mid-write
+        stale.mkdir()
+        with atomic_dir(tmp_path / "out") as tmp:
+            (tmp / "w.bin").write_bytes(b"1234")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "out").stat().st_mode) == 0o755
+    assert stat.S_IMODE((tmp_path / "out" / "w.bin").stat().st_mode) == 0o644
+    assert not stale.exists()
+
+
+def test_an_interrupted_write_leaves_the_old_output_and_no_temporary(tmp_path):
+    with atomic_dir(tmp_path / "out") as tmp:
+        (tmp / "a.bin").write_bytes(b"old")
+    with pytest.raises(RuntimeError), atomic_dir(tmp_path / "out") as tmp:
+        (tmp / "a.bin").write_bytes(b"new")
+        raise RuntimeError("killed")
+    assert (tmp_path / "out" / "a.bin").read_bytes() == b"old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+# -- damaged checkpoints ----------------------------------------------------------------------
+
+
+def test_flipped_bytes_in_a_checkpoint_name_the_file_and_tensor(teacher, tmp_path):
+    folder = _quantized(teacher, tmp_path / "q")
+    weights = folder / "model.safetensors"
+    manifest = json.loads((folder / "manifest.json").read_text())
+    entry = next(f for f in manifest["files"] if f["path"] == "model.safetensors")
+    victim = "model.layers.1.mlp.down_proj.qweight_data"
+    assert victim in entry["tensors"]
+    header_len = int.from_bytes(weights.read_bytes()[:8], "little")
+    begin = json.loads(weights.read_bytes()[8 : 8 + header_len])[victim]["data_offsets"][0]
+    data = bytearray(weights.read_bytes())
+    data[8 + header_len + begin + 5] ^= 0x40
+    weights.write_bytes(bytes(data))
+    with pytest.raises(CorruptedFileError, match=f"model.safetensors.*{victim}"):
+        slmops.zoo.load(folder)
+    slmops.zoo.load(folder, verify=False)  # the opt-out loads it as it is
+
+
+def test_a_damaged_quantization_config_is_an_error_not_random_weights(teacher, tmp_path):
+    folder = _quantized(teacher, tmp_path / "q")
+    config = json.loads((folder / "config.json").read_text())
+    del config["quantization_config"]
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="quantization_config"):
+        slmops.zoo.load(folder)
+    assert cli(["evaluate", "-m", str(folder), "--metrics", "memory"]) == 1
+
+
+def test_wrong_tensor_dtypes_in_a_checkpoint_are_rejected(teacher, tmp_path):
+    folder = _quantized(teacher, tmp_path / "q")
+    state = load_file(str(folder / "model.safetensors"))
+    name = "model.layers.0.self_attn.q_proj.qweight_data"
+    state[name] = state[name].to(torch.bool)
+    save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    with pytest.raises(ValueError, match=f"{name}.*bool"):
+        slmops.zoo.load(folder, verify=False)
+
+
+def test_a_malformed_checkpoint_is_one_line_from_the_cli(tmp_path):
+    folder = tmp_path / "m"
+    save_checkpoint(*slmops.zoo.load("kjv-student"), folder)
+    (folder / "model.safetensors").write_bytes(b"\xff" * 64)
+    run = subprocess.run(
+        [sys.executable, "-m", "slmops.cli", "evaluate", "-m", str(folder), "--metrics", "memory"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert run.returncode == 1
+    assert "Traceback" not in run.stderr and "model.safetensors" in run.stderr
+
+
+# -- adapters ---------------------------------------------------------------------------------
+
+
+def test_a_failed_load_adapter_leaves_the_model_as_it_was(tmp_path):
+    model = slmops.zoo.load("kjv-student")[0]
+    add_lora(model, LoRAOptions(r=2))
+    save_adapter(model, tmp_path / "a")
+    weights = load_file(str(tmp_path / "a" / "adapter_model.safetensors"))
+    last = sorted(weights)[-1]
+    weights[last] = weights[last][
+        :, :1
+    ].contiguous()  # one tensor of a wrong shape, found after many good ones
+    save_file(weights, str(tmp_path / "a" / "adapter_model.safetensors"))
+    target = slmops.zoo.load("kjv-student")[0]
+    before = {n: p.detach().clone() for n, p in target.named_parameters()}
+    with pytest.raises(ValueError, match="needs"):
+        load_adapter(target, tmp_path / "a", verify=False)
+    assert lora_layers(target) == {}
+    assert {n: p for n, p in target.named_parameters()}.keys() == before.keys()
+    save_adapter(model, tmp_path / "a", overwrite=True)
+    assert len(load_adapter(target, tmp_path / "a")) == len(lora_layers(model))  # the retry works
+
+
+def test_a_huge_adapter_rank_fails_before_allocating(tmp_path):
+    model = slmops.zoo.load("kjv-student")[0]
+    add_lora(model, LoRAOptions(r=2))
+    save_adapter(model, tmp_path / "a")
+    config = json.loads((tmp_path / "a" / "adapter_config.json").read_text())
+    (tmp_path / "a" / "adapter_config.json").write_text(json.dumps({**config, "r": 100000}))
+    import resource
+
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(ValueError, match=r"\(100000, "):
+        load_adapter(slmops.zoo.load("kjv-student")[0], tmp_path / "a")
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss < 200_000  # KiB: no gigabytes
