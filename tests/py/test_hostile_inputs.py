@@ -187,3 +187,11 @@ def test_a_huge_adapter_rank_fails_before_allocating(tmp_path):
     with pytest.raises(ValueError, match=r"\(100000, "):
         load_adapter(slmops.zoo.load("kjv-student")[0], tmp_path / "a")
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss < 200_000  # KiB: no gigabytes
+
+
+def test_token_id_lists_as_calibration_are_refused_not_read_as_text():
+    from slmops.quantize.calibration import calibration_text
+
+    with pytest.raises(TypeError, match="LongTensor"):
+        calibration_text([[1, 2, 3], [4, 5, 6]])
+    assert calibration_text(["a", "b"]) == "a\n\nb"

@@ -38,7 +38,13 @@ def calibration_text(source: str | os.PathLike[str] | Sequence[str] | None = Non
     if source is None:
         return zoo.kjv_split("train")
     if isinstance(source, (list, tuple)):
-        return "\n\n".join(map(str, source))
+        wrong = next((x for x in source if not isinstance(x, str)), None)
+        if wrong is not None:  # token ids would become the text "[1, 2, 3]"
+            raise TypeError(
+                f"calibration as a list holds texts, got a {type(wrong).__name__}; pass token ids "
+                "as a LongTensor [n_samples, seq_len]"
+            )
+        return "\n\n".join(source)
     path = Path(source)
     if not path.is_file():
         raise ValueError(
