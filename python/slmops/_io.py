@@ -89,7 +89,14 @@ def read_manifest(folder: Path) -> dict | None:
         m = json.loads((folder / MANIFEST).read_text())
     except (OSError, ValueError):
         return None
-    return m if isinstance(m, dict) and isinstance(m.get("files"), list) else None
+    if not isinstance(m, dict) or not isinstance(m.get("files"), list):
+        return None
+    for e in m["files"]:  # a damaged manifest is damage too, not a crash
+        if not (isinstance(e, dict) and isinstance(e.get("path"), str) and isinstance(e.get("bytes"), int)):
+            raise CorruptedFileError(f"{folder / MANIFEST} is damaged: bad entry {str(e)[:80]}")
+        if ".." in Path(e["path"]).parts or Path(e["path"]).is_absolute():
+            raise CorruptedFileError(f"{folder / MANIFEST} lists a path outside its folder: {e['path']}")
+    return m
 
 
 def _is_ours(folder: Path) -> bool:

@@ -368,20 +368,28 @@ class QuantizedTensor:
         except Exception as e:
             raise ValueError(f"{os.fspath(path)} is not a valid safetensors file: {e}") from e
         tensors = {k: from_numpy(v, framework) for k, v in arrays.items()}
-        return cls(
-            meta["format"],
-            tuple(json.loads(meta["shape"])),
-            tensors,
-            group_size=int(meta["group_size"]),
-            symmetric=meta["symmetric"] == "true",
-            dtype=meta["dtype"],
-        )
+        try:
+            return cls(
+                meta["format"],
+                tuple(json.loads(meta["shape"])),
+                tensors,
+                group_size=int(meta["group_size"]),
+                symmetric=meta["symmetric"] == "true",
+                dtype=meta["dtype"],
+            )
+        except (
+            TypeError,
+            KeyError,
+            json.JSONDecodeError,
+        ) as e:  # a file's tensors or metadata of the wrong kind
+            raise ValueError(f"{os.fspath(path)} is not a valid QuantizedTensor file: {e}") from e
 
     # -- validation -----------------------------------------------------------------
     def _check_tensors(self) -> None:
         n = self.shape[0]
         L = self.layout
-        expected = {"data": (n * L["data_bytes_per_row"], ("uint8", "int8"))}
+        # int8 codes are signed; every other format packs bytes (the kernels take exactly these)
+        expected = {"data": (n * L["data_bytes_per_row"], ("int8",) if self.format == "int8" else ("uint8",))}
         if self.double_quant:
             if self.format != "nf4":
                 raise ValueError("double-quantized scales are only defined for format 'nf4'")

@@ -61,17 +61,24 @@ def load(name_or_dir: str | os.PathLike[str], dtype: Any = None, verify: bool = 
     folder = path(name_or_dir)
     if verify:
         verify_folder(folder)
-    tokenizer = AutoTokenizer.from_pretrained(folder)
-    if is_checkpoint(folder):  # linears quantized by slmops
-        model = load_checkpoint(folder, dtype)
-    elif is_gptq_checkpoint(folder):  # GPTQ layout: our QuantLinear, no GPTQ library needed
-        model = load_gptq(folder, dtype)
-    else:
-        model, info = AutoModelForCausalLM.from_pretrained(
-            folder, dtype=dtype or torch.float32, output_loading_info=True
-        )
+    info = None  # transformers' loading report, for a plain folder
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+        if is_checkpoint(folder):  # linears quantized by slmops
+            model = load_checkpoint(folder, dtype)
+        elif is_gptq_checkpoint(folder):  # GPTQ layout: our QuantLinear, no GPTQ library needed
+            model = load_gptq(folder, dtype)
+        else:
+            model, info = AutoModelForCausalLM.from_pretrained(
+                folder, dtype=dtype or torch.float32, output_loading_info=True
+            )
+    except (ValueError, OSError, KeyError):
+        raise
+    except Exception as e:  # transformers and tokenizers raise TypeError or bare Exception on bad files
+        raise ValueError(f"{folder}: its files do not load: {type(e).__name__}: {e}") from e
+    if info is not None:
         # transformers initialises what it does not find: a model of random weights
-        wrong = {k: sorted(v)[:5] for k, v in info.items() if k != "error_msgs" and v}
+        wrong = {k: sorted(map(str, v))[:5] for k, v in info.items() if k != "error_msgs" and v}
         if wrong or info.get("error_msgs"):
             raise ValueError(
                 f"{folder} does not load as a plain transformers model ({wrong or info['error_msgs']}); "
