@@ -256,19 +256,28 @@ def atomic_dir(
         raise
 
 
-def write_atomic(path: str | os.PathLike[str], data: str | bytes) -> None:
+@contextmanager
+def atomic_file(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yields a temporary path beside ``path`` for the block to write; when the block
+    succeeds it replaces ``path``, when it fails it is deleted and ``path`` is untouched."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale_temporaries(path)
-    fd, tmp = tempfile.mkstemp(prefix=_tmp_prefix(path), dir=path.parent)
+    fd, name = tempfile.mkstemp(prefix=_tmp_prefix(path), dir=path.parent)
+    os.close(fd)
+    tmp = Path(name)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data.encode() if isinstance(data, str) else data)
-        _apply_umask(Path(tmp))
+        yield tmp
+        _apply_umask(tmp)
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
+
+
+def write_atomic(path: str | os.PathLike[str], data: str | bytes) -> None:
+    with atomic_file(path) as tmp:
+        tmp.write_bytes(data.encode() if isinstance(data, str) else data)
 
 
 def write_json_atomic(obj: Any, path: str | os.PathLike[str]) -> None:

@@ -195,3 +195,15 @@ def test_token_id_lists_as_calibration_are_refused_not_read_as_text():
     with pytest.raises(TypeError, match="LongTensor"):
         calibration_text([[1, 2, 3], [4, 5, 6]])
     assert calibration_text(["a", "b"]) == "a\n\nb"
+
+
+def test_quantized_tensor_files_follow_the_umask(tmp_path):
+    import numpy as np
+
+    old = os.umask(0o022)
+    try:
+        slmops.ops.quantize(np.ones((2, 256), np.float32), "int8").save(tmp_path / "w.safetensors")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "w.safetensors").stat().st_mode) == 0o644
+    assert [p.name for p in tmp_path.iterdir()] == ["w.safetensors"]

@@ -23,13 +23,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
 from .. import _C
+from .._io import atomic_file
 from .._tensor import (
     FLOAT_DTYPES,
     check_array,
@@ -331,17 +331,8 @@ class QuantizedTensor:
             "dtype": self.dtype,
         }
         arrays = {k: np.ascontiguousarray(to_numpy(v)) for k, v in self.tensors.items()}
-        path = os.fspath(path)
-        fd, tmp = tempfile.mkstemp(
-            prefix=".slmops-", suffix=".tmp", dir=os.path.dirname(os.path.abspath(path))
-        )
-        os.close(fd)
-        try:
-            save_file(arrays, tmp, metadata=meta)
-            os.replace(tmp, path)
-        except BaseException:
-            os.unlink(tmp)
-            raise
+        with atomic_file(path) as tmp:
+            save_file(arrays, str(tmp), metadata=meta)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], *, framework: str = "numpy") -> QuantizedTensor:
