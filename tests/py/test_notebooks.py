@@ -1,0 +1,89 @@
+"""Every notebook in notebooks/ runs top to bottom, as a user opening it would run it.
+
+Each notebook is executed with nbclient in a kernel of the interpreter running the tests
+(a kernel spec written for ``sys.executable``, so a ``python3`` spec elsewhere on the
+machine cannot swap in another environment), with a temporary folder as its working
+directory: whatever it writes (runs, exports, adapters) stays out of the repository. A cell
+that raises fails the test with that cell's source and traceback. The notebooks are kept
+without outputs, which the last test checks.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import nbformat
+import pytest
+from jupyter_client.kernelspec import KernelSpecManager
+from jupyter_client.manager import KernelManager
+from nbclient import NotebookClient
+
+NOTEBOOK_DIR = Path(__file__).resolve().parents[2] / "notebooks"
+NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("*.ipynb"))
+CELL_TIMEOUT_S = 300
+KERNEL_NAME = "slmops-notebook-test"
+
+
+def test_notebooks_are_found():
+    # The parametrized test below would quietly collect nothing if the folder moved.
+    assert {p.name for p in NOTEBOOKS} >= {"quickstart.ipynb", "compression.ipynb"}, NOTEBOOKS
+
+
+@pytest.fixture(scope="module")
+def kernel_dir(tmp_path_factory) -> Path:
+    """A kernel spec that starts ipykernel in this very interpreter."""
+    root = tmp_path_factory.mktemp("kernels")
+    spec = root / KERNEL_NAME
+    spec.mkdir()
+    (spec / "kernel.json").write_text(
+        json.dumps(
+            {
+                "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+                "display_name": f"Python {sys.version_info.major}.{sys.version_info.minor} (tests)",
+                "language": "python",
+            }
+        )
+    )
+    return root
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_notebook_runs(path: Path, kernel_dir: Path, tmp_path: Path, monkeypatch):
+    # The kernel inherits this environment: no model hub, and matplotlib draws inline.
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.delenv("MPLBACKEND", raising=False)
+    nb = nbformat.read(path, as_version=4)
+    km = KernelManager(
+        kernel_name=KERNEL_NAME, kernel_spec_manager=KernelSpecManager(kernel_dirs=[str(kernel_dir)])
+    )
+    client = NotebookClient(
+        nb,
+        km=km,
+        kernel_name=KERNEL_NAME,
+        timeout=CELL_TIMEOUT_S,
+        startup_timeout=120,
+        resources={"metadata": {"path": str(tmp_path)}},  # the kernel's working directory
+    )
+    before = _listing()
+    t0 = time.perf_counter()
+    client.execute()  # raises CellExecutionError (cell source + traceback) on the first failing cell
+    print(f"{path.name}: {time.perf_counter() - t0:.1f} s")
+    assert _listing() - before == set(), "the notebook wrote into the repository"
+
+
+def _listing() -> set[Path]:
+    return set(NOTEBOOK_DIR.iterdir()) | set(NOTEBOOK_DIR.parent.iterdir())
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_notebook_is_stored_clean(path: Path):
+    """Stored without outputs or execution counts: small diffs, and no stale results shown."""
+    nb = nbformat.read(path, as_version=4)
+    nbformat.validate(nb)
+    for i, cell in enumerate(nb.cells):
+        if cell.cell_type == "code":
+            assert cell.outputs == [] and cell.execution_count is None, f"{path.name}: cell {i} has outputs"
