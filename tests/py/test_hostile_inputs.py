@@ -207,3 +207,21 @@ def test_quantized_tensor_files_follow_the_umask(tmp_path):
         os.umask(old)
     assert stat.S_IMODE((tmp_path / "w.safetensors").stat().st_mode) == 0o644
     assert [p.name for p in tmp_path.iterdir()] == ["w.safetensors"]
+
+
+def test_a_quantized_tensor_file_with_a_damaged_scale_is_refused(tmp_path):
+    import numpy as np
+    from safetensors import safe_open
+    from safetensors.numpy import load_file as load_np
+    from safetensors.numpy import save_file as save_np
+
+    path = tmp_path / "w.safetensors"
+    slmops.ops.quantize(np.ones((2, 256), np.float32), "int8").save(path)
+    with safe_open(str(path), framework="numpy") as f:
+        meta = f.metadata()
+    arrays = load_np(str(path))
+    for bad in (np.inf, np.nan, 3e38):  # 3e38 x a code of 127 is Inf
+        arrays["scales"][0] = bad
+        save_np(arrays, str(path), metadata=meta)
+        with pytest.raises(ValueError, match="scales"):
+            slmops.ops.QuantizedTensor.load(path)

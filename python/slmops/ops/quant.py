@@ -411,6 +411,16 @@ class QuantizedTensor:
                     f"buffer {name!r} must hold {count} {'/'.join(dtypes)} values, "
                     f"got {dtype_name(t)} with {size}"
                 )
+            # a damaged file: every dequantized value (a code of at most 255 times a scale) finite
+            if dtypes == ("float32",) and size:
+                values = to_numpy(t.detach().cpu() if is_torch(t) else t)
+                if not np.isfinite(values).all() or np.abs(values).max() > _MAX_SCALE:
+                    raise ValueError(
+                        f"buffer {name!r} holds scales that are not finite or exceed {_MAX_SCALE:.3g}"
+                    )
+
+
+_MAX_SCALE = float(np.finfo(np.float32).max) / 256
 
 
 def _largest_pow2_block(k: int) -> int:
