@@ -225,3 +225,26 @@ def test_a_quantized_tensor_file_with_a_damaged_scale_is_refused(tmp_path):
         save_np(arrays, str(path), metadata=meta)
         with pytest.raises(ValueError, match="scales"):
             slmops.ops.QuantizedTensor.load(path)
+
+
+def test_a_crafted_group_size_in_a_checkpoint_config_is_no_crash(tmp_path):
+    model, tok = slmops.zoo.load("kjv-student")
+    slmops.quantize_model(model, format="int8", progress=False)  # one scale per row
+    folder = save_checkpoint(model, tok, tmp_path / "q")
+    config = json.loads((folder / "config.json").read_text())
+    for spec in config["quantization_config"]["layers"].values():
+        spec["group_size"] = 2**63 - 1  # one group per row again, written absurdly
+    (folder / "config.json").write_text(json.dumps(config))
+    run = subprocess.run(
+        [sys.executable, "-m", "slmops.cli", "evaluate", "-m", str(folder), "--metrics", "memory"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-2000:]  # was 139 (SIGSEGV)
+    ids = torch.arange(1, 17).unsqueeze(0)
+    with torch.no_grad():
+        torch.testing.assert_close(slmops.zoo.load(folder)[0](ids).logits, model(ids).logits)
+    for spec in config["quantization_config"]["layers"].values():
+        spec["group_size"] = 96  # groups that do not match the stored scales: an error
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError):
+        slmops.zoo.load(folder)
