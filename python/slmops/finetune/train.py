@@ -250,7 +250,7 @@ def finetune(
     model.eval()
     eval_after = evaluation_loss(model, eval_ex, pad_id, micro_eval) if eval_ex else None
     adapter_dir = out / "adapter"
-    if proc.rank == 0:  # (checked writable at the start)
+    if proc.rank == 0:
         base_name = getattr(model.config, "_name_or_path", None) or None
         save_adapter(model, adapter_dir, adapter_name, base_model_name_or_path=base_name)
     proc.barrier()
