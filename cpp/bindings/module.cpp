@@ -539,7 +539,7 @@ void py_gptq_grid_params(py::handle W, int bits, bool symmetric, int64_t group_s
   TensorArg w = f32_matrix(W, "W", -1, -1, false);
   const GptqGrid grid = make_grid(bits, symmetric, group_size, mse);
   const int64_t N = w.shape[0], K = w.shape[1], G = group_size ? group_size : K;
-  TensorArg s = f32_matrix(scales, "scales", N, (K + G - 1) / G, true);
+  TensorArg s = f32_matrix(scales, "scales", N, ceil_div(K, G), true);
   TensorArg z = tensor_arg(zeros, "zeros");
   bindings::expect_type(z, {ElemType::kU8});
   bindings::expect_numel(z, s.numel(), "one zero per scale");
@@ -556,7 +556,7 @@ void py_gptq_quantize(py::handle W, py::handle U, int bits, bool symmetric, int6
   TensorArg u = f32_matrix(U, "U", K, K, false);
   const GptqGrid grid = make_grid(bits, symmetric, group_size, mse);
   const int32_t* groups = nullptr;
-  int64_t n_groups = group_size ? (K + group_size - 1) / group_size : 0;
+  int64_t n_groups = group_size ? ceil_div(K, group_size) : 0;
   TensorArg g;
   if (!col_group.is_none()) {
     g = tensor_arg(col_group, "col_group");
@@ -575,7 +575,7 @@ void py_gptq_quantize(py::handle W, py::handle U, int bits, bool symmetric, int6
   TensorArg s = f32_matrix(scales, "scales", N, n_groups, true);
   TensorArg z = tensor_arg(zeros, "zeros"), c = tensor_arg(codes, "codes");
   bindings::expect_type(z, {ElemType::kU8});
-  bindings::expect_numel(z, N * n_groups, "N * groups");
+  bindings::expect_numel(z, checked_mul(N, n_groups, "N * groups"), "N * groups");
   bindings::expect_type(c, {ElemType::kU8});
   bindings::expect_numel(c, N * K, "N * K");
   bindings::expect_writeable(z);
@@ -610,7 +610,7 @@ void py_sparsegpt_prune(py::handle W, py::handle U, float sparsity, int n, int m
   if (bits) {
     grid = make_grid(bits, symmetric, group_size, mse);
     const int64_t G = group_size ? group_size : K;
-    s = f32_matrix(scales, "scales", N, (K + G - 1) / G, true);
+    s = f32_matrix(scales, "scales", N, ceil_div(K, G), true);
     z = tensor_arg(zeros, "zeros");
     c = tensor_arg(codes, "codes");
     bindings::expect_type(z, {ElemType::kU8});

@@ -285,9 +285,12 @@ void kd_loss_fwd_bwd(const KdOptions& opt, const void* student, DType dtype, int
 }
 
 int64_t fused_kd_chunk_rows(int64_t rows, int64_t vocab) {
+  if (rows < 0 || vocab <= 0)
+    fail("fused_kd_chunk_rows: rows must be >= 0 and vocab > 0, got " + std::to_string(rows) + " and " +
+         std::to_string(vocab));
   constexpr int64_t kLogitsPerChunk = int64_t(1) << 24;
   int64_t c = 16;
-  while (c * 2 * vocab <= kLogitsPerChunk) c *= 2;
+  while (c * 2 <= kLogitsPerChunk / vocab) c *= 2;  // divided, not multiplied: no overflow for huge vocab
   return std::max<int64_t>(1, std::min(c, rows));
 }
 

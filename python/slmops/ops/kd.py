@@ -108,6 +108,8 @@ def _rows(x: Any, name: str, lead: tuple[int, ...] | None, device: Any = None) -
     if len(x.shape) < 1 or (lead is not None and tuple(x.shape[:-1]) != lead):
         want = f"[{', '.join(map(str, lead))}, ...]" if lead is not None else "[..., columns]"
         raise ValueError(f"{name} must have shape {want}, got {tuple(x.shape)}")
+    if x.shape[-1] == 0:  # [..., 0] has no row count to reshape to (and nothing to compare)
+        raise ValueError(f"{name} has no columns, shape {tuple(x.shape)}")
     where = x.device if is_torch(x) and x.device.type != "cpu" else None
     if where != device:
         raise ValueError(f"{name} is on {where or 'the CPU'}, the student's tensors on {device or 'the CPU'}")

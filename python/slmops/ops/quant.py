@@ -476,13 +476,22 @@ def quantize(
     n, k = (int(d) for d in w.shape)
     layout = _C.quant_layout(format, k, gs, sym)
     src = kernel_input(w)
-    tensors = {"data": empty(src, (n, layout["data_bytes_per_row"]), "int8" if format == "int8" else "uint8")}
-    if layout["tensor_scale"]:
-        tensors["scales"] = empty(src, (1,), "float32")
-    elif layout["scales_per_row"]:
-        tensors["scales"] = empty(src, (n, layout["scales_per_row"]), "float32")
-    if layout["zero_point_bytes_per_row"]:
-        tensors["zero_points"] = empty(src, (n, layout["zero_point_bytes_per_row"]), "uint8")
+    try:
+        tensors = {
+            "data": empty(src, (n, layout["data_bytes_per_row"]), "int8" if format == "int8" else "uint8")
+        }
+        if layout["tensor_scale"]:
+            tensors["scales"] = empty(src, (1,), "float32")
+        elif layout["scales_per_row"]:
+            tensors["scales"] = empty(src, (n, layout["scales_per_row"]), "float32")
+        if layout["zero_point_bytes_per_row"]:
+            tensors["zero_points"] = empty(src, (n, layout["zero_point_bytes_per_row"]), "uint8")
+    except RuntimeError as e:
+        # A group far past K pads every row to it (int4 groups of 2^31: 1 GiB a row); torch's
+        # allocator says so with a RuntimeError, numpy with the MemoryError raised here too.
+        raise MemoryError(
+            f"{format} storage of {n} rows x {layout['data_bytes_per_row']} bytes does not fit in memory"
+        ) from e
     _C.quantize(
         src, format, gs, sym, tensors["data"], tensors.get("scales"), tensors.get("zero_points"), isa=isa
     )
