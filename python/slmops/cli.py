@@ -258,6 +258,7 @@ def _cmd_distill(args: argparse.Namespace) -> int:
 
 
 def _cmd_finetune(args: argparse.Namespace) -> int:
+    from ._io import atomic_dir, check_writable
     from .finetune import finetune, merge_lora
 
     lora = {
@@ -274,6 +275,8 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
     qlora = None
     if args.method == "qlora":
         qlora = {"format": args.quant_format, "double_quant": args.double_quant}
+    if args.merge:  # refused before training, not after
+        check_writable(args.output_dir / "merged", args.overwrite)
     result = finetune(
         args.model, data=args.data, out_dir=args.output_dir, method=args.method, lora=lora, training=training,
         qlora=qlora, eval_data=args.eval_data, text_template=args.text_template, text_field=args.text_field,
@@ -283,8 +286,6 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, the files and lines come from rank 0
         return EXIT_OK
     if args.merge:
-        from ._io import atomic_dir
-
         merged = merge_lora(result.model)
         with atomic_dir(args.output_dir / "merged", overwrite=args.overwrite) as tmp:
             merged.save_pretrained(tmp)

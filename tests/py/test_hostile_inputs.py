@@ -248,3 +248,18 @@ def test_a_crafted_group_size_in_a_checkpoint_config_is_no_crash(tmp_path):
     (folder / "config.json").write_text(json.dumps(config))
     with pytest.raises(ValueError):
         slmops.zoo.load(folder)
+
+
+def test_cli_finetune_merge_refuses_a_users_folder_before_training(tmp_path, capsys):
+    (tmp_path / "out" / "merged").mkdir(parents=True)
+    (tmp_path / "out" / "merged" / "thesis.txt").write_text("x")
+    data = tmp_path / "train.txt"
+    data.write_text("In the beginning was the word. " * 200)
+    args = ["finetune", "--model", "kjv-student", "--data", str(data), "--steps", "1", "--merge", "--quiet",
+            "-o", str(tmp_path / "out")]  # fmt: skip
+    assert cli(args) == 1
+    assert "--overwrite" in capsys.readouterr().err
+    assert not (tmp_path / "out" / "adapter").exists()  # no training happened
+    assert cli([*args, "--overwrite", "--batch-size", "2", "--seq-len", "16"]) == 0
+    assert (tmp_path / "out" / "merged" / "config.json").is_file()
+    assert not (tmp_path / "out" / "merged" / "thesis.txt").exists()
