@@ -29,7 +29,7 @@ KERNEL_NAME = "slmops-notebook-test"
 
 def test_notebooks_are_found():
     # The parametrized test below would quietly collect nothing if the folder moved.
-    expected = {"quickstart", "compression", "distillation", "finetuning"}
+    expected = {"quickstart", "compression", "distillation", "finetuning", "export"}
     assert {p.stem for p in NOTEBOOKS} >= expected, NOTEBOOKS
 
 
