@@ -259,6 +259,27 @@ TEST(CudaHostKdTest, RowPassesMatchTheDoubleReference) {
         }
 }
 
+TEST(CudaHostKdTest, NaNRowsGiveNaNLossAndGradientAsOnTheCpu) {
+  // The passes floored a NaN log-probability to -1e30, so a NaN teacher logit gave a finite
+  // loss (0 for forward KL). The rule is the CPU's: NaN in, NaN out (kd_loss.h).
+  const int64_t vocab = 40;
+  std::mt19937 rng(9);
+  std::normal_distribution<float> nd(0.0f, 2.0f);
+  std::vector<float> z(static_cast<size_t>(vocab)), t(static_cast<size_t>(vocab));
+  for (auto& v : z) v = nd(rng);
+  for (auto& v : t) v = nd(rng);
+  for (Divergence d : {Divergence::kForwardKl, Divergence::kReverseKl, Divergence::kJsd})
+    for (int poisoned : {0, 1}) {  // 0: a NaN student logit, 1: a NaN teacher logit
+      KdOptions o;
+      o.divergence = d;
+      std::vector<float> zs = z, ts = t, grad(size_t(vocab), 0.0f);
+      (poisoned ? ts : zs)[7] = NAN;
+      const float loss = emulate_row(o, zs.data(), vocab, ts.data(), vocab, 0, 1.0f, grad.data(), 7);
+      EXPECT_TRUE(std::isnan(loss)) << int(d) << " " << poisoned;
+      for (float g : grad) ASSERT_TRUE(std::isnan(g)) << int(d) << " " << poisoned;
+    }
+}
+
 // ---- the host-side kernel choices ------------------------------------------------------------
 
 TEST(CudaPlanTest, PathsFollowFormatDtypeRowsAndArchitecture) {

@@ -294,6 +294,22 @@ def test_int4_asymmetric_range_past_float32_raises(rng):
         quantize(w, "int4", symmetric=False)
 
 
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("fmt", ["int8", "int4", "nf4", "q4_0", "q8_0", "q4_k", "q6_k", "tq2_0"])
+def test_groups_too_small_for_their_scale_quantize_to_zero(rng, isa, fmt):
+    # 1 / scale overflowed for weights below ~1e-37: codes from x * Inf (undefined in C++,
+    # INT_MIN in SIMD) decoded to values of the wrong sign. Such groups now hold zeros, and
+    # the other rows quantize as the reference does.
+    w = gaussian(rng, (3, 256))
+    w[1] *= 1e-40
+    q = quantize(w, fmt, isa=isa)
+    out = q.dequantize()
+    np.testing.assert_array_equal(out[1], np.zeros(256, np.float32))
+    np.testing.assert_array_equal(out[[0, 2]], quantize(w[[0, 2]], fmt).dequantize())
+    if fmt == "int8":
+        np.testing.assert_array_equal(np.asarray(q.tensors["data"])[[0, 2]], ref.int8(w[[0, 2]])[0])
+
+
 # ---- 5. memory safety ---------------------------------------------------------------------
 
 

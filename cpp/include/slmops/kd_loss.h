@@ -22,6 +22,11 @@
 // at T != 1 the teacher's k + 1 log-probabilities are re-tempered as one distribution
 // (exact at T = 1). The student still needs its whole row: its gradient is dense.
 //
+// NaN in, NaN out: a row whose compared student or teacher logits hold NaN or +Inf, or
+// whose top-k log-probabilities hold NaN, gets a NaN loss and a NaN gradient over the
+// compared ids (on every ISA, the oracle and the CUDA kernels). -Inf logits are valid:
+// probability 0.
+//
 // All arithmetic is fp32 with exp/log vectorized; the row losses are summed in double.
 #pragma once
 

@@ -103,6 +103,8 @@ struct PackedWeight {
 PackedWeight pack_weight(const QuantSpec& spec, ConstQuantStorage src, int64_t N, int64_t K);
 
 // y [M, N] of y_dtype = x [M, K] of x_dtype @ W^T + bias (bias: N floats or nullptr).
+// A row of x holding NaN or Inf gives an all-NaN row of y on every path (activation mode,
+// ISA, oneDNN): the int8 modes cannot code it, and must not hide it in a finite row.
 void qmatmul(const PackedWeight& w, const void* x, DType x_dtype, int64_t M, const float* bias, void* y,
              DType y_dtype, QMatmulActivation act, CpuIsa isa = CpuIsa::kAuto,
              QMatmulBackend backend = QMatmulBackend::kAuto);

@@ -79,6 +79,8 @@ void validate_csr(const CsrWeight& w);
 // 32 or a multiple of 64 kept values, and fewer than kSpmmGemmRows rows, AVX-512 runs this
 // on integer dot products (VNNI, activations gathered by byte shuffles); everything else
 // runs the float kernels on x^, so every ISA computes the same product.
+// As qmatmul, a row of x holding NaN or Inf gives an all-NaN row of y on every path (a
+// sparse product alone would spread it only to the outputs whose weights touch its column).
 enum class SpmmActivation : int { kFloat = 0, kInt8 = 1 };
 constexpr int64_t kSpmmGemmRows = 8;
 void spmm_nm(const NMSparseWeight& w, const float* x, int64_t M, const float* bias, float* y,

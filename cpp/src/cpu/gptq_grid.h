@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <limits>
 
+#include "cpu/quant_common.h"
 #include "slmops/gptq.h"
 
 namespace slmops::gptq_detail {
@@ -18,7 +19,7 @@ inline int mid_code(const GptqGrid& g) { return 1 << (g.bits - 1); }
 inline int min_code(const GptqGrid& g) { return g.bits == 8 && g.symmetric ? 1 : 0; }
 
 inline int quantize_value(float x, float scale, int zero, const GptqGrid& g) {
-  const float inv = scale != 0.0f ? 1.0f / scale : 0.0f;
+  const float inv = cpu::inv_or_zero(1.0f, scale);
   return std::clamp(rne(x * inv) + zero, min_code(g), max_code(g));
 }
 
@@ -33,7 +34,7 @@ inline void range_params(float signed_absmax, float mn, float mx, float p, const
   mn *= p;
   mx *= p;
   *scale = (mx - mn) / float(max_code(g));
-  const float inv = *scale != 0.0f ? 1.0f / *scale : 0.0f;
+  const float inv = cpu::inv_or_zero(1.0f, *scale);
   *zero = uint8_t(*scale != 0.0f ? std::clamp(rne(-mn * inv), 0, max_code(g)) : mid_code(g));
 }
 
@@ -62,7 +63,7 @@ inline void group_params(const float* x, int64_t n, const GptqGrid& g, float* sc
     // quantize_value in float, so that the loop vectorizes: the codes are small integers,
     // exact in float, and (v + 1.5 * 2^23) - 1.5 * 2^23 rounds half to even as nearbyint
     // does for |v| < 2^22 (v is clamped to that first; the code is clamped after anyway).
-    const float inv = s != 0.0f ? 1.0f / s : 0.0f, zf = float(z);
+    const float inv = cpu::inv_or_zero(1.0f, s), zf = float(z);
     const float lo = float(min_code(g)), hi = float(max_code(g));
     constexpr float kRound = 12582912.0f, kLimit = 4194304.0f;
     float err = 0.0f;

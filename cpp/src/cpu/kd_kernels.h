@@ -14,10 +14,10 @@
 
 namespace slmops::cpu {
 
-// NaN in, NaN out: a row whose student or teacher logits hold NaN or +Inf (-Inf is a valid
-// logit, probability 0), or whose top-k log-probabilities hold NaN, gets a NaN loss and an
-// all-NaN gradient row, on every ISA and in the double-precision oracle alike, instead of
-// whatever the passes' clamps (which keep masked -Inf ids at 0) would make of it.
+// NaN in, NaN out: a row whose compared student or teacher logits hold NaN or +Inf (-Inf is
+// a valid logit, probability 0), or whose top-k log-probabilities hold NaN, gets a NaN loss
+// and a NaN gradient over the compared ids, on every ISA and in the double-precision oracle
+// alike, instead of whatever the passes' clamps (which keep masked -Inf ids at 0) make of it.
 static inline bool poisons_row(const float* x, int64_t n) {
   bool bad = false;  // branch-free, so it vectorizes
   for (int64_t j = 0; j < n; ++j) bad |= !(x[j] < std::numeric_limits<float>::infinity());

@@ -225,7 +225,10 @@ void rows_loop(const cpu::KdKernels& kk, const KdOptions& opt, int64_t r_begin, 
       const float* t = dense_teacher ? teacher_row(r, tbuf) : nullptr;
       if (cpu::poisons_row(z, n) || (t && cpu::poisons_row(t, n)) || (tk.k && cpu::poisons_row(tk.logprobs, tk.k))) {
         loss_rows[r] = std::numeric_limits<float>::quiet_NaN();
-        if (g) std::fill(g, g + vocab, std::numeric_limits<float>::quiet_NaN());
+        if (g) {  // NaN over the compared ids; ids past them get no gradient, as always
+          std::fill(g, g + n, std::numeric_limits<float>::quiet_NaN());
+          std::fill(g + n, g + vocab, 0.0f);
+        }
         finish(r);
         continue;
       }

@@ -2,9 +2,20 @@
 // linkage (static / constexpr) so per-ISA translation units never share a definition.
 #pragma once
 
+#include <cmath>
 #include <cstdint>
+#include <limits>
 
 namespace slmops::cpu {
+
+// c / s, the multiplier that turns values into codes for a scale s, or 0 when s is 0 or so
+// small (a group of weights below ~1e-37) that c / s overflows float32: x * Inf made such a
+// group's codes Inf/NaN, and their conversion to int undefined behaviour. With 0 every value
+// takes the zero value's code, and the group dequantizes to zeros, as an all-zero group does.
+static inline float inv_or_zero(float c, float s) {
+  const float inv = s != 0.0f ? c / s : 0.0f;
+  return std::fabs(inv) <= std::numeric_limits<float>::max() ? inv : 0.0f;
+}
 
 // NF4 code values (QLoRA appendix E; bitsandbytes get_4bit_type), index 0..15.
 static constexpr float kNF4[16] = {

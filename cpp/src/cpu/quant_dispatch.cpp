@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "common/half.h"
+#include "cpu/quant_common.h"
 #include "cpu/row_kernels.h"
 #include "slmops/quant.h"
 #include "slmops/threading.h"
@@ -232,7 +233,7 @@ void double_quantize_scales(const float* src, int64_t n, int8_t* codes, float* b
     float amax = 0.0f;
     for (int64_t i = 0; i < m; ++i) amax = std::max(amax, std::fabs(src[b0 + i] - off));
     const float scale = amax / 127.0f;
-    const float inv = scale != 0.0f ? 1.0f / scale : 0.0f;
+    const float inv = cpu::inv_or_zero(1.0f, scale);
     for (int64_t i = 0; i < m; ++i) {
       const float v = std::nearbyint((src[b0 + i] - off) * inv);
       codes[b0 + i] = int8_t(std::min(127.0f, std::max(-127.0f, v)));

@@ -60,9 +60,11 @@ struct KdRow {
 };
 
 constexpr float kKdLogFloor = -1e30f;  // as the CPU kernels: 0 * (lp - lq) stays 0
+// The floor keeps masked (-Inf) ids at probability 0 but lets a NaN through: NaN in, NaN
+// out, as the CPU's rule (cpu::poisons_row) has it; a floored NaN gave a finite loss.
 SLMOPS_HD float log_prob(float x, float s, float l) {
   const float v = x * s - l;
-  return v > kKdLogFloor ? v : kKdLogFloor;
+  return v > kKdLogFloor || v != v ? v : kKdLogFloor;
 }
 
 SLMOPS_HD Divergence effective_divergence(const KdOptions& o) {

@@ -15,6 +15,11 @@ namespace {
 
 constexpr int kThreads = 256;
 
+// max that keeps a NaN (fmaxf drops it): a row holding NaN or Inf then gets a NaN or Inf
+// scale, and 0 * that scale makes its whole output row NaN, as on the CPU, instead of
+// codes that hide the NaN in a finite row.
+__device__ __forceinline__ float nan_max(float a, float b) { return (a > b || a != a) ? a : b; }
+
 // One block per activation row: absmax, then the codes.
 template <typename T>
 __global__ void __launch_bounds__(kThreads)
@@ -22,13 +27,13 @@ __global__ void __launch_bounds__(kThreads)
   __shared__ float scratch[32];
   const T* row = x + int64_t(blockIdx.x) * K;
   float amax = 0.0f;
-  for (int64_t k = threadIdx.x; k < K; k += kThreads) amax = fmaxf(amax, fabsf(load_f32(row + k)));
+  for (int64_t k = threadIdx.x; k < K; k += kThreads) amax = nan_max(amax, fabsf(load_f32(row + k)));
   // max over the block through the sum helper's layout: reduce warps, then the warp maxima
-  for (int o = 16; o > 0; o >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
+  for (int o = 16; o > 0; o >>= 1) amax = nan_max(amax, __shfl_xor_sync(0xffffffffu, amax, o));
   if ((threadIdx.x & 31) == 0) scratch[threadIdx.x >> 5] = amax;
   __syncthreads();
   amax = 0.0f;
-  for (int i = 0; i < kThreads / 32; ++i) amax = fmaxf(amax, scratch[i]);
+  for (int i = 0; i < kThreads / 32; ++i) amax = nan_max(amax, scratch[i]);
   const float scale = amax / 127.0f;
   const float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
   int8_t* qrow = q + int64_t(blockIdx.x) * K;

@@ -24,6 +24,11 @@ ids past that get no gradient. ``teacher=None`` with ``hard_weight=1.0`` is plai
 entropy on the labels: :func:`fused_linear_kd_loss` then is a fused linear cross entropy,
 what fine-tuning (:mod:`slmops.finetune`) trains with.
 
+NaN in, NaN out: a position whose compared student or teacher logits hold NaN or +Inf, or
+whose top-k log-probabilities hold NaN, gets a NaN loss and a NaN gradient over the compared
+ids (every CPU kernel set; the CUDA kernels for logits and hidden states), so any reduction
+over it is NaN. -Inf logits are valid: probability 0.
+
 Reductions: ``"batchmean"`` divides the sum by the number of counted positions (not by the
 batch dimension: every position is a row); ``num_tokens`` replaces that count, so that with
 gradient accumulation the count of the whole optimizer step (all micro-batches and ranks)

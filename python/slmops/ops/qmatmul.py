@@ -43,6 +43,11 @@ def qmatmul(
     (float16 / bfloat16 activations; int4, nf4, int8), ``"dequantize_gemm"`` (any format:
     dequantize, then cuBLASLt), or ``"auto"`` to choose by format, dtype and rows.
     ``activation="int8_row"`` is W8A8 on cuBLASLt (int8 weights with one scale per row).
+
+    NaN in, NaN out: a row of x holding NaN or Inf gives a row of y that is all NaN, on every
+    CPU path (each activation mode, ISA and backend; the int8 modes cannot code such a value
+    and must not hide it in a finite row). On CUDA a NaN row is all NaN too, W8A8 included;
+    the float paths there give an Inf row IEEE's +-Inf/NaN mix.
     """
     if not isinstance(qw, QuantizedTensor):
         raise TypeError(f"qw must be a QuantizedTensor, got {type(qw).__name__}")

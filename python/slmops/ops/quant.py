@@ -16,7 +16,12 @@ Formats (the table lives in C++, ``cpp/src/common/quant_formats.cpp``):
 Rounding: int8/int4/nf4/ternary round half to even; q4_0, q8_0 and tq2_0 follow ggml's
 reference quantizers bit for bit (q4_0 truncates x/d + 8.5, q8_0 and tq2_0 round half
 away from zero); q4_k and q6_k round half to even. An all-zero group gets scale 0 and
-dequantizes to exact zeros. NaN or Inf in the weight raise ``ValueError``.
+dequantizes to exact zeros, as does a group of weights so small (below ~1e-37) that the
+reciprocal of its scale overflows float32. NaN or Inf in the weight raise ``ValueError``, and
+so do finite weights past a format's range: a float32 scale that overflows (int4 asymmetric
+over a range past 3.4e38), or a GGUF block's float16 scale past 65504 (the error names the
+largest magnitude the format holds: q4_0 524032, q8_0 8319008, q4_k 4126752, q6_k
+268304384, tq2_0 65504). Byte-swapped or misaligned numpy arrays are read as their values.
 """
 
 from __future__ import annotations

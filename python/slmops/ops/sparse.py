@@ -304,7 +304,11 @@ def spmm(x: Any, sw: SparseTensor, *, bias: Any = None, activation: str = "float
     int8 in blocks of 32 first, as ``qmatmul(..., activation="int8")`` does, and the result
     is ``W @ x^`` for the dequantized x^. 2:4 int4 weights (groups of 16, 32 or a multiple
     of 64 kept values) then run on integer dot products on AVX-512 CPUs at decode sizes
-    (fewer than 8 rows); every other case runs the float kernels on x^."""
+    (fewer than 8 rows); every other case runs the float kernels on x^.
+
+    NaN in, NaN out: a row of x holding NaN or Inf gives a row of y that is all NaN, on every
+    path, as torch's dense product would (a sparse product alone reaches only the outputs
+    whose kept weights meet that column, and the int8 mode none)."""
     if not isinstance(sw, SparseTensor):
         raise TypeError(f"sw must be a SparseTensor, got {type(sw).__name__}")
     check_activation(activation, sw.values, sw.pattern)

@@ -67,7 +67,9 @@ inline __m512i step_positions(const uint8_t* index_bytes, const Int8Constants& c
 // over their lanes; 1 (groups of 64 or more) is broadcast.
 inline __m512 lane_values(const float* p, int groups_per_step, const Int8Constants& c) {
   if (groups_per_step == 1) return _mm512_set1_ps(*p);
-  const __m128 v = groups_per_step == 2 ? _mm_castpd_ps(_mm_load_sd(reinterpret_cast<const double*>(p)))
+  // Two floats by _mm_loadl_epi64 (an unaligned 8-byte load), not _mm_load_sd: that one reads
+  // through a double*, and p is only 4-byte aligned (UBSan: misaligned load).
+  const __m128 v = groups_per_step == 2 ? _mm_castsi128_ps(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)))
                                         : _mm_loadu_ps(p);
   return _mm512_permutexvar_ps(c.group_lanes, _mm512_castps128_ps512(v));
 }

@@ -152,7 +152,7 @@ void kd_loss_fwd_bwd(const KdOptions& opt, const float* student, int64_t rows, i
                           (topk && cpu::poisons_row(teacher.topk_logprobs + r * teacher.k, teacher.k));
     if (poisoned) {  // NaN in, NaN out (see cpu::poisons_row)
       loss_rows[r] = std::numeric_limits<float>::quiet_NaN();
-      if (gr) std::fill(gr, gr + vocab, std::numeric_limits<float>::quiet_NaN());
+      if (gr) std::fill(gr, gr + n, std::numeric_limits<float>::quiet_NaN());  // ids past n stay 0
       continue;
     }
     for (int64_t j = 0; j < n; ++j) {

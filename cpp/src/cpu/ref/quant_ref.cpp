@@ -54,7 +54,7 @@ void quantize_int8(const float* src, int64_t K, const RowParams& p, RowDst dst) 
   for (int64_t g0 = 0, gi = 0; g0 < K; g0 += G, ++gi) {
     const int64_t n = std::min(G, K - g0);
     const float scale = absmax(src + g0, n) / 127.0f;
-    const float inv = scale != 0.0f ? 1.0f / scale : 0.0f;
+    const float inv = inv_or_zero(1.0f, scale);
     for (int64_t i = 0; i < n; ++i) q[g0 + i] = int8_t(clampi(rne(src[g0 + i] * inv), -127, 127));
     dst.scales[gi] = scale;
   }
@@ -88,11 +88,11 @@ void quantize_int4(const float* src, int64_t K, const RowParams& p, RowDst dst) 
         mx = std::max(mx, x[i]);
       }
       scale = (mx - mn) / 15.0f;
-      const float inv = scale != 0.0f ? 1.0f / scale : 0.0f;
+      const float inv = inv_or_zero(1.0f, scale);
       zp = scale != 0.0f ? clampi(rne(-mn * inv), 0, 15) : 8;
       dst.zero_points[gi / 2] |= uint8_t(zp << ((gi & 1) * 4));
     }
-    const float inv = scale != 0.0f ? 1.0f / scale : 0.0f;
+    const float inv = inv_or_zero(1.0f, scale);
     uint8_t* out = dst.data + gi * (G / 2);
     for (int64_t i = 0; i < G; ++i) {
       const int code = i < n ? clampi(rne(x[i] * inv) + zp, 0, 15) : zp;  // pad = value 0
@@ -123,7 +123,7 @@ void quantize_nf4(const float* src, int64_t K, const RowParams& p, RowDst dst) {
   for (int64_t b = 0; b < K / B; ++b) {
     const float* x = src + b * B;
     const float m = absmax(x, B);
-    const float inv = m != 0.0f ? 1.0f / m : 0.0f;
+    const float inv = inv_or_zero(1.0f, m);
     uint8_t* out = dst.data + b * B / 2;
     for (int64_t i = 0; i < B; i += 2)
       out[i / 2] = uint8_t(nf4_code(x[i] * inv) << 4 | nf4_code(x[i + 1] * inv));
@@ -164,7 +164,7 @@ void quantize_q4_0(const float* src, int64_t K, const RowParams&, RowDst dst) {
     const float* x = src + b * kQK4_0;
     uint8_t* blk = dst.data + b * kQ4_0Bytes;
     const float d = signed_absmax(x, kQK4_0) / -8.0f;
-    const float id = d != 0.0f ? 1.0f / d : 0.0f;
+    const float id = inv_or_zero(1.0f, d);
     store_f16(blk, d);
     for (int j = 0; j < kQK4_0 / 2; ++j) {
       const int lo = std::min(15, int(int8_t(x[j] * id + 8.5f)));
@@ -191,7 +191,7 @@ void quantize_q8_0(const float* src, int64_t K, const RowParams&, RowDst dst) {
     const float* x = src + b * kQK8_0;
     uint8_t* blk = dst.data + b * kQ8_0Bytes;
     const float d = absmax(x, kQK8_0) / 127.0f;
-    const float id = d != 0.0f ? 1.0f / d : 0.0f;
+    const float id = inv_or_zero(1.0f, d);
     store_f16(blk, d);
     for (int j = 0; j < kQK8_0; ++j) blk[2 + j] = uint8_t(int8_t(std::roundf(x[j] * id)));
   }
@@ -225,8 +225,8 @@ void quantize_q4_k(const float* src, int64_t K, const RowParams&, RowDst dst) {
       max_scale = std::max(max_scale, scale[j]);
       max_min = std::max(max_min, negmin[j]);
     }
-    const float inv_scale = max_scale > 0.0f ? 63.0f / max_scale : 0.0f;
-    const float inv_min = max_min > 0.0f ? 63.0f / max_min : 0.0f;
+    const float inv_scale = inv_or_zero(63.0f, max_scale);
+    const float inv_min = inv_or_zero(63.0f, max_min);
     uint8_t ls[8], lm[8];
     for (int j = 0; j < 8; ++j) {
       ls[j] = uint8_t(std::min(63, rne(inv_scale * scale[j])));
@@ -283,8 +283,8 @@ void quantize_q6_k(const float* src, int64_t K, const RowParams&, RowDst dst) {
       }
     }
     std::memset(blk, 0, kQ6_KBytes);
-    if (max_abs == 0.0f) continue;  // all zero: ggml writes an all-zero block
-    const float iscale = -128.0f / max_scale;
+    const float iscale = inv_or_zero(-128.0f, max_scale);
+    if (iscale == 0.0f) continue;  // all zero (or all below ~1e-37): ggml writes an all-zero block
     auto* scales = reinterpret_cast<int8_t*>(blk + 192);
     for (int ib = 0; ib < 16; ++ib) scales[ib] = int8_t(std::min(127, rne(iscale * scale[ib])));
     store_f16(blk + 208, 1.0f / iscale);
@@ -321,7 +321,7 @@ void quantize_tq2_0(const float* src, int64_t K, const RowParams&, RowDst dst) {
     const float* x = src + b * kQK_K;
     uint8_t* blk = dst.data + b * kTQ2_0Bytes;
     const float d = absmax(x, kQK_K);
-    const float id = d != 0.0f ? 1.0f / d : 0.0f;
+    const float id = inv_or_zero(1.0f, d);
     std::memset(blk, 0, 64);
     for (int i = 0; i < kQK_K; ++i) {
       const int code = int(std::roundf(x[i] * id)) + 1;
