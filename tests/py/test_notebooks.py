@@ -11,6 +11,7 @@ without outputs, which the last test checks.
 from __future__ import annotations
 
 import json
+import re
 import sys
 import time
 from datetime import datetime
@@ -21,6 +22,7 @@ import pytest
 from jupyter_client.kernelspec import KernelSpecManager
 from jupyter_client.manager import KernelManager
 from nbclient import NotebookClient
+from nbclient.exceptions import CellExecutionError
 
 NOTEBOOK_DIR = Path(__file__).resolve().parents[2] / "notebooks"
 NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("*.ipynb"))
@@ -28,6 +30,7 @@ NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("*.ipynb"))
 # one shared with other work (load 5-7 on 2 cores) the training cells took up to ~580 s.
 CELL_TIMEOUT_S = 600
 KERNEL_NAME = "slmops-notebook-test"
+ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")  # IPython colors its tracebacks
 
 
 def test_notebooks_are_found():
@@ -74,7 +77,15 @@ def test_notebook_runs(path: Path, kernel_dir: Path, tmp_path: Path, monkeypatch
     )
     before = _listing()
     t0 = time.perf_counter()
-    client.execute()  # raises CellExecutionError (cell source + traceback) on the first failing cell
+    try:
+        client.execute()
+    except CellExecutionError as e:  # the first failing cell: its source and traceback, uncolored
+        pytest.fail(f"{path.name}: {ANSI_ESCAPE.sub('', str(e))}", pytrace=False)
+    finally:  # nbclient shuts down only the kernels of managers it made itself
+        if client.kc is not None:
+            client.kc.stop_channels()
+        if km.has_kernel:
+            km.shutdown_kernel(now=True)
     slowest = max(_cell_seconds(nb), default=(0.0, -1))
     print(f"{path.name}: {time.perf_counter() - t0:.1f} s (slowest: cell {slowest[1]}, {slowest[0]:.1f} s)")
     assert _listing() - before == set(), "the notebook wrote into the repository"
