@@ -154,7 +154,21 @@ TensorArg tensor_arg(py::handle obj, const char* name, py::object cuda_stream) {
   if (!py::hasattr(obj, "__dlpack__"))
     throw py::type_error(t.name + " must be a numpy array or a tensor that supports DLPack (torch.Tensor), got " +
                          std::string(py::str(py::type::of(obj).attr("__name__"))));
-  py::object capsule = cuda_stream.is_none() ? obj.attr("__dlpack__")() : obj.attr("__dlpack__")(py::arg("stream") = cuda_stream);
+  // torch refuses to export a tensor that requires grad; the kernels use its memory outside
+  // autograd, as the ops layer's .detach() does, so take the detached alias (same memory).
+  py::object src = py::reinterpret_borrow<py::object>(obj);
+  if (py::hasattr(src, "requires_grad") && py::hasattr(src, "detach")) {
+    const py::object rg = src.attr("requires_grad");
+    if (py::isinstance<py::bool_>(rg) && rg.cast<bool>()) src = src.attr("detach")();
+  }
+  py::object capsule;
+  try {
+    capsule = cuda_stream.is_none() ? src.attr("__dlpack__")() : src.attr("__dlpack__")(py::arg("stream") = cuda_stream);
+  } catch (py::error_already_set& e) {
+    // Other refusals (conjugate or negative bit views, ...) are BufferError: say whose.
+    if (!e.matches(PyExc_BufferError)) throw;
+    throw py::value_error(t.name + " cannot be passed to the kernels: " + std::string(e.what()));
+  }
   // Borrow only: the capsule keeps its name and stays alive in t.owner, so the producer's
   // capsule destructor frees the DLManagedTensor once the call is over (DLPack spec).
   auto* managed = static_cast<dlpack::DLManagedTensor*>(PyCapsule_GetPointer(capsule.ptr(), "dltensor"));

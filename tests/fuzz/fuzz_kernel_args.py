@@ -143,6 +143,8 @@ def array(rng: np.random.Generator, shape: tuple[int, ...], dtype: str = "float3
         t = a if isinstance(a, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(a))
         if rng.random() < 0.3 and t.ndim >= 2:
             t = t.transpose(-1, -2).contiguous().transpose(-1, -2)  # a transposed view: not contiguous
+        if rng.random() < 0.1 and t.is_floating_point():
+            t.requires_grad_()  # DLPack refuses to export these
         return t
     return layout(rng, a)
 
@@ -172,14 +174,22 @@ def pick(rng: np.random.Generator, options: list[Any] | tuple[list[Any], list[An
 
 
 def finite_weight(w: Any) -> bool:
-    a = w.float().numpy() if torch is not None and isinstance(w, torch.Tensor) else np.asarray(w, np.float64)
+    a = (
+        w.detach().float().numpy()
+        if torch is not None and isinstance(w, torch.Tensor)
+        else np.asarray(w, np.float64)
+    )
     return a.size > 0 and bool(np.isfinite(a).all())
 
 
 def check_nan_rows(x: Any, y: Any, op: str) -> None:
     """A row of x holding NaN/Inf must give an all-NaN row of y (qmatmul, spmm)."""
-    xa = np.asarray(x.float() if torch is not None and isinstance(x, torch.Tensor) else x, np.float64)
-    ya = np.asarray(y.float() if torch is not None and isinstance(y, torch.Tensor) else y, np.float64)
+    xa = np.asarray(
+        x.detach().float() if torch is not None and isinstance(x, torch.Tensor) else x, np.float64
+    )
+    ya = np.asarray(
+        y.detach().float() if torch is not None and isinstance(y, torch.Tensor) else y, np.float64
+    )
     if xa.ndim < 1 or ya.size == 0:
         return
     bad = ~np.isfinite(xa.reshape(-1, xa.shape[-1])).all(1)

@@ -20,7 +20,6 @@ from slmops.ops import (
     QuantizedTensor,
     SparseTensor,
     TeacherTopK,
-    dequantize,
     fused_linear_kd_loss,
     kd_loss,
     qmatmul,
@@ -248,6 +247,16 @@ def test_misaligned_torch_tensor_is_read_from_an_aligned_copy(rng):
     np.testing.assert_array_equal(np.asarray(quantize(t, "int8").tensors["data"]), ref.int8(w)[0])
 
 
+def test_buffers_that_require_grad_are_read_as_their_values(rng):
+    # DLPack export of a tensor that requires grad raised BufferError out of the bindings.
+    q = quantize(torch.from_numpy(gaussian(rng, (4, 64))), "int8")
+    tensors = {**q.tensors, "scales": q.tensors["scales"].clone().requires_grad_()}
+    crafted = QuantizedTensor("int8", (4, 64), tensors)
+    torch.testing.assert_close(crafted.dequantize(), q.dequantize(), rtol=0, atol=0)
+    x = torch.ones(2, 64)
+    torch.testing.assert_close(qmatmul(x, crafted), qmatmul(x, q), rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("memory", [byte_swapped, misaligned])
 def test_outputs_that_would_be_written_to_a_copy_are_refused(rng, memory):
     q = quantize(gaussian(rng, (4, 64)), "int8")
@@ -382,17 +391,6 @@ def test_sparse_values_resized_after_packing_are_refused(rng):
     sw.tensors["values"].resize(4096, refcheck=False)
     with pytest.raises(ValueError, match="resized or reallocated"):
         spmm(x, sw)
-
-
-def test_dequantize_of_a_crafted_buffer_set_checks_every_size(rng):
-    # One scale short of the layout: a kernel would read past the buffer.
-    q = quantize(gaussian(rng, (4, 64)), "int4")
-    with pytest.raises(ValueError, match="buffer 'scales' must hold 8"):
-        QuantizedTensor(
-            "int4", (4, 64), {"data": q.tensors["data"], "scales": np.ones(7, np.float32)}, group_size=32
-        )
-    out = dequantize(q)
-    assert np.isfinite(out).all()
 
 
 # ---- 7. the fuzzer stays green --------------------------------------------------------------
