@@ -390,11 +390,12 @@ std::unique_ptr<PyNMWeight> py_pack_nm(int n, int m, int64_t N, int64_t K, const
   if (type == SparseValueType::kInt8 || type == SparseValueType::kInt4) {
     if (scales.is_none()) throw py::value_error("int8 and int4 values need scales");
     sa = tensor_arg(scales, "scales");
-    s = static_cast<const float*>(cpu_array(sa, {ElemType::kF32}, checked_mul(N, groups, "rows * groups"), "rows * groups"));
+    s = static_cast<const float*>(
+        cpu_array(sa, {ElemType::kF32}, checked_mul(N, groups, "rows * groups"), "rows * groups"));
     if (!zero_points.is_none()) {
       za = tensor_arg(zero_points, "zero_points");
-      z = static_cast<const uint8_t*>(cpu_array(za, {ElemType::kU8}, checked_mul(N, ceil_div(groups, 2), "rows * zero point bytes"),
-                                                "rows * ceil(groups / 2)"));
+      const int64_t zp_bytes = checked_mul(N, ceil_div(groups, 2), "rows * zero point bytes");
+      z = static_cast<const uint8_t*>(cpu_array(za, {ElemType::kU8}, zp_bytes, "rows * ceil(groups / 2)"));
     }
   }
   out->w = make_nm_weight(N, K, n, m, type, v, s, z, group, static_cast<const uint8_t*>(idx));

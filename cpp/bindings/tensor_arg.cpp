@@ -163,7 +163,8 @@ TensorArg tensor_arg(py::handle obj, const char* name, py::object cuda_stream) {
   }
   py::object capsule;
   try {
-    capsule = cuda_stream.is_none() ? src.attr("__dlpack__")() : src.attr("__dlpack__")(py::arg("stream") = cuda_stream);
+    capsule = cuda_stream.is_none() ? src.attr("__dlpack__")()
+                                    : src.attr("__dlpack__")(py::arg("stream") = cuda_stream);
   } catch (py::error_already_set& e) {
     // Other refusals (conjugate or negative bit views, ...) are BufferError: say whose.
     if (!e.matches(PyExc_BufferError)) throw;

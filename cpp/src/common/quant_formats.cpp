@@ -75,7 +75,8 @@ QuantLayout quant_layout(const QuantSpec& spec, int64_t K) {
         throw std::invalid_argument(fmt + ": group_size must be a power of two >= 16 (MatMulNBits block_size), got " +
                                     std::to_string(L.group_size));
       L.groups_per_row = ceil_div(K, L.group_size);  // last group zero-padded
-      L.data_bytes_per_row = checked_mul(L.groups_per_row, L.group_size / 2, "int4 bytes per row (groups * group_size / 2)");
+      L.data_bytes_per_row =
+          checked_mul(L.groups_per_row, L.group_size / 2, "int4 bytes per row (groups * group_size / 2)");
       L.scales_per_row = L.groups_per_row;
       L.zero_point_bytes_per_row = spec.symmetric ? 0 : ceil_div(L.groups_per_row, 2);
       break;
@@ -101,7 +102,8 @@ QuantLayout quant_layout(const QuantSpec& spec, int64_t K) {
         throw std::invalid_argument(fmt + ": K (in_features) = " + std::to_string(K) + " must be a multiple of " +
                                     std::to_string(info.block_size) + " (the GGUF block size)");
       L.groups_per_row = K / info.block_size;
-      L.data_bytes_per_row = checked_mul(L.groups_per_row, info.block_bytes, "GGUF bytes per row (blocks * block bytes)");
+      L.data_bytes_per_row =
+          checked_mul(L.groups_per_row, info.block_bytes, "GGUF bytes per row (blocks * block bytes)");
       break;
   }
   return L;

@@ -133,7 +133,7 @@ void quantize(const QuantSpec& spec, const void* src, DType src_dtype, int64_t r
     if (g < 0) continue;
     const int64_t G = L.group_size ? L.group_size : K;
     const std::string where = "row " + std::to_string(r) + ", columns " + std::to_string(g * G) + "-" +
-                              std::to_string(std::min(K, (g + 1) * G) - 1);
+                              std::to_string(g * G + std::min(G, K - g * G) - 1);  // g * G < K: no overflow
     if (f16.count)
       throw std::invalid_argument(std::string("format '") + info.name + "': the weights of " + where +
                                   " need a float16 block scale past 65504 (the largest float16); " + info.name +

@@ -236,8 +236,9 @@ void validate_csr(const CsrWeight& w) {
   // inside the [nnz] column and value buffers, and may the column pass read them.
   for (int64_t n = 0; n < w.N; ++n)
     if (w.row_ptr[n + 1] < w.row_ptr[n])
-      invalid("row_ptr must not decrease: row_ptr[" + std::to_string(n + 1) + "] = " + std::to_string(w.row_ptr[n + 1]) +
-              " < row_ptr[" + std::to_string(n) + "] = " + std::to_string(w.row_ptr[n]));
+      invalid("row_ptr must not decrease: row_ptr[" + std::to_string(n + 1) + "] = " +
+              std::to_string(w.row_ptr[n + 1]) + " < row_ptr[" + std::to_string(n) + "] = " +
+              std::to_string(w.row_ptr[n]));
   for (int64_t n = 0; n < w.N; ++n) {
     const int64_t begin = w.row_ptr[n], end = w.row_ptr[n + 1];
     for (int64_t i = begin; i < end; ++i) {
