@@ -21,7 +21,21 @@ def fuzz_readers():
 
 
 def test_every_reader_survives_mutated_files(fuzz_readers, capsys):
-    assert fuzz_readers.main(["--seconds", "3", "--seed", "7"]) == 0, capsys.readouterr().out
+    import logging
+    import warnings
+
+    from transformers.utils import logging as hf_logging
+
+    # main() quiets logging and warnings for the whole process (it is a script); undo that
+    # here, or later tests that read run.log see no INFO lines
+    verbosity = hf_logging.get_verbosity()
+    try:
+        with warnings.catch_warnings():
+            assert fuzz_readers.main(["--seconds", "3", "--seed", "7"]) == 0, capsys.readouterr().out
+    finally:
+        logging.disable(logging.NOTSET)
+        hf_logging.set_verbosity(verbosity)
+        hf_logging.enable_progress_bar()
     out = capsys.readouterr().out
     assert all(t in out for t in fuzz_readers.READERS)  # each target ran and reported
 
