@@ -106,8 +106,8 @@ def layout(rng: np.random.Generator, a: np.ndarray) -> np.ndarray:
         big = np.zeros(a.shape[:-1] + (2 * a.shape[-1],), a.dtype)
         big[..., ::2] = a
         return big[..., ::2]
-    if kind == 2 and a.ndim:  # negative strides
-        return np.flip(np.flip(a), axis=tuple(range(a.ndim)))
+    if kind == 2 and a.ndim:  # negative strides: a reversed copy, viewed reversed
+        return np.flip(np.ascontiguousarray(np.flip(a)))
     if kind == 3 and a.ndim >= 2:  # Fortran order
         return np.asfortranarray(a)
     if kind == 4 and a.dtype.itemsize > 1:  # byte-swapped
@@ -143,6 +143,9 @@ def array(rng: np.random.Generator, shape: tuple[int, ...], dtype: str = "float3
         t = a if isinstance(a, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(a))
         if rng.random() < 0.3 and t.ndim >= 2:
             t = t.transpose(-1, -2).contiguous().transpose(-1, -2)  # a transposed view: not contiguous
+        if rng.random() < 0.1 and t.element_size() > 1 and t.numel():  # misaligned, as torch.frombuffer makes
+            buf = bytearray(t.numel() * t.element_size() + 1)
+            t = torch.frombuffer(buf, dtype=t.dtype, offset=1, count=t.numel()).reshape(t.shape).copy_(t)
         if rng.random() < 0.1 and t.is_floating_point():
             t.requires_grad_()  # DLPack refuses to export these
         return t
