@@ -17,7 +17,14 @@ from safetensors.torch import load_file, save_file
 from slmops._io import CorruptedFileError, OutputExistsError, atomic_dir
 from slmops.cli import main as cli
 from slmops.export import save_checkpoint
-from slmops.finetune import LoRAOptions, add_lora, load_adapter, lora_layers, save_adapter
+from slmops.finetune import (
+    LoRAOptions,
+    add_lora,
+    load_adapter,
+    lora_layers,
+    read_adapter_config,
+    save_adapter,
+)
 
 
 @pytest.fixture(scope="module")
@@ -187,6 +194,36 @@ def test_a_huge_adapter_rank_fails_before_allocating(tmp_path):
     with pytest.raises(ValueError, match=r"\(100000, "):
         load_adapter(slmops.zoo.load("kjv-student")[0], tmp_path / "a")
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss < 200_000  # KiB: no gigabytes
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"lora_alpha": {"a": 1}}, "lora_alpha must be a finite number"),  # found by the fuzzer
+        ({"lora_alpha": None}, "lora_alpha must be a finite number"),
+        ({"lora_alpha": float("nan")}, "lora_alpha must be a finite number"),
+        ({"lora_alpha": -4}, "alpha must be > 0"),
+        ({"lora_dropout": "0.1"}, "lora_dropout must be a finite number"),
+        ({"use_rslora": "yes"}, "use_rslora must be true or false"),
+        ({"r": True}, "r must be an integer"),
+    ],
+)
+def test_adapter_config_values_of_the_wrong_type_are_refused(tmp_path, change, message):
+    model = slmops.zoo.load("kjv-student")[0]
+    add_lora(model, LoRAOptions(r=2))
+    save_adapter(model, tmp_path / "a")
+    config = json.loads((tmp_path / "a" / "adapter_config.json").read_text())
+    (tmp_path / "a" / "adapter_config.json").write_text(json.dumps({**config, **change}))
+    target = slmops.zoo.load("kjv-student")[0]
+    with pytest.raises(ValueError, match=message):
+        load_adapter(target, tmp_path / "a", verify=False)
+    assert lora_layers(target) == {}
+
+
+def test_an_adapter_config_that_is_not_an_object_is_refused(tmp_path):
+    (tmp_path / "adapter_config.json").write_text("[1, 2]")
+    with pytest.raises(ValueError, match="not a JSON object"):
+        read_adapter_config(tmp_path)
 
 
 def test_token_id_lists_as_calibration_are_refused_not_read_as_text():

@@ -7,6 +7,7 @@ onto a float base or a quantized one (QLoRA)."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 from pathlib import Path
@@ -96,6 +97,8 @@ def read_adapter_config(folder: str | os.PathLike[str]) -> dict[str, Any]:
     if not path.is_file():
         raise FileNotFoundError(f"{folder} holds no {CONFIG_FILE}: not a peft adapter folder")
     config = json.loads(path.read_text())
+    if not isinstance(config, dict):
+        raise ValueError(f"{path}: not a JSON object")
     if config.get("peft_type") != "LORA":
         raise ValueError(f"{path}: peft_type {config.get('peft_type')!r}; slmops loads LORA adapters")
     for key, default in _UNSUPPORTED.items():
@@ -104,7 +107,23 @@ def read_adapter_config(folder: str | os.PathLike[str]) -> dict[str, Any]:
     for key in ("rank_pattern", "alpha_pattern", "modules_to_save", "layers_to_transform"):
         if config.get(key):
             raise ValueError(f"{path}: {key} is not supported (one rank and alpha for every layer)")
+    r = config.get("r")
+    if not isinstance(r, int) or isinstance(r, bool) or r < 1:
+        raise ValueError(f"{path}: r must be an integer >= 1, got {r!r}")
+    _check_number(path, config, "lora_alpha", required=True)
+    _check_number(path, config, "lora_dropout", required=False)
+    if not isinstance(config.get("use_rslora", False), bool):
+        raise ValueError(f"{path}: use_rslora must be true or false, got {config['use_rslora']!r}")
     return config
+
+
+def _check_number(path: Path, config: dict[str, Any], key: str, required: bool) -> None:
+    """A finite JSON number (null counts as absent where the key is optional, as peft writes)."""
+    value = config.get(key)
+    if value is None and not required:
+        return
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+        raise ValueError(f"{path}: {key} must be a finite number, got {value!r}")
 
 
 def load_adapter(
@@ -142,9 +161,7 @@ def load_adapter(
             f"{weights_path} adapts layers the model does not have as linear layers: {missing[:5]}"
             f"{' ...' if len(missing) > 5 else ''} (an adapter for another architecture?)"
         )
-    r = config.get("r")
-    if not isinstance(r, int) or isinstance(r, bool) or r < 1:
-        raise ValueError(f"{Path(folder) / CONFIG_FILE}: r must be an integer >= 1, got {r!r}")
+    r = config["r"]
     for path in paths:  # before anything is allocated or changed
         layer = model.get_submodule(path)
         if adapter_name in getattr(layer, "adapters", ()):
@@ -162,7 +179,7 @@ def load_adapter(
     # the exact paths as one regex: the names in a peft config may select more layers
     options = LoRAOptions(
         r=r, alpha=float(config["lora_alpha"]),
-        dropout=float(config.get("lora_dropout") or 0.0), use_rslora=bool(config.get("use_rslora", False)),
+        dropout=float(config.get("lora_dropout") or 0.0), use_rslora=config.get("use_rslora", False),
         target_modules="|".join(map(re.escape, paths)),
     )  # fmt: skip
     originals = {path: model.get_submodule(path) for path in paths}
