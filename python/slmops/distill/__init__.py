@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..models import model_and_tokenizer
 from .data import load_examples, read_prompts
 from .generate import GenerationOptions, generate_teacher_data
 from .train import TrainingOptions, train_student
@@ -40,15 +41,9 @@ class DistillResult:
     summary: dict[str, Any] = field(default_factory=dict)
 
 
-def _load(model: Any, what: str) -> tuple[Any, Any]:
-    """(model, tokenizer) from a zoo name or folder, or as given as such a pair."""
-    from .. import zoo
-
-    if isinstance(model, (str, os.PathLike)):
-        return zoo.load(model)
-    if isinstance(model, tuple) and len(model) == 2:
-        return model
-    raise TypeError(f"{what} must be a zoo name, a Hugging Face folder, or a (model, tokenizer) pair")
+# The old private name of slmops.models.model_and_tokenizer, for finetune/train.py until it
+# imports that instead.
+_load = model_and_tokenizer
 
 
 def _options(cls: type, value: Any, what: str) -> Any:
@@ -95,10 +90,10 @@ def distill(
     gen = _options(GenerationOptions, generation, "generation")
     opts = _options(TrainingOptions, training, "training")
     out = Path(out_dir)
-    s_model, s_tok = _load(student, "student")
+    s_model, s_tok = model_and_tokenizer(student, "student")
     t_model = t_tok = None
     if teacher is not None:
-        t_model, t_tok = _load(teacher, "teacher")
+        t_model, t_tok = model_and_tokenizer(teacher, "teacher")
         if t_tok.get_vocab() != s_tok.get_vocab():
             raise ValueError(
                 "teacher and student tokenizers differ: logit distillation compares the same token ids "

@@ -1,11 +1,13 @@
 """Layer 4: writers of model files for the runtimes people deploy on: ONNX Runtime GenAI
 folders (Foundry Local), GGUF (llama.cpp, Ollama), Hugging Face folders (float, or GPTQ
 layout when quantized), and slmops checkpoints (Hugging Face folders whose linears are
-stored as slmops quantized codes and scales)."""
+stored as slmops quantized codes and scales). Their readers are in ``slmops.models``
+(re-exported here).
+"""
 
+from ..models import is_checkpoint, is_gptq_checkpoint, load_checkpoint, load_gptq
 from .api import TARGETS, export
-from .checkpoint import is_checkpoint, load_checkpoint, save_checkpoint
-from .gptq import is_gptq_checkpoint, load_gptq
+from .checkpoint import save_checkpoint
 
 __all__ = [
     "TARGETS",

@@ -1,6 +1,6 @@
-"""``slmops.export(model, target, out_dir)``: one entry point for every target; each writes
-into a temporary sibling folder that is renamed at the end, with ``manifest.json`` listing
-every file with its size and SHA-256 (see ``slmops._io``)."""
+"""``slmops.export_model(model, target, out_dir)`` (``slmops.export.export``): one entry point
+for every target; each writes into a temporary sibling folder that is renamed at the end,
+with ``manifest.json`` listing every file with its size and SHA-256 (see ``slmops._io``)."""
 
 from __future__ import annotations
 
@@ -45,7 +45,7 @@ def export(
     An existing ``out_dir`` is replaced only when slmops wrote it or it is empty, or with
     ``overwrite=True``; otherwise ``OutputExistsError``, before any work.
     """
-    from .. import zoo
+    from ..models import check_tokenizer, load_model
     from ..nn import QuantLinear
     from .checkpoint import save_checkpoint
     from .gguf import check_gguf_exportable, ollama_modelfile, write_gguf
@@ -56,11 +56,11 @@ def export(
         raise ValueError(f"unknown export target {target!r}; expected one of {TARGETS}")
     check_writable(out_dir, overwrite)
     if isinstance(model, (str, os.PathLike)):
-        model, loaded_tok = zoo.load(model)
+        model, loaded_tok = load_model(model)
         tokenizer = tokenizer or loaded_tok
     if tokenizer is None:
         raise ValueError("export needs the model's tokenizer: pass tokenizer=...")
-    zoo.check_tokenizer(model, tokenizer)
+    check_tokenizer(model, tokenizer)
     allowed = {
         "onnx-genai": {"accuracy_level", "name"},
         "gguf": {"tensor_types", "default_type", "name"},

@@ -233,22 +233,22 @@ class Engine:
         return self._texts[name]
 
     def _input_folder(self) -> Path:
-        from .. import zoo
+        from ..models import model_folder
 
-        return zoo.path(self.cfg.model)
+        return model_folder(self.cfg.model)
 
     # -- caching -------------------------------------------------------------------
     def _run_pass_cached(self, key: str, parent_dir: Path, pass_obj: Any, options: Any) -> dict[str, Any]:
         """The cached result of one pass (running it when absent): {'model_dir', 'info', 'artifacts'}."""
-        from .. import zoo
         from ..export import save_checkpoint
+        from ..models import load_model
 
         cached = self._cached_pass(key)
         if cached is not None:
             self.log.info("pass %s: cached (%s)", pass_obj.type, key)
             return cached
         with atomic_dir(self.cache / key, overwrite=True) as tmp:  # the cache is ours alone
-            model, tokenizer = zoo.load(parent_dir)
+            model, tokenizer = load_model(parent_dir)
             ctx = PassContext(
                 data=self.data_text, artifacts_dir=tmp / "artifacts", seed=self.cfg.seed, log=self.log
             )
@@ -314,11 +314,11 @@ class Engine:
         return hashlib.sha256(self.data_text(name).encode()).hexdigest()[:16]
 
     def _evaluate(self, model_dir: Path) -> dict[str, Any]:
-        from .. import zoo
         from ..evaluate import evaluate
+        from ..models import load_model
 
         ev = self.cfg.evaluate
-        model, tokenizer = zoo.load(model_dir)
+        model, tokenizer = load_model(model_dir)
         names = [m for m in ev.metrics if isinstance(m, str)]
         wanted = []
         if "perplexity" in names:

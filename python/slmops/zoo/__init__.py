@@ -4,6 +4,8 @@ import slmops
 slmops.zoo.list()                                   # ['kjv-student', 'kjv-teacher']
 model, tokenizer = slmops.zoo.load("kjv-teacher")
 slmops.evaluate(model, tokenizer, data=slmops.zoo.eval_text())
+
+Loading is ``slmops.models``'s (``zoo.load`` is ``slmops.models.load_model``).
 """
 
 from .corpus import SPLITS, kjv_chapters, kjv_eval_slice, kjv_split

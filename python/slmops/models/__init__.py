@@ -1,0 +1,28 @@
+"""Layer 4, its base: where a model comes from. One loader for a reference model by name,
+a Hugging Face folder (float or GPTQ layout) and an slmops checkpoint, used by the zoo,
+export, distillation, fine-tuning and the workflow engine; the readers of the checkpoint
+formats that ``slmops.export`` writes.
+
+    model, tokenizer = slmops.models.load_model("kjv-teacher")       # or a model folder
+    model, tokenizer = slmops.models.model_and_tokenizer(x, "teacher")  # a name, folder or pair
+"""
+
+from __future__ import annotations
+
+from .checkpoint import is_checkpoint, load_checkpoint
+from .folders import REFERENCE_MODELS_DIR, model_folder, reference_models
+from .gptq import is_gptq_checkpoint, load_gptq
+from .loading import check_tokenizer, load_model, model_and_tokenizer
+
+__all__ = [
+    "REFERENCE_MODELS_DIR",
+    "check_tokenizer",
+    "is_checkpoint",
+    "is_gptq_checkpoint",
+    "load_checkpoint",
+    "load_gptq",
+    "load_model",
+    "model_and_tokenizer",
+    "model_folder",
+    "reference_models",
+]
