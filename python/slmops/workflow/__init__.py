@@ -3,8 +3,9 @@ goals and a search; the engine runs the candidates (caching every pass output), 
 Pareto front and the best candidate, and writes ``run_history.json`` and a report."""
 
 from .config import ConfigError, RunConfig, load_config, parse_config
-from .engine import Engine, RunResult, expand_search, pareto_front, run_workflow
+from .engine import Engine, expand_search, run_workflow
 from .registry import Pass, PassContext, PassOptions, PassOutput, available_passes, get_pass, register_pass
+from .results import RunResult, pareto_front
 
 __all__ = [
     "ConfigError",

@@ -12,7 +12,7 @@ from typing import Any
 
 from .._io import write_atomic
 from .config import RunConfig
-from .engine import RunResult, pareto_front
+from .results import RunResult, pareto_front
 
 
 def _fmt_bytes(n: float | None) -> str:
