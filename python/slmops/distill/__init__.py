@@ -4,19 +4,22 @@ Stage 1 (:func:`generate_teacher_data`): the teacher answers a JSONL file of pro
 answers, and optionally the teacher's top-k log-probabilities per token, are written as
 JSON lines. Stage 2 (:func:`train_student`): the student learns from the teacher's
 distribution with the fused linear KD loss, on stage 1's records or on plain text, the
-teacher online (a model) or offline (the stored top-k). :func:`distill` runs both.
+teacher online (a model) or offline (the stored top-k). :func:`distill` runs both
+(``slmops.distill_model`` at the package root).
 
-    slmops.distill("kjv-teacher", "kjv-student", "out/", data="train.txt",
-                   training={"steps": 200, "temperature": 2.0})
+    slmops.distill_model("kjv-teacher", "kjv-student", "out/", data="train.txt",
+                         training={"steps": 200, "temperature": 2.0})
 """
 
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .._deprecation import callable_package
 from ..models import model_and_tokenizer
 from .data import load_examples, read_prompts
 from .generate import GenerationOptions, generate_teacher_data
@@ -120,3 +123,7 @@ def distill(
     if int(os.environ.get("RANK", "0")) == 0:
         write_json_atomic(summary, out / "distill_summary.json")
     return DistillResult(trained, s_tok, out / "model", summary)
+
+
+# slmops.distill was the function distill until 0.2; calling the package still works, for one release.
+callable_package(sys.modules[__name__], "distill", "slmops.distill_model")

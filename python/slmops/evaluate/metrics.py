@@ -1,5 +1,5 @@
-"""``slmops.evaluate``: perplexity, speed and memory of any Hugging Face causal LM,
-including models whose linears are ``QuantLinear``."""
+"""``slmops.evaluate_model`` (``slmops.evaluate.evaluate``): perplexity, speed and memory of
+any Hugging Face causal LM, including models whose linears are ``QuantLinear``."""
 
 from __future__ import annotations
 
@@ -13,8 +13,7 @@ from typing import Any
 
 import torch
 
-import slmops
-
+from .. import _C
 from .._io import write_json_atomic
 
 METRICS = ("perplexity", "speed", "memory")
@@ -133,7 +132,7 @@ def speed(model: Any, prompt_tokens: int, decode_tokens: int, repeats: int, warm
         "repeats": repeats,
         "warmup": warmup,
         "threads": torch.get_num_threads(),
-        "slmops_threads": slmops.get_num_threads(),
+        "slmops_threads": _C.get_num_threads(),
     }
 
 
@@ -214,7 +213,7 @@ def evaluate(
     was_training = getattr(model, "training", False)
     model.eval()
     tracked = "memory" in metrics and _reset_peak_rss()
-    result: dict[str, Any] = {"slmops": slmops.__version__}
+    result: dict[str, Any] = {"slmops": _C.build_info()["version"]}
     try:
         if "perplexity" in metrics:
             result["perplexity"] = perplexity(model, _token_ids(data, tokenizer, model), seq_len, stride)

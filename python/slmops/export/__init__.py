@@ -3,8 +3,13 @@ folders (Foundry Local), GGUF (llama.cpp, Ollama), Hugging Face folders (float, 
 layout when quantized), and slmops checkpoints (Hugging Face folders whose linears are
 stored as slmops quantized codes and scales). Their readers are in ``slmops.models``
 (re-exported here).
+
+    slmops.export_model(model, "gguf", "out/gguf", tokenizer)  # = slmops.export.export
 """
 
+import sys
+
+from .._deprecation import callable_package
 from ..models import is_checkpoint, is_gptq_checkpoint, load_checkpoint, load_gptq
 from .api import TARGETS, export
 from .checkpoint import save_checkpoint
@@ -18,3 +23,6 @@ __all__ = [
     "load_gptq",
     "save_checkpoint",
 ]
+
+# slmops.export was this function until 0.2; calling the package still works, for one release.
+callable_package(sys.modules[__name__], "export", "slmops.export_model")

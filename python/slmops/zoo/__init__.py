@@ -3,7 +3,7 @@
 import slmops
 slmops.zoo.list()                                   # ['kjv-student', 'kjv-teacher']
 model, tokenizer = slmops.zoo.load("kjv-teacher")
-slmops.evaluate(model, tokenizer, data=slmops.zoo.eval_text())
+slmops.evaluate_model(model, tokenizer, data=slmops.zoo.eval_text())
 
 Loading is ``slmops.models``'s (``zoo.load`` is ``slmops.models.load_model``).
 """
