@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "cpu/isa_dispatch.h"
 #include "cpu/kd_kernels.h"
 #include "cpu/row_kernels.h"
 #include "slmops/gemm.h"
@@ -17,15 +18,7 @@
 namespace slmops {
 
 const cpu::KdKernels& cpu::kd_kernels_for(CpuIsa isa) {
-  switch (resolve_cpu_isa(isa)) {
-#ifdef SLMOPS_HAVE_AVX512
-    case CpuIsa::kAvx512: return avx512::kd_kernels();
-#endif
-#ifdef SLMOPS_HAVE_AVX2
-    case CpuIsa::kAvx2: return avx2::kd_kernels();
-#endif
-    default: return ref::kd_kernels();
-  }
+  return kernels_for_isa<KdKernels>(isa, SLMOPS_CPU_ISA_KERNELS(kd_kernels));
 }
 
 namespace {

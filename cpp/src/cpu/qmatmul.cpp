@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "common/half.h"
+#include "cpu/isa_dispatch.h"
 #include "cpu/quant_common.h"
 #include "cpu/qmatmul_kernels.h"
 #include "cpu/row_kernels.h"
@@ -78,15 +79,7 @@ void pack_q8_0(PackedWeight& p) {
 }
 
 const cpu::QMatmulKernels& kernels_for(CpuIsa isa) {
-  switch (resolve_cpu_isa(isa)) {
-#ifdef SLMOPS_HAVE_AVX512
-    case CpuIsa::kAvx512: return cpu::avx512::qmatmul_kernels();
-#endif
-#ifdef SLMOPS_HAVE_AVX2
-    case CpuIsa::kAvx2: return cpu::avx2::qmatmul_kernels();
-#endif
-    default: return cpu::ref::qmatmul_kernels();
-  }
+  return cpu::kernels_for_isa<cpu::QMatmulKernels>(isa, SLMOPS_CPU_ISA_KERNELS(qmatmul_kernels));
 }
 
 

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "common/half.h"
+#include "cpu/isa_dispatch.h"
 #include "cpu/quant_common.h"
 #include "cpu/row_kernels.h"
 #include "slmops/quant.h"
@@ -18,15 +19,7 @@
 namespace slmops {
 
 const cpu::RowKernels& cpu::row_kernels_for(CpuIsa isa) {
-  switch (resolve_cpu_isa(isa)) {
-#ifdef SLMOPS_HAVE_AVX512
-    case CpuIsa::kAvx512: return avx512::row_kernels();
-#endif
-#ifdef SLMOPS_HAVE_AVX2
-    case CpuIsa::kAvx2: return avx2::row_kernels();
-#endif
-    default: return ref::row_kernels();
-  }
+  return kernels_for_isa<RowKernels>(isa, SLMOPS_CPU_ISA_KERNELS(row_kernels));
 }
 
 namespace {

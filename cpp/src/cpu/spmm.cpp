@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "common/checked_int.h"
+#include "cpu/isa_dispatch.h"
 #include "cpu/row_kernels.h"
 #include "cpu/spmm_kernels.h"
 #include "slmops/qmatmul.h"
@@ -21,15 +22,7 @@
 namespace slmops {
 
 const cpu::SpmmKernels& cpu::spmm_kernels_for(CpuIsa isa) {
-  switch (resolve_cpu_isa(isa)) {
-#ifdef SLMOPS_HAVE_AVX512
-    case CpuIsa::kAvx512: return avx512::spmm_kernels();
-#endif
-#ifdef SLMOPS_HAVE_AVX2
-    case CpuIsa::kAvx2: return avx2::spmm_kernels();
-#endif
-    default: return ref::spmm_kernels();
-  }
+  return kernels_for_isa<SpmmKernels>(isa, SLMOPS_CPU_ISA_KERNELS(spmm_kernels));
 }
 
 namespace {
