@@ -147,7 +147,8 @@ def finetune(
     from safetensors.torch import load_file, save_file
 
     from .._io import check_writable, write_json_atomic
-    from ..distill import _load, _options  # model loading and option dicts, as distillation takes them
+    from ..distill import _options  # option dicts, as distillation takes them
+    from ..models import model_and_tokenizer
     from ..nn import FusedLinearKDLoss
 
     if method not in METHODS:
@@ -162,7 +163,7 @@ def finetune(
     if isinstance(model, (str, os.PathLike)):
         if tokenizer is not None:
             raise ValueError("pass a tokenizer only with a model object; a name or folder brings its own")
-        model, tokenizer = _load(model, "model")
+        model, tokenizer = model_and_tokenizer(model, "model")
     elif tokenizer is None:
         raise ValueError("a model object needs its tokenizer")
     out = Path(out_dir)
