@@ -1,7 +1,7 @@
 """What distillation and fine-tuning share in their training loops: the process's place in a
-torchrun launch, the seeded order of the data, padding a batch, the learning-rate
-schedule, the model's last hidden states and head, the step log, and checkpoints a run
-resumes from exactly."""
+torchrun launch, the seeded order of the data, padding a batch, the model's last hidden
+states and head, the step log, and checkpoints a run resumes from exactly. Their options
+and the learning-rate schedule are in :mod:`slmops.training_options`."""
 
 from __future__ import annotations
 
@@ -16,22 +16,6 @@ from typing import Any
 import numpy as np
 
 from .distill.data import IGNORE_INDEX, Example
-
-SCHEDULES = ("cosine", "linear", "constant")
-
-
-def scheduled_lr(
-    step: int, steps: int, lr: float, warmup_steps: int, min_lr_ratio: float, kind: str
-) -> float:
-    """Linear warm-up over warmup_steps, then ``kind`` decay to lr * min_lr_ratio at the
-    last step (``constant``: none). ``step`` counts from 0."""
-    if step < warmup_steps:
-        return lr * (step + 1) / warmup_steps
-    progress = min(1.0, (step - warmup_steps) / max(1, steps - warmup_steps))
-    if kind == "constant":
-        return lr
-    decay = 0.5 * (1 + math.cos(math.pi * progress)) if kind == "cosine" else 1.0 - progress
-    return lr * (min_lr_ratio + (1 - min_lr_ratio) * decay)
 
 
 def output_head(model: Any, what: str) -> Any:
@@ -169,12 +153,22 @@ def save_checkpoint(
         shutil.rmtree(old, ignore_errors=True)
 
 
+def _recorded(then: Any, defaults: Any) -> Any:
+    """The options a checkpoint was made with: what it recorded, and for an option it does
+    not record (one added since) the default, with which the run behaved as before."""
+    if not isinstance(then, dict) or not isinstance(defaults, dict):
+        return then
+    return {**defaults, **{k: _recorded(v, defaults.get(k)) for k, v in then.items()}}
+
+
 def resume_checkpoint(
-    out_dir: Path, optimizer: Any, options: dict, resumable: tuple[str, ...]
+    out_dir: Path, optimizer: Any, options: dict, resumable: tuple[str, ...], defaults: dict | None = None
 ) -> tuple[int, Path | None]:
     """Loads the optimizer state of the newest checkpoint; returns its step and folder (the
     caller loads the weights from it), or (0, None) when there is none. Options other than
-    ``resumable`` must be those the checkpoint was made with."""
+    ``resumable`` must be those the checkpoint was made with; an option missing from an older
+    checkpoint counts as its value in ``defaults`` (the options' defaults, nested as
+    ``options``)."""
     import torch
 
     found = _checkpoints(out_dir)
@@ -182,7 +176,7 @@ def resume_checkpoint(
         return 0, None
     ckpt = found[-1]
     state = json.loads((ckpt / "state.json").read_text())
-    then = state["options"]
+    then = _recorded(state["options"], defaults or {})
     changed = [k for k in options if k not in resumable and options[k] != then.get(k)]
     if changed:
         raise ValueError(

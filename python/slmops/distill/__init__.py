@@ -21,9 +21,11 @@ from typing import Any
 
 from .._deprecation import callable_package
 from ..models import model_and_tokenizer
+from ..training_options import options_from
 from .data import load_examples, read_prompts
-from .generate import GenerationOptions, generate_teacher_data
-from .train import TrainingOptions, train_student
+from .generate import generate_teacher_data
+from .options import GenerationOptions, TrainingOptions
+from .train import train_student
 
 __all__ = [
     "DistillResult",
@@ -47,20 +49,6 @@ class DistillResult:
 # The old private name of slmops.models.model_and_tokenizer, for finetune/train.py until it
 # imports that instead.
 _load = model_and_tokenizer
-
-
-def _options(cls: type, value: Any, what: str) -> Any:
-    if value is None:
-        return cls()
-    if isinstance(value, cls):
-        return value
-    if isinstance(value, dict):
-        unknown = set(value) - set(cls.__dataclass_fields__)
-        if unknown:
-            known = sorted(cls.__dataclass_fields__)
-            raise ValueError(f"unknown {what} options {sorted(unknown)}; known: {known}")
-        return cls(**value)
-    raise TypeError(f"{what} must be a {cls.__name__} or a dict")
 
 
 def distill(
@@ -90,8 +78,8 @@ def distill(
 
     if (prompts is None) == (data is None):
         raise ValueError("give exactly one of prompts (stage 1 runs first) or data (stage 2 only)")
-    gen = _options(GenerationOptions, generation, "generation")
-    opts = _options(TrainingOptions, training, "training")
+    gen = options_from(GenerationOptions, generation, "generation")
+    opts = options_from(TrainingOptions, training, "training")
     out = Path(out_dir)
     s_model, s_tok = model_and_tokenizer(student, "student")
     t_model = t_tok = None

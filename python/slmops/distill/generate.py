@@ -7,28 +7,11 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from .data import encode_topk, read_prompts
-
-
-@dataclass(frozen=True)
-class GenerationOptions:
-    max_new_tokens: int = 64
-    temperature: float = 0.8  # 0: greedy
-    top_p: float = 0.95
-    top_k: int = 50
-    batch_size: int = 8
-    logprobs_k: int = 0  # store the teacher's top-k log-probabilities per token (0: none)
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if self.max_new_tokens < 1 or self.batch_size < 1:
-            raise ValueError("max_new_tokens and batch_size must be >= 1")
-        if self.temperature < 0 or not 0 < self.top_p <= 1 or self.top_k < 0 or self.logprobs_k < 0:
-            raise ValueError("need temperature >= 0, 0 < top_p <= 1, top_k >= 0, logprobs_k >= 0")
+from .options import GenerationOptions  # defined with the other options of distillation
 
 
 def generate_teacher_data(
@@ -113,6 +96,6 @@ def generate_teacher_data(
         "seconds": round(seconds, 2),
         "tokens_per_s": round(generated / seconds, 1) if seconds > 0 else None,
         "bytes": Path(out_path).stat().st_size,
-        "options": asdict(o),
+        "options": o.model_dump(),
         "bytes_per_token_topk": 6 * o.logprobs_k,
     }

@@ -16,7 +16,6 @@ step), ``checkpoints/step-NNNNNN/`` (student, optimizer, step; resumable).
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,56 +28,12 @@ from .._training import (
     resume_checkpoint,
     run_steps,
     save_checkpoint,
-    scheduled_lr,
 )
-from .data import IGNORE_INDEX, Example
+from .data import Example
+from .options import TrainingOptions  # defined with the other options of distillation
 
 # options a resumed run may change; any other difference from the checkpoint is an error
 RESUMABLE_CHANGES = ("steps", "save_every", "keep_checkpoints")
-
-
-@dataclass(frozen=True)
-class TrainingOptions:
-    steps: int = 200
-    batch_size: int = 8  # sequences per optimizer step, over all processes
-    micro_batch_size: int = 0  # sequences per forward pass (0: the whole share of a process)
-    seq_len: int = 256
-    lr: float = 1e-3
-    warmup_steps: int = 10
-    min_lr_ratio: float = 0.1  # cosine decay to lr * min_lr_ratio
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
-    divergence: str = "forward_kl"
-    temperature: float = 1.0
-    beta: float = 0.5
-    hard_weight: float = 0.0  # 1.0: plain next-token cross entropy (the text-only baseline)
-    scale_t2: bool = True
-    init: str = "pretrained"  # "scratch": the student's architecture, freshly initialized (seeded)
-    save_every: int = 0  # checkpoint every N steps (0: none)
-    keep_checkpoints: int = 2
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        positive = ("steps", "batch_size", "seq_len", "keep_checkpoints")
-        for name in positive:
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("micro_batch_size", "warmup_steps", "save_every", "weight_decay", "max_grad_norm"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        if not self.lr > 0 or not 0 <= self.min_lr_ratio <= 1:
-            raise ValueError("need lr > 0 and 0 <= min_lr_ratio <= 1")
-        if self.init not in ("pretrained", "scratch"):
-            raise ValueError(f"init must be 'pretrained' or 'scratch', got {self.init!r}")
-        from ..ops.kd import KDOptions
-
-        KDOptions(
-            self.divergence, self.temperature, self.beta, "sum", IGNORE_INDEX, self.hard_weight, self.scale_t2
-        )
-
-    def lr_at(self, step: int) -> float:
-        """Linear warm-up over warmup_steps, then cosine to lr * min_lr_ratio (step from 0)."""
-        return scheduled_lr(step, self.steps, self.lr, self.warmup_steps, self.min_lr_ratio, "cosine")
 
 
 def _collate(batch: list[Example], pad_id: int, offline: bool) -> dict:
@@ -167,7 +122,9 @@ def train_student(
     )  # fmt: skip
     start = 0
     if resume:
-        start, ckpt = resume_checkpoint(out, optimizer, asdict(opts), RESUMABLE_CHANGES)
+        start, ckpt = resume_checkpoint(
+            out, optimizer, opts.model_dump(), RESUMABLE_CHANGES, defaults=TrainingOptions().model_dump()
+        )
         if ckpt is not None:
             load_model(student, str(ckpt / "model.safetensors"))
     log = StepLog(out / "train_log.jsonl", proc.rank, start)
@@ -183,7 +140,7 @@ def train_student(
 
     def save(step: int) -> None:  # save_model handles the tied embedding and head
         write = lambda tmp: save_model(student, str(tmp / "model.safetensors"))  # noqa: E731
-        save_checkpoint(out, step, write, optimizer, asdict(opts), opts.keep_checkpoints)
+        save_checkpoint(out, step, write, optimizer, opts.model_dump(), opts.keep_checkpoints)
 
     run = run_steps(
         step_module=step_module, params=list(student.parameters()), optimizer=optimizer, examples=examples,
@@ -206,7 +163,7 @@ def train_student(
         "seconds": round(run["seconds"], 2),
         "processes": proc.world,
         "teacher": "top-k log-probabilities (offline)" if offline else "model (online)",
-        "options": asdict(opts),
+        "options": opts.model_dump(),
         "log": str(log.path),
     }
     proc.close()

@@ -17,8 +17,6 @@ from .._deprecation import callable_package
 from .adapter import load_adapter, read_adapter_config, save_adapter
 from .data import load_finetune_examples, split_examples
 from .lora import (
-    ALL_LINEAR,
-    LoRAOptions,
     add_lora,
     count_parameters,
     find_targets,
@@ -27,8 +25,9 @@ from .lora import (
     merge_lora,
     set_adapter,
 )
-from .qlora import QLoRAOptions, quantize_base
-from .train import METHODS, FinetuneOptions, FinetuneResult, evaluation_loss, finetune
+from .options import ALL_LINEAR, METHODS, FinetuneOptions, LoRAOptions, QLoRAOptions
+from .qlora import quantize_base
+from .train import FinetuneResult, evaluation_loss, finetune
 
 __all__ = [
     "ALL_LINEAR", "METHODS", "FinetuneOptions", "FinetuneResult", "LoRAOptions", "QLoRAOptions", "add_lora",

@@ -12,51 +12,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import dataclass
 
 from torch import nn
 
 from ..nn import LoRALinear, QuantLinear
-from ..nn.lora import INITS
-
-ALL_LINEAR = "all-linear"
-
-
-@dataclass(frozen=True)
-class LoRAOptions:
-    """An adapter's shape: rank ``r``, ``alpha`` (scaling alpha / r, or alpha / sqrt(r) with
-    ``use_rslora``), ``dropout`` on the adapter's input, ``init`` (True: A Kaiming uniform
-    and B zero, as peft; ``"gaussian"``; False: both random, for tests) and the layers."""
-
-    r: int = 8
-    alpha: float = 16.0
-    dropout: float = 0.05
-    use_rslora: bool = False
-    init: bool | str = True
-    target_modules: str | list[str] = ALL_LINEAR
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.r, int) or self.r < 1:
-            raise ValueError(f"r must be an integer >= 1, got {self.r!r}")
-        if not self.alpha > 0:
-            raise ValueError(f"alpha must be > 0, got {self.alpha}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
-        if self.init not in INITS:
-            raise ValueError(f"init must be one of {INITS}, got {self.init!r}")
-        targets = self.target_modules
-        if isinstance(targets, (list, tuple)):
-            if not targets or not all(isinstance(t, str) and t for t in targets):
-                raise ValueError("target_modules must be a non-empty list of module names")
-            object.__setattr__(self, "target_modules", list(targets))
-        elif not isinstance(targets, str) or not targets:
-            raise ValueError(
-                f"target_modules must be 'all-linear', a list of names or a regex, got {targets!r}"
-            )
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+from .options import ALL_LINEAR, LoRAOptions  # defined with the other options of fine-tuning
 
 
 def _is_linear(module: nn.Module) -> bool:

@@ -4,32 +4,14 @@ weight it does not quantize in 16 bits. Activations stay float32."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-QLORA_FORMATS = ("nf4", "int4")
-FROZEN_DTYPES = ("bfloat16", "float16", "float32")
-
-
-@dataclass(frozen=True)
-class QLoRAOptions:
-    format: str = "nf4"
-    group_size: int | None = None  # the format's default: 64 for nf4 (QLoRA's block), 32 for int4
-    double_quant: bool = False
-    frozen_dtype: str = "bfloat16"  # the embedding (and tied head); "float32" leaves them as they are
-
-    def __post_init__(self) -> None:
-        if self.format not in QLORA_FORMATS:
-            raise ValueError(f"QLoRA quantizes to one of {QLORA_FORMATS}, got {self.format!r}")
-        if self.frozen_dtype not in FROZEN_DTYPES:
-            raise ValueError(f"frozen_dtype must be one of {FROZEN_DTYPES}, got {self.frozen_dtype!r}")
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+# defined with the other options of fine-tuning
+from .options import FROZEN_DTYPES, QLORA_FORMATS, QLoRAOptions  # noqa: F401
 
 
 class FrozenEmbedding(nn.Module):

@@ -15,12 +15,11 @@ from __future__ import annotations
 import math
 import os
 import resource
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .._training import (
-    SCHEDULES,
     Process,
     StepLog,
     counted_tokens,
@@ -30,57 +29,17 @@ from .._training import (
     resume_checkpoint,
     run_steps,
     save_checkpoint,
-    scheduled_lr,
 )
 from ..distill.data import Example
+from ..training_options import options_from
 from .adapter import save_adapter
 from .data import load_finetune_examples, split_examples
-from .lora import LoRAOptions, add_lora, count_parameters
-from .qlora import QLoRAOptions, quantize_base
+from .lora import add_lora, count_parameters
+from .options import METHODS, FinetuneOptions, LoRAOptions, QLoRAOptions
+from .qlora import quantize_base
 
-METHODS = ("lora", "qlora")
 # options a resumed run may change; any other difference from the checkpoint is an error
 RESUMABLE_CHANGES = ("steps", "save_every", "keep_checkpoints", "eval_every")
-
-
-@dataclass(frozen=True)
-class FinetuneOptions:
-    steps: int = 100
-    batch_size: int = 8  # sequences per optimizer step, over all processes
-    micro_batch_size: int = 0  # sequences per forward pass (0: the whole share of a process)
-    seq_len: int = 256
-    lr: float = 2e-4
-    schedule: str = "cosine"  # after warm-up: cosine or linear decay to lr * min_lr_ratio, or constant
-    warmup_steps: int = 5
-    min_lr_ratio: float = 0.0
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
-    gradient_checkpointing: bool = False
-    completion_only: bool = False  # learn only completions / the last assistant turn
-    eval_fraction: float = 0.1  # held out of the data when no eval data is given
-    eval_every: int = 0  # evaluate every N steps (0: before and after training only)
-    save_every: int = 0  # checkpoint every N steps (0: none)
-    keep_checkpoints: int = 2
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        for name in ("steps", "batch_size", "seq_len", "keep_checkpoints"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("micro_batch_size", "warmup_steps", "save_every", "eval_every", "weight_decay"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        if self.max_grad_norm < 0:
-            raise ValueError(f"max_grad_norm must be >= 0, got {self.max_grad_norm}")
-        if not self.lr > 0 or not 0 <= self.min_lr_ratio <= 1:
-            raise ValueError("need lr > 0 and 0 <= min_lr_ratio <= 1")
-        if self.schedule not in SCHEDULES:
-            raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
-        if not 0 <= self.eval_fraction < 1:
-            raise ValueError(f"eval_fraction must be in [0, 1), got {self.eval_fraction}")
-
-    def lr_at(self, step: int) -> float:
-        return scheduled_lr(step, self.steps, self.lr, self.warmup_steps, self.min_lr_ratio, self.schedule)
 
 
 @dataclass
@@ -147,15 +106,14 @@ def finetune(
     from safetensors.torch import load_file, save_file
 
     from .._io import check_writable, write_json_atomic
-    from ..distill import _options  # option dicts, as distillation takes them
     from ..models import model_and_tokenizer
     from ..nn import FusedLinearKDLoss
 
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    lora_opts = _options(LoRAOptions, lora, "lora")
-    opts = _options(FinetuneOptions, training, "training")
-    q_opts = _options(QLoRAOptions, qlora, "qlora")
+    lora_opts = options_from(LoRAOptions, lora, "lora")
+    opts = options_from(FinetuneOptions, training, "training")
+    q_opts = options_from(QLoRAOptions, qlora, "qlora")
     if qlora is not None and method != "qlora":
         raise ValueError("qlora options apply to method='qlora'")
     if data is None:
@@ -209,13 +167,18 @@ def finetune(
         step_module = torch.nn.parallel.DistributedDataParallel(step_module)
     trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
     optimizer = torch.optim.AdamW(list(trainable.values()), lr=opts.lr, weight_decay=opts.weight_decay)
-    run_options = {
-        **asdict(opts), "method": method, "lora": lora_opts.as_dict(),
-        "qlora": q_opts.as_dict() if method == "qlora" else None,
-    }  # fmt: skip
+
+    def recorded(training: FinetuneOptions, lora: LoRAOptions, qlora: QLoRAOptions) -> dict[str, Any]:
+        return {
+            **training.as_dict(), "method": method, "lora": lora.as_dict(),
+            "qlora": qlora.as_dict() if method == "qlora" else None,
+        }  # fmt: skip
+
+    run_options = recorded(opts, lora_opts, q_opts)
     start = 0
     if resume:
-        start, ckpt = resume_checkpoint(out, optimizer, run_options, RESUMABLE_CHANGES)
+        defaults = recorded(FinetuneOptions(), LoRAOptions(), QLoRAOptions())
+        start, ckpt = resume_checkpoint(out, optimizer, run_options, RESUMABLE_CHANGES, defaults)
         if ckpt is not None:
             saved = load_file(str(ckpt / "adapter.safetensors"))
             if set(saved) != set(trainable):

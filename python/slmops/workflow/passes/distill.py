@@ -1,47 +1,35 @@
 """``type: distill``: the model coming in is the teacher; a student (``student``: a zoo name
 or Hugging Face folder with the same tokenizer) is trained on a dataset of the run config
 (``data``; the reference corpus's training split when absent) with ``slmops.distill``, and
-the trained student goes on to the next pass."""
+the trained student goes on to the next pass. The training options are those of
+``slmops.distill.TrainingOptions``."""
 
 from __future__ import annotations
 
-from dataclasses import fields
 from typing import Any
 
-from pydantic import field_validator
+from pydantic import Field
 
-from ...distill import TrainingOptions, distill
-from ...ops.kd import DIVERGENCES
-from ..registry import Pass, PassContext, PassOptions, PassOutput, one_of, register_pass
+from ..._options import pick, side_by_side
+from ...distill import distill
+from ...distill.options import TrainingOptions
+from ..registry import Pass, PassContext, PassOptions, PassOutput, register_pass
 
-_DEFAULTS = TrainingOptions()
 
-
-class DistillOptions(PassOptions):
-    student: str
-    data: str | None = None  # a dataset name of the run config
-    steps: int = _DEFAULTS.steps
-    batch_size: int = _DEFAULTS.batch_size
-    micro_batch_size: int = _DEFAULTS.micro_batch_size
-    seq_len: int = _DEFAULTS.seq_len
-    lr: float = _DEFAULTS.lr
-    warmup_steps: int = _DEFAULTS.warmup_steps
-    divergence: str = _DEFAULTS.divergence
-    temperature: float = _DEFAULTS.temperature
-    beta: float = _DEFAULTS.beta
-    hard_weight: float = _DEFAULTS.hard_weight
-    init: str = _DEFAULTS.init
-    seed: int = _DEFAULTS.seed
-
-    @field_validator("divergence")
-    @classmethod
-    def _divergence(cls, v: str) -> str:
-        return one_of("divergence", v, DIVERGENCES)
-
-    @field_validator("init")
-    @classmethod
-    def _init(cls, v: str) -> str:
-        return one_of("init", v, ("pretrained", "scratch"))
+class DistillOptions(
+    side_by_side(
+        "DistillOptionsFields",
+        [TrainingOptions],
+        PassOptions,
+        student=(str, Field(description="the student: a zoo name or Hugging Face folder")),
+        data=(
+            str | None,
+            Field(None, description="a dataset of the run config (default: the reference corpus)"),
+        ),
+    )
+):
+    def training(self) -> TrainingOptions:
+        return pick(TrainingOptions, self.model_dump())
 
 
 @register_pass
@@ -53,12 +41,10 @@ class DistillPass(Pass):
         from ... import zoo
         from ...zoo.corpus import kjv_split
 
-        opts = options.model_dump()
-        training = {f.name: opts[f.name] for f in fields(TrainingOptions) if f.name in opts}
         data = ctx.data(options.data) if options.data else kjv_split("train")
         result = distill(
             (model, tokenizer), zoo.load(options.student), ctx.artifacts_dir / "distill",
-            data=data, training=training, progress=False,
+            data=data, training=options.training(), progress=False,
         )  # fmt: skip
         t = result.summary["training"]
         ctx.log.info(
