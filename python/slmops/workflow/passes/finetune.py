@@ -1,45 +1,57 @@
 """``type: finetune``: LoRA or QLoRA training of the model coming in on a dataset of the run
 config (``data``; the reference corpus's training split when absent) with
 ``slmops.finetune``. The adapter (peft format) is an artifact; the model that goes on is
-the base with the adapter merged in (a float model: a later quantize pass re-quantizes it)."""
+the base with the adapter merged in (a float model: a later quantize pass re-quantizes it).
+The options are those of ``slmops.finetune.options`` side by side; QLoRA's base takes its
+options under the names below (``quant_format`` for ``format``)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from pydantic import field_validator
+from pydantic import Field
+from pydantic.fields import FieldInfo
 
-from ...finetune import METHODS, FinetuneOptions, LoRAOptions, QLoRAOptions, finetune, merge_lora
-from ...finetune.qlora import QLORA_FORMATS
-from ..registry import Pass, PassContext, PassOptions, PassOutput, one_of, register_pass
+from ..._options import pick, side_by_side
+from ...finetune import finetune, merge_lora
+from ...finetune.options import FinetuneOptions, LoRAOptions, MethodOptions, QLoRAOptions
+from ..registry import Pass, PassContext, PassOptions, PassOutput, register_pass
 
-_TRAIN, _LORA, _QLORA = FinetuneOptions(), LoRAOptions(), QLoRAOptions()
+# QLoRAOptions' fields as the pass names them
+QLORA_KEYS = {
+    "format": "quant_format", "group_size": "quant_group_size", "double_quant": "double_quant",
+    "frozen_dtype": "frozen_dtype",
+}  # fmt: skip
+_QLORA_FIELDS = {
+    key: (field.annotation, FieldInfo.merge_field_infos(field))
+    for name, key in QLORA_KEYS.items()
+    for field in [QLoRAOptions.model_fields[name]]
+}
 
 
-class FinetunePassOptions(PassOptions):
-    method: str = "lora"
-    data: str | None = None  # a dataset name of the run config
-    r: int = _LORA.r
-    alpha: float = _LORA.alpha
-    dropout: float = _LORA.dropout
-    target_modules: str | list[str] = _LORA.target_modules
-    quant_format: str = _QLORA.format  # QLoRA's base
-    steps: int = _TRAIN.steps
-    batch_size: int = _TRAIN.batch_size
-    seq_len: int = _TRAIN.seq_len
-    lr: float = _TRAIN.lr
-    warmup_steps: int = _TRAIN.warmup_steps
-    seed: int = _TRAIN.seed
+class FinetunePassOptions(
+    side_by_side(
+        "FinetunePassOptionsFields",
+        [MethodOptions, FinetuneOptions, LoRAOptions],
+        PassOptions,
+        data=(
+            str | None,
+            Field(None, description="a dataset of the run config (default: the reference corpus)"),
+        ),
+        **_QLORA_FIELDS,
+    )
+):
+    def training(self) -> FinetuneOptions:
+        return pick(FinetuneOptions, self.model_dump())
 
-    @field_validator("method")
-    @classmethod
-    def _method(cls, v: str) -> str:
-        return one_of("method", v, METHODS)
+    def lora(self) -> LoRAOptions:
+        return pick(LoRAOptions, self.model_dump())
 
-    @field_validator("quant_format")
-    @classmethod
-    def _format(cls, v: str) -> str:
-        return one_of("quant_format", v, QLORA_FORMATS)
+    def qlora(self) -> QLoRAOptions | None:
+        """The QLoRA base's options (None unless method is qlora)."""
+        if self.method != "qlora":
+            return None
+        return QLoRAOptions(**{name: getattr(self, key) for name, key in QLORA_KEYS.items()})
 
 
 @register_pass
@@ -49,8 +61,9 @@ class FinetunePass(Pass):
 
     def normalize(self, options: FinetunePassOptions) -> dict[str, Any]:
         out = options.model_dump()
-        if options.method != "qlora":
-            out.pop("quant_format")
+        if options.method != "qlora":  # the base's quantization means nothing to LoRA
+            for key in QLORA_KEYS.values():
+                out.pop(key)
         return out
 
     def run(self, model: Any, tokenizer: Any, options: FinetunePassOptions, ctx: PassContext) -> PassOutput:
@@ -59,11 +72,8 @@ class FinetunePass(Pass):
         o = options
         data = ctx.data(o.data) if o.data else kjv_split("train")
         result = finetune(
-            model, tokenizer, data, out_dir=ctx.artifacts_dir / "finetune", method=o.method,
-            lora={"r": o.r, "alpha": o.alpha, "dropout": o.dropout, "target_modules": o.target_modules},
-            training={"steps": o.steps, "batch_size": o.batch_size, "seq_len": o.seq_len, "lr": o.lr,
-                      "warmup_steps": o.warmup_steps, "seed": o.seed},
-            qlora={"format": o.quant_format} if o.method == "qlora" else None, progress=False,
+            model, tokenizer, data, out_dir=ctx.artifacts_dir / "finetune", method=o.method, lora=o.lora(),
+            training=o.training(), qlora=o.qlora(), progress=False,
         )  # fmt: skip
         s = result.summary
         ctx.log.info(
