@@ -4,6 +4,15 @@
 
 namespace slmops::bindings {
 
+std::string quoted_alternatives(const std::vector<std::string>& names) {
+  std::string out;
+  for (size_t i = 0; i < names.size(); ++i) {
+    if (i) out += i + 1 == names.size() ? " or " : ", ";
+    out += "'" + names[i] + "'";
+  }
+  return out;
+}
+
 QuantSpec make_spec(const std::string& format, int64_t group_size, bool symmetric) {
   if (group_size < 0) throw py::value_error("group_size must be >= 0, got " + std::to_string(group_size));
   return QuantSpec{quant_format_from_name(format), group_size, symmetric};

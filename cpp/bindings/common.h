@@ -6,9 +6,11 @@
 
 #include <pybind11/pybind11.h>
 
+#include <cstddef>
 #include <cstdint>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 #include "slmops/quant.h"
 #include "tensor_arg.h"
@@ -21,6 +23,34 @@ void register_gptq(py::module_& m);     // gptq.cpp: Hessian, inverse factor, GP
 void register_qmatmul(py::module_& m);  // qmatmul.cpp: packed weights, CPU and CUDA qmatmul
 void register_sparse(py::module_& m);   // sparse.cpp: n:m and CSR weights, spmm
 void register_kd(py::module_& m);       // kd.cpp: distillation losses
+
+// One string option's choices as Python spells them, with the enum value of each. A family
+// keeps its tables beside its bindings; the parser and the list exported to Python (e.g.
+// _C.kd_divergences(), which slmops.ops reads for its tuples) both read the table.
+template <class E>
+struct Choice {
+  const char* name;
+  E value;
+};
+
+// "'a', 'b' or 'c'".
+std::string quoted_alternatives(const std::vector<std::string>& names);
+
+template <class E, size_t N>
+std::vector<std::string> choice_names(const Choice<E> (&choices)[N]) {
+  std::vector<std::string> out;
+  for (const Choice<E>& c : choices) out.push_back(c.name);
+  return out;
+}
+
+// The value named `name`; else ValueError "<what> must be 'a', 'b' or 'c', got '<name>'".
+template <class E, size_t N>
+E parse_choice(const std::string& name, const Choice<E> (&choices)[N], const char* what) {
+  for (const Choice<E>& c : choices)
+    if (name == c.name) return c.value;
+  throw py::value_error(std::string(what) + " must be " + quoted_alternatives(choice_names(choices)) + ", got '" +
+                        name + "'");
+}
 
 QuantSpec make_spec(const std::string& format, int64_t group_size, bool symmetric);
 

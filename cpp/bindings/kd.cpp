@@ -1,5 +1,6 @@
 // slmops._C: the distillation losses (logits, and fused with the LM head), CPU and CUDA.
 #include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
 
 #include <string>
 
@@ -11,17 +12,16 @@
 namespace slmops::bindings {
 namespace {
 
+constexpr Choice<Divergence> kDivergences[] = {
+    {"forward_kl", Divergence::kForwardKl},
+    {"reverse_kl", Divergence::kReverseKl},
+    {"jsd", Divergence::kJsd},
+};
+
 KdOptions kd_options(const std::string& divergence, float temperature, float beta, bool scale_t2, float hard_weight,
                      int64_t ignore_index) {
   KdOptions o;
-  if (divergence == "forward_kl")
-    o.divergence = Divergence::kForwardKl;
-  else if (divergence == "reverse_kl")
-    o.divergence = Divergence::kReverseKl;
-  else if (divergence == "jsd")
-    o.divergence = Divergence::kJsd;
-  else
-    throw py::value_error("divergence must be 'forward_kl', 'reverse_kl' or 'jsd', got '" + divergence + "'");
+  o.divergence = parse_choice(divergence, kDivergences, "divergence");
   o.temperature = temperature;
   o.beta = beta;
   o.scale_t2 = scale_t2;
@@ -183,6 +183,9 @@ void py_fused_linear_kd_loss(py::handle hidden, py::handle weight, py::handle lo
 }  // namespace
 
 void register_kd(py::module_& m) {
+  m.def(
+      "kd_divergences", [] { return choice_names(kDivergences); },
+      "The divergence names kd_loss and fused_linear_kd_loss accept.");
   m.def("kd_loss", &py_kd_loss, py::arg("student"), py::arg("loss_rows"), py::arg("grad").none(true) = py::none(),
         py::arg("teacher_logits").none(true) = py::none(), py::arg("topk_ids").none(true) = py::none(), py::arg("topk_logprobs").none(true) = py::none(),
         py::arg("labels").none(true) = py::none(), py::arg("divergence"), py::arg("temperature"), py::arg("beta"),

@@ -1,6 +1,7 @@
 // slmops._C: quantized weights packed for the CPU kernels, the quantized matmul on the
 // CPU and on CUDA (the QuantizedTensor's buffers as they are), and the read-bandwidth probe.
 #include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
 
 #include <memory>
 #include <string>
@@ -14,12 +15,22 @@
 namespace slmops::bindings {
 namespace {
 
-QMatmulActivation qmatmul_activation(const std::string& activation) {
-  if (activation == "float") return QMatmulActivation::kFloat;
-  if (activation == "int8") return QMatmulActivation::kInt8;
-  if (activation == "int8_row") return QMatmulActivation::kInt8Row;
-  throw py::value_error("activation must be 'float', 'int8' or 'int8_row', got '" + activation + "'");
-}
+constexpr Choice<QMatmulActivation> kActivations[] = {
+    {"float", QMatmulActivation::kFloat},
+    {"int8", QMatmulActivation::kInt8},
+    {"int8_row", QMatmulActivation::kInt8Row},
+};
+constexpr Choice<QMatmulBackend> kBackends[] = {
+    {"auto", QMatmulBackend::kAuto},
+    {"kernels", QMatmulBackend::kKernels},
+    {"onednn", QMatmulBackend::kOneDnn},
+};
+constexpr Choice<cuda::CudaQMatmulPath> kCudaBackends[] = {
+    {"auto", cuda::CudaQMatmulPath::kAuto},
+    {"gemv", cuda::CudaQMatmulPath::kGemv},
+    {"tensor_core", cuda::CudaQMatmulPath::kTensorCore},
+    {"dequantize_gemm", cuda::CudaQMatmulPath::kDequantizeGemm},
+};
 
 // A packed weight and the Python arrays it borrows from, kept alive together.
 struct PyPackedWeight {
@@ -79,12 +90,8 @@ void py_qmatmul(const PyPackedWeight& pw, py::handle x, py::handle bias, py::han
     bindings::expect_numel(ba, w.N, "out_features");
     bias_ptr = static_cast<const float*>(ba.data);
   }
-  const QMatmulActivation act = qmatmul_activation(activation);
-  QMatmulBackend be;
-  if (backend == "auto") be = QMatmulBackend::kAuto;
-  else if (backend == "kernels") be = QMatmulBackend::kKernels;
-  else if (backend == "onednn") be = QMatmulBackend::kOneDnn;
-  else throw py::value_error("backend must be 'auto', 'kernels' or 'onednn', got '" + backend + "'");
+  const QMatmulActivation act = parse_choice(activation, kActivations, "activation");
+  const QMatmulBackend be = parse_choice(backend, kBackends, "backend");
   const CpuIsa cpu_isa = cpu_isa_from_name(isa);
   py::gil_scoped_release release;
   qmatmul(w, xa.data, x_dtype, M, bias_ptr, ya.data, y_dtype, act, cpu_isa, be);
@@ -117,13 +124,8 @@ void py_cuda_qmatmul(const std::string& format, int64_t group_size, bool symmetr
     bindings::expect_numel(ba, N, "out_features");
     bias_ptr = static_cast<const float*>(ba.data);
   }
-  const QMatmulActivation act = qmatmul_activation(activation);
-  cuda::CudaQMatmulPath p;
-  if (path == "auto") p = cuda::CudaQMatmulPath::kAuto;
-  else if (path == "gemv") p = cuda::CudaQMatmulPath::kGemv;
-  else if (path == "tensor_core") p = cuda::CudaQMatmulPath::kTensorCore;
-  else if (path == "dequantize_gemm") p = cuda::CudaQMatmulPath::kDequantizeGemm;
-  else throw py::value_error("CUDA backend must be 'auto', 'gemv', 'tensor_core' or 'dequantize_gemm', got '" + path + "'");
+  const QMatmulActivation act = parse_choice(activation, kActivations, "activation");
+  const cuda::CudaQMatmulPath p = parse_choice(path, kCudaBackends, "CUDA backend");
   const ConstQuantStorage storage{static_cast<const uint8_t*>(s.data.data), static_cast<const float*>(s.scales.data),
                                   static_cast<const uint8_t*>(s.zero_points.data)};
   const DType dtype = xa.float_dtype();
@@ -134,6 +136,14 @@ void py_cuda_qmatmul(const std::string& format, int64_t group_size, bool symmetr
 }  // namespace
 
 void register_qmatmul(py::module_& m) {
+  m.def(
+      "qmatmul_activations", [] { return choice_names(kActivations); },
+      "The activation modes qmatmul and cuda_qmatmul accept.");
+  m.def(
+      "qmatmul_backends", [] { return choice_names(kBackends); }, "The CPU backends qmatmul accepts.");
+  m.def(
+      "cuda_qmatmul_backends", [] { return choice_names(kCudaBackends); },
+      "The GPU paths cuda_qmatmul accepts (its `path`; the `backend` of slmops.ops.qmatmul on CUDA).");
   py::class_<PyPackedWeight>(m, "PackedWeight", "A quantized weight packed for the qmatmul kernels.")
       .def_property_readonly("shape", [](const PyPackedWeight& p) { return py::make_tuple(p.w.N, p.w.K); })
       .def_property_readonly("kind", [](const PyPackedWeight& p) {

@@ -1,6 +1,7 @@
 // slmops._C: n:m and CSR sparse weights borrowed for the spmm kernels, spmm, and the dense
 // sgemm baseline of the sparse benchmarks.
 #include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
 
 #include <memory>
 #include <string>
@@ -14,6 +15,40 @@
 
 namespace slmops::bindings {
 namespace {
+
+constexpr Choice<SparseValueType> kValueTypes[] = {
+    {"float32", SparseValueType::kF32},
+    {"bfloat16", SparseValueType::kBF16},
+    {"int8", SparseValueType::kInt8},
+    {"int4", SparseValueType::kInt4},
+};
+constexpr Choice<SpmmActivation> kSpmmActivations[] = {
+    {"float", SpmmActivation::kFloat},
+    {"int8", SpmmActivation::kInt8},
+};
+
+// The sparse layouts by name: the n:m patterns of layer 0 (kNMPatterns), then CSR (n = m = 0).
+py::list sparse_patterns() {
+  py::list out;
+  for (const NMPattern& p : kNMPatterns) {
+    NMSparseWeight w;
+    w.n = p.n;
+    w.m = p.m;
+    py::dict d;
+    d["name"] = std::to_string(p.n) + ":" + std::to_string(p.m);
+    d["n"] = p.n;
+    d["m"] = p.m;
+    d["index_bits"] = w.index_bits();
+    out.append(d);
+  }
+  py::dict csr;
+  csr["name"] = "csr";
+  csr["n"] = 0;
+  csr["m"] = 0;
+  csr["index_bits"] = 0;
+  out.append(csr);
+  return out;
+}
 
 // Sparse weights and the Python arrays they borrow from, kept alive together.
 struct PyNMWeight {
@@ -43,12 +78,7 @@ const void* cpu_array(TensorArg& t, std::initializer_list<ElemType> types, int64
 std::unique_ptr<PyNMWeight> py_pack_nm(int n, int m, int64_t N, int64_t K, const std::string& value_type,
                                        py::handle values, py::handle scales, py::handle zero_points, int64_t group,
                                        py::handle indices) {
-  SparseValueType type;
-  if (value_type == "float32") type = SparseValueType::kF32;
-  else if (value_type == "bfloat16") type = SparseValueType::kBF16;
-  else if (value_type == "int8") type = SparseValueType::kInt8;
-  else if (value_type == "int4") type = SparseValueType::kInt4;
-  else throw py::value_error("values must be 'float32', 'bfloat16', 'int8' or 'int4', got '" + value_type + "'");
+  const SparseValueType type = parse_choice(value_type, kValueTypes, "values");
   const NMSparseWeight shape = nm_layout(N, K, n, m, type, group);  // validated: the sizes below fit
   auto out = std::make_unique<PyNMWeight>();
   TensorArg va = tensor_arg(values, "values"), ia = tensor_arg(indices, "indices"), sa, za;
@@ -157,6 +187,13 @@ void py_sgemm_nt(py::handle x, py::handle w, py::handle y) {
 }  // namespace
 
 void register_sparse(py::module_& m) {
+  m.def("sparse_patterns", &sparse_patterns,
+        "The sparse layouts: name ('2:4', ...; 'csr'), n and m (0 for csr), index_bits per kept value.");
+  m.def(
+      "sparse_value_types", [] { return choice_names(kValueTypes); }, "The n:m value types pack_nm accepts.");
+  m.def(
+      "spmm_activations", [] { return choice_names(kSpmmActivations); },
+      "The activation modes spmm accepts for n:m weights.");
   py::class_<PyNMWeight>(m, "NMSparseWeight", "An n:m sparse weight borrowed for the spmm kernels.")
       .def_property_readonly("shape", [](const PyNMWeight& p) { return py::make_tuple(p.w.N, p.w.K); });
   py::class_<PyCsrWeight>(m, "CsrWeight", "A CSR weight borrowed for the spmm kernels.")
@@ -170,9 +207,7 @@ void register_sparse(py::module_& m) {
       "spmm",
       [](const PyNMWeight& w, py::handle x, py::handle bias, py::handle y, const std::string& isa,
          const std::string& activation) {
-        if (activation != "float" && activation != "int8")
-          throw py::value_error("activation must be 'float' or 'int8', got '" + activation + "'");
-        const SpmmActivation act = activation == "int8" ? SpmmActivation::kInt8 : SpmmActivation::kFloat;
+        const SpmmActivation act = parse_choice(activation, kSpmmActivations, "activation");
         w.check();
         py_spmm(w.w, x, bias, y, isa,
                 [act](const NMSparseWeight& w, const float* x, int64_t M, const float* b, float* y, CpuIsa i) {

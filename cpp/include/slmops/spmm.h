@@ -19,6 +19,12 @@ namespace slmops {
 
 enum class SparseValueType : int { kF32 = 0, kBF16 = 1, kInt8 = 2, kInt4 = 3 };
 
+// The n:m patterns the layout and the kernels support (nm_layout refuses any other).
+struct NMPattern {
+  int n, m;
+};
+inline constexpr NMPattern kNMPatterns[] = {{2, 4}, {4, 8}};
+
 struct NMSparseWeight {
   int64_t N = 0, K = 0;
   int n = 2, m = 4;  // n of every m kept

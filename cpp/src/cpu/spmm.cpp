@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cstring>
 #include <cstdlib>
+#include <iterator>
 #include <memory>
 #include <new>
 #include <stdexcept>
@@ -173,8 +174,14 @@ Int8Activations quantize_activations(const float* x, int64_t M, int64_t K, CpuIs
 }  // namespace
 
 NMSparseWeight nm_layout(int64_t N, int64_t K, int n, int m, SparseValueType type, int64_t group) {
-  if (!((n == 2 && m == 4) || (n == 4 && m == 8)))
-    invalid("pattern must be 2:4 or 4:8, got " + std::to_string(n) + ":" + std::to_string(m));
+  if (std::none_of(std::begin(kNMPatterns), std::end(kNMPatterns),
+                   [&](const NMPattern& p) { return p.n == n && p.m == m; })) {
+    std::string known;
+    for (const NMPattern& p : kNMPatterns)
+      known += (known.empty() ? "" : &p == std::end(kNMPatterns) - 1 ? " or " : ", ") + std::to_string(p.n) + ":" +
+               std::to_string(p.m);
+    invalid("pattern must be " + known + ", got " + std::to_string(n) + ":" + std::to_string(m));
+  }
   if (N <= 0 || K <= 0) invalid("the weight must have at least one row and one column");
   if (K % m) invalid("in_features (" + std::to_string(K) + ") must be a multiple of " + std::to_string(m));
   NMSparseWeight w;

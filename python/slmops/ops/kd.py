@@ -51,7 +51,7 @@ from .. import _C
 from .._cuda import is_cuda, stream_of
 from .._tensor import FLOAT_DTYPES, check_array, dtype_name, empty, is_torch, kernel_input
 
-DIVERGENCES = ("forward_kl", "reverse_kl", "jsd")
+DIVERGENCES: tuple[str, ...] = tuple(_C.kd_divergences())  # named once, in cpp/bindings/kd.cpp
 REDUCTIONS = ("batchmean", "sum", "none")
 
 

@@ -9,9 +9,10 @@ from .._cuda import is_cuda, stream_of
 from .._tensor import FLOAT_DTYPES, check_linear_input, dtype_name, empty, float32_bias, kernel_input
 from .quant import QuantizedTensor
 
-ACTIVATIONS = ("float", "int8", "int8_row")
-BACKENDS = ("auto", "kernels", "onednn")
-CUDA_BACKENDS = ("auto", "gemv", "tensor_core", "dequantize_gemm")
+# Named once, in cpp/bindings/qmatmul.cpp.
+ACTIVATIONS: tuple[str, ...] = tuple(_C.qmatmul_activations())
+BACKENDS: tuple[str, ...] = tuple(_C.qmatmul_backends())
+CUDA_BACKENDS: tuple[str, ...] = tuple(_C.cuda_qmatmul_backends())
 
 
 def qmatmul(

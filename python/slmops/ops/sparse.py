@@ -35,10 +35,14 @@ from .._tensor import (
 )
 from .quant import QuantizedTensor, quantize
 
-PATTERNS = ("2:4", "4:8", "csr")
-VALUE_TYPES = ("float32", "bfloat16", "int8", "int4")
-_N_M = {"2:4": (2, 4), "4:8": (4, 8)}
-_INDEX_BITS = {4: 2, 8: 3}
+# Named once, in C++: the n:m patterns in cpp/include/slmops/spmm.h, the rest in
+# cpp/bindings/sparse.cpp.
+_LAYOUTS: dict[str, dict[str, Any]] = {p["name"]: p for p in _C.sparse_patterns()}
+PATTERNS: tuple[str, ...] = tuple(_LAYOUTS)
+VALUE_TYPES: tuple[str, ...] = tuple(_C.sparse_value_types())
+SPMM_ACTIVATIONS: tuple[str, ...] = tuple(_C.spmm_activations())
+_N_M = {name: (p["n"], p["m"]) for name, p in _LAYOUTS.items() if p["m"]}
+_INDEX_BITS = {p["m"]: p["index_bits"] for p in _LAYOUTS.values() if p["m"]}
 
 
 class SparseTensor:
@@ -284,10 +288,16 @@ def _to_bf16_bits(a: np.ndarray) -> np.ndarray:
     return torch.from_numpy(a).to(torch.bfloat16).view(torch.int16).numpy().view(np.uint16).copy()
 
 
+def _alternatives(names: tuple[str, ...]) -> str:
+    """The names as a message lists them: 'a', 'b' or 'c'."""
+    quoted = [repr(n) for n in names]
+    return ", ".join(quoted[:-1]) + " or " + quoted[-1] if len(quoted) > 1 else "".join(quoted)
+
+
 def check_activation(activation: str, values: str, pattern: str) -> str:
     """``activation`` if spmm can take it for a weight of these ``values``, else ValueError."""
-    if activation not in ("float", "int8"):
-        raise ValueError(f"activation must be 'float' or 'int8', got {activation!r}")
+    if activation not in SPMM_ACTIVATIONS:
+        raise ValueError(f"activation must be {_alternatives(SPMM_ACTIVATIONS)}, got {activation!r}")
     if activation == "int8" and values not in ("int8", "int4"):
         raise ValueError(
             f"activation='int8' needs int8 or int4 values; this {pattern} weight stores {values} "
