@@ -1,7 +1,9 @@
-"""What distillation and fine-tuning share in their training loops: the process's place in a
-torchrun launch, the seeded order of the data, padding a batch, the model's last hidden
-states and head, the step log, and checkpoints a run resumes from exactly. Their options
-and the learning-rate schedule are in :mod:`slmops.training_options`."""
+"""What distillation and fine-tuning share in their training loops: the training sequence
+(:class:`Example`), the process's place in a torchrun launch, the seeded order of the data,
+padding a batch, the model's last hidden states and head, the step log, and checkpoints a
+run resumes from exactly. Their options and the learning-rate schedule are in
+:mod:`slmops.training_options`. Nothing here imports an algorithm's package: imported
+first, this module once met distill (which imports it) half initialized."""
 
 from __future__ import annotations
 
@@ -10,12 +12,25 @@ import math
 import os
 import shutil
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .distill.data import IGNORE_INDEX, Example
+IGNORE_INDEX = -100  # a label that is not learned (a prompt token, padding)
+
+
+@dataclass
+class Example:
+    """One training sequence: ``ids`` [L + 1]; position i predicts ids[i + 1] and counts when
+    ``labels[i]`` is not IGNORE_INDEX. ``topk_ids``/``topk_logprobs`` [L, k]: the stored
+    teacher at each position (rows of uncounted positions are filler)."""
+
+    ids: np.ndarray
+    labels: np.ndarray
+    topk_ids: np.ndarray | None = None
+    topk_logprobs: np.ndarray | None = None
 
 
 def output_head(model: Any, what: str) -> Any:

@@ -18,13 +18,12 @@ import base64
 import json
 import os
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-IGNORE_INDEX = -100
+from .._training import IGNORE_INDEX, Example  # the training loop's sequence, shared with finetune
 
 
 def read_jsonl(path: str | os.PathLike[str]) -> Iterator[tuple[int, dict]]:
@@ -77,18 +76,6 @@ def decode_topk(topk: dict, tokens: int) -> tuple[np.ndarray, np.ndarray]:
     ids = np.frombuffer(base64.b64decode(topk["ids"]), dtype="<u4").astype(np.int64).reshape(tokens, k)
     lp = np.frombuffer(base64.b64decode(topk["logprobs"]), dtype="<f2").astype(np.float32).reshape(tokens, k)
     return ids, lp
-
-
-@dataclass
-class Example:
-    """One training sequence: ``ids`` [L + 1]; position i predicts ids[i + 1] and counts when
-    ``labels[i]`` is not IGNORE_INDEX. ``topk_ids``/``topk_logprobs`` [L, k]: the stored
-    teacher at each position (rows of uncounted positions are filler)."""
-
-    ids: np.ndarray
-    labels: np.ndarray
-    topk_ids: np.ndarray | None = None
-    topk_logprobs: np.ndarray | None = None
 
 
 def record_example(record: dict, seq_len: int, where: str) -> Example:
