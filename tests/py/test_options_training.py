@@ -12,6 +12,7 @@ import pytest
 import torch
 from pydantic import ValidationError
 from slmops._options import add_flags, given
+from slmops._training import resume_checkpoint, save_checkpoint
 from slmops.distill import GenerationOptions, TrainingOptions
 from slmops.distill import generate as distill_generate
 from slmops.distill import train as distill_train
@@ -237,19 +238,7 @@ def test_flags_give_model_values():
 # -- checkpoints -----------------------------------------------------------------------------
 
 
-# slmops._training is imported in the tests, after slmops.distill: imported first, it meets
-# the import cycle of test_imports.py's KNOWN_CYCLES.
-
-
-def resume_checkpoint(*args, **kwargs):
-    from slmops._training import resume_checkpoint
-
-    return resume_checkpoint(*args, **kwargs)
-
-
 def _checkpoint(tmp_path, options: dict):
-    from slmops._training import save_checkpoint
-
     param = torch.nn.Parameter(torch.zeros(2))
     optimizer = torch.optim.AdamW([param])
     save_checkpoint(tmp_path, 1, lambda folder: None, optimizer, options, keep=1)
