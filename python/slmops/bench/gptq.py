@@ -112,7 +112,7 @@ def torch_hessian(hessian: torch.Tensor, x: torch.Tensor) -> None:
 
 
 def slmops_hessian(hessian: np.ndarray, x: torch.Tensor) -> None:
-    slmops._C.hessian_accumulate(hessian, x.reshape(-1, x.shape[-1]).float().contiguous().numpy())
+    slmops.ops.hessian_accumulate(hessian, x)
 
 
 def _timed(fn, *args, **kwargs):

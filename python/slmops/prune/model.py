@@ -8,7 +8,7 @@ Three methods:
   its input channel over the calibration tokens, within each output row (every row keeps
   the same share, the comparison group the paper found best for LLMs); no weight update.
 * ``sparsegpt`` (Frantar & Alistarh, 2023): the smallest w^2 / [H^-1]_jj^2 chosen block by
-  block while GPTQ's column loop (C++, ``slmops._C.sparsegpt_prune``) updates the weights
+  block while GPTQ's column loop (C++, ``slmops.ops.sparsegpt_prune``) updates the weights
   still to come to make up for each removed one; with ``quantize=`` the kept weights are
   quantized in the same pass (int4/int8 ``QuantLinear`` out).
 
@@ -34,8 +34,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .. import _C
 from ..nn import QuantLinear, SparseLinear
+from ..ops import cholesky_inverse_upper, sparsegpt_prune
 from ..quantize.calibration import calibration_tokens, linears_by_layer, run_linear_sequential
 from ..quantize.gptq import check_damp, check_options, damped, to_quantized
 from ..quantize.model import DEFAULT_SKIP, matches, select_linears
@@ -269,21 +269,16 @@ def _sparsegpt(
     quantized-dequantized) values; returns the QuantizedTensor with ``grid``."""
     linear = model.get_submodule(name)
     W, U = damped(linear.weight.detach().float().cpu().numpy(), hessian, damp)
-    _C.cholesky_inverse_upper(U)
-    rows, k = W.shape
-    mask = np.empty((rows, k), np.uint8)
+    U = cholesky_inverse_upper(U, inplace=True)
     if grid is None:
-        _C.sparsegpt_prune(W, U, share, n, m, 0, True, 0, None, None, None, mask)
+        sparsegpt_prune(W, U, sparsity=share, n=n, m=m)
         q = None
     else:
         bits, gs, sym = grid["bits"], grid["group_size"], grid["symmetric"]
-        groups = -(-k // (gs or k))
-        scales, zeros = np.empty((rows, groups), np.float32), np.empty((rows, groups), np.uint8)
-        codes = np.empty((rows, k), np.uint8)
-        _C.sparsegpt_prune(
-            W, U, share, n, m, bits, sym, gs, scales, zeros, codes, mask, mse=bool(grid["mse"])
+        r = sparsegpt_prune(
+            W, U, sparsity=share, n=n, m=m, bits=bits, symmetric=sym, group_size=gs, mse=bool(grid["mse"])
         )
-        q = to_quantized(codes, scales, zeros, bits, gs, sym)
+        q = to_quantized(r.codes, r.scales, r.zeros, bits, gs, sym)
     with torch.no_grad():  # the layer runs on the pruned values for the next layer's inputs
         linear.weight.copy_(torch.from_numpy(W))
     _count(name, linear.weight, summary)

@@ -426,9 +426,9 @@ class InputStats:
     def add(self, x: torch.Tensor, keep_per_batch: int = 0) -> None:
         x = x.detach().reshape(-1, x.shape[-1]).float()
         if self.hessian is not None:
-            from .. import _C
+            from ..ops import hessian_accumulate
 
-            _C.hessian_accumulate(self.hessian, x.contiguous().numpy())
+            hessian_accumulate(self.hessian, x)
         if self.sq_sum is not None:
             self.sq_sum += x.square().sum(0).double().numpy()
             a = x.abs()

@@ -21,8 +21,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import _C
-from ..ops import QuantizedTensor
+from ..ops import QuantizedTensor, cholesky_inverse_upper, gptq_grid_params, gptq_quantize
 
 BITS = (2, 3, 4, 8)
 
@@ -102,12 +101,9 @@ def gptq_quantize_weight(
     W, H = damped(weight, hessian, damp)
     n, k = W.shape
     gs = group_size or k
-    groups = -(-k // gs)
-    scales = np.empty((n, groups), np.float32)
-    zeros = np.empty((n, groups), np.uint8)
-    col_group = None
+    scales = zeros = col_group = None
     if act_order or group_size == 0:  # static groups: parameters from the weights as they are
-        _C.gptq_grid_params(W, bits, symmetric, group_size, scales, zeros, mse=mse)
+        scales, zeros = gptq_grid_params(W, bits=bits, symmetric=symmetric, group_size=group_size, mse=mse)
         col_group = np.arange(k, dtype=np.int32) // gs
     perm = None
     if act_order:  # process columns by decreasing Hessian diagonal (the permutation costs copies)
@@ -115,10 +111,11 @@ def gptq_quantize_weight(
         W = np.ascontiguousarray(W[:, perm])
         H = np.ascontiguousarray(H[np.ix_(perm, perm)])
         col_group = np.ascontiguousarray(col_group[perm])
-    _C.cholesky_inverse_upper(H, reference=reference)
-    codes = np.empty((n, k), np.uint8)
-    _C.gptq_quantize(W, H, bits, symmetric, group_size, col_group, scales, zeros, codes, block=block,
-                     reference=reference, mse=mse)  # fmt: skip
+    U = cholesky_inverse_upper(H, inplace=True, reference=reference)
+    codes, scales, zeros = gptq_quantize(
+        W, U, bits=bits, symmetric=symmetric, group_size=group_size, col_group=col_group,
+        scales=scales, zeros=zeros, block=block, mse=mse, reference=reference,
+    )  # fmt: skip
     if perm is not None:
         unpermuted = np.empty_like(codes)
         unpermuted[:, perm] = codes
