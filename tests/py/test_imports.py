@@ -69,23 +69,12 @@ print(json.dumps(failures))
 """
 
 
-# Modules known not to import first, with the cycle: a fixed one fails the test until its
-# line here goes (and its ignore_imports line in pyproject.toml's no-cycles contract).
-KNOWN_CYCLES = {
-    "slmops._training": "_training imports distill.data; the distill package imports distill.train, "
-    "which imports _training, still partly initialized",
-}
-
-
 @pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs os.fork")
 def test_every_module_imports_alone():
     modules = _modules()
     assert {"slmops.ops", "slmops.models", "slmops.export.gguf", "slmops.workflow.results"} <= set(modules)
     failures = json.loads(_run(_IMPORT_EACH_ALONE, *modules, timeout=300).splitlines()[-1])
-    unexpected = {name: tb for name, tb in failures.items() if name not in KNOWN_CYCLES}
-    assert not unexpected, "\n\n".join(f"import {name}:\n{tb}" for name, tb in unexpected.items())
-    fixed = set(KNOWN_CYCLES) - set(failures)
-    assert not fixed, f"{sorted(fixed)} import alone now: delete them from KNOWN_CYCLES"
+    assert not failures, "\n\n".join(f"import {name}:\n{tb}" for name, tb in failures.items())
 
 
 def test_import_slmops_loads_no_layer():

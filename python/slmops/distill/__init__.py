@@ -46,11 +46,6 @@ class DistillResult:
     summary: dict[str, Any] = field(default_factory=dict)
 
 
-# The old private name of slmops.models.model_and_tokenizer, for finetune/train.py until it
-# imports that instead.
-_load = model_and_tokenizer
-
-
 def distill(
     teacher: Any,
     student: Any,
