@@ -67,22 +67,17 @@ def side_by_side(
 ) -> type[BaseModel]:
     """A model with the fields of all ``models`` (as a workflow pass takes them: one config
     may search over several algorithms), on ``base``, plus ``extra`` fields given as
-    ``name=(type, FieldInfo or default)``. A field in several models must be the same in
-    each (one default, one constraint)."""
+    ``name=(type, FieldInfo or default)``, which replace the models' fields of that name.
+    A field in several models must be the same in each (one default, one constraint)."""
     fields: dict[str, tuple[Any, FieldInfo]] = {}
     for model in models:
         for key, info in model.model_fields.items():
+            if key in extra:
+                continue
             if key in fields and repr(fields[key][1]) != repr(info):
                 raise TypeError(f"{name}: field {key!r} differs between the models it merges")
-            fields[key] = (_annotation(info), info)
+            fields[key] = (info.annotation, info)  # the FieldInfo carries the constraints
     return create_model(name, __base__=base, **fields, **extra)
-
-
-def _annotation(info: FieldInfo) -> Any:
-    """The field's type with its validators (FieldInfo keeps them apart from the type)."""
-    if not info.metadata:
-        return info.annotation
-    return Annotated[(info.annotation, *info.metadata)]
 
 
 def pick(model: type[BaseModel], values: dict[str, Any]) -> BaseModel:
@@ -95,24 +90,35 @@ def pick(model: type[BaseModel], values: dict[str, Any]) -> BaseModel:
 
 def add_flags(
     parser: argparse.ArgumentParser | argparse._ArgumentGroup,
-    model: type[BaseModel],
+    models: type[BaseModel] | Sequence[type[BaseModel]],
     *,
     only: Sequence[str] | None = None,
     exclude: Sequence[str] = (),
     prefix: str = "",
     aliases: dict[str, Sequence[str]] | None = None,
+    required: Sequence[str] = (),
     dest_prefix: str = "",
 ) -> list[str]:
-    """Adds a ``--flag`` per field of ``model`` (``only`` these, in that order, or all but
-    ``exclude``): ``--group-size`` for ``group_size``, with the type, choices, default and
-    description of the field. Flags left out of a command line are absent from the parsed
-    namespace (``given``), so defaults stay those of the model. Returns the fields added."""
+    """Adds a ``--flag`` per field of ``models`` (one model or several side by side; ``only``
+    these fields, in that order, or all but ``exclude``): ``--group-size`` for
+    ``group_size``, with the type, choices, default and description of the field. Flags left
+    out of a command line are absent from the parsed namespace (see ``given``), so the
+    defaults stay the model's. Returns the fields added."""
+    models = [models] if isinstance(models, type) else list(models)
+    fields: dict[str, FieldInfo] = {}
+    for model in models:
+        for key, info in model.model_fields.items():
+            fields.setdefault(key, info)
     aliases = aliases or {}
-    names = list(only) if only is not None else [k for k in model.model_fields if k not in exclude]
+    names = list(only) if only is not None else [k for k in fields if k not in exclude]
     for key in names:
-        info = model.model_fields[key]
+        info = fields[key]
         flags = [f"--{prefix}{key.replace('_', '-')}", *aliases.get(key, ())]
-        kwargs: dict[str, Any] = {"dest": dest_prefix + key, "default": argparse.SUPPRESS}
+        kwargs: dict[str, Any] = {"dest": dest_prefix + key}
+        if key in required:
+            kwargs["required"] = True
+        else:
+            kwargs["default"] = argparse.SUPPRESS
         help_text = info.description or ""
         default = info.get_default(call_default_factory=True)
         kind = _scalar_type(info.annotation)
@@ -125,7 +131,7 @@ def add_flags(
             choices = choices_of(info)
             if choices is not None:
                 kwargs["choices"] = choices
-        if default is not None and default != [] and default != "":
+        if default not in (None, False, "", []) and key not in required:
             help_text += f" (default: {_show(default)})"
         parser.add_argument(*flags, help=help_text.strip() or None, **kwargs)
     return names

@@ -28,9 +28,11 @@ from pathlib import Path
 import numpy as np
 
 from . import _C, build_info
+from ._options import add_flags, given
 from .bench import BENCHMARKS
 from .ops import FORMATS, quantize
 
+SUPPRESS = argparse.SUPPRESS  # a flag not given stays out of the namespace: the options' default
 DEMO_CONFIG = Path(__file__).parent / "workflow" / "recipes" / "demo.yaml"
 
 # (format, options) pairs the self-check runs; every format at least once.
@@ -171,9 +173,7 @@ def _data_entry(data: str) -> dict:
 
 
 def _cmd_optimize(args: argparse.Namespace) -> int:
-    quant = {"type": "quantize", "algorithm": args.algorithm, **PRECISIONS[args.precision]}
-    if args.activation:
-        quant["activation"] = args.activation
+    quant = {"type": "quantize", **given(args, ("algorithm", "activation")), **PRECISIONS[args.precision]}
     raw = {
         "model": args.model,
         "data": {"eval": _data_entry(args.data)},
@@ -183,45 +183,31 @@ def _cmd_optimize(args: argparse.Namespace) -> int:
     return _run_config(raw, args, source="slmops optimize")
 
 
+def _calibration_data(raw: dict, step: dict, path: Path | None) -> None:
+    """A --calibration file as the run config's dataset "calibration", named by the pass."""
+    if path is not None:
+        raw["data"] = {
+            "calibration": {"type": "jsonl" if path.suffix == ".jsonl" else "text", "path": str(path)}
+        }
+        step["calibration"] = "calibration"
+
+
 def _cmd_quantize(args: argparse.Namespace) -> int:
-    quant = {
-        "type": "quantize",
-        "algorithm": args.algorithm,
-        "format": args.format,
-        "activation": args.activation,
-    }
-    if args.group_size is not None:
-        quant["group_size"] = args.group_size
-    if args.asymmetric:
-        quant["symmetric"] = False
+    from .quantize.options import ALGORITHMS
+
+    fields = {k for model in ALGORITHMS.values() for k in model.model_fields}
+    quant = {"type": "quantize", **given(args, sorted(fields))}
     raw = {"model": args.model, "passes": [quant], "evaluate": {"metrics": ["size"]}}
-    if args.algorithm != "rtn":  # calibrated
-        quant.update(n_samples=args.n_samples, seq_len=args.seq_len)
-        if args.calibration is not None:
-            kind = "jsonl" if args.calibration.suffix == ".jsonl" else "text"
-            raw["data"] = {"calibration": {"type": kind, "path": str(args.calibration)}}
-            quant["calibration"] = "calibration"
-    if args.algorithm == "gptq":
-        quant["act_order"] = args.act_order
-        quant["mse"] = args.mse
-        if args.bits is not None:
-            quant["bits"] = args.bits
+    _calibration_data(raw, quant, args.calibration)
     return _run_config(raw, args, source="slmops quantize")
 
 
 def _cmd_prune(args: argparse.Namespace) -> int:
-    prune = {"type": "prune", "method": args.method, "pattern": args.pattern, "sparse": args.sparse}
-    if args.pattern == "unstructured":
-        prune["sparsity"] = args.sparsity
-    if args.sparse:
-        prune["sparse_values"] = args.sparse_values
+    from .prune.options import PruneOptions
+
+    prune = {"type": "prune", **given(args, ["method", *PruneOptions.model_fields])}
     raw = {"model": args.model, "passes": [prune], "evaluate": {"metrics": ["size"]}}
-    if args.method != "magnitude":  # calibrated
-        prune.update(n_samples=args.n_samples, seq_len=args.seq_len)
-        if args.calibration is not None:
-            kind = "jsonl" if args.calibration.suffix == ".jsonl" else "text"
-            raw["data"] = {"calibration": {"type": kind, "path": str(args.calibration)}}
-            prune["calibration"] = "calibration"
+    _calibration_data(raw, prune, args.calibration)
     return _run_config(raw, args, source="slmops prune")
 
 
@@ -399,9 +385,11 @@ def _add_overwrite_flag(p: argparse.ArgumentParser, what: str) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     from .export import TARGETS
-    from .ops import FORMATS
-    from .ops.qmatmul import ACTIVATIONS
-    from .quantize.model import METHODS
+    from .prune.options import DEFAULT_METHOD as DEFAULT_PRUNE_METHOD
+    from .prune.options import METHODS as PRUNE_METHODS
+    from .prune.options import PruneOptions
+    from .quantize.options import ALGORITHMS as QUANTIZE_ALGORITHMS
+    from .quantize.options import DEFAULT_ALGORITHM, RTNOptions
 
     fmt = argparse.RawDescriptionHelpFormatter
     parser = argparse.ArgumentParser(prog="slmops", description=__doc__, formatter_class=fmt)
@@ -439,8 +427,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--model", "-m", required=True, help="zoo name or Hugging Face folder")
     p.add_argument("--precision", "-p", required=True, choices=sorted(PRECISIONS))
-    p.add_argument("--algorithm", default="rtn", choices=METHODS)
-    p.add_argument("--activation", choices=ACTIVATIONS, help="activation mode of the quantized matmul")
+    p.add_argument(
+        "--algorithm", choices=QUANTIZE_ALGORITHMS, default=SUPPRESS, help=f"(default: {DEFAULT_ALGORITHM})"
+    )
+    add_flags(p, RTNOptions, only=("activation",))
     p.add_argument(
         "--data",
         default="eval_slice",
@@ -458,29 +448,22 @@ def build_parser() -> argparse.ArgumentParser:
         "  slmops quantize --model kjv-teacher --format int4 --algorithm gptq --act-order -o out-gptq",
     )
     p.add_argument("--model", "-m", required=True, help="zoo name or Hugging Face folder")
-    p.add_argument("--format", "-f", required=True, choices=sorted(FORMATS))
-    p.add_argument("--algorithm", default="rtn", choices=METHODS)
-    p.add_argument("--group-size", type=int)
-    p.add_argument("--asymmetric", action="store_true", help="int4 with zero points")
-    p.add_argument("--activation", default="float", choices=ACTIVATIONS)
     p.add_argument(
-        "--bits", type=int, choices=(2, 3, 4, 8), help="gptq: bits per weight (default from --format)"
+        "--algorithm", choices=QUANTIZE_ALGORITHMS, default=SUPPRESS, help=f"(default: {DEFAULT_ALGORITHM})"
     )
-    p.add_argument("--act-order", action="store_true", help="gptq: columns by decreasing Hessian diagonal")
+    add_flags(p, list(QUANTIZE_ALGORITHMS.values()), exclude=("algorithm",), aliases={"format": ["-f"]},
+              required=("format",))  # fmt: skip
     p.add_argument(
-        "--mse", action="store_true", help="gptq: search each group's clipping range (best at 3 bits)"
+        "--asymmetric",
+        dest="symmetric",
+        action="store_const",
+        const=False,
+        default=SUPPRESS,
+        help="= --no-symmetric",
     )
-    p.add_argument(
-        "--calibration", type=Path, help="calibrated algorithms: .txt/.jsonl calibration text (default: KJV)"
-    )
-    p.add_argument("--n-samples", type=int, default=128, help="calibrated algorithms: calibration windows")
-    p.add_argument("--seq-len", type=int, default=512, help="calibrated: tokens per calibration window")
+    p.add_argument("--calibration", type=Path, help="calibrated: .txt/.jsonl calibration text (default: KJV)")
     _add_run_flags(p, output_required=True)
     p.set_defaults(func=_cmd_quantize)
-
-    from .ops.sparse import VALUE_TYPES
-    from .prune.model import METHODS as PRUNE_METHODS
-    from .prune.model import PATTERNS
 
     p = sub.add_parser(
         "prune",
@@ -491,14 +474,11 @@ def build_parser() -> argparse.ArgumentParser:
         "  slmops prune -m ./hf-folder --method sparsegpt --pattern 2:4 --sparse --sparse-values int4 -o out",
     )
     p.add_argument("--model", "-m", required=True, help="zoo name or Hugging Face folder")
-    p.add_argument("--method", default="magnitude", choices=PRUNE_METHODS)
-    p.add_argument("--pattern", default="unstructured", choices=PATTERNS)
-    p.add_argument("--sparsity", type=float, default=0.5, help="unstructured: share of each layer to zero")
-    p.add_argument("--sparse", action="store_true", help="pruned layers as SparseLinear (sparse kernels)")
-    p.add_argument("--sparse-values", default="float32", choices=VALUE_TYPES, help="n:m values with --sparse")
+    p.add_argument(
+        "--method", choices=PRUNE_METHODS, default=SUPPRESS, help=f"(default: {DEFAULT_PRUNE_METHOD})"
+    )
+    add_flags(p, PruneOptions, exclude=("quantize", "activation"))  # SparseGPT's joint quantization: configs
     p.add_argument("--calibration", type=Path, help="wanda, sparsegpt: .txt/.jsonl text (default: KJV)")
-    p.add_argument("--n-samples", type=int, default=128, help="wanda, sparsegpt: calibration windows")
-    p.add_argument("--seq-len", type=int, default=512, help="wanda, sparsegpt: tokens per calibration window")
     _add_run_flags(p, output_required=True)
     p.set_defaults(func=_cmd_prune)
 

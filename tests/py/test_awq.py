@@ -10,7 +10,9 @@ import slmops
 import torch
 from conftest import CALIBRATION_TEXT
 from slmops.nn import QuantLinear
-from slmops.quantize.awq import _clip, _fold, _scale_groups, _search_scale
+from slmops.quantize.awq import _clip, _search_scale
+from slmops.quantize.scaling import fold_scales as _fold
+from slmops.quantize.scaling import scale_groups as _scale_groups
 from slmops.quantize.calibration import InputStats
 
 

@@ -26,7 +26,6 @@ CSR) whose forward runs on the sparse kernels.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,14 +33,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from .._options import one_of
 from ..nn import QuantLinear, SparseLinear
 from ..ops import cholesky_inverse_upper, sparsegpt_prune
 from ..quantize.calibration import calibration_tokens, linears_by_layer, run_linear_sequential
-from ..quantize.gptq import check_damp, check_options, damped, to_quantized
-from ..quantize.model import DEFAULT_SKIP, matches, select_linears
-
-METHODS = ("magnitude", "wanda", "sparsegpt")
-PATTERNS = ("unstructured", "2:4", "4:8")
+from ..quantize.gptq import check_options, damped, to_quantized
+from ..quantize.linears import QuantizationSummary, matches, replace_linear, select_linears
+from .options import METHODS, PATTERNS, PruneOptions
 
 
 @dataclass
@@ -119,20 +117,10 @@ def prune_model(
     model: nn.Module,
     method: str = "wanda",
     *,
-    sparsity: float | Mapping[str, float] = 0.5,
-    pattern: str = "unstructured",
-    skip: Sequence[str] = DEFAULT_SKIP,
-    include: Sequence[str] | None = None,
     tokenizer: Any = None,
     calibration: Any = None,
-    n_samples: int = 128,
-    seq_len: int = 512,
-    damp: float = 0.01,
-    quantize: dict[str, Any] | None = None,
-    activation: str = "float",
-    sparse: bool = False,
-    sparse_values: str = "float32",
     progress: bool = True,
+    **options: Any,
 ) -> PruningSummary:
     """Prunes, in place, every ``nn.Linear`` of ``model`` (but ``skip``; only ``include``
     when given; fnmatch patterns on module names, lm_head kept by default).
@@ -150,36 +138,22 @@ def prune_model(
     group_size=128, symmetric=True, mse=False)`` to quantize the kept weights in the same pass
     (``QuantLinear`` layers with ``activation`` out).
     """
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    one_of("method", method, METHODS)
+    o = PruneOptions(**options)
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    per_layer = dict(sparsity) if isinstance(sparsity, Mapping) else None
-    if per_layer is not None:
-        if pattern != "unstructured":
-            raise ValueError(f"per-layer sparsity needs pattern='unstructured'; {pattern} fixes it at 50%")
-        for value in per_layer.values():
-            parse_pattern(pattern, value)  # validates every share
-    n, m, share = parse_pattern(pattern, 0.5 if per_layer is not None else sparsity)
-    if sparse and quantize is not None:
-        raise ValueError("quantize= makes QuantLinear layers; for sparse int4 ones pass sparse_values='int4'")
-    if sparse and m == 0 and sparse_values != "float32":
-        raise ValueError(f"unstructured sparsity is stored as CSR with float32 values, got {sparse_values!r}")
+    per_layer = dict(o.sparsity) if isinstance(o.sparsity, dict) else None
+    n, m, share = parse_pattern(o.pattern, 0.5 if per_layer is not None else o.sparsity)
+    pattern, damp, activation, sparse_values = o.pattern, o.damp, o.activation, o.sparse_values
     grid = None
-    if quantize is not None:
+    if o.quantize is not None:
         if method != "sparsegpt":
             raise ValueError("quantize= (prune and quantize in one pass) is SparseGPT's: method='sparsegpt'")
-        unknown = set(quantize) - {"bits", "group_size", "symmetric", "mse"}
-        if unknown:
-            raise ValueError(
-                f"unknown quantize options {sorted(unknown)}; give bits, group_size, symmetric, mse"
-            )
-        grid = {"bits": 4, "group_size": 128, "symmetric": True, "mse": False} | dict(quantize)
+        grid = {"bits": 4, "group_size": 128, "symmetric": True, "mse": False} | o.quantize
         check_options(grid["bits"], grid["group_size"], grid["symmetric"])
-    check_damp(damp)
     summary = PruningSummary(method=method, pattern=pattern, sparsity=share, per_layer=per_layer)
     targets, shares = [], {}
-    for name in select_linears(model, skip, include, summary.skipped):
+    for name in select_linears(model, o.skip, o.include, summary.skipped):
         k = model.get_submodule(name).in_features
         layer_share = share
         if per_layer is not None:
@@ -200,7 +174,7 @@ def prune_model(
             _apply(model, name, keep_mask(scores, n, m, shares[name], per_row=False), summary)
     else:
         batches = calibration_tokens(
-            model, tokenizer, calibration, n_samples=n_samples, seq_len=seq_len, method=method
+            model, tokenizer, calibration, n_samples=o.n_samples, seq_len=o.seq_len, method=method
         )  # fmt: skip
         by_layer, outside = linears_by_layer(model, targets)
         for name in outside:
@@ -223,14 +197,12 @@ def prune_model(
             progress=progress,
         )  # fmt: skip
         if grid is not None:
-            from ..quantize.model import QuantizationSummary, replace_linear
-
             replaced = QuantizationSummary(format="int8" if grid["bits"] == 8 else "int4")
             for name, q in joint.items():
                 layer = QuantLinear.from_quantized(q, model.get_submodule(name).bias, activation=activation)
                 replace_linear(model, name, layer, replaced)
             summary.quantized = f"{replaced.format} ({grid['bits']}-bit, group {grid['group_size']})"
-    if sparse:
+    if o.sparse:
         summary.sparse_format = pattern if m else "csr"
         for name in summary.pruned:
             _to_sparse(model, name, summary.sparse_format, sparse_values, summary)

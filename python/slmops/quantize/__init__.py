@@ -1,5 +1,18 @@
-"""Layer 4: whole-model quantization."""
+"""Layer 4: whole-model quantization (RTN, GPTQ, AWQ, SmoothQuant).
 
-from .model import QuantizationSummary, quantize_model
+``slmops.quantize.options`` (the options of every algorithm) imports without torch, so the
+CLI reads it cheaply; the other names load on first use (PEP 562)."""
 
-__all__ = ["QuantizationSummary", "quantize_model"]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_LAZY = {"QuantizationSummary": "linears", "quantize_model": "model"}
+__all__ = list(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -36,7 +36,9 @@ from torch import nn
 from ..nn import QuantLinear
 from ..ops import quantize
 from .calibration import InputStats, calibration_tokens, linears_by_layer, observe_inputs, run_layerwise
-from .model import QuantizationSummary, replace_linear
+from .linears import QuantizationSummary, replace_linear
+from .options import AWQOptions
+from .scaling import fold_scales, scale_groups
 
 GRID = 20
 SAMPLE_ROWS = 64  # input rows kept per calibration batch for the searches (16 batches: 1024)
@@ -54,41 +56,6 @@ def _weight_mean(weights: list[torch.Tensor], group_size: int) -> torch.Tensor:
     g = group_size if group_size and k % group_size == 0 else k
     grouped = w.reshape(-1, k // g, g)
     return (grouped / (grouped.amax(-1, keepdim=True) + 1e-6)).reshape(-1, k).mean(0)
-
-
-def _scale_groups(layer: nn.Module) -> list[tuple[nn.Module, list[nn.Linear]]]:
-    """(previous op, linears that read its output) for a Llama-style decoder layer."""
-    try:
-        attn, mlp = layer.self_attn, layer.mlp
-        groups = [
-            (layer.input_layernorm, [attn.q_proj, attn.k_proj, attn.v_proj]),
-            (layer.post_attention_layernorm, [mlp.gate_proj, mlp.up_proj]),
-            (mlp.up_proj, [mlp.down_proj]),
-        ]
-    except AttributeError as e:
-        raise ValueError(
-            f"AWQ folds its scales into Llama-style decoder layers (input_layernorm, self_attn.q/k/v/o_proj, "
-            f"post_attention_layernorm, mlp.gate/up/down_proj: Llama, Qwen2, Mistral, Gemma); "
-            f"{type(layer).__name__} has no {e.name}"
-        ) from e
-    if attn.v_proj.weight.shape == attn.o_proj.weight.shape:
-        groups.insert(1, (attn.v_proj, [attn.o_proj]))
-    return groups
-
-
-@torch.no_grad()
-def _fold(prev: nn.Module, linears: list[nn.Linear], s: torch.Tensor) -> None:
-    """prev's output / s, the linears' weights * s: the float function is unchanged."""
-    for linear in linears:
-        linear.weight.mul_(s.to(linear.weight.dtype))
-    if isinstance(prev, nn.Linear):
-        prev.weight.div_(s.to(prev.weight.dtype).unsqueeze(1))
-        if prev.bias is not None:
-            prev.bias.div_(s.to(prev.bias.dtype))
-    elif "Gemma" in type(prev).__name__:  # Gemma's RMSNorm scales by 1 + weight
-        prev.weight.copy_((1.0 + prev.weight.float()) / s - 1.0)
-    else:
-        prev.weight.div_(s.to(prev.weight.dtype))
 
 
 @torch.no_grad()
@@ -143,24 +110,21 @@ def awq_quantize_model(
     model: nn.Module,
     targets: list[str],
     summary: QuantizationSummary,
+    options: AWQOptions,
     *,
-    format: str,
-    activation: str,
     tokenizer: Any,
     calibration: Any,
-    n_samples: int,
-    seq_len: int,
     progress: bool,
-    duo_scaling: bool = True,
-    **options: Any,
 ) -> QuantizationSummary:
+    format, activation, duo_scaling = options.format, options.activation, options.duo_scaling
     if format not in ("int4", "int8"):
         raise ValueError(f"AWQ writes int4 or int8; format {format!r} is neither")
+    quant = options.format_options()
     if format == "int4":
-        options = {"group_size": 128, "symmetric": False} | options  # the paper's setting: g128 with zeros
-    _fake_quant(torch.zeros(1, max(options.get("group_size") or 32, 32)), format, options)  # bad options: now
+        quant = {"group_size": 128, "symmetric": False} | quant  # the paper's setting: g128 with zeros
+    _fake_quant(torch.zeros(1, max(quant.get("group_size") or 32, 32)), format, quant)  # bad options: now
     batches = calibration_tokens(
-        model, tokenizer, calibration, n_samples=n_samples, seq_len=seq_len, method="AWQ"
+        model, tokenizer, calibration, n_samples=options.n_samples, seq_len=options.seq_len, method="AWQ"
     )  # fmt: skip
     _, outside = linears_by_layer(model, targets)
     for name in outside:
@@ -170,23 +134,23 @@ def awq_quantize_model(
     start = time.perf_counter()
 
     def compress(i: int, layer: nn.Module, forward: Any) -> None:
-        groups = _scale_groups(layer)
+        groups = scale_groups(layer)
         linears = {names[id(m)]: m for _, ls in groups for m in ls} | {
             names[id(layer.self_attn.o_proj)]: layer.self_attn.o_proj
         }
         stats = observe_inputs(model, list(linears), forward, moments=True, keep=SAMPLE_ROWS)
         for prev, group in groups:
             st = stats[names[id(group[0])]]
-            s = _search_scale(group, st, format, options, duo_scaling)
-            _fold(prev, group, s)
+            s = _search_scale(group, st, format, quant, duo_scaling)
+            fold_scales(prev, group, s)
             st.sample = [x / s for x in st.sample]  # the linears now read x / s
         for name, linear in linears.items():
             if name in quantized and not name.endswith(("q_proj", "k_proj")):  # AutoAWQ leaves q/k unclipped
-                _clip(linear, torch.cat(stats[name].sample), options.get("group_size", 0), format, options)
+                _clip(linear, torch.cat(stats[name].sample), quant.get("group_size", 0), format, quant)
 
     run_layerwise(model, batches, compress, progress=progress)
     for name in sorted(quantized, key=targets.index):
-        q = QuantLinear.from_linear(model.get_submodule(name), format, activation=activation, **options)
+        q = QuantLinear.from_linear(model.get_submodule(name), format, activation=activation, **quant)
         replace_linear(model, name, q, summary)
     summary.method = "awq"
     summary.seconds = time.perf_counter() - start

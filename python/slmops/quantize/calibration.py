@@ -29,6 +29,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from .options import CalibrationOptions
+
 
 def calibration_text(source: str | os.PathLike[str] | Sequence[str] | None = None) -> str:
     """The text to calibrate on: ``None`` for the reference corpus (KJV training split), a
@@ -68,8 +70,8 @@ def calibration_batches(
     tokenizer: Any,
     source: str | os.PathLike[str] | Sequence[str] | None = None,
     *,
-    n_samples: int = 128,
-    seq_len: int = 512,
+    n_samples: int = CalibrationOptions.model_fields["n_samples"].default,
+    seq_len: int = CalibrationOptions.model_fields["seq_len"].default,
     vocab_size: int | None = None,
     seed: int = 0,
 ) -> torch.Tensor:

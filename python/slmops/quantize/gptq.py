@@ -22,8 +22,9 @@ from __future__ import annotations
 import numpy as np
 
 from ..ops import QuantizedTensor, cholesky_inverse_upper, gptq_grid_params, gptq_quantize
+from .options import GPTQ_BITS, HessianOptions, check_damp
 
-BITS = (2, 3, 4, 8)
+BITS = GPTQ_BITS
 
 
 def check_options(bits: int, group_size: int, symmetric: bool) -> None:
@@ -58,11 +59,6 @@ def to_quantized(codes: np.ndarray, scales: np.ndarray, zeros: np.ndarray, bits:
     return QuantizedTensor("int4", (n, k), tensors, group_size=group_size, symmetric=sym)
 
 
-def check_damp(damp: float) -> None:
-    if not 0.0 <= damp < 1.0:
-        raise ValueError(f"damp must be in [0, 1), got {damp}")
-
-
 def damped(weight: np.ndarray, hessian: np.ndarray, damp: float) -> tuple[np.ndarray, np.ndarray]:
     """Float32 copies of a weight [N, K] and its Hessian [K, K] made ready for the inverse
     factor (GPTQ and SparseGPT): an input that was always zero gets a unit diagonal and its
@@ -90,7 +86,7 @@ def gptq_quantize_weight(
     group_size: int = 128,
     symmetric: bool = True,
     act_order: bool = False,
-    damp: float = 0.01,
+    damp: float = HessianOptions.model_fields["damp"].default,
     mse: bool = False,
     block: int = 128,
     reference: bool = False,

@@ -12,8 +12,9 @@ from torch import nn
 
 from ..nn import QuantLinear
 from .calibration import calibration_tokens, linears_by_layer, run_linear_sequential
-from .gptq import check_damp, check_options, gptq_quantize_weight
-from .model import QuantizationSummary, replace_linear
+from .gptq import check_options, gptq_quantize_weight
+from .linears import QuantizationSummary, replace_linear
+from .options import GPTQOptions
 
 
 def _bits_and_format(format: str, bits: int | None) -> tuple[int, str]:
@@ -30,31 +31,19 @@ def gptq_quantize_model(
     model: nn.Module,
     targets: list[str],
     summary: QuantizationSummary,
+    options: GPTQOptions,
     *,
-    format: str,
-    activation: str,
     tokenizer: Any,
     calibration: Any,
-    n_samples: int,
-    seq_len: int,
-    bits: int | None,
-    act_order: bool,
-    damp: float,
     progress: bool,
-    group_size: int | None = None,
-    symmetric: bool | None = None,
-    mse: bool = False,
-    **unknown: Any,
 ) -> QuantizationSummary:
-    if unknown:
-        raise ValueError(f"unknown GPTQ options {sorted(unknown)}")
-    bits, summary.format = _bits_and_format(format, bits)
-    group_size = (0 if bits == 8 else 128) if group_size is None else group_size
-    symmetric = True if symmetric is None else bool(symmetric)
+    o = options
+    bits, summary.format = _bits_and_format(o.format, o.bits)
+    group_size = (0 if bits == 8 else 128) if o.group_size is None else o.group_size
+    symmetric = True if o.symmetric is None else o.symmetric
     check_options(bits, group_size, symmetric)
-    check_damp(damp)
     batches = calibration_tokens(
-        model, tokenizer, calibration, n_samples=n_samples, seq_len=seq_len, method="GPTQ"
+        model, tokenizer, calibration, n_samples=o.n_samples, seq_len=o.seq_len, method="GPTQ"
     )  # fmt: skip
     by_layer, outside = linears_by_layer(model, targets)
     for name in outside:
@@ -63,9 +52,9 @@ def gptq_quantize_model(
         "bits": bits,
         "group_size": group_size,
         "symmetric": symmetric,
-        "act_order": act_order,
-        "damp": damp,
-        "mse": bool(mse),
+        "act_order": o.act_order,
+        "damp": o.damp,
+        "mse": o.mse,
     }
     start = time.perf_counter()
 
@@ -83,7 +72,7 @@ def gptq_quantize_model(
     run_linear_sequential(model, batches, by_layer, compress, hessian=True, progress=progress)
     for name, q in quantized.items():
         bias = model.get_submodule(name).bias
-        replace_linear(model, name, QuantLinear.from_quantized(q, bias, activation=activation), summary)
+        replace_linear(model, name, QuantLinear.from_quantized(q, bias, activation=o.activation), summary)
     summary.method = "gptq"
     summary.seconds = time.perf_counter() - start
     return summary

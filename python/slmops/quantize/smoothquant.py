@@ -4,7 +4,7 @@ Per-token int8 activations lose precision when a few channels are much larger th
 rest. SmoothQuant divides input channel j by s_j = max|x_j|^alpha / max|w_j|^(1 - alpha)
 (alpha 0.5 by default; max|w_j| over every linear reading that input) and multiplies the
 weights' column j by s_j, folding 1/s into the RMSNorm before q/k/v_proj and before
-gate/up_proj as the paper does for its LayerNorms (``slmops.quantize.awq._fold``). Then
+gate/up_proj as the paper does for its LayerNorms (``slmops.quantize.scaling.fold_scales``). Then
 every targeted linear becomes int8 per-channel weights with int8 per-token activations
 (``QuantLinear`` activation 'int8_row', the W8A8 kernels: oneDNN's int8 matmul where
 present). o_proj and down_proj read no norm's output and are quantized unsmoothed.
@@ -19,9 +19,10 @@ import torch
 from torch import nn
 
 from ..nn import QuantLinear
-from .awq import _fold, _scale_groups
 from .calibration import calibration_tokens, linears_by_layer, observe_inputs, run_layerwise
-from .model import QuantizationSummary, replace_linear
+from .linears import QuantizationSummary, replace_linear
+from .options import SmoothQuantOptions
+from .scaling import fold_scales, scale_groups
 
 
 def smooth_scales(abs_max: torch.Tensor, weights: list[torch.Tensor], alpha: float) -> torch.Tensor:
@@ -35,27 +36,20 @@ def smoothquant_model(
     model: nn.Module,
     targets: list[str],
     summary: QuantizationSummary,
+    options: SmoothQuantOptions,
     *,
-    format: str,
-    activation: str,
     tokenizer: Any,
     calibration: Any,
-    n_samples: int,
-    seq_len: int,
     progress: bool,
-    alpha: float = 0.5,
-    **unknown: Any,
 ) -> QuantizationSummary:
-    if unknown:
-        raise ValueError(f"unknown SmoothQuant options {sorted(unknown)} (it takes alpha)")
-    if format != "int8":
-        raise ValueError(f"SmoothQuant is W8A8: format must be 'int8', got {format!r}")
-    if activation == "float":
-        activation = "int8_row"  # the point of smoothing: int8 activations per token
-    if not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+    if options.format != "int8":
+        raise ValueError(f"SmoothQuant is W8A8: format must be 'int8', got {options.format!r}")
+    # the point of smoothing: int8 activations per token
+    activation = "int8_row" if options.activation == "float" else options.activation
+    alpha = options.alpha
     batches = calibration_tokens(
-        model, tokenizer, calibration, n_samples=n_samples, seq_len=seq_len, method="SmoothQuant"
+        model, tokenizer, calibration, n_samples=options.n_samples, seq_len=options.seq_len,
+        method="SmoothQuant",
     )  # fmt: skip
     _, outside = linears_by_layer(model, targets)
     for name in outside:
@@ -64,11 +58,11 @@ def smoothquant_model(
     start = time.perf_counter()
 
     def compress(i: int, layer: nn.Module, forward: Any) -> None:
-        groups = [(prev, ls) for prev, ls in _scale_groups(layer) if not isinstance(prev, nn.Linear)]
+        groups = [(prev, ls) for prev, ls in scale_groups(layer) if not isinstance(prev, nn.Linear)]
         stats = observe_inputs(model, [names[id(ls[0])] for _, ls in groups], forward, moments=True)
         for prev, linears in groups:
             abs_max = torch.from_numpy(stats[names[id(linears[0])]].abs_max)
-            _fold(prev, linears, smooth_scales(abs_max, [m.weight for m in linears], alpha))
+            fold_scales(prev, linears, smooth_scales(abs_max, [m.weight for m in linears], alpha))
 
     run_layerwise(model, batches, compress, progress=progress)
     for name in targets:

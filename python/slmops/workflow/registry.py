@@ -12,18 +12,13 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
+from .._options import one_of  # noqa: F401 - the passes' option checks
+
 
 class PassOptions(BaseModel):
     """Base of every pass's options: unknown keys are errors."""
 
     model_config = ConfigDict(extra="forbid")
-
-
-def one_of(name: str, value: str, allowed: tuple | list) -> str:
-    """For option validators: ``value`` if it is in ``allowed`` (a list a lower layer owns)."""
-    if value not in allowed:
-        raise ValueError(f"{name} must be one of {list(allowed)}, got {value!r}")
-    return value
 
 
 @dataclass

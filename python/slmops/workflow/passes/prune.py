@@ -8,86 +8,56 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import field_validator
+from pydantic import Field, model_validator
 
-from ...ops.sparse import VALUE_TYPES
-from ...prune.model import METHODS, PATTERNS, prune_model
-from ..registry import Pass, PassContext, PassOptions, PassOutput, one_of, register_pass
+from ..._options import choice, pick, side_by_side
+from ...prune.model import prune_model
+from ...prune.options import DEFAULT_METHOD, METHODS, PruneOptions
+from ..registry import Pass, PassContext, PassOptions, PassOutput, register_pass
 
 
-class PruneOptions(PassOptions):
-    method: str = "magnitude"
-    sparsity: float | dict[str, float] = 0.5  # a share, or fnmatch pattern -> share per layer
-    pattern: str = "unstructured"
-    skip: list[str] = ["lm_head", "*.lm_head"]
-    include: list[str] | None = None
-    sparse: bool = False
-    sparse_values: str = "float32"
-    # the calibrated methods (wanda, sparsegpt)
-    calibration: str | None = None  # a dataset name of the run config
-    n_samples: int = 128
-    seq_len: int = 512
-    damp: float = 0.01  # sparsegpt
+class PrunePassOptions(
+    side_by_side(
+        "PrunePassOptionsFields",
+        [PruneOptions],
+        PassOptions,
+        method=(choice(METHODS), Field(DEFAULT_METHOD, description="magnitude, wanda or sparsegpt")),
+        calibration=(str | None, Field(None, description="calibrated: a dataset of the run config")),
+    )
+):
+    @model_validator(mode="after")
+    def _prune_options(self) -> PrunePassOptions:
+        """The checks of ``PruneOptions`` across fields, when the config is read."""
+        self.selected()
+        return self
 
-    @field_validator("method")
-    @classmethod
-    def _method(cls, v: str) -> str:
-        return one_of("method", v, METHODS)
-
-    @field_validator("pattern")
-    @classmethod
-    def _pattern(cls, v: str) -> str:
-        return one_of("pattern", v, PATTERNS)
-
-    @field_validator("sparse_values")
-    @classmethod
-    def _values(cls, v: str) -> str:
-        return one_of("sparse_values", v, VALUE_TYPES)
+    def selected(self) -> PruneOptions:
+        return pick(PruneOptions, self.model_dump())
 
 
 @register_pass
 class PrunePass(Pass):
     type = "prune"
-    Options = PruneOptions
+    Options = PrunePassOptions
 
-    def normalize(self, options: PruneOptions) -> dict[str, Any]:
-        opts = options.model_dump()
+    def normalize(self, options: PrunePassOptions) -> dict[str, Any]:
+        opts = options.selected()
+        out = {"method": options.method, **opts.result_options()}
         if options.method == "magnitude":  # the calibration options mean nothing to magnitude
-            for k in ("calibration", "n_samples", "seq_len"):
-                opts.pop(k)
+            for k in ("n_samples", "seq_len"):
+                out.pop(k)
+        else:
+            out["calibration"] = options.calibration
         if options.method != "sparsegpt":
-            opts.pop("damp")
-        if options.pattern != "unstructured":  # n:m fixes the share
-            opts.pop("sparsity")
-        if not options.sparse:
-            opts.pop("sparse_values")
-        return opts
+            out.pop("damp")
+        return out
 
-    def run(self, model: Any, tokenizer: Any, options: PruneOptions, ctx: PassContext) -> PassOutput:
-        opts = self.normalize(options)
-        extra: dict[str, Any] = {}
-        if opts["method"] != "magnitude":
-            name = opts["calibration"]
-            extra = {
-                "tokenizer": tokenizer,
-                "calibration": [ctx.data(name)] if name else None,
-                "n_samples": opts["n_samples"],
-                "seq_len": opts["seq_len"],
-            }
-            if "damp" in opts:
-                extra["damp"] = opts["damp"]
+    def run(self, model: Any, tokenizer: Any, options: PrunePassOptions, ctx: PassContext) -> PassOutput:
+        name = options.calibration if options.method != "magnitude" else None
         summary = prune_model(
-            model,
-            opts["method"],
-            sparsity=opts.get("sparsity", 0.5),
-            pattern=opts["pattern"],
-            skip=opts["skip"],
-            include=opts["include"],
-            sparse=opts["sparse"],
-            sparse_values=opts.get("sparse_values", "float32"),
-            progress=False,
-            **extra,
-        )
+            model, options.method, tokenizer=tokenizer, calibration=[ctx.data(name)] if name else None,
+            progress=False, **options.selected().model_dump(),
+        )  # fmt: skip
         ctx.log.info("%s", summary)
         info = {
             "summary": str(summary),
