@@ -97,6 +97,15 @@ void py_qmatmul(const PyPackedWeight& pw, py::handle x, py::handle bias, py::han
   qmatmul(w, xa.data, x_dtype, M, bias_ptr, ya.data, y_dtype, act, cpu_isa, be);
 }
 
+std::string packed_kind(const PyPackedWeight& p) {
+  static const char* names[] = {"nibble_affine", "nibble_table", "int8", "ternary", "dequantize"};
+  return std::string(names[int(p.w.kind)]);
+}
+
+size_t packed_nbytes(const PyPackedWeight& p) {
+  return p.w.owned_codes.size() + 4 * (p.w.owned_scales.size() + p.w.owned_offsets.size());
+}
+
 // The quantized matmul on the GPU: the QuantizedTensor's buffers as they are (no packing).
 void py_cuda_qmatmul(const std::string& format, int64_t group_size, bool symmetric, py::handle data,
                      py::handle scales, py::handle zero_points, int64_t N, int64_t K, py::handle x, py::handle bias,
@@ -146,13 +155,8 @@ void register_qmatmul(py::module_& m) {
       "The GPU paths cuda_qmatmul accepts (its `path`; the `backend` of slmops.ops.qmatmul on CUDA).");
   py::class_<PyPackedWeight>(m, "PackedWeight", "A quantized weight packed for the qmatmul kernels.")
       .def_property_readonly("shape", [](const PyPackedWeight& p) { return py::make_tuple(p.w.N, p.w.K); })
-      .def_property_readonly("kind", [](const PyPackedWeight& p) {
-        static const char* names[] = {"nibble_affine", "nibble_table", "int8", "ternary", "dequantize"};
-        return std::string(names[int(p.w.kind)]);
-      })
-      .def_property_readonly("nbytes", [](const PyPackedWeight& p) {
-        return p.w.owned_codes.size() + 4 * (p.w.owned_scales.size() + p.w.owned_offsets.size());
-      });
+      .def_property_readonly("kind", &packed_kind)
+      .def_property_readonly("nbytes", &packed_nbytes);
   m.def("pack_weight", &py_pack_weight, py::arg("format"), py::arg("group_size"), py::arg("symmetric"),
         py::arg("data"), py::arg("scales").none(true), py::arg("zero_points").none(true), py::arg("N"), py::arg("K"));
   m.def("cuda_qmatmul", &py_cuda_qmatmul, py::arg("format"), py::arg("group_size"), py::arg("symmetric"),

@@ -18,11 +18,13 @@ static inline float inv_or_zero(float c, float s) {
 }
 
 // NF4 code values (QLoRA appendix E; bitsandbytes get_4bit_type), index 0..15.
+// clang-format off: four codes a row (clang-format would put each on a line of its own)
 static constexpr float kNF4[16] = {
     -1.0f, -0.6961928009986877f, -0.5250730514526367f, -0.39491748809814453f,
     -0.28444138169288635f, -0.18477343022823334f, -0.09105003625154495f, 0.0f,
     0.07958029955625534f, 0.16093020141124725f, 0.24611230194568634f, 0.33791524171829224f,
     0.44070982933044434f, 0.5626170039176941f, 0.7229568362236023f, 1.0f};
+// clang-format on
 
 // A normalized value v gets the nearest code; ties go to the lower code, so the code
 // index is the number of midpoints strictly below v. Computed in constexpr float

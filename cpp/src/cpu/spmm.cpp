@@ -177,9 +177,10 @@ NMSparseWeight nm_layout(int64_t N, int64_t K, int n, int m, SparseValueType typ
   if (std::none_of(std::begin(kNMPatterns), std::end(kNMPatterns),
                    [&](const NMPattern& p) { return p.n == n && p.m == m; })) {
     std::string known;
-    for (const NMPattern& p : kNMPatterns)
-      known += (known.empty() ? "" : &p == std::end(kNMPatterns) - 1 ? " or " : ", ") + std::to_string(p.n) + ":" +
-               std::to_string(p.m);
+    for (const NMPattern& p : kNMPatterns) {
+      if (!known.empty()) known += &p == std::end(kNMPatterns) - 1 ? " or " : ", ";
+      known += std::to_string(p.n) + ":" + std::to_string(p.m);
+    }
     invalid("pattern must be " + known + ", got " + std::to_string(n) + ":" + std::to_string(m));
   }
   if (N <= 0 || K <= 0) invalid("the weight must have at least one row and one column");

@@ -43,11 +43,13 @@ StreamBuffer::~StreamBuffer() {
 #if defined(SLMOPS_HAVE_CUBLASLT)
 namespace {
 
+// clang-format off: a list, which clang-format would indent as one long expression
 #define SLMOPS_LT_FUNCTIONS(X)                                                                            \
   X(cublasLtCreate) X(cublasLtMatmulDescCreate) X(cublasLtMatmulDescDestroy) X(cublasLtMatmulDescSetAttribute) \
   X(cublasLtMatrixLayoutCreate) X(cublasLtMatrixLayoutDestroy) X(cublasLtMatmulPreferenceCreate)                \
   X(cublasLtMatmulPreferenceDestroy) X(cublasLtMatmulPreferenceSetAttribute) X(cublasLtMatmulAlgoGetHeuristic)  \
   X(cublasLtMatmul) X(cublasLtGetStatusString)
+// clang-format on
 
 struct LtApi {
 #define SLMOPS_LT_MEMBER(f) decltype(&::f) f = nullptr;

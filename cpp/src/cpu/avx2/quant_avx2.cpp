@@ -14,5 +14,6 @@
 
 namespace slmops::cpu::avx2 {
 #include "cpu/simd/vec_avx2.h"
+// The kernels, written in the vector layer above: it must come first.
 #include "cpu/simd/quant_simd.inc"
 }  // namespace slmops::cpu::avx2

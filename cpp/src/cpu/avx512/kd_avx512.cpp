@@ -10,5 +10,6 @@
 
 namespace slmops::cpu::avx512 {
 #include "cpu/simd/vec_avx512.h"
+// The kernels, written in the vector layer above: it must come first.
 #include "cpu/simd/kd_simd.inc"
 }  // namespace slmops::cpu::avx512

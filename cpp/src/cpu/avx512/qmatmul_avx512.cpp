@@ -12,5 +12,6 @@
 
 namespace slmops::cpu::avx512 {
 #include "cpu/simd/vec_avx512.h"
+// The kernels, written in the vector layer above: it must come first.
 #include "cpu/simd/qmatmul_simd.inc"
 }  // namespace slmops::cpu::avx512

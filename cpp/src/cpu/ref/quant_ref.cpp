@@ -362,12 +362,14 @@ void f32_row_to_bf16(const float* src, int64_t n, void* dst) {
 }  // namespace
 
 const RowKernels& row_kernels() {
+  // clang-format off: the quantize and dequantize rows side by side, in QuantFormat order
   static const RowKernels k{
       {quantize_int8, quantize_int4, quantize_nf4, quantize_ternary, quantize_q4_0, quantize_q8_0,
        quantize_q4_k, quantize_q6_k, quantize_tq2_0},
       {dequantize_int8, dequantize_int4, dequantize_nf4, dequantize_ternary, dequantize_q4_0,
        dequantize_q8_0, dequantize_q4_k, dequantize_q6_k, dequantize_tq2_0},
       f16_row_to_f32, bf16_row_to_f32, f32_row_to_f16, f32_row_to_bf16};
+  // clang-format on
   return k;
 }
 
