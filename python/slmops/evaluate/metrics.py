@@ -136,7 +136,8 @@ def speed(model: Any, prompt_tokens: int, decode_tokens: int, repeats: int, warm
     }
 
 
-def _reset_peak_rss() -> bool:
+def reset_peak_rss() -> bool:
+    """Resets the process's peak resident set size; False where the OS cannot (not Linux)."""
     try:  # Linux: writing 5 resets the process's peak resident set size (VmHWM)
         Path("/proc/self/clear_refs").write_text("5")
         return True
@@ -144,7 +145,8 @@ def _reset_peak_rss() -> bool:
         return False
 
 
-def _peak_rss_bytes() -> int | None:
+def peak_rss_bytes() -> int | None:
+    """The process's peak resident set size since start or the last :func:`reset_peak_rss`."""
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
             if line.startswith("VmHWM:"):
@@ -152,6 +154,10 @@ def _peak_rss_bytes() -> int | None:
     except OSError:
         pass
     return None
+
+
+# The old private names, for slmops/bench/kd.py until it imports the public ones.
+_reset_peak_rss, _peak_rss_bytes = reset_peak_rss, peak_rss_bytes
 
 
 def memory(model: Any, model_dir: str | os.PathLike[str] | None) -> dict[str, Any]:
@@ -212,7 +218,7 @@ def evaluate(
             raise ValueError(f"stride must be in [1, seq_len={seq_len}], got {stride}")
     was_training = getattr(model, "training", False)
     model.eval()
-    tracked = "memory" in metrics and _reset_peak_rss()
+    tracked = "memory" in metrics and reset_peak_rss()
     result: dict[str, Any] = {"slmops": _C.build_info()["version"]}
     try:
         if "perplexity" in metrics:
@@ -222,7 +228,7 @@ def evaluate(
         if "memory" in metrics:
             result["memory"] = {
                 **memory(model, model_dir),
-                "peak_rss_bytes": _peak_rss_bytes() if tracked else None,
+                "peak_rss_bytes": peak_rss_bytes() if tracked else None,
             }
     finally:
         model.train(was_training)
