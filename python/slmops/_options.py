@@ -53,7 +53,9 @@ def choice(allowed: Callable[[], Iterable[Any]] | Iterable[Any]) -> Any:
     def check(value: Any, info: ValidationInfo) -> Any:
         return one_of(info.field_name or "value", value, read())
 
-    return Annotated[str, AfterValidator(check), Field(json_schema_extra={"choices": read})]
+    # The list is read when asked for (choices_of), not frozen into the schema at import:
+    # pydantic types json_schema_extra's values as JSON, which a callable is not.
+    return Annotated[str, AfterValidator(check), Field(json_schema_extra={"choices": read})]  # type: ignore[dict-item]
 
 
 def choices_of(field: FieldInfo) -> list[Any] | None:
@@ -77,7 +79,9 @@ def side_by_side(
             if key in fields and repr(fields[key][1]) != repr(info):
                 raise TypeError(f"{name}: field {key!r} differs between the models it merges")
             fields[key] = (info.annotation, info)  # the FieldInfo carries the constraints
-    return create_model(name, __base__=base, **fields, **extra)
+    # mypy checks a **mapping against every keyword of create_model (__config__, __doc__, ...),
+    # which a tuple value does not fit; the keys here are field names only.
+    return create_model(name, __base__=base, **typing.cast("dict[str, Any]", fields), **extra)
 
 
 def pick(model: type[BaseModel], values: dict[str, Any]) -> BaseModel:
@@ -145,7 +149,7 @@ def given(args: argparse.Namespace, names: Iterable[str], dest_prefix: str = "")
 def _scalar_type(annotation: Any) -> Any:
     """What a flag parses: bool, int, float, str, or list (of strings), from a field's type
     (``X | None`` reads as X; ``str | list[str]`` as a string)."""
-    args = typing.get_args(annotation) if _is_union(annotation) else (annotation,)
+    args: Sequence[Any] = typing.get_args(annotation) if _is_union(annotation) else (annotation,)
     args = [a for a in args if a is not type(None)]
     for kind in (bool, int, float, str):
         if kind in args:

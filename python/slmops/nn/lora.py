@@ -13,6 +13,7 @@ live on one base; ``set_adapter`` picks the one in use (or none).
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import torch
 from torch import nn
@@ -105,17 +106,19 @@ class LoRALinear(nn.Module):
     def delete_adapter(self, name: str) -> None:
         if name not in self.lora_A:
             raise KeyError(f"no adapter named {name!r}; this layer has {self.adapters}")
-        for d in (self.lora_A, self.lora_B, self.lora_dropout):
-            del d[name]
-        for d in (self.r, self.lora_alpha, self.use_rslora, self.scaling):
-            del d[name]
+        for modules in (self.lora_A, self.lora_B, self.lora_dropout):
+            del modules[name]
+        for table in (self.r, self.lora_alpha, self.use_rslora, self.scaling):
+            del table[name]
         if self.active_adapter == name:
             self.active_adapter = None
 
     def delta_weight(self, name: str | None = None) -> torch.Tensor:
         """``scaling * B @ A`` [out, in] of adapter ``name`` (default: the active one)."""
         name = self._name(name)
-        a, b = self.lora_A[name].weight, self.lora_B[name].weight
+        # add_adapter makes A and B nn.Linear; ModuleDict's items are typed as plain Modules.
+        a = cast(nn.Linear, self.lora_A[name]).weight
+        b = cast(nn.Linear, self.lora_B[name]).weight
         return (b.float() @ a.float()) * self.scaling[name]
 
     def merged(self, name: str | None = None) -> nn.Linear:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypedDict
 
 import torch
 from torch import nn
@@ -11,6 +11,15 @@ from ..ops import FORMATS, QuantizedTensor, qmatmul, quantize
 from ..ops.qmatmul import ACTIVATIONS
 
 _PREFIX = "qweight_"
+
+
+class _QuantMeta(TypedDict):
+    """The format options of the weight (its extra state, with the shape and activation)."""
+
+    format: str
+    group_size: int
+    symmetric: bool
+    dtype: str
 
 
 class _QuantLinearFunction(torch.autograd.Function):
@@ -129,7 +138,7 @@ class QuantLinear(nn.Module):
             del self._buffers[name]
         for name, t in q.tensors.items():
             self.register_buffer(_PREFIX + name, t)
-        self._qmeta = {
+        self._qmeta: _QuantMeta = {
             "format": q.format,
             "group_size": q.group_size,
             "symmetric": q.symmetric,
@@ -152,6 +161,13 @@ class QuantLinear(nn.Module):
                 dtype=m["dtype"],
             )
         return self._qweight
+
+    def _weight_buffer(self, name: str) -> torch.Tensor:
+        """The buffer ``qweight_<name>``; a KeyError if it is missing (or None)."""
+        t = self._buffers.get(_PREFIX + name)
+        if t is None:
+            raise KeyError(f"QuantLinear has no buffer {_PREFIX + name!r}")
+        return t
 
     def _apply(self, fn: Any, recurse: bool = True) -> QuantLinear:
         self._qweight = None  # buffers may have moved: the packed weight must not outlive them
@@ -177,7 +193,7 @@ class QuantLinear(nn.Module):
 
     # -- forward ---------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        data = self._buffers[_PREFIX + "data"]
+        data = self._weight_buffer("data")
         if x.device.type == "cpu" and data.device.type == "cpu":
             return _QuantLinearFunction.apply(x, self.bias, self)
         w = self.qweight.dequantize(str(x.dtype).removeprefix("torch."))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 import torch
@@ -12,6 +12,15 @@ from ..ops import SparseTensor, sparsify, spmm
 from ..ops.sparse import check_activation
 
 _PREFIX = "sparse_"
+
+
+class _SparseMeta(TypedDict):
+    """The layout options of the weight (its extra state, with the shape)."""
+
+    pattern: str
+    values: str
+    group_size: int
+    symmetric: bool
 
 
 class _SparseLinearFunction(torch.autograd.Function):
@@ -123,7 +132,7 @@ class SparseLinear(nn.Module):
             del self._buffers[name]
         for name, t in sw.tensors.items():  # torch views of the same memory
             self.register_buffer(_PREFIX + name, torch.as_tensor(t) if isinstance(t, np.ndarray) else t)
-        self._meta = {
+        self._meta: _SparseMeta = {
             "pattern": sw.pattern,
             "values": sw.values,
             "group_size": sw.group_size,
@@ -143,17 +152,22 @@ class SparseLinear(nn.Module):
             )  # fmt: skip
         return self._sparse
 
+    def _weight_buffer(self, name: str) -> torch.Tensor:
+        """The buffer ``sparse_<name>``; a KeyError if it is missing (or None)."""
+        t = self._buffers.get(_PREFIX + name)
+        if t is None:
+            raise KeyError(f"SparseLinear has no buffer {_PREFIX + name!r}")
+        return t
+
     def _apply(self, fn: Any, recurse: bool = True) -> SparseLinear:
         self._sparse = None  # buffers may have moved: the kernels' view must not outlive them
         return super()._apply(fn, recurse)
 
     def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: Any, **kwargs: Any) -> None:
         # A CSR weight's buffers take the incoming number of nonzeros.
-        for name in list(self._buffers):
-            key = prefix + name
-            incoming = state_dict.get(key)
-            resized = incoming is not None and incoming.shape != self._buffers[name].shape
-            if name.startswith(_PREFIX) and resized:
+        for name in [n for n in self._buffers if n.startswith(_PREFIX)]:
+            incoming = state_dict.get(prefix + name)
+            if incoming is not None and incoming.shape != self._weight_buffer(name[len(_PREFIX) :]).shape:
                 self._buffers[name] = torch.empty_like(incoming)
         self._sparse = None
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
@@ -173,7 +187,7 @@ class SparseLinear(nn.Module):
 
     # -- forward ---------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.device.type == "cpu" and self._buffers[_PREFIX + "values"].device.type == "cpu":
+        if x.device.type == "cpu" and self._weight_buffer("values").device.type == "cpu":
             return _SparseLinearFunction.apply(x, self.bias, self)
         w = torch.from_numpy(self.sparse_weight.to_dense()).to(device=x.device, dtype=x.dtype)
         return nn.functional.linear(x, w, None if self.bias is None else self.bias.to(x.dtype))

@@ -267,7 +267,7 @@ def kd_loss(
         cuda_stream=stream_of(z) if device is not None else None, **teacher_args, **opts.kernel_args(),
     )  # fmt: skip
     loss = _reduce(loss_rows, lead, opts, denom)
-    return (loss, grad.reshape(student_logits.shape)) if return_grad else loss
+    return (loss, grad.reshape(student_logits.shape)) if grad is not None else loss  # grad iff return_grad
 
 
 def fused_linear_kd_loss(

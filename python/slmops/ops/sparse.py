@@ -265,7 +265,7 @@ def sparsify(
     bits = _INDEX_BITS[m]
     fields = (in_group.reshape(rows, -1, 1) >> np.arange(bits)) & 1
     indices = np.packbits(fields.reshape(rows, -1).astype(np.uint8), axis=1, bitorder="little")
-    tensors: dict[str, Any] = {"indices": np.ascontiguousarray(indices)}
+    tensors = {"indices": np.ascontiguousarray(indices)}
     options: dict[str, Any] = {"values": values}
     if values == "float32":
         tensors["values"] = np.ascontiguousarray(kept)
