@@ -62,7 +62,7 @@ def make_seeds(root: Path) -> dict[str, Path]:
     seeds["checkpoint"] = save_checkpoint(model, tok, root / "checkpoint")
     model, tok = slmops.zoo.load("kjv-student")
     slmops.quantize_model(model, format="int4", group_size=32, symmetric=False, progress=False)
-    slmops.export(model, "hf", root / "gptq", tokenizer=tok)
+    slmops.export_model(model, "hf", root / "gptq", tokenizer=tok)
     seeds["gptq"] = root / "gptq"
 
     model, _ = slmops.zoo.load("kjv-student")

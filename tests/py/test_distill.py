@@ -202,21 +202,21 @@ def test_cli_offline_from_prompts(prompts_file, tmp_path, capsys):
 
 def test_errors(teacher, student, prompts_file, tmp_path, tiny_llama):
     with pytest.raises(ValueError, match="exactly one of"):
-        slmops.distill(teacher, student, tmp_path, prompts=prompts_file, data=TEXT)
+        slmops.distill_model(teacher, student, tmp_path, prompts=prompts_file, data=TEXT)
     with pytest.raises(ValueError, match="tokenizers differ"):
-        slmops.distill(teacher, tiny_llama, tmp_path, data=TEXT)
+        slmops.distill_model(teacher, tiny_llama, tmp_path, data=TEXT)
     with pytest.raises(ValueError, match="offline"):
-        slmops.distill(None, student, tmp_path, data=TEXT)
+        slmops.distill_model(None, student, tmp_path, data=TEXT)
     with pytest.raises(ValueError, match="unknown training options"):
-        slmops.distill(teacher, student, tmp_path, data=TEXT, training={"stepz": 3})
+        slmops.distill_model(teacher, student, tmp_path, data=TEXT, training={"stepz": 3})
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"prompt": "a"}\nnot json\n')
     with pytest.raises(ValueError, match="bad.jsonl:2"):
-        slmops.distill(teacher, student, tmp_path, prompts=bad)
+        slmops.distill_model(teacher, student, tmp_path, prompts=bad)
     text_records = tmp_path / "text.jsonl"
     text_records.write_text(json.dumps({"text": TEXT[:3000]}) + "\n")
     with pytest.raises(ValueError, match="top-k"):
-        slmops.distill(None, student, tmp_path, data=text_records, offline=True)
+        slmops.distill_model(None, student, tmp_path, data=text_records, offline=True)
     assert (
         cli_main(
             ["distill", "--teacher", "kjv-teacher", "--student", "kjv-student", "--data", "x", "-o", "o"]

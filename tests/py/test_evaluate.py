@@ -34,7 +34,7 @@ def direct_nll(model, ids):
 def test_single_window_perplexity_equals_direct_computation():
     model = tiny_model()
     ids = torch.randint(0, 97, (100,), generator=torch.Generator().manual_seed(1))
-    r = slmops.evaluate(model, data=ids, seq_len=128)["perplexity"]
+    r = slmops.evaluate_model(model, data=ids, seq_len=128)["perplexity"]
     assert r["tokens"] == 99
     assert r["perplexity"] == pytest.approx(math.exp(direct_nll(model, ids) / 99), rel=1e-5)
 
@@ -42,7 +42,7 @@ def test_single_window_perplexity_equals_direct_computation():
 def test_non_overlapping_windows_equal_per_chunk_computation():
     model = tiny_model()
     ids = torch.randint(0, 97, (150,), generator=torch.Generator().manual_seed(2))
-    r = slmops.evaluate(model, data=ids, seq_len=64, stride=64)["perplexity"]
+    r = slmops.evaluate_model(model, data=ids, seq_len=64, stride=64)["perplexity"]
     # Windows [0,64), [64,128), [128,150): each predicts its own tokens after its first, and
     # the first token of each later window is predicted from no context.
     nll = direct_nll(model, ids[0:64]) + direct_nll(model, ids[64:128]) + direct_nll(model, ids[128:150])
@@ -55,7 +55,7 @@ def test_non_overlapping_windows_equal_per_chunk_computation():
 def test_overlapping_windows_predict_every_token_once(seq_len, stride):
     model = tiny_model()
     ids = torch.randint(0, 97, (131,), generator=torch.Generator().manual_seed(3))
-    r = slmops.evaluate(model, data=ids, seq_len=seq_len, stride=stride)["perplexity"]
+    r = slmops.evaluate_model(model, data=ids, seq_len=seq_len, stride=stride)["perplexity"]
     if stride < seq_len:
         assert r["tokens"] == 130
     # Longer context can only help a model on average; the figure stays finite and positive.
@@ -70,17 +70,17 @@ def test_text_path_and_tokenizer(tmp_path):
             return {"input_ids": [ord(c) % 97 for c in text]}
 
     text = "the quick brown fox jumps over the lazy dog " * 4
-    from_text = slmops.evaluate(model, Tok(), data=text, seq_len=64)["perplexity"]
+    from_text = slmops.evaluate_model(model, Tok(), data=text, seq_len=64)["perplexity"]
     f = tmp_path / "eval.txt"
     f.write_text(text, encoding="utf-8")
-    from_file = slmops.evaluate(model, Tok(), data=f, seq_len=64)["perplexity"]
+    from_file = slmops.evaluate_model(model, Tok(), data=f, seq_len=64)["perplexity"]
     assert from_text == from_file and from_text["tokens"] == len(text) - 1
 
 
 def test_speed_and_memory_and_json(tmp_path):
     model = tiny_model()
     out = tmp_path / "eval" / "result.json"
-    r = slmops.evaluate(
+    r = slmops.evaluate_model(
         model, metrics=["speed", "memory"], prompt_tokens=16, decode_tokens=4, repeats=3, output=out
     )
     s = r["speed"]
@@ -98,11 +98,13 @@ def test_quantized_model_and_files_on_disk(tmp_path):
     model = tiny_model()
     model.save_pretrained(tmp_path)
     ids = torch.randint(0, 97, (90,), generator=torch.Generator().manual_seed(4))
-    fp32 = slmops.evaluate(model, metrics=["perplexity", "memory"], data=ids, seq_len=64, model_dir=tmp_path)
+    fp32 = slmops.evaluate_model(
+        model, metrics=["perplexity", "memory"], data=ids, seq_len=64, model_dir=tmp_path
+    )
     on_disk = sum(p.stat().st_size for p in tmp_path.glob("*.safetensors"))
     assert fp32["memory"]["model_bytes_on_disk"] == on_disk
     slmops.quantize_model(model, format="int8")
-    q = slmops.evaluate(model, metrics=["perplexity", "memory"], data=ids, seq_len=64)
+    q = slmops.evaluate_model(model, metrics=["perplexity", "memory"], data=ids, seq_len=64)
     assert q["memory"]["model_bytes_in_memory"] < fp32["memory"]["model_bytes_in_memory"]
     # int8 RTN barely moves a model's perplexity: within 1% here.
     assert q["perplexity"]["perplexity"] == pytest.approx(fp32["perplexity"]["perplexity"], rel=1e-2)
@@ -112,20 +114,20 @@ def test_bad_input():
     model = tiny_model(ctx=64)
     ids = torch.randint(0, 97, (50,))
     with pytest.raises(ValueError, match="longer than the model's context of 64"):
-        slmops.evaluate(model, data=ids, seq_len=128)
+        slmops.evaluate_model(model, data=ids, seq_len=128)
     with pytest.raises(ValueError, match="outside the model's vocabulary"):
-        slmops.evaluate(model, data=torch.tensor([1, 2, 500]), seq_len=32)
+        slmops.evaluate_model(model, data=torch.tensor([1, 2, 500]), seq_len=32)
     with pytest.raises(ValueError, match="unknown metrics"):
-        slmops.evaluate(model, metrics=["bleu"], data=ids)
+        slmops.evaluate_model(model, metrics=["bleu"], data=ids)
     with pytest.raises(ValueError, match="needs data"):
-        slmops.evaluate(model, seq_len=32)
+        slmops.evaluate_model(model, seq_len=32)
     with pytest.raises(ValueError, match="tokenizer"):
-        slmops.evaluate(model, data="some text", seq_len=32)
+        slmops.evaluate_model(model, data="some text", seq_len=32)
     from pathlib import Path
 
     with pytest.raises(FileNotFoundError):
-        slmops.evaluate(model, data=Path("/nonexistent/eval.txt"), seq_len=32)
+        slmops.evaluate_model(model, data=Path("/nonexistent/eval.txt"), seq_len=32)
     with pytest.raises(ValueError, match="stride"):
-        slmops.evaluate(model, data=ids, seq_len=32, stride=64)
+        slmops.evaluate_model(model, data=ids, seq_len=32, stride=64)
     with pytest.raises(ValueError, match="exceeds the model's context"):
-        slmops.evaluate(model, metrics=["speed"], prompt_tokens=60, decode_tokens=10)
+        slmops.evaluate_model(model, metrics=["speed"], prompt_tokens=60, decode_tokens=10)

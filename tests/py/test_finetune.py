@@ -277,7 +277,7 @@ def test_finetune_lowers_the_evaluation_loss_and_loads_in_peft(student, tmp_path
     from peft import PeftModel
 
     training = {"steps": 25, "lr": 5e-3, "warmup_steps": 2, "batch_size": 8, "seq_len": 64}
-    result = slmops.finetune(
+    result = slmops.finetune_model(
         fresh(), student[1], TEXT, out_dir=tmp_path, eval_data=EVAL_TEXT, training=training, progress=False
     )
     s = result.summary
@@ -291,7 +291,7 @@ def test_finetune_lowers_the_evaluation_loss_and_loads_in_peft(student, tmp_path
 
 def test_qlora_trains_on_a_small_frozen_base(student, tmp_path):
     training = {"steps": 6, "lr": 3e-3, "warmup_steps": 1, "gradient_checkpointing": True, **SMALL}
-    result = slmops.finetune(
+    result = slmops.finetune_model(
         fresh(), student[1], TEXT, out_dir=tmp_path, method="qlora", eval_data=EVAL_TEXT,
         training=training, lora={"r": 4}, progress=False,
     )  # fmt: skip
@@ -317,8 +317,8 @@ def test_gradient_checkpointing_and_accumulation_keep_the_gradient(student, tmp_
     monkeypatch.setattr(torch.optim.AdamW, "step", recording_step)
     for name, extra in (("a", {}), ("b", {"gradient_checkpointing": True, "micro_batch_size": 1})):
         grads[name] = []
-        slmops.finetune(fresh(), student[1], TEXT, out_dir=tmp_path / name, training={**base, **extra},
-                        lora=lora, progress=False)  # fmt: skip
+        slmops.finetune_model(fresh(), student[1], TEXT, out_dir=tmp_path / name, training={**base, **extra},
+                              lora=lora, progress=False)  # fmt: skip
     assert len(grads["a"]) == len(grads["b"]) == 2
     for step_a, step_b in zip(grads["a"], grads["b"], strict=True):
         assert any(g.abs().max() > 0 for g in step_a)
@@ -332,9 +332,11 @@ def test_gradient_checkpointing_and_accumulation_keep_the_gradient(student, tmp_
 def test_resume_reproduces_one_uninterrupted_run(student, tmp_path):
     opts = {"steps": 4, "save_every": 2, "eval_fraction": 0.0, "lr": 1e-2, **SMALL}
     kw = dict(lora={"dropout": 0.0}, progress=False)
-    slmops.finetune(fresh(), student[1], TEXT, out_dir=tmp_path / "a", training=opts, **kw)
-    slmops.finetune(fresh(), student[1], TEXT, out_dir=tmp_path / "b", training={**opts, "steps": 2}, **kw)
-    summary = slmops.finetune(
+    slmops.finetune_model(fresh(), student[1], TEXT, out_dir=tmp_path / "a", training=opts, **kw)
+    slmops.finetune_model(
+        fresh(), student[1], TEXT, out_dir=tmp_path / "b", training={**opts, "steps": 2}, **kw
+    )
+    summary = slmops.finetune_model(
         fresh(), student[1], TEXT, out_dir=tmp_path / "b", training=opts, resume=True, **kw
     ).summary
     assert summary["resumed_from_step"] == 2
@@ -342,19 +344,21 @@ def test_resume_reproduces_one_uninterrupted_run(student, tmp_path):
     for key, w in a.items():
         torch.testing.assert_close(b[key], w, rtol=1e-4, atol=1e-6, msg=key)
     with pytest.raises(ValueError, match="lr"):
-        slmops.finetune(fresh(), student[1], TEXT, out_dir=tmp_path / "b", training={**opts, "lr": 1.0},
-                        resume=True, **kw)  # fmt: skip
+        slmops.finetune_model(fresh(), student[1], TEXT, out_dir=tmp_path / "b", training={**opts, "lr": 1.0},
+                              resume=True, **kw)  # fmt: skip
 
 
 def test_finetune_errors(student, tmp_path):
     with pytest.raises(ValueError, match="method must be one of"):
-        slmops.finetune(fresh(), student[1], TEXT, out_dir=tmp_path, method="dora")
+        slmops.finetune_model(fresh(), student[1], TEXT, out_dir=tmp_path, method="dora")
     with pytest.raises(ValueError, match="unknown training options"):
-        slmops.finetune(fresh(), student[1], TEXT, out_dir=tmp_path, training={"epochs": 1})
+        slmops.finetune_model(fresh(), student[1], TEXT, out_dir=tmp_path, training={"epochs": 1})
     with pytest.raises(ValueError, match="match no linear layer"):
-        slmops.finetune(fresh(), student[1], TEXT, out_dir=tmp_path, lora={"target_modules": ["qkv_proj"]})
+        slmops.finetune_model(
+            fresh(), student[1], TEXT, out_dir=tmp_path, lora={"target_modules": ["qkv_proj"]}
+        )
     with pytest.raises(ValueError, match="a model object needs its tokenizer"):
-        slmops.finetune(fresh(), None, TEXT, out_dir=tmp_path)
+        slmops.finetune_model(fresh(), None, TEXT, out_dir=tmp_path)
 
 
 def test_cli_two_processes_agree_with_one(tmp_path):

@@ -46,14 +46,14 @@ def test_export_refuses_a_folder_it_did_not_write(teacher, tmp_path):
     out.mkdir()
     (out / "thesis.txt").write_text("years of work")
     with pytest.raises(OutputExistsError, match="overwrite"):
-        slmops.export(*teacher[:1], "slmops", out, tokenizer=teacher[1])
+        slmops.export_model(*teacher[:1], "slmops", out, tokenizer=teacher[1])
     assert (out / "thesis.txt").read_text() == "years of work"
-    slmops.export(teacher[0], "slmops", tmp_path / "e", tokenizer=teacher[1])
-    slmops.export(teacher[0], "slmops", tmp_path / "e", tokenizer=teacher[1])  # ours: replaced
+    slmops.export_model(teacher[0], "slmops", tmp_path / "e", tokenizer=teacher[1])
+    slmops.export_model(teacher[0], "slmops", tmp_path / "e", tokenizer=teacher[1])  # ours: replaced
     (tmp_path / "e" / "notes.txt").write_text("mine")  # ours plus a user's file: refused
     with pytest.raises(OutputExistsError):
-        slmops.export(teacher[0], "slmops", tmp_path / "e", tokenizer=teacher[1])
-    slmops.export(teacher[0], "slmops", out, tokenizer=teacher[1], overwrite=True)
+        slmops.export_model(teacher[0], "slmops", tmp_path / "e", tokenizer=teacher[1])
+    slmops.export_model(teacher[0], "slmops", out, tokenizer=teacher[1], overwrite=True)
     assert not (out / "thesis.txt").exists()
 
 

@@ -453,7 +453,8 @@ def test_demo_end_to_end_on_the_reference_teacher(tmp_path, capsys):
     best = next(c for c in ok if c["id"] == history["best"])
     assert best["metrics"]["perplexity_change_pct"] <= 5 and best["metrics"]["size_ratio"] <= 0.5
     model, tok = slmops.zoo.load(tmp_path / "demo" / "model")
-    ppl = slmops.evaluate(model, tok, data=slmops.zoo.eval_text(), seq_len=512)["perplexity"]["perplexity"]
+    result = slmops.evaluate_model(model, tok, data=slmops.zoo.eval_text(), seq_len=512)
+    ppl = result["perplexity"]["perplexity"]
     assert ppl == pytest.approx(best["metrics"]["perplexity"], rel=1e-6)
     assert "report" in (tmp_path / "demo" / "report.html").read_text()
     # The chosen model also went out as GGUF, its weights the same bytes.

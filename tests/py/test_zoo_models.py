@@ -46,7 +46,8 @@ def test_shipped_model_matches_its_card_and_beats_chance(name):
     assert "validation" in card and "Sample" in card
     # Held-out text: a trained model is far better than the uniform 8192-way guess and close
     # to its own validation loss (a corrupted or untrained checkpoint is neither).
-    ppl = slmops.evaluate(model, tok, data=slmops.zoo.eval_text(), seq_len=512, stride=256)["perplexity"]
+    result = slmops.evaluate_model(model, tok, data=slmops.zoo.eval_text(), seq_len=512, stride=256)
+    ppl = result["perplexity"]
     assert ppl["tokens"] > 8000
     assert math.log(ppl["perplexity"]) < best_val + 0.5
     assert ppl["perplexity"] < 8192 / 50
@@ -57,7 +58,7 @@ def test_teacher_beats_student_on_held_out_text():
     ppl = {}
     for name in ("kjv-teacher", "kjv-student"):
         model, tok = slmops.zoo.load(name)
-        ppl[name] = slmops.evaluate(model, tok, data=text, seq_len=512)["perplexity"]["perplexity"]
+        ppl[name] = slmops.evaluate_model(model, tok, data=text, seq_len=512)["perplexity"]["perplexity"]
     assert ppl["kjv-teacher"] < ppl["kjv-student"]
 
 

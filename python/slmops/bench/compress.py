@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     batches = calibration_batches(tok, None, n_samples=args.samples, seq_len=args.seq_len, seed=args.seed)
 
     def ppl(m) -> float:
-        r = slmops.evaluate(m, tok, metrics=["perplexity"], data=text, seq_len=512, stride=256)
+        r = slmops.evaluate_model(m, tok, metrics=["perplexity"], data=text, seq_len=512, stride=256)
         return r["perplexity"]["perplexity"]
 
     base = ppl(model)

@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         for label, training in runs.items():
             out = base / label.split(", ")[1].replace(" ", "-")
             print(f"  training {label} ...", flush=True)
-            result = slmops.distill(
+            result = slmops.distill_model(
                 "kjv-teacher", "kjv-student", out, data=train_text, training=training, progress=False
             )
             model = result.model.eval()

@@ -116,7 +116,7 @@ def run(work: Path) -> dict[str, Any]:
         else:
             slmops.quantize_model(m, "rtn", format="int4", group_size=GROUP)
         out = work / f"slmops-{method}"
-        slmops.export(m, "onnx-genai", out, tokenizer=tok, accuracy_level=4)
+        slmops.export_model(m, "onnx-genai", out, tokenizer=tok, accuracy_level=4)
         measure(f"slmops {method.upper()} int4 g{GROUP} -> onnx-genai", out, time.perf_counter() - start)
 
     float_dir, built = work / "teacher-float", work / "builder-int4"

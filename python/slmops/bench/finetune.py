@@ -83,7 +83,7 @@ def _worker_slmops(args: argparse.Namespace, config: str) -> dict:
     train, evaluation = _data(args.chars)
     method, _, fmt = config.partition("-")
     with tempfile.TemporaryDirectory() as tmp:
-        result = slmops.finetune(
+        result = slmops.finetune_model(
             args.model, data=train, eval_data=evaluation if args.evaluate else None, out_dir=tmp,
             method=method, qlora={"format": fmt} if fmt else None,
             lora={"r": args.r, "alpha": args.alpha, "dropout": args.dropout},

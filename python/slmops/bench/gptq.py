@@ -240,7 +240,7 @@ def bench_model(name: str, samples: int, seq_len: int) -> dict:
     _, t_slmops = _timed(slmops.quantize_model, s_model, **options)
 
     def ppl(m):
-        r = slmops.evaluate(m, tok, metrics=["perplexity"], data=text, seq_len=512, stride=256)
+        r = slmops.evaluate_model(m, tok, metrics=["perplexity"], data=text, seq_len=512, stride=256)
         return r["perplexity"]["perplexity"]
 
     # Same result: slmops's quantized weights (its QuantLinears) against the baseline's, in

@@ -103,16 +103,16 @@ def run_step(side: str, case: str, divergence: str, inputs: dict) -> list[torch.
 
 def peak_extra_mb(side: str, case: str, divergence: str, n: int, h: int, v: int, threads: int) -> float:
     """In a fresh process: MB the step adds to the resident set at its peak, over its inputs."""
-    from ..evaluate.metrics import _peak_rss_bytes, _reset_peak_rss
+    from ..evaluate.metrics import peak_rss_bytes, reset_peak_rss
 
     torch.set_num_threads(threads)
     slmops.set_num_threads(threads)
     inputs = make_inputs(case, n, h, v)
-    if not _reset_peak_rss():
+    if not reset_peak_rss():
         raise RuntimeError("peak memory needs Linux (/proc/self/clear_refs); run with --no-memory")
-    before = _peak_rss_bytes()  # just reset: the current resident set
+    before = peak_rss_bytes()  # just reset: the current resident set
     run_step(side, case, divergence, inputs)
-    return (_peak_rss_bytes() - before) / 2**20
+    return (peak_rss_bytes() - before) / 2**20
 
 
 def measure_memory(side: str, row: tuple, threads: int) -> float:

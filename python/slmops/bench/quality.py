@@ -39,7 +39,7 @@ FORMATS = {  # row label: (format, options)
 
 def measure(model, tokenizer, text: str, speed: bool) -> dict:
     metrics = ["perplexity", "memory"] + (["speed"] if speed else [])
-    r = slmops.evaluate(model, tokenizer, metrics=metrics, data=text, seq_len=512, stride=256)
+    r = slmops.evaluate_model(model, tokenizer, metrics=metrics, data=text, seq_len=512, stride=256)
     return {
         "perplexity": r["perplexity"]["perplexity"],
         "tokens": r["perplexity"]["tokens"],
