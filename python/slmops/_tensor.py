@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import numpy as np
-
-try:  # torch is a declared dependency, but the ops also serve numpy-only callers
-    import torch
-except ImportError:  # pragma: no cover - exercised only without torch
-    torch = None  # type: ignore[assignment]
 
 FLOAT_DTYPES = ("float32", "float16", "bfloat16")
 
 
 def is_torch(x: Any) -> bool:
+    # No tensor exists before torch is imported: numpy-only callers never import it (1 s).
+    torch = sys.modules.get("torch")
     return torch is not None and isinstance(x, torch.Tensor)
 
 
@@ -40,6 +38,8 @@ def kernel_input(x: Any) -> Any:
 def empty(like: Any, shape: tuple[int, ...], dtype: str) -> Any:
     """An uninitialized array in like's framework and device."""
     if is_torch(like):
+        import torch
+
         return torch.empty(shape, dtype=getattr(torch, dtype), device=like.device)
     if dtype == "bfloat16":
         raise TypeError("numpy has no bfloat16; use torch tensors for bfloat16, or dtype='float32'")
@@ -48,7 +48,7 @@ def empty(like: Any, shape: tuple[int, ...], dtype: str) -> Any:
 
 def to_numpy(x: Any) -> np.ndarray:
     if is_torch(x):
-        if x.dtype == torch.bfloat16:
+        if str(x.dtype) == "torch.bfloat16":
             raise TypeError("numpy has no bfloat16")
         return x.detach().cpu().numpy()
     return np.asarray(x)
@@ -56,6 +56,8 @@ def to_numpy(x: Any) -> np.ndarray:
 
 def from_numpy(x: np.ndarray, framework: str) -> Any:
     if framework == "torch":
+        import torch
+
         return torch.from_numpy(np.ascontiguousarray(x))
     return x
 

@@ -211,24 +211,21 @@ def _cmd_prune(args: argparse.Namespace) -> int:
     return _run_config(raw, args, source="slmops prune")
 
 
+# slmops distill: generation flags named as the options, and those a training flag of the same
+# name would shadow, prefixed with --gen-
+GENERATION_FLAGS = ("max_new_tokens", "top_p", "top_k", "logprobs_k")
+GENERATION_PREFIXED = ("temperature", "batch_size")
+FINETUNE_DATA_FIELDS = ("completion_only", "eval_fraction")  # slmops finetune's "data" group
+
+
 def _cmd_distill(args: argparse.Namespace) -> int:
     from .distill import distill
+    from .distill.options import TrainingOptions
 
-    training = {
-        k: getattr(args, k)
-        for k in ("steps", "batch_size", "micro_batch_size", "seq_len", "lr", "warmup_steps", "divergence",
-                  "temperature", "beta", "hard_weight", "init", "save_every", "seed")
-    }  # fmt: skip
-    training["scale_t2"] = not args.no_t2
-    generation = {
-        "max_new_tokens": args.max_new_tokens,
-        "temperature": args.gen_temperature,
-        "top_p": args.top_p,
-        "top_k": args.top_k,
-        "batch_size": args.gen_batch_size,
-        "logprobs_k": args.logprobs_k,
-        "seed": args.seed,
-    }
+    training = given(args, TrainingOptions.model_fields)
+    generation = given(args, GENERATION_FLAGS) | given(args, GENERATION_PREFIXED, dest_prefix="gen_")
+    if "seed" in training:
+        generation["seed"] = training["seed"]
     result = distill(
         args.teacher, args.student, args.output_dir, prompts=args.prompts, data=args.data,
         generation=generation, training=training, offline=args.offline, resume=args.resume,
@@ -245,26 +242,19 @@ def _cmd_distill(args: argparse.Namespace) -> int:
 
 def _cmd_finetune(args: argparse.Namespace) -> int:
     from ._io import atomic_dir, check_writable
-    from .finetune import finetune, merge_lora
+    from .finetune import FinetuneOptions, finetune, merge_lora
+    from .finetune.options import ALL_LINEAR, LoRAOptions, MethodOptions, QLoRAOptions
 
-    lora = {
-        "r": args.lora_r, "alpha": args.lora_alpha, "dropout": args.lora_dropout, "use_rslora": args.rslora,
-        "target_modules": args.target_modules if args.target_modules == "all-linear"
-        else [t.strip() for t in args.target_modules.split(",") if t.strip()],
-    }  # fmt: skip
-    training = {
-        k: getattr(args, k)
-        for k in ("steps", "batch_size", "micro_batch_size", "seq_len", "lr", "schedule", "warmup_steps",
-                  "gradient_checkpointing", "completion_only", "eval_fraction", "eval_every", "save_every",
-                  "seed")
-    }  # fmt: skip
-    qlora = None
-    if args.method == "qlora":
-        qlora = {"format": args.quant_format, "double_quant": args.double_quant}
+    method = getattr(args, "method", MethodOptions().method)
+    lora = given(args, LoRAOptions.model_fields, dest_prefix="lora_")
+    if lora.get("target_modules", ALL_LINEAR) != ALL_LINEAR:  # names: q_proj,v_proj
+        lora["target_modules"] = [t.strip() for t in lora["target_modules"].split(",") if t.strip()]
+    training = given(args, FinetuneOptions.model_fields)
+    qlora = given(args, QLoRAOptions.model_fields, dest_prefix="quant_") if method == "qlora" else None
     if args.merge:  # refused before training, not after
         check_writable(args.output_dir / "merged", args.overwrite)
     result = finetune(
-        args.model, data=args.data, out_dir=args.output_dir, method=args.method, lora=lora, training=training,
+        args.model, data=args.data, out_dir=args.output_dir, method=method, lora=lora, training=training,
         qlora=qlora, eval_data=args.eval_data, text_template=args.text_template, text_field=args.text_field,
         resume=args.resume, progress=not args.quiet,
     )  # fmt: skip
@@ -277,7 +267,7 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
             merged.save_pretrained(tmp)
             result.tokenizer.save_pretrained(tmp)
     line = (
-        f"{args.method}: {s['trainable_params']:,} trainable parameters ({s['trainable_fraction']:.2%}), "
+        f"{method}: {s['trainable_params']:,} trainable parameters ({s['trainable_fraction']:.2%}), "
         f"{s['steps']} steps in {s['seconds']:.0f} s"
     )
     if s["eval_loss_before"] is not None:
@@ -384,7 +374,9 @@ def _add_overwrite_flag(p: argparse.ArgumentParser, what: str) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .distill.options import GenerationOptions, TrainingOptions
     from .export import TARGETS
+    from .finetune.options import FinetuneOptions, LoRAOptions, MethodOptions, QLoRAOptions
     from .prune.options import DEFAULT_METHOD as DEFAULT_PRUNE_METHOD
     from .prune.options import METHODS as PRUNE_METHODS
     from .prune.options import PruneOptions
@@ -551,29 +543,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output-dir", type=Path, required=True)
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--offline", action="store_true", help="train on the stored top-k (--logprobs-k)")
     g = p.add_argument_group("training")
-    g.add_argument("--steps", type=int, default=200)
-    g.add_argument("--batch-size", type=int, default=8, help="sequences per optimizer step")
-    g.add_argument("--micro-batch-size", type=int, default=0, help="sequences per forward pass")
-    g.add_argument("--seq-len", type=int, default=256)
-    g.add_argument("--lr", type=float, default=1e-3)
-    g.add_argument("--warmup-steps", type=int, default=10)
-    g.add_argument("--divergence", choices=["forward_kl", "reverse_kl", "jsd"], default="forward_kl")
-    g.add_argument("--temperature", type=float, default=1.0)
-    g.add_argument("--beta", type=float, default=0.5, help="JSD mixture weight")
-    g.add_argument("--hard-weight", type=float, default=0.0, help="weight of the next-token cross entropy")
-    g.add_argument("--no-t2", action="store_true", help="do not multiply the soft loss by T^2")
-    g.add_argument("--init", choices=["pretrained", "scratch"], default="pretrained")
-    g.add_argument("--save-every", type=int, default=0, help="checkpoint every N steps")
-    g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--offline", action="store_true", help="train on the stored top-k (--logprobs-k)")
-    g = p.add_argument_group("teacher generation (with --prompts)")
-    g.add_argument("--max-new-tokens", type=int, default=64)
-    g.add_argument("--gen-temperature", type=float, default=0.8, help="sampling temperature (0: greedy)")
-    g.add_argument("--top-p", type=float, default=0.95)
-    g.add_argument("--top-k", type=int, default=50)
-    g.add_argument("--gen-batch-size", type=int, default=8)
-    g.add_argument("--logprobs-k", type=int, default=0, help="store the teacher's top-k log-probabilities")
+    add_flags(g, TrainingOptions, exclude=("scale_t2",))
+    g.add_argument("--no-t2", dest="scale_t2", action="store_const", const=False, default=SUPPRESS,
+                   help="do not multiply the soft loss by T^2")  # fmt: skip
+    g = p.add_argument_group("teacher generation (with --prompts; --seed seeds it too)")
+    add_flags(g, GenerationOptions, only=GENERATION_FLAGS)
+    add_flags(g, GenerationOptions, only=GENERATION_PREFIXED, prefix="gen-", dest_prefix="gen_")
     p.set_defaults(func=_cmd_distill)
 
     p = sub.add_parser(
@@ -593,36 +570,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", type=Path, required=True, help="training data: .jsonl or a text file")
     p.add_argument("--eval-data", type=Path, help="evaluation data (default: --eval-fraction of --data)")
     p.add_argument("-o", "--output-dir", type=Path, required=True)
-    p.add_argument("--method", choices=["lora", "qlora"], default="lora")
+    add_flags(p, MethodOptions)
     p.add_argument("--merge", action="store_true", help="also write OUT/merged: base + adapter, float")
     _add_overwrite_flag(p, "OUT/merged")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     g = p.add_argument_group("adapter")
-    g.add_argument("--lora-r", type=int, default=8)
-    g.add_argument("--lora-alpha", type=float, default=16.0)
-    g.add_argument("--lora-dropout", type=float, default=0.05)
-    g.add_argument("--rslora", action="store_true", help="scale by alpha / sqrt(r)")
-    g.add_argument("--target-modules", default="all-linear", help="'all-linear' or names: q_proj,v_proj")
-    g.add_argument("--quant-format", choices=["nf4", "int4"], default="nf4", help="QLoRA base format")
-    g.add_argument("--double-quant", action="store_true", help="QLoRA: quantize the nf4 block scales")
+    add_flags(g, LoRAOptions, only=("r", "alpha", "dropout"), prefix="lora-", dest_prefix="lora_")
+    add_flags(g, LoRAOptions, only=("use_rslora", "target_modules"), aliases={"use_rslora": ["--rslora"]},
+              dest_prefix="lora_")  # fmt: skip
+    add_flags(g, QLoRAOptions, only=("format", "group_size"), prefix="quant-", dest_prefix="quant_")
+    add_flags(g, QLoRAOptions, only=("double_quant", "frozen_dtype"), dest_prefix="quant_")
     g = p.add_argument_group("data")
     g.add_argument("--text-template", help="join record fields: '{question} {answer}'")
     g.add_argument("--text-field", default="text", help="the field of text records")
-    g.add_argument("--completion-only", action="store_true", help="learn completions / assistant turns only")
-    g.add_argument("--eval-fraction", type=float, default=0.1)
+    add_flags(g, FinetuneOptions, only=FINETUNE_DATA_FIELDS)
     g = p.add_argument_group("training")
-    g.add_argument("--steps", type=int, default=100)
-    g.add_argument("--batch-size", type=int, default=8, help="sequences per optimizer step")
-    g.add_argument("--micro-batch-size", type=int, default=0, help="sequences per forward pass")
-    g.add_argument("--seq-len", type=int, default=256)
-    g.add_argument("--lr", type=float, default=2e-4)
-    g.add_argument("--schedule", choices=["cosine", "linear", "constant"], default="cosine")
-    g.add_argument("--warmup-steps", type=int, default=5)
-    g.add_argument("--gradient-checkpointing", action="store_true")
-    g.add_argument("--eval-every", type=int, default=0, help="evaluate every N steps")
-    g.add_argument("--save-every", type=int, default=0, help="checkpoint every N steps")
-    g.add_argument("--seed", type=int, default=0)
+    add_flags(g, FinetuneOptions, exclude=FINETUNE_DATA_FIELDS)
     p.set_defaults(func=_cmd_finetune)
 
     p = sub.add_parser(

@@ -106,11 +106,6 @@ def test_ops_on_numpy_leave_transformers_out():
     assert "transformers" not in json.loads(_run(_OPS_ON_NUMPY).splitlines()[-1])
 
 
-@pytest.mark.xfail(
-    reason="slmops/_tensor.py imports torch at module level (line 10, `import torch` in a try); "
-    "the kernel layer should import it only where a tensor is given",
-    strict=True,
-)
 def test_ops_on_numpy_leave_torch_out():
     assert "torch" not in json.loads(_run(_OPS_ON_NUMPY).splitlines()[-1])
 

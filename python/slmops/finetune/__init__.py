@@ -14,27 +14,33 @@ from __future__ import annotations
 import sys
 
 from .._deprecation import callable_package
-from .adapter import load_adapter, read_adapter_config, save_adapter
-from .data import load_finetune_examples, split_examples
-from .lora import (
-    add_lora,
-    count_parameters,
-    find_targets,
-    linear_layers,
-    lora_layers,
-    merge_lora,
-    set_adapter,
-)
-from .options import ALL_LINEAR, METHODS, FinetuneOptions, LoRAOptions, QLoRAOptions
-from .qlora import quantize_base
-from .train import FinetuneResult, evaluation_loss, finetune
+from .._lazy import lazy_getattr
 
-__all__ = [
-    "ALL_LINEAR", "METHODS", "FinetuneOptions", "FinetuneResult", "LoRAOptions", "QLoRAOptions", "add_lora",
-    "count_parameters", "evaluation_loss", "find_targets", "finetune", "linear_layers", "load_adapter",
-    "load_finetune_examples", "lora_layers", "merge_lora", "quantize_base", "read_adapter_config",
-    "save_adapter", "set_adapter", "split_examples",
-]  # fmt: skip
+_NAMES = {
+    "ALL_LINEAR": "options",
+    "METHODS": "options",
+    "FinetuneOptions": "options",
+    "LoRAOptions": "options",
+    "QLoRAOptions": "options",
+    "FinetuneResult": "train",
+    "evaluation_loss": "train",
+    "finetune": "train",
+    "load_adapter": "adapter",
+    "read_adapter_config": "adapter",
+    "save_adapter": "adapter",
+    "load_finetune_examples": "data",
+    "split_examples": "data",
+    "add_lora": "lora",
+    "count_parameters": "lora",
+    "find_targets": "lora",
+    "linear_layers": "lora",
+    "lora_layers": "lora",
+    "merge_lora": "lora",
+    "set_adapter": "lora",
+    "quantize_base": "qlora",
+}
+__all__ = sorted(_NAMES)
+__getattr__ = lazy_getattr(__name__, _NAMES)
 
 # slmops.finetune was the function finetune until 0.2; calling the package still works, for one release.
 callable_package(sys.modules[__name__], "finetune", "slmops.finetune_model")

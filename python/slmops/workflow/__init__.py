@@ -2,6 +2,7 @@
 goals and a search; the engine runs the candidates (caching every pass output), picks the
 Pareto front and the best candidate, and writes ``run_history.json`` and a report."""
 
+from . import passes  # noqa: F401 - registers the built-in passes (the registry imports none)
 from .config import ConfigError, RunConfig, load_config, parse_config
 from .engine import Engine, expand_search, run_workflow
 from .registry import Pass, PassContext, PassOptions, PassOutput, available_passes, get_pass, register_pass

@@ -70,17 +70,11 @@ def register_pass(cls: type[Pass]) -> type[Pass]:
     return cls
 
 
-def _load_builtin_passes() -> None:
-    from . import passes  # noqa: F401 - registers the built-in passes
-
-
 def get_pass(name: str) -> type[Pass]:
-    _load_builtin_passes()
     if name not in _PASSES:
         raise KeyError(f"unknown pass type {name!r}; available: {sorted(_PASSES)}")
     return _PASSES[name]
 
 
 def available_passes() -> list[str]:
-    _load_builtin_passes()
     return sorted(_PASSES)
