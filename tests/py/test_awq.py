@@ -11,9 +11,9 @@ import torch
 from conftest import CALIBRATION_TEXT
 from slmops.nn import QuantLinear
 from slmops.quantize.awq import _clip, _search_scale
+from slmops.quantize.calibration import InputStats
 from slmops.quantize.scaling import fold_scales as _fold
 from slmops.quantize.scaling import scale_groups as _scale_groups
-from slmops.quantize.calibration import InputStats
 
 
 def test_folding_keeps_the_float_model(tiny_llama):
