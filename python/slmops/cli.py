@@ -32,6 +32,7 @@ from ._options import add_flags, given
 from .bench import BENCHMARKS
 from .ops import FORMATS, quantize
 
+_FORMATTER = argparse.RawDescriptionHelpFormatter  # the examples in descriptions keep their lines
 SUPPRESS = argparse.SUPPRESS  # a flag not given stays out of the namespace: the options' default
 DEMO_CONFIG = Path(__file__).parent / "workflow" / "recipes" / "demo.yaml"
 
@@ -374,34 +375,40 @@ def _add_overwrite_flag(p: argparse.ArgumentParser, what: str) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .distill.options import GenerationOptions, TrainingOptions
-    from .export import TARGETS
-    from .finetune.options import FinetuneOptions, LoRAOptions, MethodOptions, QLoRAOptions
-    from .prune.options import DEFAULT_METHOD as DEFAULT_PRUNE_METHOD
-    from .prune.options import METHODS as PRUNE_METHODS
-    from .prune.options import PruneOptions
-    from .quantize.options import ALGORITHMS as QUANTIZE_ALGORITHMS
-    from .quantize.options import DEFAULT_ALGORITHM, RTNOptions
-
-    fmt = argparse.RawDescriptionHelpFormatter
-    parser = argparse.ArgumentParser(prog="slmops", description=__doc__, formatter_class=fmt)
+    parser = argparse.ArgumentParser(prog="slmops", description=__doc__, formatter_class=_FORMATTER)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_demo_command(sub)
+    _add_run_command(sub)
+    _add_optimize_command(sub)
+    _add_quantize_command(sub)
+    _add_prune_command(sub)
+    _add_export_command(sub)
+    _add_evaluate_command(sub)
+    _add_distill_command(sub)
+    _add_finetune_command(sub)
+    _add_bench_command(sub)
+    _add_info_command(sub)
+    return parser
 
+
+def _add_demo_command(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "demo",
         help="the whole pipeline on the bundled reference teacher (about 30 s)",
         description="Quantize the bundled teacher to every 4-bit format and int8, evaluate each "
         "against the float model, pick the best and write the report.\n\n  slmops demo -o demo",
-        formatter_class=fmt,
+        formatter_class=_FORMATTER,
     )
     _add_run_flags(p)
     p.add_argument("--print-config", action="store_true", help="print the demo's run config and exit")
     p.set_defaults(func=_cmd_demo)
 
+
+def _add_run_command(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "run",
         help="run a YAML/JSON run config",
-        formatter_class=fmt,
+        formatter_class=_FORMATTER,
         description="Run a config: model, data, passes, evaluate (metrics, goals), search, "
         "output_dir.\n\n  slmops run config.yaml\n  slmops run config.json -o out",
     )
@@ -409,10 +416,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_flags(p)
     p.set_defaults(func=_cmd_run)
 
+
+def _add_optimize_command(sub: argparse._SubParsersAction) -> None:
+    from .quantize.options import ALGORITHMS as QUANTIZE_ALGORITHMS
+    from .quantize.options import DEFAULT_ALGORITHM, RTNOptions
+
     p = sub.add_parser(
         "optimize",
         help="one line: quantize a model to a precision, evaluate, report",
-        formatter_class=fmt,
+        formatter_class=_FORMATTER,
         description="A sensible recipe in one line.\n\n"
         "  slmops optimize --model kjv-teacher --precision int4 -o out\n"
         "  slmops optimize --model ./hf-folder --precision q4_k --data eval.txt -o out",
@@ -431,10 +443,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_flags(p, output_required=True)
     p.set_defaults(func=_cmd_optimize)
 
+
+def _add_quantize_command(sub: argparse._SubParsersAction) -> None:
+    from .quantize.options import ALGORITHMS as QUANTIZE_ALGORITHMS
+    from .quantize.options import DEFAULT_ALGORITHM
+
     p = sub.add_parser(
         "quantize",
         help="quantize a model's linear layers and save it",
-        formatter_class=fmt,
+        formatter_class=_FORMATTER,
         description="  slmops quantize --model kjv-teacher --format q4_k -o out\n"
         "  slmops quantize --model ./hf-folder --format int4 --group-size 128 --asymmetric -o out\n"
         "  slmops quantize --model kjv-teacher --format int4 --algorithm gptq --act-order -o out-gptq",
@@ -457,10 +474,16 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_flags(p, output_required=True)
     p.set_defaults(func=_cmd_quantize)
 
+
+def _add_prune_command(sub: argparse._SubParsersAction) -> None:
+    from .prune.options import DEFAULT_METHOD as DEFAULT_PRUNE_METHOD
+    from .prune.options import METHODS as PRUNE_METHODS
+    from .prune.options import PruneOptions
+
     p = sub.add_parser(
         "prune",
         help="prune a model's linear layers (magnitude, Wanda, SparseGPT) and save it",
-        formatter_class=fmt,
+        formatter_class=_FORMATTER,
         description="  slmops prune --model kjv-teacher --method magnitude --sparsity 0.5 -o out\n"
         "  slmops prune --model kjv-teacher --method wanda --pattern 2:4 --sparse -o out-24\n"
         "  slmops prune -m ./hf-folder --method sparsegpt --pattern 2:4 --sparse --sparse-values int4 -o out",
@@ -474,10 +497,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_flags(p, output_required=True)
     p.set_defaults(func=_cmd_prune)
 
+
+def _add_export_command(sub: argparse._SubParsersAction) -> None:
+    from .export import TARGETS
+
     p = sub.add_parser(
         "export",
         help="write a model for a runtime (onnx-genai, gguf, hf, slmops)",
-        formatter_class=fmt,
+        formatter_class=_FORMATTER,
         description="  slmops export -m out/model -t onnx-genai -o foundry/slmops/kjv-int4\n"
         "  slmops export -m out/model -t gguf -o gguf-out\n"
         "  slmops export -m kjv-teacher -t gguf --default-type q4_k --tensor-type token_embd.weight=q6_k",
@@ -507,10 +534,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_overwrite_flag(p, "the output folder")
     p.set_defaults(func=_cmd_export)
 
+
+def _add_evaluate_command(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "evaluate",
         help="perplexity, speed and memory of a model",
-        formatter_class=fmt,
+        formatter_class=_FORMATTER,
         description="  slmops evaluate --model kjv-teacher\n"
         "  slmops evaluate --model out/model --metrics perplexity speed --json eval.json",
     )
@@ -523,10 +552,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", type=Path, help="also write the result to this file")
     p.set_defaults(func=_cmd_evaluate)
 
+
+def _add_distill_command(sub: argparse._SubParsersAction) -> None:
+    from .distill.options import GenerationOptions, TrainingOptions
+
     p = sub.add_parser(
         "distill",
         help="distill a teacher into a student (teacher data from prompts, then training)",
-        formatter_class=fmt,
+        formatter_class=_FORMATTER,
         description="Stage 1 (with --prompts): the teacher answers a JSONL file of prompts. Stage 2: the\n"
         "student trains on the teacher's distribution with the fused KD loss. Under torchrun the\n"
         "training runs on every process (DistributedDataParallel, gloo).\n\n"
@@ -553,10 +586,14 @@ def build_parser() -> argparse.ArgumentParser:
     add_flags(g, GenerationOptions, only=GENERATION_PREFIXED, prefix="gen-", dest_prefix="gen_")
     p.set_defaults(func=_cmd_distill)
 
+
+def _add_finetune_command(sub: argparse._SubParsersAction) -> None:
+    from .finetune.options import FinetuneOptions, LoRAOptions, MethodOptions, QLoRAOptions
+
     p = sub.add_parser(
         "finetune",
         help="LoRA or QLoRA fine-tuning; the adapter in the peft format",
-        formatter_class=fmt,
+        formatter_class=_FORMATTER,
         description="Trains LoRA adapters on a frozen base (QLoRA: the base quantized to nf4/int4 first)\n"
         "and writes OUT/adapter (peft format), OUT/train_log.jsonl and OUT/finetune_summary.json.\n"
         "Data: JSONL of {text}, {prompt, completion} or chat {messages}, or fields joined by\n"
@@ -589,10 +626,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_flags(g, FinetuneOptions, exclude=FINETUNE_DATA_FIELDS)
     p.set_defaults(func=_cmd_finetune)
 
+
+def _add_bench_command(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "bench",
         help="the benchmarks (" + ", ".join(BENCHMARKS) + ")",
-        formatter_class=fmt,
+        formatter_class=_FORMATTER,
         description="Options after the name go to the benchmark; "
         "'slmops bench qmatmul --help' lists them.\n\n  slmops bench qmatmul --quick\n"
         "  slmops bench quant --formats q4_0,q4_k --threads 1\n  slmops bench quality --json q.json",
@@ -601,10 +640,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("options", nargs=argparse.REMAINDER, help="options of the benchmark")
     p.set_defaults(func=_cmd_bench)
 
+
+def _add_info_command(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("info", help="build info and a self-check of every kernel on this machine")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=_cmd_info)
-    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
