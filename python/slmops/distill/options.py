@@ -1,4 +1,4 @@
-"""The options of distillation, written once: :func:`slmops.distill` and its stages check
+"""The options of distillation, written once: :func:`slmops.distill_model` and its stages check
 their arguments with them; the workflow's ``distill`` pass and the ``slmops distill`` flags
 are derived from them.
 

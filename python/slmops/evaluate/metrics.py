@@ -156,10 +156,6 @@ def peak_rss_bytes() -> int | None:
     return None
 
 
-# The old private names, for slmops/bench/kd.py until it imports the public ones.
-_reset_peak_rss, _peak_rss_bytes = reset_peak_rss, peak_rss_bytes
-
-
 def memory(model: Any, model_dir: str | os.PathLike[str] | None) -> dict[str, Any]:
     """Bytes of parameters and buffers (quantized buffers included) and of the weight files."""
     in_memory = sum(t.numel() * t.element_size() for t in list(model.parameters()) + list(model.buffers()))

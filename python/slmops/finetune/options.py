@@ -1,4 +1,4 @@
-"""The options of fine-tuning, written once: :func:`slmops.finetune` checks its arguments
+"""The options of fine-tuning, written once: :func:`slmops.finetune_model` checks its arguments
 with them; the workflow's ``finetune`` pass and the ``slmops finetune`` flags are derived
 from them.
 

@@ -1,6 +1,6 @@
 """``type: distill``: the model coming in is the teacher; a student (``student``: a zoo name
 or Hugging Face folder with the same tokenizer) is trained on a dataset of the run config
-(``data``; the reference corpus's training split when absent) with ``slmops.distill``, and
+(``data``; the reference corpus's training split when absent) with ``slmops.distill_model``, and
 the trained student goes on to the next pass. The training options are those of
 ``slmops.distill.TrainingOptions``."""
 

@@ -1,4 +1,4 @@
-"""``type: export``: writes the model for a runtime (``slmops.export``); the model passes on
+"""``type: export``: writes the model for a runtime (``slmops.export_model``); the model passes on
 unchanged, the files are the pass's artifacts."""
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """``type: finetune``: LoRA or QLoRA training of the model coming in on a dataset of the run
 config (``data``; the reference corpus's training split when absent) with
-``slmops.finetune``. The adapter (peft format) is an artifact; the model that goes on is
+``slmops.finetune_model``. The adapter (peft format) is an artifact; the model that goes on is
 the base with the adapter merged in (a float model: a later quantize pass re-quantizes it).
 The options are those of ``slmops.finetune.options`` side by side; QLoRA's base takes its
 options under the names below (``quant_format`` for ``format``)."""
