@@ -22,8 +22,9 @@ StorageArgs storage_args(const QuantSpec& spec, const QuantLayout& L, int64_t ro
                          py::handle zero_points, bool writing, py::object stream) {
   StorageArgs s;
   s.data = tensor_arg(data, "data", stream);
-  bindings::expect_type(s.data, spec.format == QuantFormat::kInt8 ? std::initializer_list<ElemType>{ElemType::kI8, ElemType::kU8}
-                                                                  : std::initializer_list<ElemType>{ElemType::kU8});
+  bindings::expect_type(s.data, spec.format == QuantFormat::kInt8
+                                    ? std::initializer_list<ElemType>{ElemType::kI8, ElemType::kU8}
+                                    : std::initializer_list<ElemType>{ElemType::kU8});
   if (rows < 0) throw py::value_error("rows must be >= 0, got " + std::to_string(rows));
   bindings::expect_numel(s.data, checked_mul(rows, L.data_bytes_per_row, "rows * data bytes per row"),
                          "rows * data bytes per row");
@@ -67,7 +68,8 @@ void check_borrowed(const Borrowed& b) {
   if (b.source.is_none()) return;
   const TensorArg now = tensor_arg(b.source, b.name.c_str());
   if (now.data != b.data || now.numel() != b.numel)
-    throw py::value_error(b.name + " was resized or reallocated after the weight was packed, and the packing reads "
+    throw py::value_error(b.name +
+                          " was resized or reallocated after the weight was packed, and the packing reads "
                           "its old memory; pack it again (build a new QuantizedTensor / SparseTensor from the new "
                           "buffers)");
 }

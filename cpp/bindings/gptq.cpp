@@ -68,8 +68,7 @@ void py_gptq_grid_params(py::handle W, int bits, bool symmetric, int64_t group_s
 }
 
 void py_gptq_quantize(py::handle W, py::handle U, int bits, bool symmetric, int64_t group_size, py::handle col_group,
-                      py::handle scales, py::handle zeros, py::handle codes, int64_t block, bool reference,
-                      bool mse) {
+                      py::handle scales, py::handle zeros, py::handle codes, int64_t block, bool reference, bool mse) {
   TensorArg w = f32_matrix(W, "W", -1, -1, true);
   const int64_t N = w.shape[0], K = w.shape[1];
   TensorArg u = f32_matrix(U, "U", K, K, false);

@@ -112,8 +112,8 @@ cuda::CudaKdTeacher cuda_teacher(const KdTeacherArgs& a, ElemType student_type) 
 
 void py_kd_loss(py::handle student, py::handle loss_rows, py::handle grad, py::handle teacher_logits,
                 py::handle topk_ids, py::handle topk_logprobs, py::handle labels, const std::string& divergence,
-                float temperature, float beta, bool scale_t2, float hard_weight, int64_t ignore_index,
-                float grad_scale, const std::string& isa, py::object cuda_stream) {
+                float temperature, float beta, bool scale_t2, float hard_weight, int64_t ignore_index, float grad_scale,
+                const std::string& isa, py::object cuda_stream) {
   const KdOptions o = kd_options(divergence, temperature, beta, scale_t2, hard_weight, ignore_index);
   const py::object& st = cuda_stream;
   TensorArg z =
@@ -149,9 +149,9 @@ void py_fused_linear_kd_loss(py::handle hidden, py::handle weight, py::handle lo
   // On CUDA the hidden states and heads keep their dtype (the GEMMs run in it); the CPU
   // kernels take float32.
   const bool gpu = !st.is_none();
-  TensorArg x = gpu ? kd_arg(hidden, "student_hidden", {ElemType::kF32, ElemType::kF16, ElemType::kBF16}, 2, -1, -1,
-                             false, st)
-                    : kd_arg(hidden, "student_hidden", {ElemType::kF32}, 2, -1, -1, false, st);
+  TensorArg x =
+      gpu ? kd_arg(hidden, "student_hidden", {ElemType::kF32, ElemType::kF16, ElemType::kBF16}, 2, -1, -1, false, st)
+          : kd_arg(hidden, "student_hidden", {ElemType::kF32}, 2, -1, -1, false, st);
   const int64_t rows = x.shape[0], H = x.shape[1];
   TensorArg w = kd_arg(weight, "student_head_weight", {x.type}, 2, -1, H, false, st);
   const int64_t V = w.shape[0];
@@ -174,8 +174,8 @@ void py_fused_linear_kd_loss(py::handle hidden, py::handle weight, py::handle lo
   }
   const CpuIsa cpu_isa = cpu_isa_from_name(isa);
   run_released([&] {
-    fused_linear_kd_loss(o, static_cast<const float*>(x.data), static_cast<const float*>(w.data), rows, H, V,
-                         t.teacher, static_cast<const int64_t*>(y.data), grad_scale, static_cast<float*>(loss.data),
+    fused_linear_kd_loss(o, static_cast<const float*>(x.data), static_cast<const float*>(w.data), rows, H, V, t.teacher,
+                         static_cast<const int64_t*>(y.data), grad_scale, static_cast<float*>(loss.data),
                          static_cast<float*>(dx.data), static_cast<float*>(dw.data), chunk_rows, cpu_isa);
   });
 }
@@ -187,16 +187,17 @@ void register_kd(py::module_& m) {
       "kd_divergences", [] { return choice_names(kDivergences); },
       "The divergence names kd_loss and fused_linear_kd_loss accept.");
   m.def("kd_loss", &py_kd_loss, py::arg("student"), py::arg("loss_rows"), py::arg("grad").none(true) = py::none(),
-        py::arg("teacher_logits").none(true) = py::none(), py::arg("topk_ids").none(true) = py::none(), py::arg("topk_logprobs").none(true) = py::none(),
-        py::arg("labels").none(true) = py::none(), py::arg("divergence"), py::arg("temperature"), py::arg("beta"),
-        py::arg("scale_t2"), py::arg("hard_weight"), py::arg("ignore_index"), py::arg("grad_scale"),
-        py::arg("isa") = "auto", py::arg("cuda_stream") = py::none());
+        py::arg("teacher_logits").none(true) = py::none(), py::arg("topk_ids").none(true) = py::none(),
+        py::arg("topk_logprobs").none(true) = py::none(), py::arg("labels").none(true) = py::none(),
+        py::arg("divergence"), py::arg("temperature"), py::arg("beta"), py::arg("scale_t2"), py::arg("hard_weight"),
+        py::arg("ignore_index"), py::arg("grad_scale"), py::arg("isa") = "auto", py::arg("cuda_stream") = py::none());
   m.def("fused_linear_kd_loss", &py_fused_linear_kd_loss, py::arg("hidden"), py::arg("weight"), py::arg("loss_rows"),
-        py::arg("d_hidden").none(true) = py::none(), py::arg("d_weight").none(true) = py::none(), py::arg("teacher_logits").none(true) = py::none(),
-        py::arg("topk_ids").none(true) = py::none(), py::arg("topk_logprobs").none(true) = py::none(), py::arg("teacher_hidden").none(true) = py::none(),
-        py::arg("teacher_head").none(true) = py::none(), py::arg("labels").none(true) = py::none(), py::arg("divergence"),
-        py::arg("temperature"), py::arg("beta"), py::arg("scale_t2"), py::arg("hard_weight"), py::arg("ignore_index"),
-        py::arg("grad_scale"), py::arg("chunk_rows") = 0, py::arg("isa") = "auto",
+        py::arg("d_hidden").none(true) = py::none(), py::arg("d_weight").none(true) = py::none(),
+        py::arg("teacher_logits").none(true) = py::none(), py::arg("topk_ids").none(true) = py::none(),
+        py::arg("topk_logprobs").none(true) = py::none(), py::arg("teacher_hidden").none(true) = py::none(),
+        py::arg("teacher_head").none(true) = py::none(), py::arg("labels").none(true) = py::none(),
+        py::arg("divergence"), py::arg("temperature"), py::arg("beta"), py::arg("scale_t2"), py::arg("hard_weight"),
+        py::arg("ignore_index"), py::arg("grad_scale"), py::arg("chunk_rows") = 0, py::arg("isa") = "auto",
         py::arg("cuda_stream") = py::none());
   m.def("fused_kd_chunk_rows", &fused_kd_chunk_rows, py::arg("rows"), py::arg("vocab"));
 }

@@ -42,8 +42,8 @@ struct PyPackedWeight {
 };
 
 std::unique_ptr<PyPackedWeight> py_pack_weight(const std::string& format, int64_t group_size, bool symmetric,
-                                               py::handle data, py::handle scales, py::handle zero_points,
-                                               int64_t N, int64_t K) {
+                                               py::handle data, py::handle scales, py::handle zero_points, int64_t N,
+                                               int64_t K) {
   const QuantSpec spec = make_spec(format, group_size, symmetric);
   if (N <= 0 || K <= 0)
     throw py::value_error("shape must be positive, got (" + std::to_string(N) + ", " + std::to_string(K) + ")");
@@ -69,8 +69,8 @@ void py_qmatmul(const PyPackedWeight& pw, py::handle x, py::handle bias, py::han
   expect_cpu(xa);
   bindings::expect_ndim(xa, 2, "[M, in_features]");
   if (xa.shape[1] != w.K)
-    throw py::value_error("x has " + std::to_string(xa.shape[1]) + " features, the weight expects in_features = " +
-                          std::to_string(w.K));
+    throw py::value_error("x has " + std::to_string(xa.shape[1]) +
+                          " features, the weight expects in_features = " + std::to_string(w.K));
   const DType x_dtype = xa.float_dtype();
   const int64_t M = xa.shape[0];
   TensorArg ya = tensor_arg(y, "y");
@@ -107,9 +107,9 @@ size_t packed_nbytes(const PyPackedWeight& p) {
 }
 
 // The quantized matmul on the GPU: the QuantizedTensor's buffers as they are (no packing).
-void py_cuda_qmatmul(const std::string& format, int64_t group_size, bool symmetric, py::handle data,
-                     py::handle scales, py::handle zero_points, int64_t N, int64_t K, py::handle x, py::handle bias,
-                     py::handle y, const std::string& activation, const std::string& path, py::object cuda_stream) {
+void py_cuda_qmatmul(const std::string& format, int64_t group_size, bool symmetric, py::handle data, py::handle scales,
+                     py::handle zero_points, int64_t N, int64_t K, py::handle x, py::handle bias, py::handle y,
+                     const std::string& activation, const std::string& path, py::object cuda_stream) {
   const QuantSpec spec = make_spec(format, group_size, symmetric);
   const QuantLayout L = quant_layout(spec, K);
   StorageArgs s = storage_args(spec, L, N, data, scales, zero_points, false, cuda_stream);
@@ -148,8 +148,7 @@ void register_qmatmul(py::module_& m) {
   m.def(
       "qmatmul_activations", [] { return choice_names(kActivations); },
       "The activation modes qmatmul and cuda_qmatmul accept.");
-  m.def(
-      "qmatmul_backends", [] { return choice_names(kBackends); }, "The CPU backends qmatmul accepts.");
+  m.def("qmatmul_backends", [] { return choice_names(kBackends); }, "The CPU backends qmatmul accepts.");
   m.def(
       "cuda_qmatmul_backends", [] { return choice_names(kCudaBackends); },
       "The GPU paths cuda_qmatmul accepts (its `path`; the `backend` of slmops.ops.qmatmul on CUDA).");
@@ -157,8 +156,8 @@ void register_qmatmul(py::module_& m) {
       .def_property_readonly("shape", [](const PyPackedWeight& p) { return py::make_tuple(p.w.N, p.w.K); })
       .def_property_readonly("kind", &packed_kind)
       .def_property_readonly("nbytes", &packed_nbytes);
-  m.def("pack_weight", &py_pack_weight, py::arg("format"), py::arg("group_size"), py::arg("symmetric"),
-        py::arg("data"), py::arg("scales").none(true), py::arg("zero_points").none(true), py::arg("N"), py::arg("K"));
+  m.def("pack_weight", &py_pack_weight, py::arg("format"), py::arg("group_size"), py::arg("symmetric"), py::arg("data"),
+        py::arg("scales").none(true), py::arg("zero_points").none(true), py::arg("N"), py::arg("K"));
   m.def("cuda_qmatmul", &py_cuda_qmatmul, py::arg("format"), py::arg("group_size"), py::arg("symmetric"),
         py::arg("data"), py::arg("scales").none(true), py::arg("zero_points").none(true), py::arg("N"), py::arg("K"),
         py::arg("x"), py::arg("bias").none(true), py::arg("y"), py::arg("activation"), py::arg("path"),

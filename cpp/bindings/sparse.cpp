@@ -85,12 +85,13 @@ std::unique_ptr<PyNMWeight> py_pack_nm(int n, int m, int64_t N, int64_t K, const
   const int64_t groups = shape.groups();
   const int64_t value_count = checked_mul(N, type == SparseValueType::kInt4 ? shape.int4_row_bytes() : shape.kept(),
                                           "rows * value bytes per row");
-  const void* v = cpu_array(va,
-                            type == SparseValueType::kF32    ? std::initializer_list<ElemType>{ElemType::kF32}
-                            : type == SparseValueType::kBF16 ? std::initializer_list<ElemType>{ElemType::kU16, ElemType::kBF16}
-                            : type == SparseValueType::kInt8 ? std::initializer_list<ElemType>{ElemType::kI8, ElemType::kU8}
-                                                             : std::initializer_list<ElemType>{ElemType::kU8},
-                            value_count, "the kept values");
+  const void* v =
+      cpu_array(va,
+                type == SparseValueType::kF32    ? std::initializer_list<ElemType>{ElemType::kF32}
+                : type == SparseValueType::kBF16 ? std::initializer_list<ElemType>{ElemType::kU16, ElemType::kBF16}
+                : type == SparseValueType::kInt8 ? std::initializer_list<ElemType>{ElemType::kI8, ElemType::kU8}
+                                                 : std::initializer_list<ElemType>{ElemType::kU8},
+                value_count, "the kept values");
   const int64_t index_bytes = checked_mul(N, shape.index_row_bytes(), "rows * index bytes per row");
   const void* idx = cpu_array(ia, {ElemType::kU8}, index_bytes, "rows * index bytes per row");
   const float* s = nullptr;
@@ -146,8 +147,8 @@ void py_spmm(const Weight& w, py::handle x, py::handle bias, py::handle y, const
   bindings::expect_ndim(xa, 2, "[M, in_features]");
   bindings::expect_type(xa, {ElemType::kF32});
   if (xa.shape[1] != w.K)
-    throw py::value_error("x has " + std::to_string(xa.shape[1]) + " features, the weight expects in_features = " +
-                          std::to_string(w.K));
+    throw py::value_error("x has " + std::to_string(xa.shape[1]) +
+                          " features, the weight expects in_features = " + std::to_string(w.K));
   const int64_t M = xa.shape[0];
   expect_cpu(ya);
   bindings::expect_type(ya, {ElemType::kF32});
@@ -180,8 +181,8 @@ void py_sgemm_nt(py::handle x, py::handle w, py::handle y) {
     throw py::value_error("shapes must be x [M, K], w [N, K], y [M, N]; got x " + xa.shape_str() + ", w " +
                           wa.shape_str() + ", y " + ya.shape_str());
   py::gil_scoped_release release;
-  sgemm(false, true, M, N, K, 1.0f, static_cast<const float*>(xa.data), K, static_cast<const float*>(wa.data), K,
-        0.0f, static_cast<float*>(ya.data), N);
+  sgemm(false, true, M, N, K, 1.0f, static_cast<const float*>(xa.data), K, static_cast<const float*>(wa.data), K, 0.0f,
+        static_cast<float*>(ya.data), N);
 }
 
 }  // namespace
@@ -189,8 +190,7 @@ void py_sgemm_nt(py::handle x, py::handle w, py::handle y) {
 void register_sparse(py::module_& m) {
   m.def("sparse_patterns", &sparse_patterns,
         "The sparse layouts: name ('2:4', ...; 'csr'), n and m (0 for csr), index_bits per kept value.");
-  m.def(
-      "sparse_value_types", [] { return choice_names(kValueTypes); }, "The n:m value types pack_nm accepts.");
+  m.def("sparse_value_types", [] { return choice_names(kValueTypes); }, "The n:m value types pack_nm accepts.");
   m.def(
       "spmm_activations", [] { return choice_names(kSpmmActivations); },
       "The activation modes spmm accepts for n:m weights.");

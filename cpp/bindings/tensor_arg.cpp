@@ -40,7 +40,8 @@ ElemType from_dlpack(const dlpack::DLDataType& dt) {
 }
 
 [[noreturn]] void not_contiguous(const std::string& name) {
-  throw py::value_error(name + " must be C-contiguous; call .contiguous() (torch) or np.ascontiguousarray (numpy) first");
+  throw py::value_error(name +
+                        " must be C-contiguous; call .contiguous() (torch) or np.ascontiguousarray (numpy) first");
 }
 
 // Strides (in elements) describe C order, ignoring dimensions of size 1 whose stride
@@ -58,9 +59,14 @@ bool is_c_contiguous(const std::vector<int64_t>& shape, const int64_t* strides) 
 
 size_t elem_size(ElemType t) {
   switch (t) {
-    case ElemType::kU8: case ElemType::kI8: return 1;
-    case ElemType::kF16: case ElemType::kBF16: case ElemType::kU16: case ElemType::kI16: return 2;
-    case ElemType::kF32: case ElemType::kI32: return 4;
+    case ElemType::kU8:
+    case ElemType::kI8: return 1;
+    case ElemType::kF16:
+    case ElemType::kBF16:
+    case ElemType::kU16:
+    case ElemType::kI16: return 2;
+    case ElemType::kF32:
+    case ElemType::kI32: return 4;
     default: return 8;
   }
 }
@@ -115,8 +121,7 @@ DType TensorArg::float_dtype() const {
     case ElemType::kF32: return DType::kF32;
     case ElemType::kF16: return DType::kF16;
     case ElemType::kBF16: return DType::kBF16;
-    default:
-      throw py::type_error(name + " must be float32, float16 or bfloat16, got " + elem_type_name(type));
+    default: throw py::type_error(name + " must be float32, float16 or bfloat16, got " + elem_type_name(type));
   }
 }
 
@@ -163,8 +168,8 @@ TensorArg tensor_arg(py::handle obj, const char* name, py::object cuda_stream) {
   }
   py::object capsule;
   try {
-    capsule = cuda_stream.is_none() ? src.attr("__dlpack__")()
-                                    : src.attr("__dlpack__")(py::arg("stream") = cuda_stream);
+    capsule =
+        cuda_stream.is_none() ? src.attr("__dlpack__")() : src.attr("__dlpack__")(py::arg("stream") = cuda_stream);
   } catch (py::error_already_set& e) {
     // Other refusals (conjugate or negative bit views, ...) are BufferError: say whose.
     if (!e.matches(PyExc_BufferError)) throw;
@@ -228,7 +233,8 @@ void expect_numel(const TensorArg& t, int64_t n, const char* what) {
 void expect_writeable(const TensorArg& t) {
   if (!t.writeable) throw py::value_error(t.name + " is read-only; pass a writeable output array");
   if (t.copied)
-    throw py::value_error(t.name + " is byte-swapped or not aligned to its element size, so it cannot be written in "
+    throw py::value_error(t.name +
+                          " is byte-swapped or not aligned to its element size, so it cannot be written in "
                           "place; pass a native, aligned output array (np.empty / torch.empty make one)");
 }
 

@@ -25,13 +25,12 @@ inline std::string case_name(const Case& c) {
   return s;
 }
 
-
 inline const Case kCases[] = {
-    {QuantFormat::kInt8, 0, true},      {QuantFormat::kInt8, 32, true},      {QuantFormat::kInt4, 16, true},
-    {QuantFormat::kInt4, 32, true},     {QuantFormat::kInt4, 64, false},     {QuantFormat::kInt4, 128, true},
-    {QuantFormat::kInt4, 128, false},   {QuantFormat::kNF4, 64, true},       {QuantFormat::kNF4, 16, true},
-    {QuantFormat::kTernary, 0, true},   {QuantFormat::kQ4_0, 0, true},       {QuantFormat::kQ8_0, 0, true},
-    {QuantFormat::kQ4_K, 0, true},      {QuantFormat::kQ6_K, 0, true},       {QuantFormat::kTQ2_0, 0, true},
+    {QuantFormat::kInt8, 0, true},    {QuantFormat::kInt8, 32, true},  {QuantFormat::kInt4, 16, true},
+    {QuantFormat::kInt4, 32, true},   {QuantFormat::kInt4, 64, false}, {QuantFormat::kInt4, 128, true},
+    {QuantFormat::kInt4, 128, false}, {QuantFormat::kNF4, 64, true},   {QuantFormat::kNF4, 16, true},
+    {QuantFormat::kTernary, 0, true}, {QuantFormat::kQ4_0, 0, true},   {QuantFormat::kQ8_0, 0, true},
+    {QuantFormat::kQ4_K, 0, true},    {QuantFormat::kQ6_K, 0, true},   {QuantFormat::kTQ2_0, 0, true},
 };
 
 // K values: tails for the formats that allow any K, block multiples for the rest.
@@ -41,7 +40,6 @@ inline std::vector<int64_t> k_values(const Case& c) {
   if (c.format == QuantFormat::kNF4) return {c.group_size, 3 * c.group_size, 11 * c.group_size};
   return {1, 3, 7, 31, 33, 65, 127, 1000};
 }
-
 
 // Weights with the features that break kernels: an all-zero row group, exact ties at
 // +-max, values at rounding midpoints, and a heavy outlier.

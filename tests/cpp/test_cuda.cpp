@@ -30,9 +30,6 @@ using namespace slmops::test_cases;
 
 namespace {
 
-
-
-
 bool gpu_visible() { return cuda::compiled() && cuda::device_count() > 0; }
 
 }  // namespace
@@ -85,9 +82,9 @@ TEST(CudaInfoTest, DequantizeChecksArgumentsBeforeTouchingTheGpu) {
     // A real launch without a GPU reports the CUDA error as runtime_error, not a crash.
     uint8_t data[8] = {};
     float scale = 1.0f, out[8];
-    EXPECT_THROW(cuda::dequantize({QuantFormat::kInt8, 0, true}, {data, &scale, nullptr}, 1, 8, out, DType::kF32,
-                                  nullptr),
-                 std::runtime_error);
+    EXPECT_THROW(
+        cuda::dequantize({QuantFormat::kInt8, 0, true}, {data, &scale, nullptr}, 1, 8, out, DType::kF32, nullptr),
+        std::runtime_error);
     EXPECT_EQ(cuda::device_count(), 0);
   }
 }
@@ -110,8 +107,6 @@ struct DeviceBuffer {
     if (p) cudaFree(p);
   }
 };
-
-
 
 template <typename T>
 void to_device(DeviceBuffer& d, const std::vector<T>& h) {
@@ -217,8 +212,8 @@ TEST(CudaQMatmulTest, EveryPathMatchesTheDequantizedProduct) {
       DeviceBuffer dx, dy;
       to_device(dx, x);
       CUDA_CHECK(cudaMalloc(&dy.p, size_t(M * N) * 4));
-      for (auto path : {cuda::CudaQMatmulPath::kAuto, cuda::CudaQMatmulPath::kGemv,
-                        cuda::CudaQMatmulPath::kDequantizeGemm}) {
+      for (auto path :
+           {cuda::CudaQMatmulPath::kAuto, cuda::CudaQMatmulPath::kGemv, cuda::CudaQMatmulPath::kDequantizeGemm}) {
         const bool fused = c.format != QuantFormat::kQ4_K;
         if (path == cuda::CudaQMatmulPath::kGemv && (!fused || M > cuda::kCudaGemvMaxRows)) continue;
         SCOPED_TRACE(case_name(c) + " M=" + std::to_string(M) + " path " + std::to_string(int(path)));
@@ -279,7 +274,8 @@ TEST(CudaKdTest, MatchesTheDoubleReference) {
                                           0.25f, static_cast<float*>(dloss.p), dgrad.p, nullptr));
     CUDA_CHECK(cudaMemcpy(loss.data(), dloss.p, loss.size() * 4, cudaMemcpyDeviceToHost));
     CUDA_CHECK(cudaMemcpy(grad.data(), dgrad.p, grad.size() * 4, cudaMemcpyDeviceToHost));
-    for (int64_t r = 0; r < rows; ++r) EXPECT_NEAR(loss[size_t(r)], want_loss[size_t(r)], 1e-4 * (1 + std::fabs(want_loss[size_t(r)])));
+    for (int64_t r = 0; r < rows; ++r)
+      EXPECT_NEAR(loss[size_t(r)], want_loss[size_t(r)], 1e-4 * (1 + std::fabs(want_loss[size_t(r)])));
     for (size_t i = 0; i < grad.size(); ++i) ASSERT_NEAR(grad[i], want_grad[i], 2e-6) << "element " << i;
   }
 }

@@ -77,8 +77,8 @@ TEST_P(CudaHostDequantTest, ElementMatchesCpuRefBitForBit) {
     for (int64_t r = 0; r < N; ++r)
       for (int64_t k = 0; k < K; ++k) {
         const float got = element_any(c.format, a, r, k), want = q.dense[size_t(r * K + k)];
-        ASSERT_EQ(std::memcmp(&got, &want, 4), 0) << "K=" << K << " row " << r << " col " << k << ": " << got
-                                                  << " vs " << want;
+        ASSERT_EQ(std::memcmp(&got, &want, 4), 0)
+            << "K=" << K << " row " << r << " col " << k << ": " << got << " vs " << want;
       }
   }
 }
@@ -129,9 +129,15 @@ TEST_P(CudaHostGemvTest, LanesSumToTheReferenceDot) {
         float acc[cuda::kGemvMaxRows] = {};
         if (c.vector_path) {
           switch (ff) {
-            case cuda::FusedFormat::kInt4: cuda::gemv_lane_vector<cuda::FusedFormat::kInt4>(w, n, M, hx, lane, 32, acc); break;
-            case cuda::FusedFormat::kNF4: cuda::gemv_lane_vector<cuda::FusedFormat::kNF4>(w, n, M, hx, lane, 32, acc); break;
-            case cuda::FusedFormat::kInt8: cuda::gemv_lane_vector<cuda::FusedFormat::kInt8>(w, n, M, hx, lane, 32, acc); break;
+            case cuda::FusedFormat::kInt4:
+              cuda::gemv_lane_vector<cuda::FusedFormat::kInt4>(w, n, M, hx, lane, 32, acc);
+              break;
+            case cuda::FusedFormat::kNF4:
+              cuda::gemv_lane_vector<cuda::FusedFormat::kNF4>(w, n, M, hx, lane, 32, acc);
+              break;
+            case cuda::FusedFormat::kInt8:
+              cuda::gemv_lane_vector<cuda::FusedFormat::kInt8>(w, n, M, hx, lane, 32, acc);
+              break;
           }
         } else {
           switch (c.format) {
@@ -156,16 +162,16 @@ TEST_P(CudaHostGemvTest, LanesSumToTheReferenceDot) {
 
 INSTANTIATE_TEST_SUITE_P(
     Layouts, CudaHostGemvTest,
-    ::testing::Values(GemvCase{QuantFormat::kInt4, 16, true, 256, true},     // two groups per chunk
-                      GemvCase{QuantFormat::kInt4, 32, false, 512, true},    // asymmetric
-                      GemvCase{QuantFormat::kInt4, 128, true, 100, true},    // zero-padded last group
-                      GemvCase{QuantFormat::kInt4, 16, true, 40, false},     // 24-byte rows: scalar loop
-                      GemvCase{QuantFormat::kNF4, 64, true, 192, true},      // high nibble first
-                      GemvCase{QuantFormat::kNF4, 16, true, 48, false},      // 24-byte rows
-                      GemvCase{QuantFormat::kInt8, 0, true, 96, true},       // one scale per row
-                      GemvCase{QuantFormat::kInt8, 32, true, 160, true},     // groups of 32
-                      GemvCase{QuantFormat::kInt8, 12, true, 96, false},     // groups across 8-byte halves
-                      GemvCase{QuantFormat::kInt8, 0, true, 33, false}),     // odd K
+    ::testing::Values(GemvCase{QuantFormat::kInt4, 16, true, 256, true},   // two groups per chunk
+                      GemvCase{QuantFormat::kInt4, 32, false, 512, true},  // asymmetric
+                      GemvCase{QuantFormat::kInt4, 128, true, 100, true},  // zero-padded last group
+                      GemvCase{QuantFormat::kInt4, 16, true, 40, false},   // 24-byte rows: scalar loop
+                      GemvCase{QuantFormat::kNF4, 64, true, 192, true},    // high nibble first
+                      GemvCase{QuantFormat::kNF4, 16, true, 48, false},    // 24-byte rows
+                      GemvCase{QuantFormat::kInt8, 0, true, 96, true},     // one scale per row
+                      GemvCase{QuantFormat::kInt8, 32, true, 160, true},   // groups of 32
+                      GemvCase{QuantFormat::kInt8, 12, true, 96, false},   // groups across 8-byte halves
+                      GemvCase{QuantFormat::kInt8, 0, true, 33, false}),   // odd K
     [](const ::testing::TestParamInfo<GemvCase>& info) {
       const GemvCase& c = info.param;
       return std::string(quant_format_info(c.format).name) + "_g" + std::to_string(c.group_size) +
@@ -206,7 +212,8 @@ float emulate_row(const KdOptions& o, const float* z, int64_t vocab, const float
   const HostStore store{grad, label, r.hcoef};
   double soft = 0.0, kl = 0.0;
   if (r.soft)
-    for (int tid = 0; tid < threads; ++tid) soft_pass(r, zs, ts, n, tid, threads, grad_in_soft_pass(r), store, &soft, &kl);
+    for (int tid = 0; tid < threads; ++tid)
+      soft_pass(r, zs, ts, n, tid, threads, grad_in_soft_pass(r), store, &soft, &kl);
   if (!grad_in_soft_pass(r))
     for (int tid = 0; tid < threads; ++tid) grad_pass(r, zs, ts, n, tid, threads, float(kl), store);
   for (int64_t j = n; j < vocab; ++j) grad[j] = 0.0f;

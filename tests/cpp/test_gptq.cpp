@@ -78,8 +78,8 @@ TEST(Gptq, BlockedColumnLoopMatchesReference) {
   auto U = hessian(K, 400, 11);
   slmops::cholesky_inverse_upper(U.data(), K);
   const auto W0 = gaussian(size_t(N * K), 12);
-  for (const slmops::GptqGrid grid : {slmops::GptqGrid{4, true, 32}, slmops::GptqGrid{3, false, 64},
-                                      slmops::GptqGrid{3, true, 64, /*mse=*/true}}) {
+  for (const slmops::GptqGrid grid :
+       {slmops::GptqGrid{4, true, 32}, slmops::GptqGrid{3, false, 64}, slmops::GptqGrid{3, true, 64, /*mse=*/true}}) {
     const int64_t groups = (K + grid.group_size - 1) / grid.group_size;
     auto W = W0, Wr = W0;
     std::vector<float> s(size_t(N * groups)), sr = s;
@@ -88,7 +88,7 @@ TEST(Gptq, BlockedColumnLoopMatchesReference) {
     slmops::ref::gptq_quantize(Wr.data(), N, K, U.data(), grid, nullptr, sr.data(), zr.data(), cr.data());
     int64_t same = 0;
     for (size_t i = 0; i < c.size(); ++i) same += c[i] == cr[i];
-    EXPECT_GT(double(same) / double(c.size()), 0.99);  // summation order may flip a rounding
+    EXPECT_GT(double(same) / double(c.size()), 0.99);                       // summation order may flip a rounding
     for (size_t i = 0; i < W.size(); ++i) EXPECT_NEAR(W[i], Wr[i], 0.35f);  // one step at most
   }
 }
@@ -99,8 +99,8 @@ TEST(SparseGpt, BlockedMatchesReferenceAndPattern) {
   slmops::cholesky_inverse_upper(U.data(), K);
   const auto W0 = gaussian(size_t(N * K), 22);
   const slmops::GptqGrid grid{4, false, 64, /*mse=*/true};
-  for (const slmops::SparsePattern p : {slmops::SparsePattern{0.5f, 0, 0}, slmops::SparsePattern{0.0f, 2, 4},
-                                        slmops::SparsePattern{0.0f, 4, 8}}) {
+  for (const slmops::SparsePattern p :
+       {slmops::SparsePattern{0.5f, 0, 0}, slmops::SparsePattern{0.0f, 2, 4}, slmops::SparsePattern{0.0f, 4, 8}}) {
     for (const slmops::GptqGrid* g : {static_cast<const slmops::GptqGrid*>(nullptr), &grid}) {
       auto W = W0, Wr = W0;
       std::vector<float> s(size_t(N * 4)), sr = s;
@@ -117,7 +117,7 @@ TEST(SparseGpt, BlockedMatchesReferenceAndPattern) {
       }
       EXPECT_GT(double(same) / double(m.size()), 0.99) << "n:m " << p.n << ":" << p.m;
       EXPECT_EQ(kept, N * K / 2);  // every pattern here keeps half of the weights
-      if (p.m == 0) {  // the published rule: one threshold over a block's rows, so rows' shares differ
+      if (p.m == 0) {              // the published rule: one threshold over a block's rows, so rows' shares differ
         std::set<int> shares;
         for (int64_t r = 0; r < N; ++r) {
           int in_block = 0;

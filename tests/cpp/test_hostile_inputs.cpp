@@ -91,8 +91,7 @@ TEST(Quantize, Fp16BlockScaleOverflowRaisesNamingTheLargestMagnitude) {
       const std::vector<float> back = dequantize_with(spec, q, rows, K, isa);
       for (int64_t i = K; i < 2 * K; ++i) ASSERT_EQ(back[size_t(i)], l.at) << i;
       w[size_t(2 * K + 300)] = l.past;  // row 2, second 256-block
-      const std::string msg =
-          invalid_message([&] { quantize_with(spec, w.data(), DType::kF32, rows, K, isa); });
+      const std::string msg = invalid_message([&] { quantize_with(spec, w.data(), DType::kF32, rows, K, isa); });
       EXPECT_NE(msg.find(std::string("'") + name + "'"), std::string::npos) << msg;
       EXPECT_NE(msg.find(l.named), std::string::npos) << msg;
       EXPECT_NE(msg.find("row 2"), std::string::npos) << msg;
@@ -170,7 +169,7 @@ std::vector<float> int8_rounded(const std::vector<float>& x, int64_t M, int64_t 
 TEST(Qmatmul, NonFiniteActivationRowsGiveAllNaNRowsOnEveryPath) {
   // The int8 modes coded a NaN row into finite garbage (the float mode gave NaN). Rows 0
   // (NaN) and 1 (+Inf) must come out all NaN; the finite rows must not be disturbed.
-  const Case cases[] = {{QuantFormat::kInt4, 32, true}, {QuantFormat::kInt8, 0, true}, {QuantFormat::kNF4, 64, true},
+  const Case cases[] = {{QuantFormat::kInt4, 32, true},   {QuantFormat::kInt8, 0, true}, {QuantFormat::kNF4, 64, true},
                         {QuantFormat::kTernary, 0, true}, {QuantFormat::kQ4_0, 0, true}, {QuantFormat::kQ6_K, 0, true}};
   const int64_t N = 24, K = 256;
   for (const Case& c : cases) {
@@ -252,7 +251,8 @@ TEST(Spmm, NonFiniteActivationRowsGiveAllNaNRows) {
       for (SpmmActivation act : {SpmmActivation::kFloat, SpmmActivation::kInt8}) {
         spmm_nm(nm, x.data(), M, nullptr, y.data(), isa, act);
         EXPECT_TRUE(all_nan(y.data(), 2 * N));
-        const QMatmulActivation qa = act == SpmmActivation::kInt8 ? QMatmulActivation::kInt8 : QMatmulActivation::kFloat;
+        const QMatmulActivation qa =
+            act == SpmmActivation::kInt8 ? QMatmulActivation::kInt8 : QMatmulActivation::kFloat;
         expect_rows_close(y, reference_product(nm_dense, int8_rounded(clean, M, K, qa), M, N, K), 2 * N, M * N);
       }
     }
@@ -335,8 +335,9 @@ TEST(SpmmNM, LayoutRejectsNegativeGroupsAndSizesPastInt64) {
   // A group of -16 passed the "multiple of 16" check and gave negative buffer sizes.
   EXPECT_NE(invalid_message([] { nm_layout(2, 64, 2, 4, SparseValueType::kInt8, -16); }).find("group"),
             std::string::npos);
-  EXPECT_NE(invalid_message([] { nm_layout(int64_t(1) << 40, int64_t(1) << 40, 2, 4, SparseValueType::kF32, 0); })
-                .find("overflows"),
+  EXPECT_NE(invalid_message([] {
+              nm_layout(int64_t(1) << 40, int64_t(1) << 40, 2, 4, SparseValueType::kF32, 0);
+            }).find("overflows"),
             std::string::npos);
   const NMSparseWeight w = nm_layout(3, 64, 2, 4, SparseValueType::kInt4, 16);
   EXPECT_EQ(w.groups(), 2);

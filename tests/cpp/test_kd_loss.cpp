@@ -56,10 +56,10 @@ struct Case {
 };
 
 const Case kCases[] = {
-    {Divergence::kForwardKl, 0.5f, 1.0f, 0.0f, true},  {Divergence::kForwardKl, 0.5f, 2.5f, 0.3f, true},
-    {Divergence::kReverseKl, 0.5f, 1.0f, 0.0f, true},  {Divergence::kReverseKl, 0.5f, 0.7f, 0.5f, false},
-    {Divergence::kJsd, 0.3f, 1.0f, 0.0f, true},        {Divergence::kJsd, 0.5f, 2.0f, 0.2f, true},
-    {Divergence::kJsd, 0.0f, 1.5f, 0.0f, true},        {Divergence::kJsd, 1.0f, 1.5f, 0.0f, true},
+    {Divergence::kForwardKl, 0.5f, 1.0f, 0.0f, true}, {Divergence::kForwardKl, 0.5f, 2.5f, 0.3f, true},
+    {Divergence::kReverseKl, 0.5f, 1.0f, 0.0f, true}, {Divergence::kReverseKl, 0.5f, 0.7f, 0.5f, false},
+    {Divergence::kJsd, 0.3f, 1.0f, 0.0f, true},       {Divergence::kJsd, 0.5f, 2.0f, 0.2f, true},
+    {Divergence::kJsd, 0.0f, 1.5f, 0.0f, true},       {Divergence::kJsd, 1.0f, 1.5f, 0.0f, true},
     {Divergence::kForwardKl, 0.5f, 1.0f, 1.0f, true},
 };
 
@@ -105,8 +105,7 @@ void check_dense_and_topk(CpuIsa isa, int64_t rows, int64_t V, int64_t Vt, int64
       ref::kd_loss_fwd_bwd(o, z.data(), rows, V, teacher, labels.data(), 0.5f, loss_ref.data(), grad_ref.data());
       const std::string what = std::string(cpu_isa_name(isa)) + " div " + std::to_string(int(c.div)) + " beta " +
                                std::to_string(c.beta) + " T " + std::to_string(c.T) + " hard " +
-                               std::to_string(c.hard) + (use_topk ? " top-k" : " dense") + " Vt " +
-                               std::to_string(Vt);
+                               std::to_string(c.hard) + (use_topk ? " top-k" : " dense") + " Vt " + std::to_string(Vt);
       expect_close(loss, loss_ref, 2e-5f, 2e-5f, what + " loss");
       expect_close(grad, grad_ref, 1e-6f, 1e-4f, what + " grad");
       // forward only gives the same losses
@@ -212,14 +211,14 @@ TEST(KdLoss, RejectsBadInputWithTheRow) {
     EXPECT_NE(std::string(e.what()).find("row 1"), std::string::npos) << e.what();
   }
   ids = {1, 2, 3, 4, 5, 10};
-  EXPECT_THROW(kd_loss_fwd_bwd(KdOptions{}, z.data(), DType::kF32, rows, V, teacher, nullptr, 1.0f, loss.data(),
-                               nullptr),
-               std::invalid_argument);
+  EXPECT_THROW(
+      kd_loss_fwd_bwd(KdOptions{}, z.data(), DType::kF32, rows, V, teacher, nullptr, 1.0f, loss.data(), nullptr),
+      std::invalid_argument);
   ids = {1, 2, 3, 4, 5, 6};
   lp = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};  // logits passed as log-probabilities
-  EXPECT_THROW(kd_loss_fwd_bwd(KdOptions{}, z.data(), DType::kF32, rows, V, teacher, nullptr, 1.0f, loss.data(),
-                               nullptr),
-               std::invalid_argument);
+  EXPECT_THROW(
+      kd_loss_fwd_bwd(KdOptions{}, z.data(), DType::kF32, rows, V, teacher, nullptr, 1.0f, loss.data(), nullptr),
+      std::invalid_argument);
   KdTeacher dense;
   const auto t = randn(rows * V, 6, 1.0f);
   dense.logits = t.data();

@@ -159,8 +159,7 @@ int panel_code(const PackedWeight& p, int64_t n, int64_t k) {
       const uint8_t b = p.panel_codes[size_t(((pi * p.panel_octets + k / 8) * R + r) * 4 + (k % 8) % 4)];
       return (b >> (4 * ((k % 8) / 4))) & 0xF;
     }
-    case PackedKind::kInt8:
-      return int(p.panel_codes[size_t(((pi * p.panel_quads + k / 4) * R + r) * 4 + k % 4)]) - 128;
+    case PackedKind::kInt8: return int(p.panel_codes[size_t(((pi * p.panel_quads + k / 4) * R + r) * 4 + k % 4)]) - 128;
     case PackedKind::kTernary: {
       const uint8_t b = p.panel_codes[size_t(((pi * p.panel_hexads + k / 16) * R + r) * 4 + k % 4)];
       return (b >> (2 * ((k % 16) / 4))) & 3;

@@ -18,10 +18,6 @@ using namespace slmops::test_cases;
 
 namespace {
 
-
-
-
-
 Quantized run_quantize(const Case& c, const std::vector<float>& w, int64_t rows, int64_t K, CpuIsa isa,
                        DType dtype = DType::kF32, const void* src = nullptr) {
   return quantize_with({c.format, c.group_size, c.symmetric}, src ? src : w.data(), dtype, rows, K, isa);
@@ -76,7 +72,8 @@ TEST_P(QuantIsaTest, HalfInputsMatchTheirFloatValues) {
   }
   for (CpuIsa isa : available_cpu_isas()) {
     SCOPED_TRACE(cpu_isa_name(isa));
-    EXPECT_EQ(run_quantize(c, wh, rows, K, isa, DType::kF16, h.data()).data, run_quantize(c, wh, rows, K, CpuIsa::kRef).data);
+    EXPECT_EQ(run_quantize(c, wh, rows, K, isa, DType::kF16, h.data()).data,
+              run_quantize(c, wh, rows, K, CpuIsa::kRef).data);
     EXPECT_EQ(run_quantize(c, wbf, rows, K, isa, DType::kBF16, bf.data()).data,
               run_quantize(c, wbf, rows, K, CpuIsa::kRef).data);
   }
@@ -140,12 +137,12 @@ TEST(HalfConversion, MatchesIeeeOnEveryF16Value) {
     if ((h & 0x7c00) == 0x7c00 && (h & 0x3ff)) continue;
     ASSERT_EQ(f32_to_f16(f16_to_f32(uint16_t(h))), h) << h;
   }
-  EXPECT_EQ(f32_to_f16(65520.0f), 0x7c00);        // rounds to +inf
-  EXPECT_EQ(f32_to_f16(65519.0f), 0x7bff);        // max half
+  EXPECT_EQ(f32_to_f16(65520.0f), 0x7c00);          // rounds to +inf
+  EXPECT_EQ(f32_to_f16(65519.0f), 0x7bff);          // max half
   EXPECT_EQ(f32_to_f16(std::ldexp(1.0f, -25)), 0);  // tie at half the smallest subnormal -> even (0)
   EXPECT_EQ(f32_to_f16(std::ldexp(1.5f, -25)), 1);
-  EXPECT_EQ(f32_to_bf16(1.00390625f), 0x3f80);      // tie -> even
-  EXPECT_EQ(f32_to_bf16(1.01171875f), 0x3f82);      // tie -> even (up)
+  EXPECT_EQ(f32_to_bf16(1.00390625f), 0x3f80);  // tie -> even
+  EXPECT_EQ(f32_to_bf16(1.01171875f), 0x3f82);  // tie -> even (up)
 }
 
 TEST(DoubleQuant, ReconstructsScalesClosely) {

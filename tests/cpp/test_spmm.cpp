@@ -163,7 +163,8 @@ TEST(SpmmNM, Int4ZeroPointsGiveOffsets) {
   for (int64_t r = 0; r < N; ++r)
     for (int64_t j = 0; j < kept; ++j) {
       const int q = (c.codes4[size_t(r * 16 + j / 2)] >> (4 * (j & 1))) & 0xF;
-      dense[size_t(r * K + c.cols[size_t(r * kept + j)])] = c.scales[size_t(r * 2 + j / 16)] * float(q - (j < 16 ? 3 : 5));
+      dense[size_t(r * K + c.cols[size_t(r * kept + j)])] =
+          c.scales[size_t(r * 2 + j / 16)] * float(q - (j < 16 ? 3 : 5));
     }
   const auto x = randn(size_t(K), 5);
   const std::vector<float> zero_bias(size_t(N), 0.0f);
@@ -200,10 +201,10 @@ TEST(SpmmNM, Int8ActivationsMultiplyTheDequantizedActivations) {
     int64_t K, group;
     bool zero_points;
   };
-  const Case cases[] = {{4, SparseValueType::kInt4, 1024, 32, false},  {4, SparseValueType::kInt4, 544, 16, true},
-                        {4, SparseValueType::kInt4, 1280, 64, true},   {4, SparseValueType::kInt4, 2048, 128, false},
-                        {4, SparseValueType::kInt4, 768, 384, true},   {4, SparseValueType::kInt4, 480, 48, false},
-                        {4, SparseValueType::kInt8, 1024, 32, false},  {8, SparseValueType::kInt4, 1024, 32, true}};
+  const Case cases[] = {{4, SparseValueType::kInt4, 1024, 32, false}, {4, SparseValueType::kInt4, 544, 16, true},
+                        {4, SparseValueType::kInt4, 1280, 64, true},  {4, SparseValueType::kInt4, 2048, 128, false},
+                        {4, SparseValueType::kInt4, 768, 384, true},  {4, SparseValueType::kInt4, 480, 48, false},
+                        {4, SparseValueType::kInt8, 1024, 32, false}, {8, SparseValueType::kInt4, 1024, 32, true}};
   for (const Case& t : cases) {
     const int64_t N = 19, n = t.m / 2, kept = t.K / t.m * n, groups = kept / t.group;
     const NMCase c = make_nm(N, t.K, n, t.m, t.type, t.group, unsigned(t.K + t.group));
@@ -211,7 +212,7 @@ TEST(SpmmNM, Int8ActivationsMultiplyTheDequantizedActivations) {
     for (size_t i = 0; i < zp.size(); ++i) zp[i] = uint8_t((i * 7 + 3) % 256);
     const bool with_zp = t.type == SparseValueType::kInt4 && t.zero_points;
     const void* values = t.type == SparseValueType::kInt8 ? static_cast<const void*>(c.codes8.data())
-                                                           : static_cast<const void*>(c.codes4.data());
+                                                          : static_cast<const void*>(c.codes4.data());
     const NMSparseWeight w = make_nm_weight(N, t.K, n, t.m, t.type, values, c.scales.data(),
                                             with_zp ? zp.data() : nullptr, t.group, c.indices.data());
     std::vector<float> dense(size_t(N * t.K), 0.0f);  // the weights with their zero points
@@ -232,9 +233,8 @@ TEST(SpmmNM, Int8ActivationsMultiplyTheDequantizedActivations) {
         std::vector<float> y(size_t(M * N), -1.0f);
         spmm_nm(w, x.data(), M, bias.data(), y.data(), isa, SpmmActivation::kInt8);
         expect_product(dense, xhat, bias, y, M, N, t.K,
-                       std::string(cpu_isa_name(isa)) + " " + std::to_string(n) + ":" + std::to_string(t.m) +
-                           " K=" + std::to_string(t.K) + " group=" + std::to_string(t.group) +
-                           " M=" + std::to_string(M));
+                       std::string(cpu_isa_name(isa)) + " " + std::to_string(n) + ":" + std::to_string(t.m) + " K=" +
+                           std::to_string(t.K) + " group=" + std::to_string(t.group) + " M=" + std::to_string(M));
       }
     }
   }

@@ -12,9 +12,9 @@
 
 namespace slmops::cuda {
 
-bool compiled();                  // this build has CUDA kernels
-int device_count();               // GPUs visible now; 0 without CUDA or without a GPU
-std::string architectures();      // CMAKE_CUDA_ARCHITECTURES of the build, "" without CUDA
+bool compiled();              // this build has CUDA kernels
+int device_count();           // GPUs visible now; 0 without CUDA or without a GPU
+std::string architectures();  // CMAKE_CUDA_ARCHITECTURES of the build, "" without CUDA
 
 // Dequantizes src (device pointers, layout of quant_layout) into dst [rows, K] on the
 // GPU, enqueued on `stream` (a cudaStream_t; nullptr = legacy default stream).

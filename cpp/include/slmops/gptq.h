@@ -63,9 +63,8 @@ struct SparsePattern {
 // 1 kept, 0 pruned. With grid (joint quantization) the kept weights are also quantized as
 // gptq_quantize does with contiguous groups (scales/zeros [N, groups] and codes [N, K]
 // out; a pruned weight gets the zero code, value 0); without it those may be null.
-void sparsegpt_prune(float* W, int64_t N, int64_t K, const float* U, const SparsePattern& pattern,
-                     const GptqGrid* grid, float* scales, uint8_t* zeros, uint8_t* codes, uint8_t* mask,
-                     int64_t block = 128);
+void sparsegpt_prune(float* W, int64_t N, int64_t K, const float* U, const SparsePattern& pattern, const GptqGrid* grid,
+                     float* scales, uint8_t* zeros, uint8_t* codes, uint8_t* mask, int64_t block = 128);
 
 namespace ref {
 void hessian_accumulate(float* H, const float* X, int64_t n, int64_t K, int64_t ldx);
@@ -74,8 +73,8 @@ void cholesky_inverse_upper(float* H, int64_t K);
 void gptq_quantize(float* W, int64_t N, int64_t K, const float* U, const GptqGrid& grid, const int32_t* col_group,
                    float* scales, uint8_t* zeros, uint8_t* codes);
 // Column by column, the mask chosen at the same points as the blocked loop (block 128).
-void sparsegpt_prune(float* W, int64_t N, int64_t K, const float* U, const SparsePattern& pattern,
-                     const GptqGrid* grid, float* scales, uint8_t* zeros, uint8_t* codes, uint8_t* mask);
+void sparsegpt_prune(float* W, int64_t N, int64_t K, const float* U, const SparsePattern& pattern, const GptqGrid* grid,
+                     float* scales, uint8_t* zeros, uint8_t* codes, uint8_t* mask);
 }  // namespace ref
 
 }  // namespace slmops

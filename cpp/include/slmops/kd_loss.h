@@ -89,8 +89,8 @@ int64_t fused_kd_chunk_rows(int64_t rows, int64_t vocab);
 
 namespace ref {
 // Scalar, double-precision oracle of kd_loss_fwd_bwd (fp32 student/teacher, fp32 grad).
-void kd_loss_fwd_bwd(const KdOptions& opt, const float* student, int64_t rows, int64_t vocab,
-                     const KdTeacher& teacher, const int64_t* labels, float grad_scale, float* loss_rows, float* grad);
+void kd_loss_fwd_bwd(const KdOptions& opt, const float* student, int64_t rows, int64_t vocab, const KdTeacher& teacher,
+                     const int64_t* labels, float grad_scale, float* loss_rows, float* grad);
 }  // namespace ref
 
 }  // namespace slmops

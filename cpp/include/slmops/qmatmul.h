@@ -55,9 +55,9 @@ struct PackedWeight {
   int64_t N = 0, K = 0;
   PackedKind kind = PackedKind::kDequantize;
   NibbleOrder order = NibbleOrder::kLowFirst;
-  int64_t group = 0;        // elements per scale (K for one scale per row)
-  int64_t row_bytes = 0;    // code bytes per row
-  int64_t row_groups = 0;   // scales (and offsets) per row
+  int64_t group = 0;       // elements per scale (K for one scale per row)
+  int64_t row_bytes = 0;   // code bytes per row
+  int64_t row_groups = 0;  // scales (and offsets) per row
   const uint8_t* codes = nullptr;
   const float* scales = nullptr;   // [N, row_groups]; ternary: one
   const float* offsets = nullptr;  // [N, row_groups] for kNibbleAffine
@@ -105,9 +105,8 @@ PackedWeight pack_weight(const QuantSpec& spec, ConstQuantStorage src, int64_t N
 // y [M, N] of y_dtype = x [M, K] of x_dtype @ W^T + bias (bias: N floats or nullptr).
 // A row of x holding NaN or Inf gives an all-NaN row of y on every path (activation mode,
 // ISA, oneDNN): the int8 modes cannot code it, and must not hide it in a finite row.
-void qmatmul(const PackedWeight& w, const void* x, DType x_dtype, int64_t M, const float* bias, void* y,
-             DType y_dtype, QMatmulActivation act, CpuIsa isa = CpuIsa::kAuto,
-             QMatmulBackend backend = QMatmulBackend::kAuto);
+void qmatmul(const PackedWeight& w, const void* x, DType x_dtype, int64_t M, const float* bias, void* y, DType y_dtype,
+             QMatmulActivation act, CpuIsa isa = CpuIsa::kAuto, QMatmulBackend backend = QMatmulBackend::kAuto);
 
 // The machine's read bandwidth in GB/s, the ceiling of a memory-bound GEMV: the best of
 // `repeats` parallel passes summing a buffer of `bytes` (make it several times the

@@ -20,11 +20,11 @@
 namespace slmops {
 
 enum class QuantFormat : int {
-  kInt8 = 0,   // int8, symmetric, one scale per row or per group along K
-  kInt4,       // uint4 group-wise along K in the ONNX Runtime MatMulNBits layout
-  kNF4,        // QLoRA NormalFloat4 codebook, absmax per block (bitsandbytes nibble order)
-  kTernary,    // BitNet b1.58: {-1, 0, +1} times one absmean scale per tensor, 2 bits each
-  kQ4_0,       // GGUF/ggml block formats, byte layout identical to ggml
+  kInt8 = 0,  // int8, symmetric, one scale per row or per group along K
+  kInt4,      // uint4 group-wise along K in the ONNX Runtime MatMulNBits layout
+  kNF4,       // QLoRA NormalFloat4 codebook, absmax per block (bitsandbytes nibble order)
+  kTernary,   // BitNet b1.58: {-1, 0, +1} times one absmean scale per tensor, 2 bits each
+  kQ4_0,      // GGUF/ggml block formats, byte layout identical to ggml
   kQ8_0,
   kQ4_K,
   kQ6_K,
@@ -55,8 +55,8 @@ struct QuantSpec {
 };
 
 struct QuantLayout {
-  int64_t group_size;                // effective group/block size along K (0 = whole row)
-  int64_t groups_per_row;            // ceil(K / group_size), 1 for whole-row int8
+  int64_t group_size;      // effective group/block size along K (0 = whole row)
+  int64_t groups_per_row;  // ceil(K / group_size), 1 for whole-row int8
   int64_t data_bytes_per_row;
   int64_t scales_per_row;            // floats per row; 0 for GGUF and ternary
   int64_t zero_point_bytes_per_row;  // 0 unless int4 asymmetric
@@ -80,12 +80,12 @@ struct ConstQuantStorage {
 
 // Quantizes src [rows, K] (C-contiguous, finite values) into dst, whose buffers are
 // sized by quant_layout. `isa` picks the kernel set; kAuto uses the dispatcher's choice.
-void quantize(const QuantSpec& spec, const void* src, DType src_dtype, int64_t rows, int64_t K,
-              QuantStorage dst, CpuIsa isa = CpuIsa::kAuto);
+void quantize(const QuantSpec& spec, const void* src, DType src_dtype, int64_t rows, int64_t K, QuantStorage dst,
+              CpuIsa isa = CpuIsa::kAuto);
 
 // Dequantizes src into dst [rows, K] of dst_dtype.
-void dequantize(const QuantSpec& spec, ConstQuantStorage src, int64_t rows, int64_t K, void* dst,
-                DType dst_dtype, CpuIsa isa = CpuIsa::kAuto);
+void dequantize(const QuantSpec& spec, ConstQuantStorage src, int64_t rows, int64_t K, void* dst, DType dst_dtype,
+                CpuIsa isa = CpuIsa::kAuto);
 
 // Index of the first non-finite value of src [n], or -1. Used by callers that must
 // reject NaN/Inf before quantizing (the kernels assume finite input).
@@ -95,10 +95,8 @@ int64_t find_non_finite(const void* src, DType dtype, int64_t n);
 // The fp32 per-block absmax values (n of them) are stored as int8 codes in blocks of
 // kNF4DoubleQuantBlock around their mean: a = offset + code * block_scale.
 constexpr int64_t kNF4DoubleQuantBlock = 256;
-void double_quantize_scales(const float* src, int64_t n, int8_t* codes, float* block_scales,
-                            float* offset);
-void double_dequantize_scales(const int8_t* codes, const float* block_scales, float offset,
-                              int64_t n, float* dst);
+void double_quantize_scales(const float* src, int64_t n, int8_t* codes, float* block_scales, float* offset);
+void double_dequantize_scales(const int8_t* codes, const float* block_scales, float offset, int64_t n, float* dst);
 
 // The 16 NF4 code values (QLoRA, Dettmers et al. 2023), index 0..15.
 extern const float kNF4Codebook[16];

@@ -33,10 +33,10 @@ struct NMSparseWeight {
   // kInt4: codes [N, groups * group / 2] (rows padded to whole groups, as MatMulNBits
   // pads them), value 2i in the low nibble of byte i, w = s*q + o.
   const void* values = nullptr;
-  const float* scales = nullptr;  // int8/int4: [N, groups]
-  std::vector<float> offsets;     // int4 with zero points: [N, groups], o = -zero_point * s;
-                                  // empty when symmetric (zero point 8: w = s * (q - 8))
-  int64_t group = 0;              // int8/int4: kept values per scale
+  const float* scales = nullptr;     // int8/int4: [N, groups]
+  std::vector<float> offsets;        // int4 with zero points: [N, groups], o = -zero_point * s;
+                                     // empty when symmetric (zero point 8: w = s * (q - 8))
+  int64_t group = 0;                 // int8/int4: kept values per scale
   const uint8_t* indices = nullptr;  // [N, index_row_bytes()]
 
   int64_t kept() const { return K / m * n; }  // kept values per row
@@ -57,8 +57,7 @@ NMSparseWeight nm_layout(int64_t N, int64_t K, int n, int m, SparseValueType typ
 // symmetric, zero point 8, and no offsets: the kernels then read a quarter fewer bytes of
 // scales per weight). Throws std::invalid_argument with the reason.
 NMSparseWeight make_nm_weight(int64_t N, int64_t K, int n, int m, SparseValueType type, const void* values,
-                              const float* scales, const uint8_t* zero_points, int64_t group,
-                              const uint8_t* indices);
+                              const float* scales, const uint8_t* zero_points, int64_t group, const uint8_t* indices);
 
 struct CsrWeight {
   int64_t N = 0, K = 0;
@@ -91,7 +90,6 @@ enum class SpmmActivation : int { kFloat = 0, kInt8 = 1 };
 constexpr int64_t kSpmmGemmRows = 8;
 void spmm_nm(const NMSparseWeight& w, const float* x, int64_t M, const float* bias, float* y,
              CpuIsa isa = CpuIsa::kAuto, SpmmActivation act = SpmmActivation::kFloat);
-void spmm_csr(const CsrWeight& w, const float* x, int64_t M, const float* bias, float* y,
-              CpuIsa isa = CpuIsa::kAuto);
+void spmm_csr(const CsrWeight& w, const float* x, int64_t M, const float* bias, float* y, CpuIsa isa = CpuIsa::kAuto);
 
 }  // namespace slmops

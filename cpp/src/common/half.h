@@ -25,7 +25,7 @@ static inline float bf16_to_f32(uint16_t h) { return bits_to_f32(uint32_t(h) << 
 static inline uint16_t f32_to_bf16(float f) {
   uint32_t u = f32_to_bits(f);
   if ((u & 0x7fffffffu) > 0x7f800000u) return uint16_t((u >> 16) | 0x40);  // quiet NaN
-  u += 0x7fffu + ((u >> 16) & 1u);                                          // nearest even
+  u += 0x7fffu + ((u >> 16) & 1u);                                         // nearest even
   return uint16_t(u >> 16);
 }
 
@@ -47,7 +47,7 @@ static inline uint16_t f32_to_f16(float f) {
   const uint32_t u = f32_to_bits(f);
   const uint16_t sign = uint16_t((u >> 16) & 0x8000u);
   const uint32_t abs = u & 0x7fffffffu;
-  if (abs > 0x7f800000u) return uint16_t(sign | 0x7e00u);  // nan
+  if (abs > 0x7f800000u) return uint16_t(sign | 0x7e00u);   // nan
   if (abs >= 0x477ff000u) return uint16_t(sign | 0x7c00u);  // rounds to inf (>= 65520)
   if (abs < 0x38800000u) {
     // Result is subnormal or zero: value / 2^-24 rounded to nearest even. The float

@@ -8,10 +8,9 @@
 
 namespace slmops {
 
-const float kNF4Codebook[16] = {
-    cpu::kNF4[0],  cpu::kNF4[1],  cpu::kNF4[2],  cpu::kNF4[3],  cpu::kNF4[4],  cpu::kNF4[5],
-    cpu::kNF4[6],  cpu::kNF4[7],  cpu::kNF4[8],  cpu::kNF4[9],  cpu::kNF4[10], cpu::kNF4[11],
-    cpu::kNF4[12], cpu::kNF4[13], cpu::kNF4[14], cpu::kNF4[15]};
+const float kNF4Codebook[16] = {cpu::kNF4[0],  cpu::kNF4[1],  cpu::kNF4[2],  cpu::kNF4[3], cpu::kNF4[4],  cpu::kNF4[5],
+                                cpu::kNF4[6],  cpu::kNF4[7],  cpu::kNF4[8],  cpu::kNF4[9], cpu::kNF4[10], cpu::kNF4[11],
+                                cpu::kNF4[12], cpu::kNF4[13], cpu::kNF4[14], cpu::kNF4[15]};
 
 namespace {
 
@@ -47,8 +46,7 @@ const QuantFormatInfo& quant_format_info(QuantFormat f) {
 QuantFormat quant_format_from_name(const std::string& name) {
   for (const auto& f : kFormats)
     if (name == f.name) return f.format;
-  throw std::invalid_argument("unknown quantization format '" + name + "'; expected one of " +
-                              format_names());
+  throw std::invalid_argument("unknown quantization format '" + name + "'; expected one of " + format_names());
 }
 
 QuantLayout quant_layout(const QuantSpec& spec, int64_t K) {
@@ -85,8 +83,9 @@ QuantLayout quant_layout(const QuantSpec& spec, int64_t K) {
         throw std::invalid_argument(fmt + ": group_size must be a power of two >= 16, got " +
                                     std::to_string(L.group_size));
       if (K % L.group_size != 0)
-        throw std::invalid_argument(fmt + ": K (in_features) = " + std::to_string(K) + " is not a multiple of group_size " +
-                                    std::to_string(L.group_size) + "; choose a group_size that divides K");
+        throw std::invalid_argument(fmt + ": K (in_features) = " + std::to_string(K) +
+                                    " is not a multiple of group_size " + std::to_string(L.group_size) +
+                                    "; choose a group_size that divides K");
       L.groups_per_row = K / L.group_size;
       L.data_bytes_per_row = K / 2;
       L.scales_per_row = L.groups_per_row;

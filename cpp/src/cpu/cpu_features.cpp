@@ -111,7 +111,8 @@ CpuIsa resolve_cpu_isa(CpuIsa isa) {
   for (CpuIsa a : available_cpu_isas())
     if (a == isa) return isa;
   throw std::invalid_argument(std::string("CPU ISA '") + cpu_isa_name(isa) +
-                              "' is not available on this machine (detected: " + cpu_isa_name(detected_cpu_isa()) + ")");
+                              "' is not available on this machine (detected: " + cpu_isa_name(detected_cpu_isa()) +
+                              ")");
 }
 
 }  // namespace slmops

@@ -84,7 +84,8 @@ void cholesky_inverse_upper(float* H, int64_t K) {
         }
     });
     const int64_t m = K - k1;
-    if (m > 0) sgemm(false, true, m, m, k1 - k0, -1.0f, &A[k1 * K + k0], K, &A[k1 * K + k0], K, 1.0f, &A[k1 * K + k1], K);
+    if (m > 0)
+      sgemm(false, true, m, m, k1 - k0, -1.0f, &A[k1 * K + k0], K, &A[k1 * K + k0], K, 1.0f, &A[k1 * K + k1], K);
   }
 
   // X = L^-1 by block rows: X[I,I] directly, X[I,:I] = -X[I,I] (L[I,:I] X[:I,:I]).
@@ -140,13 +141,13 @@ void gptq_quantize(float* W, int64_t N, int64_t K, const float* U, const GptqGri
   column_sweep(W, N, K, U, block, target, [](int64_t, int64_t) {});
 }
 
-void sparsegpt_prune(float* W, int64_t N, int64_t K, const float* U, const SparsePattern& pattern,
-                     const GptqGrid* grid, float* scales, uint8_t* zeros, uint8_t* codes, uint8_t* mask,
-                     int64_t block) {
+void sparsegpt_prune(float* W, int64_t N, int64_t K, const float* U, const SparsePattern& pattern, const GptqGrid* grid,
+                     float* scales, uint8_t* zeros, uint8_t* codes, uint8_t* mask, int64_t block) {
   check_dims(N, K, "sparsegpt_prune");
   check_pattern(pattern, K);
   const int64_t G = grid ? (grid->group_size > 0 ? grid->group_size : K) : 0;
-  if (grid && (grid->bits < 2 || grid->bits > 8)) throw std::invalid_argument("sparsegpt_prune: bits must be in [2, 8]");
+  if (grid && (grid->bits < 2 || grid->bits > 8))
+    throw std::invalid_argument("sparsegpt_prune: bits must be in [2, 8]");
   const int64_t n_groups = grid ? (K + G - 1) / G : 0;
   const int64_t M = pattern.m;
   const int64_t unit = std::lcm(grid ? G : 1, M > 0 ? M : 1);  // no group or n:m set straddles two blocks

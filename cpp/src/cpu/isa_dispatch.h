@@ -33,8 +33,7 @@ const Kernels& kernels_for_isa(CpuIsa isa, const IsaKernelSets<Kernels>& sets) {
     case CpuIsa::kAvx2:
       if (sets.avx2) return sets.avx2();
       break;
-    default:
-      break;
+    default: break;
   }
   return sets.ref();
 }
@@ -53,5 +52,4 @@ const Kernels& kernels_for_isa(CpuIsa isa, const IsaKernelSets<Kernels>& sets) {
 #else
 #define SLMOPS_CPU_AVX512_KERNELS(fn) nullptr
 #endif
-#define SLMOPS_CPU_ISA_KERNELS(fn) \
-  { &::slmops::cpu::ref::fn, SLMOPS_CPU_AVX2_KERNELS(fn), SLMOPS_CPU_AVX512_KERNELS(fn) }
+#define SLMOPS_CPU_ISA_KERNELS(fn) {&::slmops::cpu::ref::fn, SLMOPS_CPU_AVX2_KERNELS(fn), SLMOPS_CPU_AVX512_KERNELS(fn)}

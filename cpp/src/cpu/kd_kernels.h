@@ -28,8 +28,8 @@ struct KdKernels {
   // log(sum exp(s x[j])), stable (running max).
   float (*lse)(const float* x, int64_t n, float s);
   // Forward KL sum p (lp - lq); grad (if not null) = coef (q - p) [+ hard term].
-  float (*forward_kl)(const float* z, const float* t, int64_t n, float s, float ls, float lt, float coef,
-                      float hcoef, float lh, float* grad);
+  float (*forward_kl)(const float* z, const float* t, int64_t n, float s, float ls, float lt, float coef, float hcoef,
+                      float lh, float* grad);
   // Reverse KL sum q (lq - lp); stash (if not null) = lq - lp.
   float (*reverse_kl)(const float* z, const float* t, int64_t n, float s, float ls, float lt, float* stash);
   // Generalized JSD with lm = log(beta p + (1 - beta) q); stash (if not null) = lq - lm;
@@ -37,8 +37,8 @@ struct KdKernels {
   float (*jsd)(const float* z, const float* t, int64_t n, float s, float ls, float lt, float beta, float* stash,
                float* kl_qm);
   // grad = coef q (stash - c) [+ hard term]: the gradient of reverse KL and JSD.
-  void (*stash_grad)(const float* z, const float* stash, int64_t n, float s, float ls, float c, float coef,
-                     float hcoef, float lh, float* grad);
+  void (*stash_grad)(const float* z, const float* stash, int64_t n, float s, float ls, float c, float coef, float hcoef,
+                     float lh, float* grad);
   // grad = a q [+ hard term]: the dense part of the top-k gradient, and hard-label only.
   void (*softmax_grad)(const float* z, int64_t n, float s, float ls, float a, float hcoef, float lh, float* grad);
 };

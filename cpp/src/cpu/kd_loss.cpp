@@ -52,8 +52,8 @@ void check_topk_row(const int64_t* ids, const float* lv, int64_t k, int64_t voca
   sorted.assign(ids, ids + k);
   std::sort(sorted.begin(), sorted.end());
   if (sorted.front() < 0 || sorted.back() >= vocab)
-    fail("top-k teacher ids of row " + std::to_string(row) + " must be in [0, " + std::to_string(vocab) +
-         "), got " + std::to_string(sorted.front() < 0 ? sorted.front() : sorted.back()));
+    fail("top-k teacher ids of row " + std::to_string(row) + " must be in [0, " + std::to_string(vocab) + "), got " +
+         std::to_string(sorted.front() < 0 ? sorted.front() : sorted.back()));
   if (std::adjacent_find(sorted.begin(), sorted.end()) != sorted.end())
     fail("top-k teacher ids of row " + std::to_string(row) + " repeat an id");
   double mass = 0.0;
@@ -136,8 +136,8 @@ struct RowScratch {
 
 // One row's loss; grad (fp32, `vocab` entries, may be the same buffer as z) gets
 // grad_scale * d loss / d z when not null. n: the compared vocabulary (<= vocab).
-double kd_row(const cpu::KdKernels& kk, const KdOptions& opt, const float* z, int64_t vocab, int64_t n,
-              const float* t, const TopkRow* tk, int64_t label, float grad_scale, float* grad, RowScratch& sc) {
+double kd_row(const cpu::KdKernels& kk, const KdOptions& opt, const float* z, int64_t vocab, int64_t n, const float* t,
+              const TopkRow* tk, int64_t label, float grad_scale, float* grad, RowScratch& sc) {
   const float T = opt.temperature, s = 1.0f / T;
   const float hw = opt.hard_weight, sw = 1.0f - hw;
   const float f = opt.scale_t2 ? T * T : 1.0f;
@@ -189,8 +189,8 @@ double kd_row(const cpu::KdKernels& kk, const KdOptions& opt, const float* z, in
 // student logits as fp32 (buf is a vocab-sized scratch it may use); grad_row(r) the fp32
 // buffer for the row's gradient (or nullptr); finish(r) stores it.
 template <class StudentRow, class TeacherRow, class GradRow, class Finish>
-void rows_loop(const cpu::KdKernels& kk, const KdOptions& opt, int64_t r_begin, int64_t r_end, int64_t vocab,
-               int64_t n, const KdTeacher& teacher, const int64_t* labels, float grad_scale, float* loss_rows,
+void rows_loop(const cpu::KdKernels& kk, const KdOptions& opt, int64_t r_begin, int64_t r_end, int64_t vocab, int64_t n,
+               const KdTeacher& teacher, const int64_t* labels, float grad_scale, float* loss_rows,
                StudentRow student_row, TeacherRow teacher_row, GradRow grad_row, Finish finish) {
   parallel_for(r_end - r_begin, [&](int64_t i0, int64_t i1) {
     RowScratch sc;

@@ -14,8 +14,8 @@
 
 #include "common/half.h"
 #include "cpu/isa_dispatch.h"
-#include "cpu/quant_common.h"
 #include "cpu/qmatmul_kernels.h"
+#include "cpu/quant_common.h"
 #include "cpu/row_kernels.h"
 #include "onednn/onednn_matmul.h"
 #include "slmops/gemm.h"
@@ -81,7 +81,6 @@ void pack_q8_0(PackedWeight& p) {
 const cpu::QMatmulKernels& kernels_for(CpuIsa isa) {
   return cpu::kernels_for_isa<cpu::QMatmulKernels>(isa, SLMOPS_CPU_ISA_KERNELS(qmatmul_kernels));
 }
-
 
 // Rearranges 4-bit codes into the row panels described in qmatmul.h.
 void pack_panels(PackedWeight& p) {
@@ -182,7 +181,8 @@ PackedWeight pack_weight(const QuantSpec& spec, ConstQuantStorage src, int64_t N
       p.owned_offsets.resize(size_t(N * L.groups_per_row));
       for (int64_t n = 0; n < N; ++n)
         for (int64_t g = 0; g < L.groups_per_row; ++g) {
-          const int zp = spec.symmetric ? 8 : (src.zero_points[n * L.zero_point_bytes_per_row + g / 2] >> ((g & 1) * 4)) & 0xF;
+          const int zp =
+              spec.symmetric ? 8 : (src.zero_points[n * L.zero_point_bytes_per_row + g / 2] >> ((g & 1) * 4)) & 0xF;
           p.owned_offsets[size_t(n * L.groups_per_row + g)] = -float(zp) * src.scales[n * L.groups_per_row + g];
         }
       break;
@@ -270,12 +270,12 @@ void dequantize_gemm(const PackedWeight& w, const cpu::RowKernels& rows, const f
 
 }  // namespace
 
-void qmatmul(const PackedWeight& w, const void* x, DType x_dtype, int64_t M, const float* bias, void* y,
-             DType y_dtype, QMatmulActivation act, CpuIsa isa, QMatmulBackend backend) {
+void qmatmul(const PackedWeight& w, const void* x, DType x_dtype, int64_t M, const float* bias, void* y, DType y_dtype,
+             QMatmulActivation act, CpuIsa isa, QMatmulBackend backend) {
   if (M < 0) throw std::invalid_argument("M must be >= 0");
   const CpuIsa resolved = resolve_cpu_isa(isa);
-  const bool onednn_fits = act == QMatmulActivation::kInt8Row && w.kind == PackedKind::kInt8 && w.group == w.K &&
-                           onednn::available();
+  const bool onednn_fits =
+      act == QMatmulActivation::kInt8Row && w.kind == PackedKind::kInt8 && w.group == w.K && onednn::available();
   if (backend == QMatmulBackend::kOneDnn && !onednn_fits)
     throw std::invalid_argument(
         "backend 'onednn' needs activation 'int8_row', per-channel int8 weights (format 'int8' without group_size) "
@@ -302,7 +302,7 @@ void qmatmul(const PackedWeight& w, const void* x, DType x_dtype, int64_t M, con
     parallel_for(M, [&](int64_t m0, int64_t m1) {
       for (int64_t m = m0; m < m1; ++m)
         (x_dtype == DType::kF16 ? rows.f16_to_f32 : rows.bf16_to_f32)(static_cast<const uint16_t*>(x) + m * K, K,
-                                                                     &x32[size_t(m * K)]);
+                                                                      &x32[size_t(m * K)]);
     });
     xf = x32.data();
   }

@@ -20,8 +20,8 @@ struct TileArgs {
 using TileFn = void (*)(const TileArgs& a, int64_t n0, int64_t n1);
 
 struct QMatmulKernels {
-  TileFn float_act;  // every PackedKind
-  TileFn int8_act;   // every PackedKind; kinds without integer kernels use float_act on x
+  TileFn float_act;                               // every PackedKind
+  TileFn int8_act;                                // every PackedKind; kinds without integer kernels use float_act on x
   float (*sum_f32)(const float* src, int64_t n);  // the read-bandwidth probe's inner loop
 };
 

@@ -114,8 +114,7 @@ void quantize(const QuantSpec& spec, const void* src, DType src_dtype, int64_t r
     std::vector<float> buf(src_dtype == DType::kF32 ? 0 : size_t(K));
     for (int64_t r = r0; r < r1; ++r) {
       const float* x = row_as_f32(k, src, src_dtype, r, K, buf);
-      cpu::RowDst d{dst.data + r * L.data_bytes_per_row,
-                    L.tensor_scale ? nullptr : dst.scales + r * L.scales_per_row,
+      cpu::RowDst d{dst.data + r * L.data_bytes_per_row, L.tensor_scale ? nullptr : dst.scales + r * L.scales_per_row,
                     dst.zero_points + r * L.zero_point_bytes_per_row};
       fn(x, K, p, d);
       bad_scale[size_t(r)] = first_bad_scale(L, f16, info.block_bytes, d);

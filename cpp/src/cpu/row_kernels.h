@@ -12,9 +12,9 @@
 namespace slmops::cpu {
 
 struct RowParams {
-  int64_t group_size;    // effective group/block size along K (0 = whole row)
+  int64_t group_size;  // effective group/block size along K (0 = whole row)
   bool symmetric;
-  float tensor_scale;    // ternary: the per-tensor absmean scale, already clamped
+  float tensor_scale;  // ternary: the per-tensor absmean scale, already clamped
 };
 
 struct RowDst {

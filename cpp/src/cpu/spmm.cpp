@@ -4,8 +4,8 @@
 #include "slmops/spmm.h"
 
 #include <algorithm>
-#include <cstring>
 #include <cstdlib>
+#include <cstring>
 #include <iterator>
 #include <memory>
 #include <new>
@@ -106,8 +106,7 @@ void spmm_transposed(int64_t N, int64_t K, const float* x, int64_t M, const floa
           decode(n0, n1, k0, k1, *panel);
           for (int64_t cb = 0; cb * kColsPerBlock < k1 - k0; ++cb)
             for (int64_t r = 0; r < n1 - n0; ++r)
-              kernels.accumulate(panel->v[r][cb], panel->c[r][cb], panel->count[r][cb], xT, S, S,
-                                 &acc[size_t(r * S)]);
+              kernels.accumulate(panel->v[r][cb], panel->c[r][cb], panel->count[r][cb], xT, S, S, &acc[size_t(r * S)]);
         }
         for (int64_t m = 0; m < rows; ++m)
           for (int64_t n = n0; n < n1; ++n)
@@ -153,7 +152,7 @@ Int8Activations quantize_activations(const float* x, int64_t M, int64_t K, CpuIs
     for (int64_t m = m0; m < m1; ++m) {
       if (!bad_rows.empty() && bad_rows[size_t(m)]) continue;  // stays zero; its y row is NaN
       rows.quantize[int(QuantFormat::kInt8)](x + m * K, K, cpu::RowParams{kBlock, true, 0.0f},
-                                              {reinterpret_cast<uint8_t*>(q.data()), s.data(), nullptr});
+                                             {reinterpret_cast<uint8_t*>(q.data()), s.data(), nullptr});
       if (xhat)
         for (int64_t k = 0; k < K; ++k) a.xhat[size_t(m * K + k)] = float(q[size_t(k)]) * s[size_t(k / kBlock)];
       if (!windows) continue;
@@ -207,8 +206,7 @@ NMSparseWeight nm_layout(int64_t N, int64_t K, int n, int m, SparseValueType typ
 }
 
 NMSparseWeight make_nm_weight(int64_t N, int64_t K, int n, int m, SparseValueType type, const void* values,
-                              const float* scales, const uint8_t* zero_points, int64_t group,
-                              const uint8_t* indices) {
+                              const float* scales, const uint8_t* zero_points, int64_t group, const uint8_t* indices) {
   NMSparseWeight w = nm_layout(N, K, n, m, type, group);
   w.values = values;
   w.indices = indices;
@@ -237,9 +235,9 @@ void validate_csr(const CsrWeight& w) {
   // inside the [nnz] column and value buffers, and may the column pass read them.
   for (int64_t n = 0; n < w.N; ++n)
     if (w.row_ptr[n + 1] < w.row_ptr[n])
-      invalid("row_ptr must not decrease: row_ptr[" + std::to_string(n + 1) + "] = " +
-              std::to_string(w.row_ptr[n + 1]) + " < row_ptr[" + std::to_string(n) + "] = " +
-              std::to_string(w.row_ptr[n]));
+      invalid("row_ptr must not decrease: row_ptr[" + std::to_string(n + 1) +
+              "] = " + std::to_string(w.row_ptr[n + 1]) + " < row_ptr[" + std::to_string(n) +
+              "] = " + std::to_string(w.row_ptr[n]));
   for (int64_t n = 0; n < w.N; ++n) {
     const int64_t begin = w.row_ptr[n], end = w.row_ptr[n + 1];
     for (int64_t i = begin; i < end; ++i) {
@@ -301,7 +299,10 @@ void spmm_csr_paths(const CsrWeight& w, const float* x, int64_t M, const float* 
                     auto first_at_or_after = [&](int64_t k, int64_t a, int64_t b) {
                       while (a < b) {
                         const int64_t mid = (a + b) / 2;
-                        if (cpu::csr_column(w, mid) < k) a = mid + 1; else b = mid;
+                        if (cpu::csr_column(w, mid) < k)
+                          a = mid + 1;
+                        else
+                          b = mid;
                       }
                       return a;
                     };

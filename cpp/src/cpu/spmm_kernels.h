@@ -15,9 +15,9 @@ namespace slmops::cpu {
 // the columns of the 8 kept values in its half lane), 16 lane scales per window (lane l of
 // a 64-kept step covers columns 8l..8l+7, in activation block l / 4), and x^ for row tails.
 struct SpmmInt8Rows {
-  const int8_t* windows;      // [M, windows_per_row, 128]
-  const float* lane_scales;   // [M, windows_per_row, 16]
-  const float* xhat;          // [M, K] the dequantized activations; null when rows end on a step
+  const int8_t* windows;     // [M, windows_per_row, 128]
+  const float* lane_scales;  // [M, windows_per_row, 16]
+  const float* xhat;         // [M, K] the dequantized activations; null when rows end on a step
   int64_t windows_per_row;
 };
 
@@ -37,12 +37,12 @@ struct SpmmKernels {
   // The kept weights of rows [n0, n1) in columns [k0, k1) (k0 a multiple of 32 * m / n = 64,
   // k1 of m) as fp32 values and their columns, in order: row n's (k1 - k0) * n / m of them
   // at vals/cols + (n - n0) * stride.
-  void (*nm_decode)(const NMSparseWeight& w, int64_t n0, int64_t n1, int64_t k0, int64_t k1, float* vals,
-                    int32_t* cols, int64_t stride);
+  void (*nm_decode)(const NMSparseWeight& w, int64_t n0, int64_t n1, int64_t k0, int64_t k1, float* vals, int32_t* cols,
+                    int64_t stride);
   // acc[0, width) += sum_j vals[j] * xT[cols[j] * ld + (0, width)]; width a multiple of 16.
   // The inner loop of the many-rows path: x transposed, each kept weight broadcast.
-  void (*accumulate)(const float* vals, const int32_t* cols, int64_t count, const float* xT, int64_t ld,
-                     int64_t width, float* acc);
+  void (*accumulate)(const float* vals, const int32_t* cols, int64_t count, const float* xT, int64_t ld, int64_t width,
+                     float* acc);
   // nm_rows with int8 activations (spmm_int8_kernel_takes(w)); nullptr where the ISA has none.
   NmRowsInt8Fn nm_rows_int8;
 };

@@ -18,9 +18,10 @@ namespace slmops::cuda {
 
 #if defined(__CUDACC__)
 // Device copy of the NF4 codebook, from the same host constants (one per translation unit).
-static __constant__ float kNF4Dev[16] = {
-    cpu::kNF4[0], cpu::kNF4[1], cpu::kNF4[2],  cpu::kNF4[3],  cpu::kNF4[4],  cpu::kNF4[5],  cpu::kNF4[6],  cpu::kNF4[7],
-    cpu::kNF4[8], cpu::kNF4[9], cpu::kNF4[10], cpu::kNF4[11], cpu::kNF4[12], cpu::kNF4[13], cpu::kNF4[14], cpu::kNF4[15]};
+static __constant__ float kNF4Dev[16] = {cpu::kNF4[0],  cpu::kNF4[1],  cpu::kNF4[2],  cpu::kNF4[3],
+                                         cpu::kNF4[4],  cpu::kNF4[5],  cpu::kNF4[6],  cpu::kNF4[7],
+                                         cpu::kNF4[8],  cpu::kNF4[9],  cpu::kNF4[10], cpu::kNF4[11],
+                                         cpu::kNF4[12], cpu::kNF4[13], cpu::kNF4[14], cpu::kNF4[15]};
 #endif
 
 SLMOPS_HD float nf4_value(int code) {
@@ -42,8 +43,7 @@ struct QuantRows {
   bool symmetric;
 };
 
-inline QuantRows quant_rows(const QuantSpec& spec, const QuantLayout& L, ConstQuantStorage s, int64_t rows,
-                            int64_t K) {
+inline QuantRows quant_rows(const QuantSpec& spec, const QuantLayout& L, ConstQuantStorage s, int64_t rows, int64_t K) {
   return QuantRows{s.data,
                    s.scales,
                    s.zero_points,

@@ -119,7 +119,8 @@ void validate(const KdOptions& o, int64_t rows, int64_t vocab, const CudaKdTeach
   if (!(o.hard_weight >= 0.0f && o.hard_weight <= 1.0f)) fail("hard_weight must be in [0, 1]");
   if (o.hard_weight > 0.0f && !labels) fail("hard_weight > 0 needs labels");
   const int forms = (t.logits != nullptr) + (t.hidden != nullptr);
-  if (forms == 0 && o.hard_weight != 1.0f) fail("without a teacher the loss is cross entropy only: hard_weight must be 1");
+  if (forms == 0 && o.hard_weight != 1.0f)
+    fail("without a teacher the loss is cross entropy only: hard_weight must be 1");
   if (forms > 1) fail("the teacher must be given as logits or as hidden states, not both");
   if (forms && t.vocab <= 0) fail("teacher vocab must be > 0");
   if (t.hidden && (!t.head || t.hidden_size <= 0)) fail("teacher hidden states need head [vocab, hidden_size]");

@@ -6,13 +6,15 @@
 namespace slmops::cuda {
 namespace {
 
-bool fused_format(QuantFormat f) { return f == QuantFormat::kInt4 || f == QuantFormat::kNF4 || f == QuantFormat::kInt8; }
+bool fused_format(QuantFormat f) {
+  return f == QuantFormat::kInt4 || f == QuantFormat::kNF4 || f == QuantFormat::kInt8;
+}
 
 }  // namespace
 
 bool tensor_core_supported(const QuantSpec& spec, DType dtype, int compute_capability) {
-  return fused_format(spec.format) && ((dtype == DType::kF16 && compute_capability >= 70) ||
-                                       (dtype == DType::kBF16 && compute_capability >= 80));
+  return fused_format(spec.format) &&
+         ((dtype == DType::kF16 && compute_capability >= 70) || (dtype == DType::kBF16 && compute_capability >= 80));
 }
 
 CudaQMatmulPath choose_qmatmul_path(const QuantSpec& spec, DType dtype, int64_t M, int compute_capability) {

@@ -127,7 +127,8 @@ void launch_typed(const QuantRows& w, const T* x, int64_t M, const float* bias, 
   check(cudaMemsetAsync(partial.get(), 0, size_t(M * N) * sizeof(float), stream), "cudaMemsetAsync");
   qgemm_kernel<F, T><<<grid, kThreads, 0, stream>>>(w, x, M, bias, y, partial.as<float>(), k_per_split);
   check_launch("qgemm kernel launch");
-  finish_split_kernel<T><<<elementwise_blocks(M * N), kElementwiseThreads, 0, stream>>>(partial.as<float>(), bias, M, N, y);
+  finish_split_kernel<T>
+      <<<elementwise_blocks(M * N), kElementwiseThreads, 0, stream>>>(partial.as<float>(), bias, M, N, y);
   check_launch("qgemm split-K finish launch");
 }
 

@@ -52,7 +52,7 @@ void launch(const QuantRows& w, const void* x, DType dtype, int64_t M, const flo
   with_dtype(dtype, [&](auto* tag) {
     using T = std::remove_pointer_t<decltype(tag)>;
     qgemv_kernel<FF, F, T><<<blocks, 32 * kWarpsPerBlock, 0, stream>>>(w, static_cast<const T*>(x), int(M), bias,
-                                                                         static_cast<T*>(y), vec);
+                                                                       static_cast<T*>(y), vec);
   });
   check_launch("qgemv kernel launch");
 }

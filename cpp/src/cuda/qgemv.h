@@ -35,29 +35,29 @@ SLMOPS_HD void gemv_lane_vector(const QuantRows& w, int64_t n, int M, const X& x
   const int64_t chunks = w.data_bytes_per_row / 16;
   for (int64_t c = lane; c < chunks; c += lanes) {
     const hd::Bytes16 b = hd::load16(row + 16 * c);
-SLMOPS_UNROLL
+    SLMOPS_UNROLL
     for (int h = 0; h < 2; ++h) {
       const int64_t k0 = (2 * c + h) * kPerHalf;
       if (k0 >= w.K) break;  // int4 rows end in a zero-padded group
       const int64_t g = k0 / w.group_size;
       float v[kPerHalf];
       if constexpr (F == FusedFormat::kInt8) {
-SLMOPS_UNROLL
+        SLMOPS_UNROLL
         for (int i = 0; i < kPerHalf; ++i) v[i] = float(hd::sbyte(b.w[2 * h + i / 4], i % 4));
       } else if constexpr (F == FusedFormat::kInt4) {
         const int zero = int4_zero_point(w, n, g);
-SLMOPS_UNROLL
+        SLMOPS_UNROLL
         for (int i = 0; i < kPerHalf; ++i) v[i] = float(hd::nibble(b.w[2 * h + i / 8], i % 8, false) - zero);
       } else {
-SLMOPS_UNROLL
+        SLMOPS_UNROLL
         for (int i = 0; i < kPerHalf; ++i) v[i] = nf4_value(hd::nibble(b.w[2 * h + i / 8], i % 8, true));
       }
       const float s = sc[g];
-SLMOPS_UNROLL
+      SLMOPS_UNROLL
       for (int m = 0; m < kGemvMaxRows; ++m) {
         if (m >= M) break;
         float dot = 0.0f;
-SLMOPS_UNROLL
+        SLMOPS_UNROLL
         for (int i = 0; i < kPerHalf; ++i) dot += v[i] * x(m, k0 + i);
         acc[m] += dot * s;  // the group's scale once per half
       }

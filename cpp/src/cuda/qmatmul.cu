@@ -33,7 +33,8 @@ void dequantize_gemm(const QuantSpec& spec, ConstQuantStorage w, int64_t N, int6
   if (bias) {  // y starts as the broadcast bias and the GEMM adds onto it
     with_dtype(dtype, [&](auto* tag) {
       using T = std::remove_pointer_t<decltype(tag)>;
-      broadcast_bias_kernel<T><<<elementwise_blocks(M * N), kElementwiseThreads, 0, stream>>>(bias, M, N, static_cast<T*>(y));
+      broadcast_bias_kernel<T>
+          <<<elementwise_blocks(M * N), kElementwiseThreads, 0, stream>>>(bias, M, N, static_cast<T*>(y));
     });
     check_launch("bias broadcast launch");
     beta = 1.0f;
@@ -78,14 +79,14 @@ void qmatmul(const QuantSpec& spec, ConstQuantStorage w, int64_t N, int64_t K, c
       return;
     case CudaQMatmulPath::kTensorCore:
       if (!tensor_core_supported(spec, dtype, dev.compute_capability))
-        fail("the tensor-core path runs int4, nf4 and int8 weights with float16 activations (sm_70+) or bfloat16 "
-             "(sm_80+); this GPU is sm_" + std::to_string(dev.compute_capability));
+        fail(
+            "the tensor-core path runs int4, nf4 and int8 weights with float16 activations (sm_70+) or bfloat16 "
+            "(sm_80+); this GPU is sm_" +
+            std::to_string(dev.compute_capability));
       launch_qgemm(spec.format, rows, x, dtype, M, bias, y, tensor_core_split_k(M, N, K, dev.sm_count), stream);
       return;
     case CudaQMatmulPath::kDequantizeGemm:
-    case CudaQMatmulPath::kAuto:
-      dequantize_gemm(spec, w, N, K, x, dtype, M, bias, y, stream);
-      return;
+    case CudaQMatmulPath::kAuto: dequantize_gemm(spec, w, N, K, x, dtype, M, bias, y, stream); return;
   }
 }
 

@@ -71,11 +71,11 @@ LtApi load_lt() {
                 "LD_LIBRARY_PATH";
     return api;
   }
-#define SLMOPS_LT_LOAD(f)                                                           \
-  api.f = reinterpret_cast<decltype(&::f)>(dlsym(lib, #f));                         \
-  if (!api.f) {                                                                     \
+#define SLMOPS_LT_LOAD(f)                                                              \
+  api.f = reinterpret_cast<decltype(&::f)>(dlsym(lib, #f));                            \
+  if (!api.f) {                                                                        \
     api.error = std::string(kLtLibrary) + " has no symbol " #f " (too old a version)"; \
-    return api;                                                                     \
+    return api;                                                                        \
   }
   SLMOPS_LT_FUNCTIONS(SLMOPS_LT_LOAD)
 #undef SLMOPS_LT_LOAD
@@ -181,8 +181,9 @@ void gemm(int64_t M, int64_t N, int64_t K, GemmOperand A, GemmOperand B, void* C
            "set workspace");
   cublasLtMatmulHeuristicResult_t algo{};
   int found = 0;
-  lt_check(api.cublasLtMatmulAlgoGetHeuristic(h, call.desc, call.a, call.b, call.c, call.c, call.pref, 1, &algo, &found),
-           "heuristic");
+  lt_check(
+      api.cublasLtMatmulAlgoGetHeuristic(h, call.desc, call.a, call.b, call.c, call.c, call.pref, 1, &algo, &found),
+      "heuristic");
   if (found == 0)
     throw std::runtime_error("cuBLASLt has no algorithm for this GEMM (M=" + std::to_string(M) + ", N=" +
                              std::to_string(N) + ", K=" + std::to_string(K) + "); int8 needs K a multiple of 4");
@@ -199,8 +200,9 @@ void gemm(int64_t M, int64_t N, int64_t K, GemmOperand A, GemmOperand B, void* C
 
 bool cublaslt_available(const char** why) {
   if (why)
-    *why = "slmops was built without the cuBLASLt header (cublasLt.h): install nvidia-cublas (pip) or the CUDA "
-           "toolkit's cuBLAS and rebuild";
+    *why =
+        "slmops was built without the cuBLASLt header (cublasLt.h): install nvidia-cublas (pip) or the CUDA "
+        "toolkit's cuBLAS and rebuild";
   return false;
 }
 

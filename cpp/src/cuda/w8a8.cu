@@ -64,13 +64,13 @@ void launch_w8a8(const QuantRows& w, const void* x, DType dtype, int64_t M, cons
       acc(size_t(M * N) * sizeof(int32_t), stream);
   with_dtype(dtype, [&](auto* tag) {
     using T = std::remove_pointer_t<decltype(tag)>;
-    quantize_rows_kernel<T><<<unsigned(M), kThreads, 0, stream>>>(static_cast<const T*>(x), K, xq.as<int8_t>(),
-                                                                  xs.as<float>());
+    quantize_rows_kernel<T>
+        <<<unsigned(M), kThreads, 0, stream>>>(static_cast<const T*>(x), K, xq.as<int8_t>(), xs.as<float>());
     check_launch("w8a8 activation quantization launch");
     gemm(M, N, K, {xq.get(), GemmType::kI8, K, false}, {w.data, GemmType::kI8, K, true}, acc.get(), GemmType::kI32, N,
          1.0f, 0.0f, stream);
-    dequantize_acc_kernel<T><<<elementwise_blocks(M * N), kElementwiseThreads, 0, stream>>>(acc.as<int32_t>(), xs.as<float>(), w.scales, bias,
-                                                                    M, N, static_cast<T*>(y));
+    dequantize_acc_kernel<T><<<elementwise_blocks(M * N), kElementwiseThreads, 0, stream>>>(
+        acc.as<int32_t>(), xs.as<float>(), w.scales, bias, M, N, static_cast<T*>(y));
     check_launch("w8a8 output scaling launch");
   });
 }

@@ -33,8 +33,7 @@ Context& context() {
 
 bool available() { return true; }
 
-void matmul_s8s8s32(const int8_t* src, int64_t M, int64_t K, int64_t lds, const int8_t* wei, int64_t N,
-                    int32_t* dst) {
+void matmul_s8s8s32(const int8_t* src, int64_t M, int64_t K, int64_t lds, const int8_t* wei, int64_t N, int32_t* dst) {
   Context& c = context();
   // The weight is used where it lies: [N, K] row-major is W^T as a [K, N] matrix with
   // strides (1, K); no reorder, so nothing is copied per call or kept per weight.
@@ -46,7 +45,8 @@ void matmul_s8s8s32(const int8_t* src, int64_t M, int64_t K, int64_t lds, const 
     std::lock_guard<std::mutex> lock(c.mutex);
     const auto key = std::make_tuple(M, N, K, lds);
     auto it = c.cache.find(key);
-    if (it == c.cache.end()) it = c.cache.emplace(key, dnnl::matmul::primitive_desc(c.engine, src_md, wei_md, dst_md)).first;
+    if (it == c.cache.end())
+      it = c.cache.emplace(key, dnnl::matmul::primitive_desc(c.engine, src_md, wei_md, dst_md)).first;
     pd = it->second;
   }
   try {

@@ -10,7 +10,6 @@ bool available();
 
 // dst [M, N] int32 = src [M, K] int8 (row stride lds) @ wei^T, wei [N, K] int8 row-major.
 // Exact integer products and sums. Primitives are cached by shape; thread-safe.
-void matmul_s8s8s32(const int8_t* src, int64_t M, int64_t K, int64_t lds, const int8_t* wei, int64_t N,
-                    int32_t* dst);
+void matmul_s8s8s32(const int8_t* src, int64_t M, int64_t K, int64_t lds, const int8_t* wei, int64_t N, int32_t* dst);
 
 }  // namespace slmops::onednn

@@ -69,8 +69,8 @@ inline __m512 lane_values(const float* p, int groups_per_step, const Int8Constan
   if (groups_per_step == 1) return _mm512_set1_ps(*p);
   // Two floats by _mm_loadl_epi64 (an unaligned 8-byte load), not _mm_load_sd: that one reads
   // through a double*, and p is only 4-byte aligned (UBSan: misaligned load).
-  const __m128 v = groups_per_step == 2 ? _mm_castsi128_ps(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)))
-                                        : _mm_loadu_ps(p);
+  const __m128 v =
+      groups_per_step == 2 ? _mm_castsi128_ps(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))) : _mm_loadu_ps(p);
   return _mm512_permutexvar_ps(c.group_lanes, _mm512_castps128_ps512(v));
 }
 
@@ -137,8 +137,8 @@ void int8_row_block(const NMSparseWeight& w, const NMRowStrides& rs, const Int8C
 }
 
 template <bool kSymmetric>
-void int8_rows(const NMSparseWeight& w, const Int8Constants& c, const SpmmInt8Rows& x, int64_t M, float* y,
-               int64_t n0, int64_t n1) {
+void int8_rows(const NMSparseWeight& w, const Int8Constants& c, const SpmmInt8Rows& x, int64_t M, float* y, int64_t n0,
+               int64_t n1) {
   const NMRowStrides rs(w);
   for (int64_t n = n0; n < n1; ++n) {
     int64_t m = 0;

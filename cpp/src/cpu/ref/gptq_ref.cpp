@@ -89,8 +89,8 @@ void gptq_quantize(float* W, int64_t N, int64_t K, const float* U, const GptqGri
   }
 }
 
-void sparsegpt_prune(float* W, int64_t N, int64_t K, const float* U, const SparsePattern& pattern,
-                     const GptqGrid* grid, float* scales, uint8_t* zeros, uint8_t* codes, uint8_t* mask) {
+void sparsegpt_prune(float* W, int64_t N, int64_t K, const float* U, const SparsePattern& pattern, const GptqGrid* grid,
+                     float* scales, uint8_t* zeros, uint8_t* codes, uint8_t* mask) {
   gptq_detail::check_pattern(pattern, K);
   const int64_t G = grid ? (grid->group_size > 0 ? grid->group_size : K) : 0;
   const int64_t n_groups = grid ? (K + G - 1) / G : 0;

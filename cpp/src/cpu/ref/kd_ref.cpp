@@ -68,8 +68,8 @@ void stash_grad(const float* z, const float* stash, int64_t n, float s, float ls
                 float lh, float* grad) {
   for (int64_t j = 0; j < n; ++j) {
     const float zj = z[j];
-    grad[j] = coef * std::exp(log_prob(zj, s, ls)) * (stash[j] - c) +
-              (hcoef != 0.0f ? hcoef * std::exp(zj - lh) : 0.0f);
+    grad[j] =
+        coef * std::exp(log_prob(zj, s, ls)) * (stash[j] - c) + (hcoef != 0.0f ? hcoef * std::exp(zj - lh) : 0.0f);
   }
 }
 
@@ -134,8 +134,8 @@ double divergence(const KdOptions& opt, const std::vector<double>& lp, const std
 
 }  // namespace
 
-void kd_loss_fwd_bwd(const KdOptions& opt, const float* student, int64_t rows, int64_t vocab,
-                     const KdTeacher& teacher, const int64_t* labels, float grad_scale, float* loss_rows, float* grad) {
+void kd_loss_fwd_bwd(const KdOptions& opt, const float* student, int64_t rows, int64_t vocab, const KdTeacher& teacher,
+                     const int64_t* labels, float grad_scale, float* loss_rows, float* grad) {
   const bool topk = teacher.topk_ids != nullptr;
   const int64_t n = topk ? vocab : std::min(vocab, teacher.vocab);
   const double T = opt.temperature, f = opt.scale_t2 ? T * T : 1.0;

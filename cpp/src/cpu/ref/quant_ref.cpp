@@ -125,8 +125,7 @@ void quantize_nf4(const float* src, int64_t K, const RowParams& p, RowDst dst) {
     const float m = absmax(x, B);
     const float inv = inv_or_zero(1.0f, m);
     uint8_t* out = dst.data + b * B / 2;
-    for (int64_t i = 0; i < B; i += 2)
-      out[i / 2] = uint8_t(nf4_code(x[i] * inv) << 4 | nf4_code(x[i + 1] * inv));
+    for (int64_t i = 0; i < B; i += 2) out[i / 2] = uint8_t(nf4_code(x[i] * inv) << 4 | nf4_code(x[i + 1] * inv));
     dst.scales[b] = m;
   }
 }

@@ -1,8 +1,6 @@
 // The vector vocabulary quant_simd.inc is written in, for AVX2 (8 fp32 lanes).
 // Included only by the AVX2 translation unit, inside namespace slmops::cpu::avx2.
 
-
-
 using VF = __m256;
 using VI = __m256i;
 constexpr int W = 8;
@@ -47,9 +45,10 @@ static inline VI addi(VI v, int c) { return _mm256_add_epi32(v, _mm256_set1_epi3
 static inline VF cvt_f32(VI v) { return _mm256_cvtepi32_ps(v); }
 // Stores the low byte of each lane.
 static inline void store_u8(uint8_t* p, VI v) {
-  const __m256i pick = _mm256_setr_epi8(0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
-                                        0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1);
-  const __m256i bytes = _mm256_permutevar8x32_epi32(_mm256_shuffle_epi8(v, pick), _mm256_setr_epi32(0, 4, 1, 1, 1, 1, 1, 1));
+  const __m256i pick = _mm256_setr_epi8(0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, 0, 4, 8, 12, -1,
+                                        -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1);
+  const __m256i bytes =
+      _mm256_permutevar8x32_epi32(_mm256_shuffle_epi8(v, pick), _mm256_setr_epi32(0, 4, 1, 1, 1, 1, 1, 1));
   _mm_storel_epi64(reinterpret_cast<__m128i*>(p), _mm256_castsi256_si128(bytes));
 }
 static inline VI load_u8(const uint8_t* p) {
@@ -98,9 +97,7 @@ static inline VI dot_u8s8(VI acc, VI u8, VI s8) {
   return _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(u8, s8), _mm256_set1_epi16(1)));
 }
 // Signed x signed: |a| against b with a's sign, so no product exceeds 127*127.
-static inline VI dot_s8s8(VI acc, VI a, VI b) {
-  return dot_u8s8(acc, _mm256_abs_epi8(a), _mm256_sign_epi8(b, a));
-}
+static inline VI dot_s8s8(VI acc, VI a, VI b) { return dot_u8s8(acc, _mm256_abs_epi8(a), _mm256_sign_epi8(b, a)); }
 // Lanes of int32 from W bytes (zero-extended).
 static inline VI expand_u8(const uint8_t* p) { return load_u8(p); }
 static inline VF permute_f(VF table8, VI idx) { return _mm256_permutevar8x32_ps(table8, idx); }
@@ -173,7 +170,8 @@ static inline VI load_nibbles(const uint8_t* p) {
   int32_t v;
   std::memcpy(&v, p, 4);
   const __m128i b = _mm_cvtsi32_si128(v);
-  const __m128i lo = _mm_and_si128(b, _mm_set1_epi8(0x0F)), hi = _mm_and_si128(_mm_srli_epi16(b, 4), _mm_set1_epi8(0x0F));
+  const __m128i lo = _mm_and_si128(b, _mm_set1_epi8(0x0F)),
+                hi = _mm_and_si128(_mm_srli_epi16(b, 4), _mm_set1_epi8(0x0F));
   return _mm256_cvtepu8_epi32(_mm_unpacklo_epi8(lo, hi));
 }
 static inline VI load_i16(const int16_t* p) {

@@ -1,8 +1,6 @@
 // The vector vocabulary quant_simd.inc is written in, for AVX-512 (16 fp32 lanes).
 // Included only by the AVX-512 translation unit, inside namespace slmops::cpu::avx512.
 
-
-
 using VF = __m512;
 using VI = __m512i;
 constexpr int W = 16;
@@ -24,9 +22,9 @@ static inline VI trunc_i32(VF x) { return _mm512_cvttps_epi32(x); }
 static inline VF round_away(VF x) {
   const VF t = _mm512_roundscale_ps(x, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
   const __mmask16 ge_half = _mm512_cmp_ps_mask(_mm512_abs_ps(_mm512_sub_ps(x, t)), _mm512_set1_ps(0.5f), _CMP_GE_OQ);
-  const VF one = _mm512_castsi512_ps(_mm512_or_si512(
-      _mm512_and_si512(_mm512_castps_si512(x), _mm512_set1_epi32(int(0x80000000u))),
-      _mm512_castps_si512(_mm512_set1_ps(1.0f))));
+  const VF one =
+      _mm512_castsi512_ps(_mm512_or_si512(_mm512_and_si512(_mm512_castps_si512(x), _mm512_set1_epi32(int(0x80000000u))),
+                                          _mm512_castps_si512(_mm512_set1_ps(1.0f))));
   return _mm512_mask_add_ps(t, ge_half, t, one);
 }
 static inline VI clampi(VI v, int lo, int hi) {
@@ -134,7 +132,8 @@ static inline VF load_bf16(const uint16_t* p) {
 // W 4-bit codes from W/2 bytes, element 2i in the low nibble of byte i.
 static inline VI load_nibbles(const uint8_t* p) {
   const __m128i b = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(p));
-  const __m128i lo = _mm_and_si128(b, _mm_set1_epi8(0x0F)), hi = _mm_and_si128(_mm_srli_epi16(b, 4), _mm_set1_epi8(0x0F));
+  const __m128i lo = _mm_and_si128(b, _mm_set1_epi8(0x0F)),
+                hi = _mm_and_si128(_mm_srli_epi16(b, 4), _mm_set1_epi8(0x0F));
   return _mm512_cvtepu8_epi32(_mm_unpacklo_epi8(lo, hi));
 }
 static inline VI load_i16(const int16_t* p) {
