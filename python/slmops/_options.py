@@ -3,10 +3,8 @@ derived from those models instead of being written again: the options of a workf
 (the fields of several models side by side) and command-line flags.
 
 A field is written once, in the layer that implements the algorithm, with its default,
-its constraint and its one-line description::
-
-    class CalibrationOptions(Options):
-        n_samples: int = Field(128, ge=1, description="calibration windows")
+its constraint and its one-line description (``Field(default, ge=..., description=...)``;
+see ``slmops.quantize.options.CalibrationOptions``).
 
 Lists of choices are ``choice(allowed)`` fields: checked with the lower layer's list (so a
 new format is accepted the day it lands) and offered as ``choices`` on the command line.
