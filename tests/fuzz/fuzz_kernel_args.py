@@ -61,14 +61,14 @@ CLEAN = (ValueError, TypeError, MemoryError)
 BAD = 0.2
 FORMATS = {f["name"]: f for f in _C.quant_formats()}
 FORMAT_NAMES = (list(FORMATS), ["int3", "", "Q4_0"])
-VALUE_TYPES = ["float32", "bfloat16", "int8", "int4"]
+VALUE_TYPES = list(_C.sparse_value_types())
 ISAS = (["auto", *_C.available_cpu_isas()], ["avx1024"])
 GROUP_SIZES: tuple[list[Any], list[Any]] = (
     [None, None, 16, 32, 64, 128, 256],
     [0, 1, 3, 2**31, 2**62, 2**63 - 1, -1, -32, -(2**63), True, 1.5, "32", np.int64(32), 2**64],
 )
 FLOAT_DTYPES = (["float32", "float16", "bfloat16"], ["float64", "int8", "uint8", "int64"])
-ACTIVATIONS = (["float", "int8", "int8_row"], ["int4", "INT8"])
+ACTIVATIONS = (list(_C.qmatmul_activations()), ["int4", "INT8"])
 
 
 class PolicyViolation(AssertionError):

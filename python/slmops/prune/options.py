@@ -13,7 +13,15 @@ from ..quantize.options import DEFAULT_SKIP, CalibrationOptions, HessianOptions
 METHODS = ("magnitude", "wanda", "sparsegpt")
 # of configs and the CLI (data-free); prune_model(method=) keeps its published default, wanda
 DEFAULT_METHOD = "magnitude"
-PATTERNS = ("unstructured", "2:4", "4:8")
+
+def _nm_patterns() -> tuple[str, ...]:
+    """The n:m layouts of the sparse kernels (the C++ table), without CSR (a storage, not a pattern)."""
+    from .. import _C
+
+    return tuple(p["name"] for p in _C.sparse_patterns() if p["m"])
+
+
+PATTERNS = ("unstructured", *_nm_patterns())
 JOINT_QUANTIZE_KEYS = ("bits", "group_size", "symmetric", "mse")  # SparseGPT's quantize= dict
 
 
