@@ -648,11 +648,11 @@ def _add_info_command(sub: argparse._SubParsersAction) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)  # before the imports below: --help loads no model library
     from safetensors import SafetensorError
 
     from .workflow import ConfigError
 
-    args = build_parser().parse_args(argv)
     try:
         return args.func(args)
     except ConfigError as e:

@@ -110,6 +110,25 @@ def test_ops_on_numpy_leave_torch_out():
     assert "torch" not in json.loads(_run(_OPS_ON_NUMPY).splitlines()[-1])
 
 
+_CLI_HELP = r"""
+import contextlib, io, json, sys
+from slmops.cli import main
+
+for argv in (["--help"], *([c, "--help"] for c in ("quantize", "prune", "distill", "finetune", "export"))):
+    with contextlib.redirect_stdout(io.StringIO()):
+        try:
+            main(argv)
+        except SystemExit as e:
+            assert e.code == 0, (argv, e.code)
+print(json.dumps(sorted(m for m in ("torch", "transformers", "peft", "onnx") if m in sys.modules)))
+"""
+
+
+def test_the_cli_help_loads_no_model_library():
+    # the flags come from the options models, which import no torch: --help answers at once
+    assert json.loads(_run(_CLI_HELP).splitlines()[-1]) == []
+
+
 # The root's names: each package keeps its name and its function; the root names the
 # function for what it does to a model.
 MODEL_FUNCTIONS = {
