@@ -14,6 +14,7 @@ METHODS = ("magnitude", "wanda", "sparsegpt")
 # of configs and the CLI (data-free); prune_model(method=) keeps its published default, wanda
 DEFAULT_METHOD = "magnitude"
 
+
 def _nm_patterns() -> tuple[str, ...]:
     """The n:m layouts of the sparse kernels (the C++ table), without CSR (a storage, not a pattern)."""
     from .. import _C
