@@ -33,6 +33,7 @@ from .bench import BENCHMARKS
 from .ops import FORMATS, quantize
 
 _FORMATTER = argparse.RawDescriptionHelpFormatter  # the examples in descriptions keep their lines
+MODEL_HELP = "zoo name, Hugging Face folder or GGUF file"
 SUPPRESS = argparse.SUPPRESS  # a flag not given stays out of the namespace: the options' default
 DEMO_CONFIG = Path(__file__).parent / "workflow" / "recipes" / "demo.yaml"
 
@@ -296,6 +297,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from . import zoo
     from .evaluate import evaluate
+    from .models import is_gguf_file
 
     model, tokenizer = zoo.load(args.model)
     data = None
@@ -311,7 +313,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         metrics=args.metrics,
         data=data,
         seq_len=args.seq_len,
-        model_dir=zoo.path(args.model),
+        model_dir=args.model if is_gguf_file(args.model) else zoo.path(args.model),
         output=args.json,
     )
     print(json.dumps(result, indent=2))
@@ -429,7 +431,7 @@ def _add_optimize_command(sub: argparse._SubParsersAction) -> None:
         "  slmops optimize --model kjv-teacher --precision int4 -o out\n"
         "  slmops optimize --model ./hf-folder --precision q4_k --data eval.txt -o out",
     )
-    p.add_argument("--model", "-m", required=True, help="zoo name or Hugging Face folder")
+    p.add_argument("--model", "-m", required=True, help=MODEL_HELP)
     p.add_argument("--precision", "-p", required=True, choices=sorted(PRECISIONS))
     p.add_argument(
         "--algorithm", choices=QUANTIZE_ALGORITHMS, default=SUPPRESS, help=f"(default: {DEFAULT_ALGORITHM})"
@@ -456,7 +458,7 @@ def _add_quantize_command(sub: argparse._SubParsersAction) -> None:
         "  slmops quantize --model ./hf-folder --format int4 --group-size 128 --asymmetric -o out\n"
         "  slmops quantize --model kjv-teacher --format int4 --algorithm gptq --act-order -o out-gptq",
     )
-    p.add_argument("--model", "-m", required=True, help="zoo name or Hugging Face folder")
+    p.add_argument("--model", "-m", required=True, help=MODEL_HELP)
     p.add_argument(
         "--algorithm", choices=QUANTIZE_ALGORITHMS, default=SUPPRESS, help=f"(default: {DEFAULT_ALGORITHM})"
     )
@@ -488,7 +490,7 @@ def _add_prune_command(sub: argparse._SubParsersAction) -> None:
         "  slmops prune --model kjv-teacher --method wanda --pattern 2:4 --sparse -o out-24\n"
         "  slmops prune -m ./hf-folder --method sparsegpt --pattern 2:4 --sparse --sparse-values int4 -o out",
     )
-    p.add_argument("--model", "-m", required=True, help="zoo name or Hugging Face folder")
+    p.add_argument("--model", "-m", required=True, help=MODEL_HELP)
     p.add_argument(
         "--method", choices=PRUNE_METHODS, default=SUPPRESS, help=f"(default: {DEFAULT_PRUNE_METHOD})"
     )
@@ -509,7 +511,9 @@ def _add_export_command(sub: argparse._SubParsersAction) -> None:
         "  slmops export -m out/model -t gguf -o gguf-out\n"
         "  slmops export -m kjv-teacher -t gguf --default-type q4_k --tensor-type token_embd.weight=q6_k",
     )
-    p.add_argument("--model", "-m", required=True, help="zoo name, Hugging Face folder or slmops checkpoint")
+    p.add_argument(
+        "--model", "-m", required=True, help="zoo name, Hugging Face folder, slmops checkpoint or GGUF file"
+    )
     p.add_argument("--target", "-t", required=True, choices=TARGETS)
     p.add_argument(
         "--tensor-type",
@@ -543,7 +547,9 @@ def _add_evaluate_command(sub: argparse._SubParsersAction) -> None:
         description="  slmops evaluate --model kjv-teacher\n"
         "  slmops evaluate --model out/model --metrics perplexity speed --json eval.json",
     )
-    p.add_argument("--model", "-m", required=True, help="zoo name, Hugging Face folder or slmops checkpoint")
+    p.add_argument(
+        "--model", "-m", required=True, help="zoo name, Hugging Face folder, slmops checkpoint or GGUF file"
+    )
     p.add_argument("--metrics", nargs="+", default=["perplexity"], choices=["perplexity", "speed", "memory"])
     p.add_argument("--data", default="eval_slice", help="a .txt or .jsonl file, kjv:<split>, or eval_slice")
     p.add_argument(
@@ -568,7 +574,7 @@ def _add_distill_command(sub: argparse._SubParsersAction) -> None:
         "      --logprobs-k 8 --offline -o out\n"
         "  torchrun --nproc-per-node 2 -m slmops.cli distill --teacher T --student S --data d.txt -o out",
     )
-    p.add_argument("--teacher", required=True, help="zoo name or Hugging Face folder")
+    p.add_argument("--teacher", required=True, help=MODEL_HELP)
     p.add_argument("--student", required=True, help="zoo name or HF folder (what is trained)")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--prompts", type=Path, help="JSONL of prompt or messages: run stage 1 first")
@@ -603,7 +609,7 @@ def _add_finetune_command(sub: argparse._SubParsersAction) -> None:
         "      --text-template '<|user|>{question}<|end|><|assistant|>{answer}<|end|>' -o out --merge\n"
         "  torchrun --nproc-per-node 2 -m slmops.cli finetune --model M --data d.jsonl -o out",
     )
-    p.add_argument("--model", required=True, help="zoo name or Hugging Face folder")
+    p.add_argument("--model", required=True, help=MODEL_HELP)
     p.add_argument("--data", type=Path, required=True, help="training data: .jsonl or a text file")
     p.add_argument("--eval-data", type=Path, help="evaluation data (default: --eval-fraction of --data)")
     p.add_argument("-o", "--output-dir", type=Path, required=True)

@@ -161,7 +161,9 @@ def memory(model: Any, model_dir: str | os.PathLike[str] | None) -> dict[str, An
     in_memory = sum(t.numel() * t.element_size() for t in list(model.parameters()) + list(model.buffers()))
     on_disk = None
     directory = model_dir or getattr(getattr(model, "config", None), "_name_or_path", None)
-    if directory and Path(directory).is_dir():
+    if directory and Path(directory).is_file():  # a single-file model (GGUF)
+        on_disk = Path(directory).stat().st_size
+    elif directory and Path(directory).is_dir():
         on_disk = sum(
             p.stat().st_size
             for p in Path(directory).iterdir()

@@ -1,5 +1,5 @@
 """Layer 4, its base: where a model comes from. One loader for a reference model by name,
-a Hugging Face folder (float or GPTQ layout) and an slmops checkpoint, used by the zoo,
+a Hugging Face folder (float or GPTQ layout), an slmops checkpoint and a GGUF file, used by the zoo,
 export, distillation, fine-tuning and the workflow engine; the readers of the checkpoint
 formats that ``slmops.export`` writes.
 
@@ -11,12 +11,16 @@ from __future__ import annotations
 
 from .checkpoint import is_checkpoint, load_checkpoint
 from .folders import REFERENCE_MODELS_DIR, model_folder, reference_models
+from .gguf import gguf_folder, is_gguf_file, load_gguf
 from .gptq import is_gptq_checkpoint, load_gptq
 from .loading import check_tokenizer, load_model, model_and_tokenizer
 
 __all__ = [
     "REFERENCE_MODELS_DIR",
     "check_tokenizer",
+    "gguf_folder",
+    "is_gguf_file",
+    "load_gguf",
     "is_checkpoint",
     "is_gptq_checkpoint",
     "load_checkpoint",

@@ -1,14 +1,16 @@
 """Loading a model with its tokenizer: a reference model by name, a Hugging Face folder
-(float or GPTQ layout) or an slmops checkpoint. The one loader that the zoo, export,
+(float or GPTQ layout), an slmops checkpoint or a GGUF file. The one loader that the zoo, export,
 distillation, fine-tuning and the workflow engine use."""
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any
 
 from .checkpoint import is_checkpoint, load_checkpoint
 from .folders import model_folder
+from .gguf import is_gguf_file, load_gguf
 from .gptq import is_gptq_checkpoint, load_gptq
 
 
@@ -16,7 +18,8 @@ def load_model(
     name_or_dir: str | os.PathLike[str], dtype: Any = None, verify: bool = True
 ) -> tuple[Any, Any]:
     """``(model, tokenizer)`` of a shipped model, a Hugging Face folder (float or GPTQ
-    layout) or an slmops checkpoint (``slmops.export.save_checkpoint``), in eval mode.
+    layout), an slmops checkpoint (``slmops.export.save_checkpoint``) or a GGUF file
+    (dequantized to float, :mod:`slmops.models.gguf`), in eval mode.
 
     ``dtype`` defaults to float32 (the weights may be stored in float16 or bfloat16; the
     CPU computes in fp32). A tokenizer whose ids do not fit the model's embedding is an
@@ -29,6 +32,12 @@ def load_model(
 
     from .._io import verify_folder
 
+    if is_gguf_file(name_or_dir):
+        if verify:  # a GGUF slmops exported sits beside its manifest
+            verify_folder(Path(name_or_dir).parent)
+        model, tokenizer = load_gguf(name_or_dir, dtype)
+        check_tokenizer(model, tokenizer)
+        return model, tokenizer
     folder = model_folder(name_or_dir)
     if verify:
         verify_folder(folder)
@@ -68,7 +77,9 @@ def model_and_tokenizer(model: Any, what: str = "model") -> tuple[Any, Any]:
         return load_model(model)
     if isinstance(model, tuple) and len(model) == 2:
         return model
-    raise TypeError(f"{what} must be a zoo name, a Hugging Face folder, or a (model, tokenizer) pair")
+    raise TypeError(
+        f"{what} must be a zoo name, a Hugging Face folder, a GGUF file, or a (model, tokenizer) pair"
+    )
 
 
 def check_tokenizer(model: Any, tokenizer: Any) -> None:

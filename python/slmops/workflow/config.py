@@ -1,6 +1,6 @@
 """The run config: a model, data, passes, evaluation with goals, a search, an output folder.
 
-    model: kjv-teacher                      # a zoo name or a Hugging Face folder
+    model: kjv-teacher                      # a zoo name, a Hugging Face folder or a GGUF file
     data:
       eval: {type: eval_slice}             # the held-out slice shipped with slmops
       calib: {type: kjv, split: train, max_chars: 200000}

@@ -152,8 +152,12 @@ class Engine:
         return self._texts[name]
 
     def _input_folder(self) -> Path:
-        from ..models import model_folder
+        """The input model's folder; a GGUF file is converted once into the cache."""
+        from .._io import sha256_file
+        from ..models import gguf_folder, is_gguf_file, model_folder
 
+        if is_gguf_file(self.cfg.model):
+            return gguf_folder(self.cfg.model, self.cache, sha256_file(Path(self.cfg.model))[:16])
         return model_folder(self.cfg.model)
 
     # -- caching -------------------------------------------------------------------
