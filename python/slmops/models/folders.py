@@ -26,9 +26,12 @@ def model_folder(name_or_dir: str | os.PathLike[str]) -> Path:
     candidate = Path(name_or_dir)
     if isinstance(name_or_dir, str) and not candidate.exists() and os.sep not in name_or_dir:
         if name_or_dir not in reference_models():
+            from .downloads import DOWNLOADS
+
             raise ValueError(
-                f"no reference model named {name_or_dir!r}; the zoo has {reference_models()}, "
-                "or pass the path of a Hugging Face model folder"
+                f"no reference model named {name_or_dir!r}; the zoo has {reference_models()} and, after "
+                f"`slmops zoo fetch NAME`, {sorted(DOWNLOADS)}; or pass the path of a Hugging Face model "
+                "folder or a GGUF file"
             )
         candidate = REFERENCE_MODELS_DIR / name_or_dir
     if not candidate.is_dir():

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from .checkpoint import is_checkpoint, load_checkpoint
+from .downloads import resolve
 from .folders import model_folder
 from .gguf import is_gguf_file, load_gguf
 from .gptq import is_gptq_checkpoint, load_gptq
@@ -32,6 +33,7 @@ def load_model(
 
     from .._io import verify_folder
 
+    name_or_dir = resolve(name_or_dir)  # a downloaded model's file
     if is_gguf_file(name_or_dir):
         if verify:  # a GGUF slmops exported sits beside its manifest
             verify_folder(Path(name_or_dir).parent)

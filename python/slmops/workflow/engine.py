@@ -154,11 +154,12 @@ class Engine:
     def _input_folder(self) -> Path:
         """The input model's folder; a GGUF file is converted once into the cache."""
         from .._io import sha256_file
-        from ..models import gguf_folder, is_gguf_file, model_folder
+        from ..models import gguf_folder, is_gguf_file, model_folder, resolve
 
-        if is_gguf_file(self.cfg.model):
-            return gguf_folder(self.cfg.model, self.cache, sha256_file(Path(self.cfg.model))[:16])
-        return model_folder(self.cfg.model)
+        model = resolve(self.cfg.model)  # a downloaded model's file
+        if is_gguf_file(model):
+            return gguf_folder(model, self.cache, sha256_file(Path(model))[:16])
+        return model_folder(model)
 
     # -- caching -------------------------------------------------------------------
     def _run_pass_cached(self, key: str, parent_dir: Path, pass_obj: Any, options: Any) -> dict[str, Any]:

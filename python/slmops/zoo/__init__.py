@@ -5,9 +5,14 @@ slmops.zoo.list()                                   # ['kjv-student', 'kjv-teach
 model, tokenizer = slmops.zoo.load("kjv-teacher")
 slmops.evaluate_model(model, tokenizer, data=slmops.zoo.eval_text())
 
-Loading is ``slmops.models``'s (``zoo.load`` is ``slmops.models.load_model``).
+Loading is ``slmops.models``'s (``zoo.load`` is ``slmops.models.load_model``). Real
+pretrained models are downloaded by name, once, into the user cache::
+
+    slmops.zoo.fetch("smollm2-135m-instruct")          # slmops zoo fetch smollm2-135m-instruct
+    model, tokenizer = slmops.zoo.load("smollm2-135m-instruct")
 """
 
+from ..models.downloads import DOWNLOADS, fetch
 from .corpus import SPLITS, kjv_chapters, kjv_eval_slice, kjv_split
 from .registry import DEFAULT_MODEL, check_tokenizer, eval_text, list_models, load, path
 from .tokenizer import CHAT_TEMPLATE, SPECIAL_TOKENS, train_tokenizer
@@ -16,11 +21,13 @@ list = list_models  # noqa: A001 - slmops.zoo.list() is the public name
 
 __all__ = [
     "CHAT_TEMPLATE",
+    "DOWNLOADS",
     "DEFAULT_MODEL",
     "SPECIAL_TOKENS",
     "SPLITS",
     "check_tokenizer",
     "eval_text",
+    "fetch",
     "kjv_chapters",
     "kjv_eval_slice",
     "kjv_split",
