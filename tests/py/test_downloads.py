@@ -111,3 +111,14 @@ def test_smollm2_from_the_package_index_answers():
     ids = tok(prompt, return_tensors="pt").input_ids
     out = model.generate(ids, max_new_tokens=8, do_sample=False)
     assert "Paris" in tok.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
+
+
+def test_a_hub_id_offline_is_a_clear_error_not_a_hang(tmp_path):
+    run = subprocess.run(
+        [sys.executable, "-m", "slmops.cli", "evaluate", "-m", "HuggingFaceTB/SmolLM2-135M-Instruct"],
+        capture_output=True, text=True, timeout=120,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path)},  # offline, an empty cache
+    )  # fmt: skip
+    assert run.returncode == 1 and "Traceback" not in run.stderr
+    assert "as a Hugging Face Hub id it could not be downloaded" in run.stderr
+    assert "offline" in run.stderr and "slmops zoo fetch" in run.stderr
