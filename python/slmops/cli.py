@@ -331,6 +331,9 @@ def _cmd_export(args: argparse.Namespace) -> int:
         options["default_type"] = args.default_type
     if args.accuracy_level is not None:
         options["accuracy_level"] = args.accuracy_level
+    for option in ("lm_head", "embedding", "fuse_projections"):
+        if getattr(args, option) is not None:
+            options[option] = getattr(args, option)
     if args.name:
         options["name"] = args.name
     if args.scale_dtype:
@@ -526,6 +529,7 @@ def _add_prune_command(sub: argparse._SubParsersAction) -> None:
 
 def _add_export_command(sub: argparse._SubParsersAction) -> None:
     from .export import TARGETS
+    from .export.onnx_genai import DEFAULT_EMBEDDING, DEFAULT_LM_HEAD, VOCAB_FORMATS
 
     p = sub.add_parser(
         "export",
@@ -551,6 +555,22 @@ def _add_export_command(sub: argparse._SubParsersAction) -> None:
         type=int,
         choices=(1, 2, 3, 4),
         help="onnx-genai: MatMulNBits accuracy level, 4 = int8 activations (default), 1 = float32",
+    )
+    p.add_argument(
+        "--lm-head",
+        choices=VOCAB_FORMATS,
+        help=f"onnx-genai: a float lm_head quantized at export (default {DEFAULT_LM_HEAD}; int4 decodes "
+        "faster and costs perplexity, see docs/export.md)",
+    )
+    p.add_argument(
+        "--embedding",
+        choices=VOCAB_FORMATS,
+        help=f"onnx-genai: the embedding table quantized at export (default {DEFAULT_EMBEDDING})",
+    )
+    p.add_argument(
+        "--fuse-projections",
+        action=argparse.BooleanOptionalAction,
+        help="onnx-genai: q/k/v and gate/up as one MatMulNBits each (default on)",
     )
     p.add_argument("--name", help="gguf and onnx-genai: the model's name in the runtime (Foundry Local)")
     p.add_argument(

@@ -66,9 +66,36 @@ def _run(sess, cfg, ids, past=None):
     return out.pop("logits"), out
 
 
-def _check_against_torch(model, accuracy_level=1, atol=ATOL_FP32, seq=20):
-    """Prompt of seq-1 tokens, then one cached step: both must match torch's logits."""
-    sess = _session(build_decoder(model, accuracy_level))
+FLOAT_TABLES = {"lm_head": "float", "embedding": "float"}
+
+
+def _with_vocab_tables(model, lm_head, embedding):
+    """A copy whose lm_head and embedding hold what the export writes for them: the float
+    weights round-tripped through our quantizer (int4 asymmetric, int8; blocks of 32)."""
+    from slmops.ops.quant import quantize
+
+    def rounded(w, fmt):
+        if fmt == "float":
+            return w.detach().clone()
+        opts = {"group_size": 32, "symmetric": False} if fmt == "int4" else {"group_size": 32}
+        return torch.from_numpy(
+            np.asarray(quantize(w.detach().numpy(), fmt, **opts).dequantize(), np.float32)
+        )
+
+    ref = copy.deepcopy(model)
+    head, table = model.get_output_embeddings().weight, model.get_input_embeddings().weight
+    ref.get_output_embeddings().weight = torch.nn.Parameter(rounded(head, lm_head))
+    ref.get_input_embeddings().weight = torch.nn.Parameter(rounded(table, embedding))
+    return ref
+
+
+def _check_against_torch(model, accuracy_level=1, atol=ATOL_FP32, seq=20, **options):
+    """Prompt of seq-1 tokens, then one cached step: both must match torch's logits. Float
+    vocabulary tables unless ``options`` say otherwise (then against ``_with_vocab_tables``)."""
+    options = {**FLOAT_TABLES, **options}
+    sess = _session(build_decoder(model, accuracy_level, **options))
+    if options != FLOAT_TABLES:
+        model = _with_vocab_tables(model, options["lm_head"], options["embedding"])
     ids = np.random.default_rng(0).integers(3, model.config.vocab_size, size=(1, seq))
     with torch.no_grad():
         ref = model(torch.from_numpy(ids)).logits.numpy()
@@ -113,6 +140,40 @@ def test_quantized_graph_matches_our_kernels(model_type, format, opts):
     _check_against_torch(model)
 
 
+@pytest.mark.parametrize("tied", [False, True], ids=["untied", "tied"])
+@pytest.mark.parametrize(
+    ("lm_head", "embedding"), [("int8", "int8"), ("int4", "int4"), ("int4", "float"), ("float", "int8")]
+)
+def test_vocab_tables_quantized_at_export_match_their_rounded_weights(tied, lm_head, embedding):
+    """MatMulNBits (lm_head) and GatherBlockQuantized (embedding) compute with exactly the
+    weights our quantizer rounds them to, tied or not, over a quantized body."""
+    model = _tiny("llama", tie_word_embeddings=tied)
+    slmops.quantize_model(model, format="int4", group_size=32)
+    _check_against_torch(model, lm_head=lm_head, embedding=embedding)
+
+
+@pytest.mark.parametrize("model_type", ["llama", "qwen2"])
+@pytest.mark.parametrize(("format", "opts"), [("int4", {"group_size": 16, "symmetric": False}), ("q8_0", {})])
+def test_fused_projections_compute_what_separate_ones_do(model_type, format, opts):
+    """q/k/v and gate/up stacked into one MatMulNBits each (biases too) give the logits of the
+    unfused graph; fewer nodes."""
+    model = _tiny(model_type)
+    slmops.quantize_model(model, format=format, **opts)
+    ids = np.random.default_rng(1).integers(3, model.config.vocab_size, size=(1, 12))
+    logits, nodes = [], []
+    for fuse in (True, False):
+        proto = build_decoder(model, 1, fuse_projections=fuse, **FLOAT_TABLES)
+        nodes.append(sum(n.op_type == "MatMulNBits" for n in proto.graph.node))
+        logits.append(_run(_session(proto), model.config, ids)[0])
+    np.testing.assert_allclose(logits[0], logits[1], rtol=0, atol=1e-5)
+    assert nodes == [4 * 2, 7 * 2]  # qkv, o, gate_up, down against q, k, v, o, gate, up, down
+    if format == "int4":  # a symmetric k_proj among asymmetric q/v: ORT's default zero point written out
+        symmetric = _tiny(model_type)
+        slmops.quantize_model(symmetric, format="int4", group_size=16, symmetric=True)
+        model.model.layers[0].self_attn.k_proj = symmetric.model.layers[0].self_attn.k_proj
+        _check_against_torch(model)
+
+
 def test_int8_activation_level_stays_within_its_bound():
     model = _tiny("qwen2")
     slmops.quantize_model(model, format="int4", group_size=32)
@@ -124,8 +185,8 @@ def teacher_int4(tmp_path_factory):
     model, tok = slmops.zoo.load("kjv-teacher")
     slmops.quantize_model(model, format="int4", group_size=32, symmetric=False)
     out = tmp_path_factory.mktemp("genai") / "kjv-teacher-int4"
-    manifest = export(model, "onnx-genai", out, tokenizer=tok, accuracy_level=1)
-    return model, tok, out, manifest
+    manifest = export(model, "onnx-genai", out, tokenizer=tok, accuracy_level=1)  # default tables: int8
+    return _with_vocab_tables(model, "int8", "int8"), tok, out, manifest
 
 
 def test_folder_has_what_genai_and_foundry_read(teacher_int4):
@@ -187,6 +248,10 @@ def test_unsupported_input_fails_before_writing(tmp_path):
         export(nf4, "onnx-genai", tmp_path / "a", tokenizer=tok)
     with pytest.raises(ValueError, match="accuracy_level must be one of"):
         export(model, "onnx-genai", tmp_path / "b", tokenizer=tok, accuracy_level=5)
+    with pytest.raises(ValueError, match="lm_head must be one of"):
+        export(model, "onnx-genai", tmp_path / "b", tokenizer=tok, lm_head="q4_0")
+    with pytest.raises(ValueError, match="embedding must be one of"):
+        export(model, "onnx-genai", tmp_path / "b", tokenizer=tok, embedding="int2")
     dynamic = _tiny("llama", rope_parameters={"rope_type": "dynamic", "factor": 2.0, "rope_theta": 1e4})
     with pytest.raises(ValueError, match="changes with the sequence length"):
         export(dynamic, "onnx-genai", tmp_path / "c", tokenizer=tok)

@@ -30,8 +30,10 @@ def export(
       + model.onnx.data, genai_config.json, tokenizer with chat template,
       inference_model.json). Quantized linears (int4, int8, q4_0, q8_0) become MatMulNBits
       with their own codes. Options: ``accuracy_level`` (4 = int8 activations, the fast
-      CPU path, default; 1 = float32, our torch model's math), ``name`` (Foundry's model
-      name).
+      CPU path, default; 1 = float32, our torch model's math), ``lm_head`` and
+      ``embedding`` ("int8" default, "int4", "float": the vocabulary tables quantized at
+      export), ``fuse_projections`` (q/k/v and gate/up as one node each, default True),
+      ``name`` (Foundry's model name).
     - ``"gguf"``: ``model.gguf`` and an Ollama ``Modelfile`` for llama.cpp / Ollama.
       Options: ``tensor_types`` (fnmatch pattern on GGUF names -> f32, f16, q8_0, q4_0,
       q4_k, q6_k, tq2_0; for float tensors), ``default_type`` (default f16).
@@ -62,7 +64,7 @@ def export(
         raise ValueError("export needs the model's tokenizer: pass tokenizer=...")
     check_tokenizer(model, tokenizer)
     allowed = {
-        "onnx-genai": {"accuracy_level", "name"},
+        "onnx-genai": {"accuracy_level", "fuse_projections", "lm_head", "embedding", "name"},
         "gguf": {"tensor_types", "default_type", "name"},
         "hf": {"scale_dtype"},
         "slmops": set(),
@@ -73,7 +75,9 @@ def export(
             f"unknown options for target {target!r}: {sorted(unknown)}; allowed: {sorted(allowed)}"
         )
     if target == "onnx-genai":
-        check_onnx_genai_exportable(model, options.get("accuracy_level", 4))
+        check_onnx_genai_exportable(
+            model, **{k: options[k] for k in ("accuracy_level", "lm_head", "embedding") if k in options}
+        )
     if target == "gguf":
         check_gguf_exportable(model, options.get("tensor_types") or {})
     quantized = any(isinstance(m, QuantLinear) for m in model.modules())

@@ -34,6 +34,12 @@ SUPPORTED_ARCHITECTURES = ("llama", "mistral", "qwen2", "phi3")
 ACCURACY_LEVELS = (1, 2, 3, 4)
 # RoPE variants whose tables do not depend on the sequence length (dynamic and longrope do).
 STATIC_ROPE_TYPES = ("default", "linear", "llama3", "yarn")
+VOCAB_FORMATS = ("float", "int8", "int4")  # the lm_head and embedding tables at export
+EXPORT_BLOCK = 32  # blocks of an lm_head / embedding quantized at export (the builder's default too)
+DEFAULT_ACCURACY_LEVEL = 4
+DEFAULT_FUSE_PROJECTIONS = True
+DEFAULT_LM_HEAD = "int8"
+DEFAULT_EMBEDDING = "int8"
 IR_VERSION = 10  # onnxruntime-genai's bundled runtimes read IR <= 10
 OPSET = 21
 
@@ -55,7 +61,12 @@ def _linears(model: Any, layer: Any) -> dict[str, list[tuple[str, Any]]]:
     }
 
 
-def check_onnx_genai_exportable(model: Any, accuracy_level: int) -> None:
+def check_onnx_genai_exportable(
+    model: Any,
+    accuracy_level: int = DEFAULT_ACCURACY_LEVEL,
+    lm_head: str = DEFAULT_LM_HEAD,
+    embedding: str = DEFAULT_EMBEDDING,
+) -> None:
     """Raises, before any work, for what this graph cannot express."""
     from ..nn import QuantLinear
 
@@ -66,6 +77,9 @@ def check_onnx_genai_exportable(model: Any, accuracy_level: int) -> None:
         )
     if accuracy_level not in ACCURACY_LEVELS:
         raise ValueError(f"accuracy_level must be one of {ACCURACY_LEVELS}, got {accuracy_level!r}")
+    for option, value in (("lm_head", lm_head), ("embedding", embedding)):
+        if value not in VOCAB_FORMATS:
+            raise ValueError(f"{option} must be one of {VOCAB_FORMATS}, got {value!r}")
     if getattr(cfg, "hidden_act", "silu") != "silu":
         raise ValueError(f"the graph's MLP is SiLU-gated; this model uses {cfg.hidden_act!r}")
     rope = model.model.rotary_emb
@@ -88,12 +102,68 @@ def check_onnx_genai_exportable(model: Any, accuracy_level: int) -> None:
                 ) from None
 
 
+def _matmulnbits(module: Any) -> dict[str, Any] | None:
+    """A QuantLinear's MatMulNBits tensors (zero points as [N, bytes]); None for a float one."""
+    from ..nn import QuantLinear
+
+    if not isinstance(module, QuantLinear):
+        return None
+    m = module.qweight.to_matmulnbits()
+    if m["zero_points"] is not None:
+        m["zero_points"] = m["zero_points"].reshape(m["N"], -1)
+    return m
+
+
+def _stack_matmulnbits(parts: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """Several MatMulNBits weights over one input stacked along N, codes unchanged: one node
+    reads the activations once and ORT launches one kernel instead of several. None when
+    their K, bits or block size differ. Symmetric parts get ORT's default zero point written
+    out when a sibling has zero points (2^(bits-1), packed), so the math is unchanged."""
+    first = parts[0]
+    if any(p["K"] != first["K"] or p["bits"] != first["bits"] or p["block_size"] != first["block_size"]
+           for p in parts):  # fmt: skip
+        return None
+    zps = None
+    if any(p["zero_points"] is not None for p in parts):
+        default = 0x88 if first["bits"] == 4 else 0x80
+        kb = -(-first["K"] // first["block_size"])
+        width = (kb + 1) // 2 if first["bits"] == 4 else kb
+        zps = np.concatenate([
+            p["zero_points"] if p["zero_points"] is not None else np.full((p["N"], width), default, np.uint8)
+            for p in parts
+        ])  # fmt: skip
+    return {
+        **first,
+        "B": np.concatenate([p["B"] for p in parts]),
+        "scales": np.concatenate([p["scales"] for p in parts]),
+        "zero_points": zps,
+        "N": sum(p["N"] for p in parts),
+    }
+
+
+def _quantize_at_export(weight: Any, format: str) -> dict[str, Any]:
+    """A float lm_head or embedding quantized for MatMulNBits / GatherBlockQuantized at
+    export (round to nearest, blocks of EXPORT_BLOCK): int4 asymmetric or int8 symmetric."""
+    from ..ops.quant import quantize
+
+    w = weight.detach().float().cpu().numpy()
+    if format == "int4":
+        qt = quantize(w, "int4", group_size=EXPORT_BLOCK, symmetric=False)
+    else:
+        qt = quantize(w, "int8", group_size=EXPORT_BLOCK)
+    m = qt.to_matmulnbits()
+    if m["zero_points"] is not None:
+        m["zero_points"] = m["zero_points"].reshape(m["N"], -1)
+    return m
+
+
 class _Graph:
     """Nodes, initializers and unique names for one ONNX graph."""
 
-    def __init__(self) -> None:
+    def __init__(self, accuracy_level: int) -> None:
         self.nodes: list[Any] = []
         self.initializers: list[Any] = []
+        self.accuracy_level = accuracy_level
 
     def init(self, name: str, array: np.ndarray) -> str:
         from onnx import numpy_helper
@@ -108,40 +178,88 @@ class _Graph:
         self.nodes.append(helper.make_node(op, inputs, outputs, name=name, domain=domain, **attrs))
         return outputs[0] if n_out == 1 else outputs
 
-    def linear(self, x: str, module: Any, name: str, param: str, accuracy_level: int) -> str:
-        """y = x @ W.T + b for a QuantLinear (MatMulNBits, codes as they are) or nn.Linear."""
-        from ..nn import QuantLinear
+    def matmulnbits(self, x: str, m: dict[str, Any], name: str, param: str, bias: Any = None) -> str:
+        """Initializers ``{param}.qweight/.scales/.zero_points/.bias`` and the MatMulNBits node;
+        returns the node's output."""
+        inputs = [x, self.init(f"{param}.qweight", m["B"]), self.init(f"{param}.scales", m["scales"])]
+        if m["zero_points"] is not None or bias is not None:
+            zp = m["zero_points"]
+            inputs.append(self.init(f"{param}.zero_points", zp) if zp is not None else "")
+        if bias is not None:
+            inputs += ["", self.init(f"{param}.bias", bias)]  # g_idx is deprecated and left empty
+        return self.node(
+            "MatMulNBits",
+            inputs,
+            f"{name}/MatMulNBits",
+            domain="com.microsoft",
+            K=m["K"],
+            N=m["N"],
+            bits=m["bits"],
+            block_size=m["block_size"],
+            accuracy_level=self.accuracy_level,
+        )
 
-        bias = None
-        if module.bias is not None:
-            bias = self.init(f"{param}.bias", module.bias.detach().float().cpu().numpy())
-        if isinstance(module, QuantLinear):
-            m = module.qweight.to_matmulnbits()
-            inputs = [x, self.init(f"{param}.qweight", m["B"]), self.init(f"{param}.scales", m["scales"])]
-            if m["zero_points"] is not None or bias:
-                zp = m["zero_points"]
-                inputs.append(self.init(f"{param}.zero_points", zp.reshape(-1)) if zp is not None else "")
-            if bias:
-                inputs += ["", bias]  # g_idx is deprecated and left empty
-            return self.node(
-                "MatMulNBits",
-                inputs,
-                f"{name}/MatMulNBits",
-                domain="com.microsoft",
-                K=m["K"],
-                N=m["N"],
-                bits=m["bits"],
-                block_size=m["block_size"],
-                accuracy_level=accuracy_level,
-            )
-        w = module.weight.detach().float().cpu().numpy()
+    def gather_block_quantized(self, m: dict[str, Any], ids: str, name: str, param: str) -> str:
+        """Rows of a table stored as 4- or 8-bit MatMulNBits codes (``GatherBlockQuantized``),
+        sliced back to K columns where blocks padded the rows."""
+        k_blocks = m["B"].shape[1]
+        codes = self.init(f"{param}.qweight", m["B"].reshape(m["N"], -1))
+        inputs = [codes, ids, self.init(f"{param}.scales", m["scales"].reshape(m["N"], k_blocks))]
+        zp = m["zero_points"]
+        if zp is None and m["bits"] == 8:  # MatMulNBits' default 128 is not GatherBlockQuantized's
+            zp = np.full((m["N"], k_blocks), 128, np.uint8)
+        if zp is not None:
+            inputs.append(self.init(f"{param}.zero_points", zp))
+        y = self.node("GatherBlockQuantized", inputs, f"{name}/GatherBlockQuantized", domain="com.microsoft",
+                      bits=m["bits"], block_size=m["block_size"], gather_axis=0, quantize_axis=1)  # fmt: skip
+        if k_blocks * m["block_size"] == m["K"]:
+            return y
+        bounds = [self.init(f"{param}.slice_{k}", np.array([v], np.int64))
+                  for k, v in (("start", 0), ("end", m["K"]), ("axis", -1))]  # fmt: skip
+        return self.node("Slice", [y, *bounds], f"{name}/Slice")
+
+    def matmul(self, x: str, w: np.ndarray, name: str, param: str, bias: Any = None) -> str:
+        """A float linear: MatMul with the transposed weight, then the bias."""
         y = self.node("MatMul", [x, self.init(f"{param}.weight_t", w.T)], f"{name}/MatMul")
-        return self.node("Add", [y, bias], f"{name}/BiasAdd") if bias else y
+        if bias is None:
+            return y
+        return self.node("Add", [y, self.init(f"{param}.bias", bias)], f"{name}/BiasAdd")
 
-    def linears(self, x: str, mods: list[tuple[str, Any]], prefix: str, acc: int) -> list[str]:
-        return [
-            self.linear(x, m, f"{prefix}/{n}", f"{prefix[1:].replace('/', '.')}.{n}", acc) for n, m in mods
-        ]
+    def linears(self, x: str, mods: list[tuple[str, Any]], prefix: str, fuse: bool) -> list[str]:
+        """y = x @ W.T + b for each (name, module) over the same input: QuantLinears as
+        MatMulNBits with their codes as they are, nn.Linears as MatMul. With ``fuse``, several
+        modules of one kind become one node over the stacked weights, and the list holds its
+        one output (q|k|v or gate|up along the last axis, as GQA and the callers take it)."""
+        param = prefix[1:].replace("/", ".")
+        biases = [None if m.bias is None else m.bias.detach().float().cpu().numpy() for _, m in mods]
+        weights = [_matmulnbits(m) for _, m in mods]
+        stacked: dict[str, Any] | None = None
+        if fuse and len(mods) > 1 and all(w is not None for w in weights):
+            stacked = _stack_matmulnbits(weights)  # type: ignore[arg-type]
+        all_float = all(w is None for w in weights)
+        if not fuse or len(mods) == 1 or (stacked is None and not all_float):
+            outs = []
+            for (n, module), w, b in zip(mods, weights, biases, strict=True):
+                name, prm = f"{prefix}/{n}", f"{param}.{n}"
+                if w is None:
+                    outs.append(self.matmul(x, module.weight.detach().float().cpu().numpy(), name, prm, b))
+                else:
+                    outs.append(self.matmulnbits(x, w, name, prm, b))
+            return outs
+        fused = "_".join(n.removesuffix("_proj") for n, _ in mods) + "_proj"  # q_k_v_proj, gate_up_proj
+        bias = None
+        if any(b is not None for b in biases):
+            bias = np.concatenate(
+                [
+                    np.zeros(m.out_features, np.float32) if b is None else b
+                    for b, (_, m) in zip(biases, mods, strict=True)
+                ]
+            )
+        name, prm = f"{prefix}/{fused}", f"{param}.{fused}"
+        if stacked is None:
+            w = np.concatenate([m.weight.detach().float().cpu().numpy() for _, m in mods])
+            return [self.matmul(x, w, name, prm, bias)]
+        return [self.matmulnbits(x, stacked, name, prm, bias)]
 
 
 def _rope_tables(model: Any, context: int, head_dim: int) -> tuple[np.ndarray, np.ndarray]:
@@ -160,21 +278,28 @@ def _rope_tables(model: Any, context: int, head_dim: int) -> tuple[np.ndarray, n
     return np.ascontiguousarray(cos[:, :half]), np.ascontiguousarray(sin[:, :half])
 
 
-def build_decoder(model: Any, accuracy_level: int = 4) -> Any:
+def build_decoder(
+    model: Any,
+    accuracy_level: int = DEFAULT_ACCURACY_LEVEL,
+    *,
+    fuse_projections: bool = DEFAULT_FUSE_PROJECTIONS,
+    lm_head: str = DEFAULT_LM_HEAD,
+    embedding: str = DEFAULT_EMBEDDING,
+) -> Any:
     """The decoder as an ``onnx.ModelProto`` (weights inside; the caller saves them as
-    external data)."""
+    external data). Options as ``write_onnx_genai``."""
     from onnx import TensorProto, helper
 
     from ..nn import QuantLinear
 
-    check_onnx_genai_exportable(model, accuracy_level)
+    check_onnx_genai_exportable(model, accuracy_level, lm_head, embedding)
     cfg = model.config
     n_head = cfg.num_attention_heads
     n_kv = cfg.num_key_value_heads or n_head
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // n_head
     context = cfg.max_position_embeddings
     eps = float(cfg.rms_norm_eps)
-    g = _Graph()
+    g = _Graph(accuracy_level)
     f32 = TensorProto.FLOAT
 
     # attention_mask -> GQA's per-batch (total length - 1) and the total length.
@@ -189,9 +314,21 @@ def build_decoder(model: Any, accuracy_level: int = 4) -> Any:
     cos, sin = _rope_tables(model, context, head_dim)
     cos_cache, sin_cache = g.init("cos_cache", cos), g.init("sin_cache", sin)
 
-    embed = model.get_input_embeddings().weight.detach().float().cpu().numpy()
-    embed_name = g.init("model.embed_tokens.weight", embed)
-    residual = g.node("Gather", [embed_name, "input_ids"], "/model/embed_tokens/Gather", axis=0)
+    head = model.get_output_embeddings()
+    table = model.get_input_embeddings().weight
+    tied = not isinstance(head, QuantLinear) and head.weight is table
+    head_codes = None  # the lm_head's MatMulNBits tensors, when it is quantized
+    if isinstance(head, QuantLinear):
+        head_codes = _matmulnbits(head)
+    elif lm_head != "float":
+        head_codes = _quantize_at_export(head.weight, lm_head)
+    embed_name = None
+    if embedding == "float":
+        embed_name = g.init("model.embed_tokens.weight", table.detach().float().cpu().numpy())
+        residual = g.node("Gather", [embed_name, "input_ids"], "/model/embed_tokens/Gather", axis=0)
+    else:  # a tied head's codes are written twice: ORT does not prepack a shared initializer
+        codes = head_codes if tied and lm_head == embedding else _quantize_at_export(table, embedding)
+        residual = g.gather_block_quantized(codes, "input_ids", "/model/embed_tokens", "model.embed_tokens")
     pending: str | None = None  # the last block's output, not yet added to the residual
 
     def norm(weight: Any, name: str) -> str:
@@ -202,6 +339,7 @@ def build_decoder(model: Any, accuracy_level: int = 4) -> Any:
                           epsilon=eps, axis=-1, stash_type=1)  # fmt: skip
         outs = g.node("SkipSimplifiedLayerNormalization", [pending, residual, w],
                       f"{name}/SkipLayerNorm", n_out=4, domain="com.microsoft", epsilon=eps)  # fmt: skip
+        g.nodes[-1].output[1] = g.nodes[-1].output[2] = ""  # mean and 1/std: not computed when unused
         residual, pending = outs[3], None
         return outs[0]
 
@@ -210,7 +348,7 @@ def build_decoder(model: Any, accuracy_level: int = 4) -> Any:
         p = f"/model/layers.{i}"
         mods = _linears(model, layer)
         x = norm(layer.input_layernorm.weight, f"{p}/input_layernorm")
-        qkv = g.linears(x, mods["qkv"], f"{p}/attn", accuracy_level)
+        qkv = g.linears(x, mods["qkv"], f"{p}/attn", fuse_projections)
         past_k, past_v = f"past_key_values.{i}.key", f"past_key_values.{i}.value"
         in_names += [past_k, past_v]
         present_k, present_v = f"present.{i}.key", f"present.{i}.value"
@@ -232,24 +370,25 @@ def build_decoder(model: Any, accuracy_level: int = 4) -> Any:
         )
         # GQA's present outputs are the graph's outputs: rename them to the declared names.
         g.nodes[-1].output[1], g.nodes[-1].output[2] = present_k, present_v
-        (pending,) = g.linears(attn[0], mods["o"], f"{p}/attn", accuracy_level)
+        (pending,) = g.linears(attn[0], mods["o"], f"{p}/attn", False)
         x = norm(layer.post_attention_layernorm.weight, f"{p}/post_attention_layernorm")
-        gate_up = g.linears(x, mods["gate_up"], f"{p}/mlp", accuracy_level)
+        gate_up = g.linears(x, mods["gate_up"], f"{p}/mlp", fuse_projections)
         if len(gate_up) == 1:  # Phi-3: [gate; up] in one projection
             gate_up = g.node("Split", [gate_up[0]], f"{p}/mlp/gate_up_split", n_out=2, axis=-1, num_outputs=2)
         gate, up = gate_up
         act = g.node("Mul", [gate, g.node("Sigmoid", [gate], f"{p}/mlp/act/Sigmoid")], f"{p}/mlp/act/Mul")
         h = g.node("Mul", [act, up], f"{p}/mlp/Mul")
-        (pending,) = g.linears(h, mods["down"], f"{p}/mlp", accuracy_level)
+        (pending,) = g.linears(h, mods["down"], f"{p}/mlp", False)
     x = norm(model.model.norm.weight, "/model/norm")
 
-    head = model.get_output_embeddings()
-    tied = head.weight is model.get_input_embeddings().weight if not isinstance(head, QuantLinear) else False
-    if tied:  # one copy on disk; ORT folds the transpose at load
+    head_bias = None if head.bias is None else head.bias.detach().float().cpu().numpy()
+    if head_codes is not None:
+        g.matmulnbits(x, head_codes, "/lm_head", "lm_head", head_bias)
+    elif tied and embed_name is not None:  # one copy on disk; ORT folds the transpose at load
         w_t = g.node("Transpose", [embed_name], "/lm_head/Transpose", perm=[1, 0])
         g.node("MatMul", [x, w_t], "/lm_head/MatMul")
     else:
-        g.linear(x, head, "/lm_head", "lm_head", accuracy_level)
+        g.matmul(x, head.weight.detach().float().cpu().numpy(), "/lm_head", "lm_head", head_bias)
     g.nodes[-1].output[0] = "logits"  # the last node (MatMul, MatMulNBits or bias Add) is the output
 
     kv_shape = lambda length: ["batch_size", n_kv, length, head_dim]  # noqa: E731
@@ -368,13 +507,35 @@ def write_tokenizer(tokenizer: Any, folder: Path) -> None:
 
 
 def write_onnx_genai(
-    model: Any, tokenizer: Any, folder: Path, *, accuracy_level: int = 4, name: str = "model"
+    model: Any,
+    tokenizer: Any,
+    folder: Path,
+    *,
+    accuracy_level: int = DEFAULT_ACCURACY_LEVEL,
+    fuse_projections: bool = DEFAULT_FUSE_PROJECTIONS,
+    lm_head: str = DEFAULT_LM_HEAD,
+    embedding: str = DEFAULT_EMBEDDING,
+    name: str = "model",
 ) -> dict[str, Any]:
     """Writes model.onnx (+ model.onnx.data), genai_config.json, the tokenizer and
-    inference_model.json into ``folder``; returns what the manifest records."""
+    inference_model.json into ``folder``; returns what the manifest records.
+
+    ``fuse_projections``: q/k/v and gate/up as one MatMulNBits each (the same codes, fewer
+    nodes). ``lm_head`` and ``embedding``: the vocabulary tables, which slmops' quantizers
+    leave float, quantized at export by round-to-nearest in blocks of 32 ("int8"
+    symmetric, "int4" asymmetric) or kept ("float"); an lm_head the model already holds
+    quantized keeps its codes. The lm_head is read in full every decode step, so its
+    format sets much of decode speed; the embedding (``GatherBlockQuantized``) reads one
+    row per token and sets mostly the folder's size. Measured choices in docs/export.md."""
     import onnx
 
-    proto = build_decoder(model, accuracy_level)
+    proto = build_decoder(
+        model,
+        accuracy_level,
+        fuse_projections=fuse_projections,
+        lm_head=lm_head,
+        embedding=embedding,
+    )
     onnx.save_model(
         proto,
         str(folder / "model.onnx"),
@@ -389,4 +550,10 @@ def write_onnx_genai(
         json.dumps(inference_model(tokenizer, name), indent=2) + "\n"
     )
     ops = sorted({n.op_type for n in proto.graph.node})
-    return {"accuracy_level": accuracy_level, "ops": ops}
+    return {
+        "accuracy_level": accuracy_level,
+        "fuse_projections": fuse_projections,
+        "lm_head": lm_head,
+        "embedding": embedding,
+        "ops": ops,
+    }

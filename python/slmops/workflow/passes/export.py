@@ -17,6 +17,9 @@ class ExportOptions(PassOptions):
     tensor_types: dict[str, str] | None = None  # gguf: fnmatch pattern -> type, for float tensors
     default_type: str | None = None  # gguf: type of the float matrices no pattern names
     accuracy_level: int | None = None  # onnx-genai: MatMulNBits accuracy level (default 4)
+    lm_head: str | None = None  # onnx-genai: float, int8 (default) or int4, quantized at export
+    embedding: str | None = None  # onnx-genai: float, int8 (default) or int4, quantized at export
+    fuse_projections: bool | None = None  # onnx-genai: q/k/v and gate/up as one node each (default)
     name: str | None = None  # gguf and onnx-genai: the model's name in the runtime
     scale_dtype: str | None = None  # hf, quantized models (GPTQ layout): float16 or float32
 
