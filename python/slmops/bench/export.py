@@ -1,16 +1,20 @@
-"""Our onnx-genai export against onnxruntime-genai's own model builder, on the reference teacher.
+"""Our onnx-genai export against onnxruntime-genai's own model builder, side by side.
 
-Rows: the float teacher in torch (the reference perplexity); slmops' export of the teacher
-quantized with GPTQ (int4, group 32, symmetric, act-order) and with RTN (same format);
-the builder run on the float teacher with ``-p int4 -e cpu`` (its defaults: RTN int4,
-block 32, symmetric, accuracy_level 4, the tied embedding/lm_head quantized too). All
-exports at accuracy_level 4. Columns, measured in this run: perplexity of the ONNX model
-run by onnxruntime on the held-out slice (windows of 512 tokens, stride 256, the protocol
-of ``slmops.evaluate``), its change against the float teacher, the size of model.onnx +
-model.onnx.data, and decode tokens/s through onnxruntime-genai (batch 1, 64-token prompt,
-128 greedy tokens, median of 3 runs after a warm-up).
+Rows: the float model in torch (the reference perplexity); slmops' export of the model
+quantized with GPTQ (int4, group 32, symmetric, act-order) and with RTN (same format),
+the RTN one with each lm_head choice (``int8``, the default; ``int4``; ``float``, the
+export before lm_head quantization); the builder run on the float model with ``-p int4
+-e cpu`` (its defaults: RTN int4, block 32, symmetric, accuracy_level 4, the tied
+embedding/lm_head int4 and shared), when ``onnxruntime_genai.models.builder`` is
+installed. All exports at accuracy_level 4. Columns, measured in this run: perplexity of
+the ONNX model run by onnxruntime on the held-out KJV slice (windows of 512 tokens, stride
+256, the protocol of ``slmops.evaluate``), its change against the float model, the size of
+model.onnx + model.onnx.data, prompt and decode tokens/s through onnxruntime-genai (batch
+1, a 64-token prompt, 64 greedy tokens; the folders take turns, ``--rounds`` rounds after a
+warm-up, median), and decode speed as a ratio to the builder's, measured in the same rounds.
 
-    slmops bench export                   # about 2 min on 2 cores (development VM)
+    slmops bench export                                   # the reference teacher, about 2 min
+    slmops bench export --model smollm2-135m-instruct     # SmolLM2-135M, about 8 min on 2 cores
     slmops bench export --json export.json --markdown export.md
 """
 
@@ -18,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import importlib.util
 import json
 import os
 import subprocess
@@ -34,6 +39,9 @@ import torch
 import slmops
 
 GROUP = 32
+PROMPT_TOKENS = 64
+NEW_TOKENS = 64
+BUILDER_ROW = "onnxruntime-genai builder int4"
 
 
 class _OrtCausalLM:
@@ -64,46 +72,73 @@ class _OrtCausalLM:
         return SimpleNamespace(logits=torch.from_numpy(logits))
 
 
-def _decode_tokens_per_s(folder: Path, prompt: list[int], new: int = 128, repeats: int = 3) -> float:
+def _generate_once(model: Any, prompt: list[int]) -> tuple[float, float]:
+    """(prompt tok/s, decode tok/s) of one greedy generation through onnxruntime-genai."""
     import onnxruntime_genai as og
 
-    model = og.Model(str(folder))
-    times = []
-    for r in range(repeats + 1):
-        params = og.GeneratorParams(model)
-        params.set_search_options(max_length=len(prompt) + new, do_sample=False)
-        gen = og.Generator(model, params)
-        gen.append_tokens(np.array([prompt], dtype=np.int32))
-        gen.generate_next_token()  # the first token ends the prefill: not decode
-        start, steps = time.perf_counter(), 0
-        while not gen.is_done():
-            gen.generate_next_token()
-            steps += 1
-        if r:  # the first run warms up
-            times.append(steps / (time.perf_counter() - start))
-    return float(np.median(times))
+    params = og.GeneratorParams(model)
+    params.set_search_options(max_length=len(prompt) + NEW_TOKENS, do_sample=False)
+    gen = og.Generator(model, params)
+    start = time.perf_counter()
+    gen.append_tokens(np.array([prompt], dtype=np.int32))
+    gen.generate_next_token()  # the first token ends the prefill: not decode
+    prefilled, steps = time.perf_counter(), 0
+    while not gen.is_done():
+        gen.generate_next_token()
+        steps += 1
+    return len(prompt) / (prefilled - start), steps / (time.perf_counter() - prefilled)
+
+
+def _speeds(folders: dict[str, Path], prompt: list[int], rounds: int) -> dict[str, dict[str, Any]]:
+    """Every folder loaded once, then ``rounds`` rounds in which each generates in turn (the
+    machine's drift hits all rows alike); medians, and each round's decode ratio to the
+    builder's in the same round."""
+    import onnxruntime_genai as og
+
+    models = {label: og.Model(str(folder)) for label, folder in folders.items()}
+    for model in models.values():
+        _generate_once(model, prompt)  # warm-up
+    runs: dict[str, list[tuple[float, float]]] = {label: [] for label in folders}
+    for _ in range(rounds):
+        for label, model in models.items():
+            runs[label].append(_generate_once(model, prompt))
+    out = {}
+    for label, r in runs.items():
+        row = {
+            "prompt_tok_s": float(np.median([p for p, _ in r])),
+            "decode_tok_s": float(np.median([d for _, d in r])),
+        }
+        if BUILDER_ROW in runs:
+            ref = runs[BUILDER_ROW]
+            row["decode_vs_builder"] = float(
+                np.median([d / b for (_, d), (_, b) in zip(r, ref, strict=True)])
+            )
+            row["prompt_vs_builder"] = float(
+                np.median([p / b for (p, _), (b, _) in zip(r, ref, strict=True)])
+            )
+        out[label] = row
+    return out
 
 
 def _folder_bytes(folder: Path) -> int:
     return sum((folder / f).stat().st_size for f in ("model.onnx", "model.onnx.data"))
 
 
-def run(work: Path) -> dict[str, Any]:
+def run(work: Path, model_name: str, rounds: int) -> dict[str, Any]:
     from ..evaluate.metrics import perplexity
     from .quality import cpu_name
 
-    model, tok = slmops.zoo.load("kjv-teacher")
+    model, tok = slmops.zoo.load(model_name)
     ids = torch.tensor(tok(slmops.zoo.eval_text())["input_ids"], dtype=torch.long)
-    prompt = ids[:64].tolist()
+    prompt = ids[:PROMPT_TOKENS].tolist()
     base = perplexity(model, ids, 512, 256)["perplexity"]
-    rows = [{"row": "float teacher (torch fp32)", "perplexity": base, "change_pct": 0.0, "bytes": None,
-             "decode_tok_s": None, "seconds": None}]  # fmt: skip
+    rows: dict[str, dict[str, Any]] = {"float model (torch fp32)": {"perplexity": base}}
+    folders: dict[str, Path] = {}
 
-    def measure(label: str, folder: Path, seconds: float) -> None:
+    def made(label: str, folder: Path, seconds: float) -> None:
         ppl = perplexity(_OrtCausalLM(folder), ids, 512, 256)["perplexity"]
-        rows.append({"row": label, "perplexity": ppl, "change_pct": 100 * (ppl / base - 1),
-                     "bytes": _folder_bytes(folder), "decode_tok_s": _decode_tokens_per_s(folder, prompt),
-                     "seconds": seconds})  # fmt: skip
+        rows[label] = {"perplexity": ppl, "bytes": _folder_bytes(folder), "seconds": seconds}
+        folders[label] = folder
         print(f"{label}: ppl {ppl:.3f}", flush=True)
 
     for method in ("gptq", "rtn"):
@@ -115,54 +150,78 @@ def run(work: Path) -> dict[str, Any]:
             )
         else:
             slmops.quantize_model(m, "rtn", format="int4", group_size=GROUP)
-        out = work / f"slmops-{method}"
-        slmops.export_model(m, "onnx-genai", out, tokenizer=tok, accuracy_level=4)
-        measure(f"slmops {method.upper()} int4 g{GROUP} -> onnx-genai", out, time.perf_counter() - start)
+        quantized = time.perf_counter() - start
+        heads = ("int8", "int4", "float") if method == "rtn" else ("int8",)
+        for head in heads:
+            out = work / f"slmops-{method}-{head}"
+            start = time.perf_counter()
+            slmops.export_model(m, "onnx-genai", out, tokenizer=tok, lm_head=head, embedding=head)
+            label = f"slmops {method.upper()} int4 g{GROUP}, lm_head {head}"
+            made(label, out, quantized + time.perf_counter() - start)
 
-    float_dir, built = work / "teacher-float", work / "builder-int4"
-    model.save_pretrained(float_dir)
-    tok.save_pretrained(float_dir)
-    cmd = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(float_dir), "-o", str(built),
-           "-p", "int4", "-e", "cpu", "-c", str(work / "cache")]  # fmt: skip
-    start = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode == 0:
-        measure("onnxruntime-genai builder int4 (float teacher)", built, time.perf_counter() - start)
-    else:
-        rows.append({"row": "onnxruntime-genai builder int4", "error": proc.stderr.strip().splitlines()[-1]})
+    if importlib.util.find_spec("onnxruntime_genai.models.builder") is not None:
+        float_dir, built = work / "float", work / "builder-int4"
+        model.save_pretrained(float_dir)
+        tok.save_pretrained(float_dir)
+        cmd = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(float_dir), "-o",
+               str(built), "-p", "int4", "-e", "cpu", "-c", str(work / "cache")]  # fmt: skip
+        start = time.perf_counter()
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode == 0:
+            made(BUILDER_ROW, built, time.perf_counter() - start)
+        else:
+            rows[BUILDER_ROW] = {"error": proc.stderr.strip().splitlines()[-1]}
+    for label, speed in _speeds(folders, prompt, rounds).items():
+        rows[label].update(speed)
+    for row in rows.values():
+        if "perplexity" in row:
+            row["change_pct"] = 100 * (row["perplexity"] / base - 1)
     return {
         "machine": {"cpu": cpu_name(), "threads": torch.get_num_threads(), "slmops": slmops.__version__},
-        "rows": rows,
+        "model": model_name,
+        "rounds": rounds,
+        "rows": [{"row": label, **row} for label, row in rows.items()],
     }
 
 
 def markdown(result: dict[str, Any]) -> str:
     lines = [
-        "| export | perplexity | change | model bytes | decode tok/s | time to make (s) |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| export | perplexity | change | model bytes | prompt tok/s | decode tok/s | decode vs builder "
+        "| time to make (s) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
+
+    def cell(r: dict[str, Any], key: str, fmt: str) -> str:
+        return format(r[key], fmt) if r.get(key) is not None else ""
+
     for r in result["rows"]:
         if "error" in r:
-            lines.append(f"| {r['row']} | unavailable: {r['error']} | | | | |")
+            lines.append(f"| {r['row']} | unavailable: {r['error']} | | | | | | |")
             continue
-        size = f"{r['bytes']:,}" if r["bytes"] else ""
-        tps = f"{r['decode_tok_s']:.0f}" if r["decode_tok_s"] else ""
-        secs = f"{r['seconds']:.1f}" if r["seconds"] else ""
         lines.append(
-            f"| {r['row']} | {r['perplexity']:.3f} | {r['change_pct']:+.2f}% | {size} | {tps} | {secs} |"
+            f"| {r['row']} | {r['perplexity']:.3f} | {r['change_pct']:+.2f}% | {cell(r, 'bytes', ',')} "
+            f"| {cell(r, 'prompt_tok_s', '.0f')} | {cell(r, 'decode_tok_s', '.1f')} "
+            f"| {cell(r, 'decode_vs_builder', '.2f')} | {cell(r, 'seconds', '.1f')} |"
         )
     m = result["machine"]
-    lines.append(f"\nslmops {m['slmops']}, {m['cpu']}, {m['threads']} threads.")
+    lines.append(
+        f"\n{result['model']}; slmops {m['slmops']}, {m['cpu']}, {m['threads']} threads, "
+        f"{result['rounds']} interleaved rounds."
+    )
     return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="slmops bench export", description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default="kjv-teacher", help="zoo name or model path (default kjv-teacher)")
+    p.add_argument("--rounds", type=int, default=5, help="interleaved generation rounds (default 5)")
     p.add_argument("--json", type=Path)
     p.add_argument("--markdown", type=Path)
     args = p.parse_args(argv)
+    if args.rounds < 1:
+        p.error("--rounds must be >= 1")
     with tempfile.TemporaryDirectory() as work:
-        result = run(Path(work))
+        result = run(Path(work), args.model, args.rounds)
     text = markdown(result)
     print(text)
     if args.json:
