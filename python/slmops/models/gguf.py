@@ -1,18 +1,41 @@
-"""GGUF files in: a llama.cpp model file (llama, mistral, qwen2 and the other architectures
-transformers' GGUF loader knows) as a float transformers model with its tokenizer and chat
-template. transformers dequantizes every ggml block format with the gguf package; a GGUF
-that slmops exported loads back to the logits of the model it came from (float: exactly).
+"""GGUF files in: a llama.cpp model file as a float transformers model with its tokenizer and
+chat template. A GGUF that slmops exported loads back to the logits of the model it came from
+(float: exactly).
+
+Two readers (``load_gguf(..., reader=)``), ``DEFAULT_READER`` the one used when none is named:
+
+- ``"slmops"`` (the default): ours. It parses the file once (metadata, tensor table) from a
+  memory map, builds the config from the metadata, dequantizes each tensor once (slmops'
+  kernels for q4_0, q8_0, q4_k and q6_k, numpy for q4_1 and the float types, the gguf
+  package for every other ggml type), reverses llama.cpp's q/k row permutation, and builds
+  the tokenizer with transformers' GGUF tokenizer converters from the metadata already read.
+  It covers the architectures ``llama`` (Llama, and Mistral files written as llama) and
+  ``qwen2``, and only files whose every tensor has a place in the model; anything else it
+  hands to transformers' loader (logged), so every file that loaded before still loads.
+  Its models and tokenizers equal transformers' bit for bit (tests/py/test_gguf_in.py), in
+  a fraction of the time and memory (docs/models.md).
+- ``"transformers"``: ``from_pretrained(folder, gguf_file=...)`` for the model and the
+  tokenizer; every architecture transformers' GGUF loader knows (phi3, gemma, qwen3, ...).
 
 The workflow engine works on model folders: it converts a GGUF input once into a folder in
 its cache (``gguf_folder``), keyed by the file's content."""
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import mmap
 import os
+import struct
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 GGUF_MAGIC = b"GGUF"
+READERS = ("slmops", "transformers")
+DEFAULT_READER = "slmops"
+
+_log = logging.getLogger(__name__)
 
 
 def is_gguf_file(path: str | os.PathLike[str]) -> bool:
@@ -21,32 +44,25 @@ def is_gguf_file(path: str | os.PathLike[str]) -> bool:
     return p.suffix.lower() == ".gguf" and p.is_file()
 
 
-def load_gguf(path: str | os.PathLike[str], dtype: Any = None) -> tuple[Any, Any]:
+def load_gguf(
+    path: str | os.PathLike[str], dtype: Any = None, reader: str = DEFAULT_READER
+) -> tuple[Any, Any]:
     """``(model, tokenizer)`` of the GGUF file ``path``, the model dequantized to ``dtype``
-    (float32 by default), in eval mode. A file that is not GGUF, or whose architecture or
-    tokenizer transformers cannot read, is a ValueError naming the file."""
+    (float32 by default), in eval mode. ``reader``: ``"slmops"`` (ours; files it does not
+    cover go to transformers' loader) or ``"transformers"``. A file that is not GGUF, is cut
+    short, or whose architecture or tokenizer neither reader knows is a ValueError naming
+    the file."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    if reader not in READERS:
+        raise ValueError(f"unknown GGUF reader {reader!r}; expected one of {', '.join(map(repr, READERS))}")
     p = Path(path)
     with open(p, "rb") as f:
         if f.read(4) != GGUF_MAGIC:
             raise ValueError(f"{p} is not a GGUF file (it does not start with the GGUF magic)")
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(p.parent, gguf_file=p.name)
-        model = AutoModelForCausalLM.from_pretrained(p.parent, gguf_file=p.name, dtype=dtype or torch.float32)
-    except OSError:
-        raise
-    except Exception as e:  # the gguf package and transformers raise many kinds on bad files
-        raise ValueError(
-            f"{p} does not load as a transformers model ({type(e).__name__}: {e}); slmops reads the GGUF "
-            "architectures of transformers' GGUF loader (llama, mistral, qwen2, ...)"
-        ) from e
-    # The weights are float now; transformers still tags the model as GGUF-quantized, which
-    # would stop save_pretrained and make peft and our passes treat it as quantized.
-    model.hf_quantizer, model.is_quantized, model.quantization_method = None, False, None
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
+    dtype = dtype or torch.float32
+    loaded = _load_slmops(p, dtype) if reader == "slmops" else None
+    model, tokenizer = loaded if loaded is not None else _load_transformers(p, dtype)
     return model.eval(), tokenizer
 
 
@@ -62,3 +78,414 @@ def gguf_folder(path: str | os.PathLike[str], cache: Path, key: str) -> Path:
             model.save_pretrained(tmp)
             tokenizer.save_pretrained(tmp)
     return folder
+
+
+# -- transformers' loader ------------------------------------------------------------------
+
+
+def _load_transformers(p: Path, dtype: Any) -> tuple[Any, Any]:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(p.parent, gguf_file=p.name)
+        model = AutoModelForCausalLM.from_pretrained(p.parent, gguf_file=p.name, dtype=dtype)
+    except OSError:
+        raise
+    except Exception as e:  # the gguf package and transformers raise many kinds on bad files
+        raise ValueError(
+            f"{p} does not load as a transformers model ({type(e).__name__}: {e}); slmops reads the GGUF "
+            "architectures of transformers' GGUF loader (llama, mistral, qwen2, ...)"
+        ) from e
+    # The weights are float now; transformers still tags the model as GGUF-quantized, which
+    # would stop save_pretrained and make peft and our passes treat it as quantized.
+    model.hf_quantizer, model.is_quantized, model.quantization_method = None, False, None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    return model, tokenizer
+
+
+# -- our reader: the file ---------------------------------------------------------------------
+
+# ggml types by id: (name, elements per block, bytes per block); the float types are blocks of one
+_GGML_TYPES = {
+    0: ("F32", 1, 4), 1: ("F16", 1, 2), 2: ("Q4_0", 32, 18), 3: ("Q4_1", 32, 20),
+    6: ("Q5_0", 32, 22), 7: ("Q5_1", 32, 24), 8: ("Q8_0", 32, 34), 9: ("Q8_1", 32, 36),
+    10: ("Q2_K", 256, 84), 11: ("Q3_K", 256, 110), 12: ("Q4_K", 256, 144), 13: ("Q5_K", 256, 176),
+    14: ("Q6_K", 256, 210), 15: ("Q8_K", 256, 292), 16: ("IQ2_XXS", 256, 66), 17: ("IQ2_XS", 256, 74),
+    18: ("IQ3_XXS", 256, 98), 19: ("IQ1_S", 256, 50), 20: ("IQ4_NL", 32, 18), 21: ("IQ3_S", 256, 110),
+    22: ("IQ2_S", 256, 82), 23: ("IQ4_XS", 256, 136), 29: ("IQ1_M", 256, 56), 30: ("BF16", 1, 2),
+    34: ("TQ1_0", 256, 54), 35: ("TQ2_0", 256, 66),
+}  # fmt: skip
+# metadata value types with a fixed width: id -> struct format
+_SCALARS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
+_STRING, _ARRAY = 8, 9
+
+
+class _Tensor:
+    __slots__ = ("name", "shape", "type", "offset", "nbytes")
+
+    def __init__(self, name: str, shape: tuple[int, ...], type: int, offset: int, nbytes: int) -> None:
+        self.name, self.shape, self.type, self.offset, self.nbytes = name, shape, type, offset, nbytes
+
+
+class _File:
+    """A GGUF file parsed once: ``metadata`` (key -> value; arrays as lists), ``tensors``
+    (in file order, shapes in torch order) and the memory map their data lives in."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        with open(path, "rb") as f:  # mapped, not read: pages come in as tensors are dequantized
+            self.map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        try:
+            self._parse()
+        except (struct.error, UnicodeDecodeError, OverflowError, MemoryError) as e:
+            raise ValueError(f"{path} is not a readable GGUF file ({type(e).__name__}: {e})") from e
+
+    def _parse(self) -> None:
+        m = self.map
+        version, n_tensors, n_kv = struct.unpack_from("<IQQ", m, 4)
+        if version not in (2, 3):  # v1 counted in 32 bits; a big-endian file reads as a huge version
+            raise ValueError(f"{self.path} is GGUF version {version}; slmops reads versions 2 and 3")
+        self.pos = 24
+        self.metadata: dict[str, Any] = {}
+        for _ in range(n_kv):
+            key = self._string()
+            (value_type,) = self._unpack("<I")
+            self.metadata[key] = self._value(value_type)
+        self.tensors: list[_Tensor] = []
+        for _ in range(n_tensors):
+            name = self._string()
+            (n_dims,) = self._unpack("<I")
+            dims = self._unpack(f"<{n_dims}Q")
+            type_id, offset = self._unpack("<IQ")
+            if type_id not in _GGML_TYPES:
+                raise ValueError(
+                    f"{self.path}: tensor {name} has ggml type {type_id}, which slmops does not know"
+                )
+            _, block, block_bytes = _GGML_TYPES[type_id]
+            count = 1
+            for d in dims:
+                count *= d
+            # ggml lists dimensions fastest-moving first, torch slowest first
+            self.tensors.append(
+                _Tensor(name, tuple(reversed(dims)), type_id, offset, count // block * block_bytes)
+            )
+        align = self.metadata.get("general.alignment", 32)
+        if not isinstance(align, int) or align <= 0:
+            raise ValueError(f"{self.path}: general.alignment is {align!r}, not a positive integer")
+        self.data_start = -(-self.pos // align) * align
+        for t in self.tensors:
+            end = self.data_start + t.offset + t.nbytes
+            if end > len(m):
+                raise ValueError(
+                    f"{self.path} is cut short: tensor {t.name} ends at byte {end:,} of {len(m):,}"
+                )
+
+    def release(self, t: _Tensor) -> None:
+        """Drop the pages of ``t``'s data from this process (they were only read, so the
+        kernel reads them again from the file if asked): the file does not add its size to
+        the peak memory of a load on top of the float model."""
+        page = mmap.PAGESIZE
+        start = (self.data_start + t.offset) // page * page
+        if hasattr(mmap, "MADV_DONTNEED"):  # not on every platform
+            self.map.madvise(mmap.MADV_DONTNEED, start, self.data_start + t.offset + t.nbytes - start)
+
+    def _unpack(self, fmt: str) -> tuple:
+        values = struct.unpack_from(fmt, self.map, self.pos)
+        self.pos += struct.calcsize(fmt)
+        return values
+
+    def _string(self) -> str:
+        (n,) = struct.unpack_from("<Q", self.map, self.pos)
+        start, self.pos = self.pos + 8, self.pos + 8 + n
+        if self.pos > len(self.map):
+            raise struct.error("string past the end of the file")
+        return self.map[start : self.pos].decode("utf-8")
+
+    def _value(self, value_type: int) -> Any:
+        if value_type in _SCALARS:
+            return self._unpack("<" + _SCALARS[value_type])[0]
+        if value_type == _STRING:
+            return self._string()
+        if value_type == _ARRAY:
+            item_type, n = self._unpack("<IQ")
+            if item_type in _SCALARS:  # one unpack for the whole array (token types, scores)
+                return list(self._unpack(f"<{n}{_SCALARS[item_type]}"))
+            # strings (the vocabulary, the merges): the bulk of the metadata, walked once
+            return [self._value(item_type) for _ in range(n)]
+        raise ValueError(f"{self.path}: metadata value of unknown type {value_type}")
+
+
+# -- our reader: the model ------------------------------------------------------------------
+
+# general.architecture -> (model_type, whether llama.cpp's converter permuted the q/k rows)
+_ARCHITECTURES = {"llama": ("llama", True), "qwen2": ("qwen2", False)}
+# metadata key after "{arch}." -> config field (the fields transformers' loader reads for these)
+_CONFIG_KEYS = {
+    "context_length": "max_position_embeddings",
+    "block_count": "num_hidden_layers",
+    "feed_forward_length": "intermediate_size",
+    "embedding_length": "hidden_size",
+    "rope.freq_base": "rope_theta",
+    "attention.head_count": "num_attention_heads",
+    "attention.head_count_kv": "num_key_value_heads",
+    "attention.layer_norm_rms_epsilon": "rms_norm_eps",
+    "vocab_size": "vocab_size",
+}
+_TOKEN_IDS = ("bos_token_id", "eos_token_id", "unknown_token_id", "padding_token_id")
+# GGUF tensor name -> transformers parameter name; "blk.N." becomes "model.layers.N."
+_TOP_NAMES = {"token_embd": "model.embed_tokens", "output_norm": "model.norm", "output": "lm_head"}
+_BLOCK_NAMES = {
+    "attn_norm": "input_layernorm",
+    "ffn_norm": "post_attention_layernorm",
+    "attn_q": "self_attn.q_proj",
+    "attn_k": "self_attn.k_proj",
+    "attn_v": "self_attn.v_proj",
+    "attn_output": "self_attn.o_proj",
+    "ffn_gate": "mlp.gate_proj",
+    "ffn_up": "mlp.up_proj",
+    "ffn_down": "mlp.down_proj",
+}
+
+
+def _load_slmops(p: Path, dtype: Any) -> tuple[Any, Any] | None:
+    """Our reader's ``(model, tokenizer)``, or None for a file it does not cover."""
+    gguf = _File(p)
+    try:
+        arch = gguf.metadata.get("general.architecture")
+        if arch not in _ARCHITECTURES:
+            return _hand_over(p, f"architecture {arch!r}")
+        config = _config(gguf, arch)
+        names = _parameter_names(gguf, config)
+        if isinstance(names, str):
+            return _hand_over(p, f"tensor {names}")
+        tokenizer = _tokenizer(gguf, p)
+        model = _model(gguf, config, names, dtype, permute=_ARCHITECTURES[arch][1])
+    except Exception as e:
+        if isinstance(e, ValueError) and str(p) in str(e):  # ours, already naming the file
+            raise
+        # transformers (a shape that does not fit the config, a tokenizer it cannot build)
+        raise ValueError(f"{p} does not load with slmops's GGUF reader ({type(e).__name__}: {e})") from e
+    finally:
+        del gguf.map  # unmapped once the last view on it is gone; the model holds copies
+    return model, tokenizer
+
+
+def _hand_over(p: Path, what: str) -> None:
+    _log.info("%s: slmops's GGUF reader does not cover its %s; using transformers' loader", p, what)
+    return None
+
+
+def _model_type(gguf: _File) -> str:
+    arch = gguf.metadata["general.architecture"]
+    # transformers' rule: a llama file named exactly "mistral" is a Mistral model
+    if arch == "llama" and gguf.metadata.get("general.name") == "mistral":
+        return "mistral"
+    return _ARCHITECTURES[arch][0]
+
+
+def _config(gguf: _File, arch: str) -> Any:
+    """The transformers config of the metadata, field for field what transformers' GGUF
+    loader builds for these architectures."""
+    from transformers import AutoConfig
+
+    md = gguf.metadata
+    model_type = _model_type(gguf)
+    fields: dict[str, Any] = {f: md[f"{arch}.{k}"] for k, f in _CONFIG_KEYS.items() if f"{arch}.{k}" in md}
+    if model_type != "qwen2" and f"{arch}.rope.dimension_count" in md:
+        fields["head_dim"] = md[f"{arch}.rope.dimension_count"]
+    if "vocab_size" not in fields and "tokenizer.ggml.tokens" in md:
+        fields["vocab_size"] = len(md["tokenizer.ggml.tokens"])
+    for key in _TOKEN_IDS:
+        if f"tokenizer.ggml.{key}" in md:
+            fields[key.replace("unknown", "unk").replace("padding", "pad")] = md[f"tokenizer.ggml.{key}"]
+    fields["tie_word_embeddings"] = all(t.name != "output.weight" for t in gguf.tensors)
+    scaling = md.get(f"{arch}.rope.scaling.type", "none")
+    if scaling != "none":  # linear or yarn; transformers' loader ignores these keys (a gap of its own)
+        rope = {"rope_type": scaling, "rope_theta": fields.pop("rope_theta", 10000.0)}
+        rope["factor"] = float(md.get(f"{arch}.rope.scaling.factor", 1.0))
+        if f"{arch}.rope.scaling.original_context_length" in md:
+            rope["original_max_position_embeddings"] = md[f"{arch}.rope.scaling.original_context_length"]
+        fields["rope_parameters"] = rope
+    config = AutoConfig.for_model(model_type, **fields)
+    if "general.name" in md:
+        config._model_name_or_path = md["general.name"]
+    config._name_or_path = str(gguf.path.parent)
+    return config
+
+
+def _parameter_names(gguf: _File, config: Any) -> dict[str, str] | str:
+    """GGUF tensor name -> parameter name, or the name of a tensor the model has no place for.
+    A tensor the model needs and the file lacks is a ValueError."""
+    names: dict[str, str] = {}
+    for t in gguf.tensors:
+        base, _, suffix = t.name.rpartition(".")
+        parts = base.split(".")
+        if len(parts) == 1 and parts[0] in _TOP_NAMES:
+            names[t.name] = f"{_TOP_NAMES[parts[0]]}.{suffix}"
+        elif len(parts) == 3 and parts[0] == "blk" and parts[1].isdigit() and parts[2] in _BLOCK_NAMES:
+            names[t.name] = f"model.layers.{parts[1]}.{_BLOCK_NAMES[parts[2]]}.{suffix}"
+        else:
+            return t.name
+    needed = _needed_parameters(config)
+    extra = set(names.values()) - needed
+    if extra:  # a bias or a layer past block_count: a model our table does not describe
+        return next(k for k, v in names.items() if v in extra)
+    missing = needed - set(names.values())
+    if missing:
+        raise ValueError(f"{gguf.path} lacks tensors the model needs: {', '.join(sorted(missing)[:3])}")
+    return names
+
+
+def _needed_parameters(config: Any) -> set[str]:
+    block = [f"{v}.weight" for v in _BLOCK_NAMES.values()]
+    if config.model_type == "qwen2":  # Qwen2 has q/k/v biases
+        block += [f"self_attn.{x}_proj.bias" for x in "qkv"]
+    needed = {f"model.layers.{i}.{b}" for i in range(config.num_hidden_layers) for b in block}
+    needed |= {"model.embed_tokens.weight", "model.norm.weight"}
+    if not config.tie_word_embeddings:
+        needed.add("lm_head.weight")
+    return needed
+
+
+def _model(gguf: _File, config: Any, names: dict[str, str], dtype: Any, permute: bool) -> Any:
+    import torch
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
+
+    heads = config.num_attention_heads
+    kv_heads = config.num_key_value_heads or heads
+    target = getattr(torch, dtype) if isinstance(dtype, str) else dtype  # "bfloat16", as transformers takes
+    state = {}
+    with _one_kernel_thread():
+        for t in gguf.tensors:
+            w = _dequantize(gguf, t)
+            gguf.release(t)
+            if permute and ".attn_q." in t.name:
+                w = _unpermute(w, heads)
+            elif permute and ".attn_k." in t.name:
+                w = _unpermute(w, kv_heads)
+            state[names[t.name]] = torch.from_numpy(w).to(target)
+    # from_pretrained with a state dict: transformers' own path for the meta-device model, the
+    # tied lm_head and the buffers (rotary frequencies), as in its GGUF loader
+    model_class = MODEL_FOR_CAUSAL_LM_MAPPING[type(config)]
+    model = model_class.from_pretrained(None, config=config, state_dict=state, dtype=dtype)
+    model.config._name_or_path = model.name_or_path = config._name_or_path
+    return model
+
+
+def _unpermute(w: Any, n_head: int) -> Any:
+    """Undo llama.cpp's converter, which interleaves the two rotary halves of every head of
+    q (n_head = attention heads) and k (n_head = key/value heads): rows (head, pair, half)
+    were written as (head, half, pair). The same reshape as transformers' loader."""
+    rows = w.shape[0]
+    return w.reshape(n_head, rows // n_head // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+# ggml types slmops' dequantize kernels read bit for bit as ggml writes them
+_KERNEL_FORMATS = {"Q4_0": "q4_0", "Q8_0": "q8_0", "Q4_K": "q4_k", "Q6_K": "q6_k"}
+
+
+def _dequantize(gguf: _File, t: _Tensor) -> Any:
+    """The float32 values of tensor ``t`` as a numpy array of its shape, bit for bit the gguf
+    package's: slmops' kernels for their ggml types (matrices), numpy here for q4_1 and the
+    float types, the gguf package for every other type. Not torch: its threads stall on a
+    loaded 2-core machine (12 s instead of 0.3 s for SmolLM2's blocks; docs/models.md)."""
+    import numpy as np
+
+    name, block, block_bytes = _GGML_TYPES[t.type]
+    raw = np.frombuffer(gguf.map, np.uint8, t.nbytes, gguf.data_start + t.offset)
+    if name == "F32":
+        return raw.view(np.float32).reshape(t.shape).copy()  # a copy: the map goes away
+    if name == "F16":
+        return raw.view(np.float16).astype(np.float32).reshape(t.shape)
+    if name == "BF16":  # bfloat16 is the top half of a float32
+        return (raw.view(np.uint16).astype(np.uint32) << 16).view(np.float32).reshape(t.shape)
+    if name in _KERNEL_FORMATS and len(t.shape) == 2:
+        from ..ops.quant import QuantizedTensor
+
+        blocks = raw.reshape(t.shape[0], -1)
+        return QuantizedTensor(_KERNEL_FORMATS[name], t.shape, {"data": blocks}).dequantize("float32")
+    if name == "Q4_1":  # SmolLM2's type, which our kernels lack: twice the gguf package's speed
+        blocks = raw.reshape(-1, block_bytes)
+        # the 16 bytes after the scale and the minimum: element j is the low nibble of byte j,
+        # element j + 16 its high nibble
+        values = np.empty((len(blocks), 32), np.float32)
+        np.bitwise_and(blocks[:, 4:], 0x0F, out=values[:, :16], casting="unsafe")
+        np.right_shift(blocks[:, 4:], 4, out=values[:, 16:], casting="unsafe")
+        # a float16 scale times a 4-bit code is exact in float32, so the one rounding (+ min)
+        # is the gguf package's
+        values *= blocks[:, 0:2].view(np.float16).astype(np.float32)
+        values += blocks[:, 2:4].view(np.float16).astype(np.float32)
+        return values.reshape(t.shape)
+    from gguf import GGMLQuantizationType, dequantize
+
+    values = dequantize(raw.reshape(*t.shape[:-1], -1), GGMLQuantizationType(t.type))
+    return np.ascontiguousarray(values, np.float32).reshape(t.shape)
+
+
+@contextlib.contextmanager
+def _one_kernel_thread() -> Iterator[None]:
+    """slmops' kernels on one OpenMP thread while a file loads: a fork and join per tensor
+    stalls on a busy machine (1.4 s instead of 0.06 s for 106M q4_0 weights on the 2-core
+    VM), and one thread already dequantizes ~1.5G weights a second."""
+    from .. import get_num_threads, set_num_threads
+
+    threads = get_num_threads()
+    set_num_threads(1)
+    try:
+        yield
+    finally:
+        set_num_threads(threads)
+
+
+# -- our reader: the tokenizer --------------------------------------------------------------
+
+
+def _tokenizer(gguf: _File, p: Path) -> Any:
+    """transformers' GGUF tokenizer, built from the metadata already parsed: the same
+    converters and the same tokenizer class AutoTokenizer picks, with the same arguments."""
+    from transformers.integrations.gguf import GGUF_TOKENIZER_MAPPING, convert_gguf_tokenizer
+
+    md = gguf.metadata
+    # llama.cpp's keys renamed as transformers' GGUF tokenizer reader renames them
+    groups = {
+        group: {name: md[f"tokenizer.{key}"] for key, name in renames.items() if f"tokenizer.{key}" in md}
+        for group, renames in GGUF_TOKENIZER_MAPPING.items()
+    }
+    vocabulary, init = groups["tokenizer"], groups["tokenizer_config"]
+    if "tokens" not in vocabulary:
+        raise ValueError(f"{p} has no tokenizer (no tokenizer.ggml.tokens in its metadata)")
+    kind = vocabulary.get("tokenizer_type")
+    if kind == "llama":  # sentencepiece files without the flag: llama.cpp adds BOS
+        init.setdefault("add_bos_token", True)
+    elif kind == "gemma4":
+        init["add_bos_token"] = False
+    for name, key in zip(("bos_token", "eos_token", "unk_token", "pad_token"), _TOKEN_IDS, strict=True):
+        index = md.get(f"tokenizer.ggml.{key}")
+        init[name] = vocabulary["tokens"][index] if index is not None else None
+    backend, extra = convert_gguf_tokenizer(md["general.architecture"], vocabulary)
+    tokenizer_class = _tokenizer_class(gguf)
+    return tokenizer_class(
+        tokenizer_object=backend,
+        name_or_path=str(p.parent),
+        is_local=True,
+        local_files_only=False,
+        vocab_file=None,
+        added_tokens_decoder={},
+        **init,
+        **extra,
+    )
+
+
+def _tokenizer_class(gguf: _File) -> Any:
+    """The class AutoTokenizer gives a GGUF of this architecture: transformers' mapping for
+    the config type, its generic backend where the mapping has none (llama) or needs files a
+    GGUF lacks (mistral's)."""
+    from transformers import TokenizersBackend
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+    from transformers.models.auto.tokenization_auto import TOKENIZER_MAPPING
+
+    cls = TOKENIZER_MAPPING.get(CONFIG_MAPPING[_model_type(gguf)], None)
+    if cls is None or getattr(cls, "__name__", "") == "MistralCommonBackend":
+        return TokenizersBackend
+    return cls
