@@ -14,6 +14,7 @@ from slmops import _C
 from slmops.nn import QuantLinear
 from slmops.ops import quantize
 from slmops.quantize.gptq import gptq_quantize_weight
+from slmops.quantize.options import HessianOptions
 
 
 def _layer(rng, n=48, k=128, samples=512):
@@ -317,3 +318,43 @@ LLAMA_CALL_ORDER = [
     "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
     "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj",
 ]  # fmt: skip
+
+
+@pytest.mark.parametrize("sink_weight", [1.0, 64.0])
+def test_hessian_counts_each_windows_first_token_sink_weight_times(rng, sink_weight):
+    """H = sum over tokens of x x^T, the first token of each window (the attention sink)
+    counted sink_weight times; 2-D rows (no windows) are counted once."""
+    from slmops.quantize.calibration import InputStats
+
+    x = rng.standard_normal((3, 7, 16)).astype(np.float32)
+    stats = InputStats.empty(16, hessian=True, moments=False, sink_weight=sink_weight)
+    stats.add(torch.from_numpy(x))
+    flat = x.reshape(-1, 16).astype(np.float64)
+    first = x[:, 0].astype(np.float64)
+    expected = flat.T @ flat + (sink_weight - 1.0) * first.T @ first
+    np.testing.assert_allclose(stats.hessian, expected, rtol=1e-5, atol=1e-4)
+    rows = InputStats.empty(16, hessian=True, moments=False, sink_weight=sink_weight)
+    rows.add(torch.from_numpy(x.reshape(-1, 16)))
+    np.testing.assert_allclose(rows.hessian, flat.T @ flat, rtol=1e-5, atol=1e-4)
+
+
+def test_sink_weight_reaches_the_hessian_of_the_model_pipeline(tiny, monkeypatch):
+    """quantize_model's sink_weight is the one InputStats counts with (GPTQ and SparseGPT)."""
+    from slmops.quantize import calibration
+
+    seen = []
+    original = calibration.InputStats.empty.__func__
+
+    def spy(cls, k, *, hessian, moments, sink_weight=1.0):
+        seen.append(sink_weight)
+        return original(cls, k, hessian=hessian, moments=moments, sink_weight=sink_weight)
+
+    monkeypatch.setattr(calibration.InputStats, "empty", classmethod(spy))
+    model, tok = tiny
+    slmops.quantize_model(copy.deepcopy(model), "gptq", tokenizer=tok, calibration=[TEXT * 30],
+                          n_samples=4, seq_len=32, sink_weight=5.0, progress=False)  # fmt: skip
+    assert seen and set(seen) == {5.0}
+    seen.clear()
+    slmops.prune_model(copy.deepcopy(model), "sparsegpt", tokenizer=tok, calibration=[TEXT * 30],
+                       n_samples=4, seq_len=32, progress=False)  # fmt: skip
+    assert seen and set(seen) == {HessianOptions.model_fields["sink_weight"].default}

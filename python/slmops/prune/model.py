@@ -193,8 +193,8 @@ def prune_model(
                     joint[name] = q
 
         run_linear_sequential(
-            model, batches, by_layer, compress, hessian=method == "sparsegpt", moments=method == "wanda",
-            progress=progress,
+            model, batches, by_layer, compress, hessian=method == "sparsegpt", sink_weight=o.sink_weight,
+            moments=method == "wanda", progress=progress,
         )  # fmt: skip
         if grid is not None:
             replaced = QuantizationSummary(format="int8" if grid["bits"] == 8 else "int4")

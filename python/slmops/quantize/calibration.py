@@ -19,6 +19,7 @@ else for one chunk of samples at a time.
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -258,6 +259,7 @@ def run_linear_sequential(
     compress: Callable[[str, InputStats], None],
     *,
     hessian: bool = False,
+    sink_weight: float = 1.0,
     moments: bool = False,
     batch_size: int = 8,
     progress: bool = True,
@@ -285,7 +287,7 @@ def run_linear_sequential(
     schedule = _OnePass if layer_activations_fit(model, n_samples, seq_len, memory_budget) else _PartialPasses
 
     def new_stats(x: torch.Tensor) -> InputStats:
-        return InputStats.empty(x.shape[-1], hessian=hessian, moments=moments)
+        return InputStats.empty(x.shape[-1], hessian=hessian, moments=moments, sink_weight=sink_weight)
 
     for i, layer in enumerate(
         tqdm(layers, desc="calibrated compression", unit="layer", disable=not progress)
@@ -405,7 +407,8 @@ class InputStats:
     """What the compression algorithms need to know about one linear's calibration inputs
     (rows x of [rows, in_features]); linears fed the same tensor (q/k/v, gate/up) share one.
 
-    hessian: sum x x^T [K, K] (GPTQ, SparseGPT); with ``moments``, per input channel: sq_sum
+    hessian: sum x x^T [K, K] (GPTQ, SparseGPT), each window's first token counted
+    ``sink_weight`` times (see HessianOptions); with ``moments``, per input channel: sq_sum
     sum x^2 (Wanda's norms), abs_max max |x| and abs_sum sum |x| (SmoothQuant, AWQ); rows:
     how many rows were seen; sample: up to ``keep`` rows of x per batch, evenly spread
     (AWQ searches its scales on them)."""
@@ -416,21 +419,26 @@ class InputStats:
     abs_sum: np.ndarray | None = None
     rows: int = 0
     sample: list[torch.Tensor] = field(default_factory=list)
+    sink_weight: float = 1.0
 
     @classmethod
-    def empty(cls, k: int, *, hessian: bool, moments: bool) -> InputStats:
+    def empty(cls, k: int, *, hessian: bool, moments: bool, sink_weight: float = 1.0) -> InputStats:
         """Nothing seen yet, for inputs of k features: what ``hessian`` and ``moments`` ask for."""
-        stats = cls(hessian=np.zeros((k, k), np.float32) if hessian else None)
+        stats = cls(hessian=np.zeros((k, k), np.float32) if hessian else None, sink_weight=sink_weight)
         if moments:
             stats.sq_sum, stats.abs_sum, stats.abs_max = np.zeros(k), np.zeros(k), np.zeros(k, np.float32)
         return stats
 
     def add(self, x: torch.Tensor, keep_per_batch: int = 0) -> None:
+        """Counts the rows of x [batch, seq, in_features] (or [rows, in_features])."""
+        first = x[:, 0].detach().float() if x.dim() == 3 else None
         x = x.detach().reshape(-1, x.shape[-1]).float()
         if self.hessian is not None:
             from ..ops import hessian_accumulate
 
             hessian_accumulate(self.hessian, x)
+            if first is not None and self.sink_weight != 1.0:  # already counted once above
+                hessian_accumulate(self.hessian, first * math.sqrt(self.sink_weight - 1.0))
         if self.sq_sum is not None:
             self.sq_sum += x.square().sum(0).double().numpy()
             a = x.abs()

@@ -69,7 +69,9 @@ def gptq_quantize_model(
         quantized[name] = q
 
     quantized: dict[str, Any] = {}
-    run_linear_sequential(model, batches, by_layer, compress, hessian=True, progress=progress)
+    run_linear_sequential(
+        model, batches, by_layer, compress, hessian=True, sink_weight=o.sink_weight, progress=progress
+    )
     for name, q in quantized.items():
         bias = model.get_submodule(name).bias
         replace_linear(model, name, QuantLinear.from_quantized(q, bias, activation=o.activation), summary)
