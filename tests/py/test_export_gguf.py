@@ -170,6 +170,25 @@ def test_qk_permutation_gives_llama_cpp_the_same_attention_scores(tiny):
     assert not torch.allclose(scores(wq, wk, "adjacent"), scores(wq, wk, "halves"))
 
 
+def test_rope_base_frequency_is_the_models(tmp_path, tiny):
+    """A RoPE base other than llama.cpp's default 10000 (SmolLM2's is 100000) is written:
+    the model read back gives the same logits after the first position, where RoPE acts."""
+    model, tok = tiny
+    m = copy.deepcopy(model)
+    m.config.rope_parameters = {"rope_type": "default", "rope_theta": 100000.0}
+    m.model.rotary_emb = type(m.model.rotary_emb)(m.config)
+    export(m, "gguf", tmp_path / "g", tokenizer=tok, default_type="f32")
+    assert _read(tmp_path / "g" / "model.gguf")[1]["llama.rope.freq_base"] == 100000.0
+    back, _ = slmops.zoo.load(tmp_path / "g" / "model.gguf")
+    ids = torch.arange(3, 40)[None]
+    with torch.no_grad():
+        np.testing.assert_allclose(back(ids).logits.numpy(), m(ids).logits.numpy(), rtol=0, atol=1e-4)
+    linear = copy.deepcopy(model)
+    linear.config.rope_parameters = {"rope_type": "linear", "factor": 2.0, "rope_theta": 10000.0}
+    with pytest.raises(ValueError, match="GGUF export writes plain RoPE"):
+        export(linear, "gguf", tmp_path / "h", tokenizer=tok)
+
+
 def test_bad_exports_fail_before_writing(tmp_path, tiny):
     from transformers import GPT2Config, GPT2LMHeadModel
 

@@ -53,6 +53,11 @@ def check_gguf_exportable(model: Any, tensor_types: dict[str, str]) -> None:
     for pattern, t in tensor_types.items():
         if t not in GGUF_TYPES:
             raise ValueError(f"tensor_types[{pattern!r}] = {t!r}; GGUF types are {GGUF_TYPES}")
+    rope_type = _rope_parameters(cfg).get("rope_type", "default")
+    if rope_type != "default":
+        raise ValueError(
+            f"GGUF export writes plain RoPE (a base frequency); this model's RoPE is {rope_type!r}"
+        )
     if getattr(cfg, "attention_bias", False) or getattr(cfg, "mlp_bias", False):
         raise ValueError("llama.cpp's llama graph has no attention or MLP biases; this model has them")
     for name, m in model.named_modules():
@@ -62,6 +67,15 @@ def check_gguf_exportable(model: Any, tensor_types: dict[str, str]) -> None:
                 f"GGUF block types are {[t for t in GGUF_TYPES if t not in ('f32', 'f16')]}. Quantize "
                 "to one of them (slmops quantize --format q4_k) or export the float model"
             )
+
+
+def _rope_parameters(cfg: Any) -> dict[str, Any]:
+    """transformers 5 keeps rope_theta and the scaling in ``rope_parameters``; 4 at the top."""
+    return dict(getattr(cfg, "rope_parameters", None) or getattr(cfg, "rope_scaling", None) or {})
+
+
+def _rope_theta(cfg: Any) -> float:
+    return float(_rope_parameters(cfg).get("rope_theta") or getattr(cfg, "rope_theta", None) or 10000.0)
 
 
 def _permute_rows(rows: np.ndarray, n_head: int) -> np.ndarray:
@@ -133,7 +147,7 @@ def write_gguf(
     writer.add_head_count(n_head)
     writer.add_head_count_kv(n_kv)
     writer.add_rope_dimension_count(head_dim)
-    writer.add_rope_freq_base(float(getattr(cfg, "rope_theta", None) or 10000.0))
+    writer.add_rope_freq_base(_rope_theta(cfg))
     writer.add_layer_norm_rms_eps(float(cfg.rms_norm_eps))
     writer.add_vocab_size(cfg.vocab_size)
 

