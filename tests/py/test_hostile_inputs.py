@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import stat
+import struct
 import subprocess
 import sys
 
@@ -300,3 +301,121 @@ def test_cli_finetune_merge_refuses_a_users_folder_before_training(tmp_path, cap
     assert cli([*args, "--overwrite", "--batch-size", "2", "--seq-len", "16"]) == 0
     assert (tmp_path / "out" / "merged" / "config.json").is_file()
     assert not (tmp_path / "out" / "merged" / "thesis.txt").exists()
+
+
+# -- GGUF files (found by tests/fuzz/fuzz_readers.py --target gguf) ---------------------------
+
+
+def _gguf_string(text: bytes) -> bytes:
+    return struct.pack("<Q", len(text)) + text
+
+
+def _gguf_kv(key: bytes, value_type: int, payload: bytes) -> bytes:
+    return _gguf_string(key) + struct.pack("<I", value_type) + payload
+
+
+def _gguf_tensor(name: bytes, dims: list[int], ggml_type: int = 0, offset: int = 0) -> bytes:
+    shape = struct.pack(f"<I{len(dims)}Q", len(dims), *dims)
+    return _gguf_string(name) + shape + struct.pack("<IQ", ggml_type, offset)
+
+
+def _gguf(kvs=(), tensors=(), n_kv=None, n_tensors=None) -> bytes:
+    """A GGUF v3 file of raw metadata pairs and tensor entries, 32 bytes of float data after."""
+    counts = struct.pack("<IQQ", 3, len(tensors) if n_tensors is None else n_tensors,
+                         len(kvs) if n_kv is None else n_kv)  # fmt: skip
+    head = b"GGUF" + counts + b"".join(kvs) + b"".join(tensors)
+    return head + b"\0" * (-len(head) % 32) + b"\0" * 32
+
+
+NESTED = struct.pack("<IQ", 9, 1) * 2999 + struct.pack("<IQ", 0, 1) + b"\x07"
+
+
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        # failed before: a RecursionError (each level of nesting a frame of the parse)
+        (_gguf([_gguf_kv(b"x.nested", 9, NESTED)]), "x.nested nests arrays deeper than 8"),
+        # failed before: a name with a newline made a two-line message
+        (_gguf(tensors=[_gguf_tensor(b"a\nb", [8], ggml_type=99)]), r"tensor a\\nb has ggml type 99"),
+        # bounds the parser keeps: declared lengths and counts against the file's size, before
+        # any allocation or loop
+        (
+            _gguf([_gguf_kv(b"x.huge", 9, struct.pack("<IQ", 8, 2**62))]),
+            "the 4,611,686,018,427,387,904 items",
+        ),
+        (_gguf([_gguf_kv(b"x.name", 8, struct.pack("<Q", 2**63))]), "a string at byte"),
+        (_gguf(n_kv=2**64 - 1), "declares 18,446,744,073,709,551,615 metadata pairs"),
+        (_gguf([_gguf_kv(b"general.alignment", 4, struct.pack("<I", 0))]), "general.alignment is 0"),
+        (_gguf(tensors=[_gguf_tensor(b"w", [8] * 5)]), "tensor w has 5 dimensions; ggml has at most 4"),
+        (_gguf(tensors=[_gguf_tensor(b"w", [2**63, 2**63])]), "cut short: tensor w ends at byte"),
+        (_gguf(tensors=[_gguf_tensor(b"w", [8], offset=2**40)]), "cut short: tensor w ends at byte"),
+        (_gguf(tensors=[_gguf_tensor(b"w", [8], offset=4)]), "offset 4 is not 32-aligned"),
+        (_gguf(tensors=[_gguf_tensor(b"w", [8], ggml_type=99)]), "tensor w has ggml type 99"),
+        (_gguf(tensors=[_gguf_tensor(b"w", [48], ggml_type=8)]), "rows of 48 values, not whole Q8_0 blocks"),
+        (_gguf(tensors=[_gguf_tensor(b"w", [8])] * 2), "has the tensor w twice"),
+        (_gguf()[:10], "cut short or malformed: the header"),
+    ],
+    ids=str.split(
+        "nested newline array string pairs alignment n_dims dims offset unaligned type blocks twice header"
+    ),
+)
+def test_a_malformed_gguf_header_is_a_one_line_error_naming_the_file(tmp_path, data, message):
+    from slmops.models import load_gguf
+
+    path = tmp_path / "bad.gguf"
+    path.write_bytes(data)
+    with pytest.raises(ValueError, match=message) as e:
+        load_gguf(path)
+    assert str(path) in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.fixture(scope="module")
+def student_gguf(tmp_path_factory):
+    out = tmp_path_factory.mktemp("gguf")
+    model, tok = slmops.zoo.load("kjv-student")
+    slmops.export_model(model, "gguf", out, tokenizer=tok, default_type="q8_0")
+    return (out / "model.gguf").read_bytes()
+
+
+@pytest.mark.parametrize(
+    "key, value, message",
+    [
+        # failed before: transformers built a 3.7M x 256 embedding (3.6 GB) from the file's word
+        (
+            "llama.vocab_size",
+            3_774_336,
+            r"token_embd.weight has shape \[8192, 256\]; .* needs \[3774336, 256\]",
+        ),
+        # failed before: billions of parameter names, a hang and then the memory
+        ("llama.block_count", 2**32 - 1, "declares 4,294,967,295 blocks but has only 20 tensors"),
+        # was "ZeroDivisionError: integer modulo by zero" from transformers, wrapped
+        ("llama.attention.head_count", 0, "head_count is 0, not a positive integer"),
+    ],
+)
+def test_gguf_metadata_sizes_are_checked_against_the_tensors_before_allocating(
+    student_gguf, tmp_path, key, value, message
+):
+    import resource
+    import signal
+
+    from slmops.models import load_gguf
+
+    entry = _gguf_string(key.encode()) + struct.pack("<I", 4)  # a u32 pair, patched in place
+    at = student_gguf.index(entry) + len(entry)
+    path = tmp_path / "sizes.gguf"
+    path.write_bytes(student_gguf[:at] + struct.pack("<I", value) + student_gguf[at + 4 :])
+
+    def stop(signum, frame):  # a hang fails the test (its message does not match), not CI
+        raise TimeoutError("no answer in 20 s")
+
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    old = signal.signal(signal.SIGALRM, stop)
+    signal.alarm(20)
+    try:
+        with pytest.raises(ValueError, match=message) as e:
+            load_gguf(path)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+    assert str(path) in str(e.value)
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss < 200_000  # KiB: no gigabytes

@@ -93,8 +93,8 @@ def _load_transformers(p: Path, dtype: Any) -> tuple[Any, Any]:
         raise
     except Exception as e:  # the gguf package and transformers raise many kinds on bad files
         raise ValueError(
-            f"{p} does not load as a transformers model ({type(e).__name__}: {e}); slmops reads the GGUF "
-            "architectures of transformers' GGUF loader (llama, mistral, qwen2, ...)"
+            f"{p} does not load as a transformers model ({type(e).__name__}: {_shown(e, 300)}); "
+            "slmops reads the GGUF architectures of transformers' GGUF loader (llama, mistral, qwen2, ...)"
         ) from e
     # The weights are float now; transformers still tags the model as GGUF-quantized, which
     # would stop save_pretrained and make peft and our passes treat it as quantized.
@@ -119,6 +119,21 @@ _GGML_TYPES = {
 # metadata value types with a fixed width: id -> struct format
 _SCALARS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
 _STRING, _ARRAY = 8, 9
+# the fewest bytes an array item of a type takes (a string: its length; an array: its item
+# type and length), so that a declared length is checked against the file before a list of
+# that length is made
+_LEAST_BYTES = {**{t: struct.calcsize(f) for t, f in _SCALARS.items()}, _STRING: 8, _ARRAY: 12}
+# arrays of arrays nest at most this deep (real files: once at most; llama.cpp: never); each
+# level is a frame of the parse, and a file of nested arrays would exhaust the stack
+_MAX_NESTING = 8
+_MAX_DIMS = 4  # ggml's GGML_MAX_DIMS, as llama.cpp checks
+
+
+def _shown(text: Any, limit: int = 80) -> str:
+    """``text`` fit for a one-line message: a name from a damaged file may hold newlines,
+    control characters or a whole vocabulary; those are escaped and the length capped."""
+    text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 class _Tensor:
@@ -138,47 +153,78 @@ class _File:
             self.map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
         try:
             self._parse()
-        except (struct.error, UnicodeDecodeError, OverflowError, MemoryError) as e:
-            raise ValueError(f"{path} is not a readable GGUF file ({type(e).__name__}: {e})") from e
+        except BaseException as e:
+            self.map.close()  # nothing views it yet
+            if isinstance(e, (struct.error, UnicodeDecodeError, OverflowError, MemoryError)):
+                raise ValueError(f"{path} is not a readable GGUF file ({type(e).__name__}: {e})") from e
+            raise
 
     def _parse(self) -> None:
         m = self.map
-        version, n_tensors, n_kv = struct.unpack_from("<IQQ", m, 4)
+        self.pos = 4
+        version, n_tensors, n_kv = self._unpack("<IQQ", "the header")
         if version not in (2, 3):  # v1 counted in 32 bits; a big-endian file reads as a huge version
             raise ValueError(f"{self.path} is GGUF version {version}; slmops reads versions 2 and 3")
-        self.pos = 24
+        # the least a pair (key length, type, value) and a tensor entry (name length, n_dims,
+        # type, offset) take: a count the file cannot hold is refused before the loop
+        for n, least, what in ((n_kv, 13, "metadata pairs"), (n_tensors, 24, "tensors")):
+            if n * least > len(m):
+                raise ValueError(f"{self.path} declares {n:,} {what}, more than its {len(m):,} bytes hold")
         self.metadata: dict[str, Any] = {}
         for _ in range(n_kv):
             key = self._string()
-            (value_type,) = self._unpack("<I")
-            self.metadata[key] = self._value(value_type)
+            (value_type,) = self._unpack("<I", f"the type of {key}")
+            if key in self.metadata:  # which one counts would be a guess (llama.cpp refuses too)
+                raise ValueError(f"{self.path} has the metadata key {_shown(key)} twice")
+            self.metadata[key] = self._value(value_type, key)
+        align = self.metadata.get("general.alignment", 32)
+        if not isinstance(align, int) or isinstance(align, bool) or align <= 0:
+            raise ValueError(
+                f"{self.path}: general.alignment is {_shown(repr(align))}, not a positive integer"
+            )
         self.tensors: list[_Tensor] = []
+        names: set[str] = set()
         for _ in range(n_tensors):
             name = self._string()
-            (n_dims,) = self._unpack("<I")
-            dims = self._unpack(f"<{n_dims}Q")
-            type_id, offset = self._unpack("<IQ")
+            (n_dims,) = self._unpack("<I", f"the dimension count of tensor {name}")
+            if n_dims > _MAX_DIMS:
+                raise ValueError(
+                    f"{self.path}: tensor {_shown(name)} has {n_dims:,} dimensions; ggml has at most 4"
+                )
+            dims = self._unpack(f"<{n_dims}Q", f"the dimensions of tensor {name}")
+            type_id, offset = self._unpack("<IQ", f"the type and offset of tensor {name}")
             if type_id not in _GGML_TYPES:
                 raise ValueError(
-                    f"{self.path}: tensor {name} has ggml type {type_id}, which slmops does not know"
+                    f"{self.path}: tensor {_shown(name)} has ggml type {type_id}, which slmops does not know"
                 )
-            _, block, block_bytes = _GGML_TYPES[type_id]
+            if name in names:  # the second would silently replace the first
+                raise ValueError(f"{self.path} has the tensor {_shown(name)} twice")
+            names.add(name)
+            type_name, block, block_bytes = _GGML_TYPES[type_id]
+            # ggml's rule: a row (the first, fastest-moving dimension) is whole blocks; else
+            # the byte count below would not be the data's, nor a reshape into rows possible
+            if (dims[0] if dims else 1) % block:
+                raise ValueError(
+                    f"{self.path}: tensor {_shown(name)} has rows of {dims[0] if dims else 1:,} values, "
+                    f"not whole {type_name} blocks of {block}"
+                )
+            if offset % align:
+                raise ValueError(
+                    f"{self.path}: tensor {_shown(name)}'s offset {offset:,} is not {align}-aligned"
+                )
             count = 1
-            for d in dims:
+            for d in dims:  # Python ints: a product of absurd dims is only a big number, checked below
                 count *= d
             # ggml lists dimensions fastest-moving first, torch slowest first
             self.tensors.append(
                 _Tensor(name, tuple(reversed(dims)), type_id, offset, count // block * block_bytes)
             )
-        align = self.metadata.get("general.alignment", 32)
-        if not isinstance(align, int) or align <= 0:
-            raise ValueError(f"{self.path}: general.alignment is {align!r}, not a positive integer")
         self.data_start = -(-self.pos // align) * align
         for t in self.tensors:
             end = self.data_start + t.offset + t.nbytes
             if end > len(m):
                 raise ValueError(
-                    f"{self.path} is cut short: tensor {t.name} ends at byte {end:,} of {len(m):,}"
+                    f"{self.path} is cut short: tensor {_shown(t.name)} ends at byte {end:,} of {len(m):,}"
                 )
 
     def release(self, t: _Tensor) -> None:
@@ -187,33 +233,55 @@ class _File:
         the peak memory of a load on top of the float model."""
         page = mmap.PAGESIZE
         start = (self.data_start + t.offset) // page * page
-        if hasattr(mmap, "MADV_DONTNEED"):  # not on every platform
+        if hasattr(mmap, "MADV_DONTNEED") and t.nbytes:  # not on every platform; an empty
+            # tensor at the very end would start past the map, which madvise refuses
             self.map.madvise(mmap.MADV_DONTNEED, start, self.data_start + t.offset + t.nbytes - start)
 
-    def _unpack(self, fmt: str) -> tuple:
+    def _need(self, n: int, what: str) -> None:
+        """A ValueError naming the file unless ``n`` bytes are left at ``pos``."""
+        if self.pos + n > len(self.map):
+            raise ValueError(
+                f"{self.path} is cut short or malformed: {_shown(what)} at byte {self.pos:,} needs "
+                f"{n:,} bytes, and the file has {len(self.map):,}"
+            )
+
+    def _unpack(self, fmt: str, what: str) -> tuple:
+        self._need(struct.calcsize(fmt), what)
         values = struct.unpack_from(fmt, self.map, self.pos)
         self.pos += struct.calcsize(fmt)
         return values
 
     def _string(self) -> str:
-        (n,) = struct.unpack_from("<Q", self.map, self.pos)
-        start, self.pos = self.pos + 8, self.pos + 8 + n
-        if self.pos > len(self.map):
-            raise struct.error("string past the end of the file")
-        return self.map[start : self.pos].decode("utf-8")
+        (n,) = self._unpack("<Q", "a string length")
+        self._need(n, "a string")
+        start, self.pos = self.pos, self.pos + n
+        try:
+            return self.map[start : self.pos].decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise ValueError(f"{self.path}: the string at byte {start:,} is not UTF-8 ({e.reason})") from e
 
-    def _value(self, value_type: int) -> Any:
+    def _value(self, value_type: int, key: str, depth: int = 0) -> Any:
         if value_type in _SCALARS:
-            return self._unpack("<" + _SCALARS[value_type])[0]
+            return self._unpack("<" + _SCALARS[value_type], f"the value of {key}")[0]
         if value_type == _STRING:
             return self._string()
         if value_type == _ARRAY:
-            item_type, n = self._unpack("<IQ")
+            item_type, n = self._unpack("<IQ", f"the array header of {key}")
+            if item_type not in _LEAST_BYTES:
+                raise ValueError(
+                    f"{self.path}: metadata {_shown(key)} is an array of unknown type {item_type}"
+                )
+            if item_type == _ARRAY and depth + 1 >= _MAX_NESTING:
+                raise ValueError(
+                    f"{self.path}: metadata {_shown(key)} nests arrays deeper than {_MAX_NESTING}"
+                )
+            # before any list of n is made: a declared length of 2**60 is a lie, not an allocation
+            self._need(n * _LEAST_BYTES[item_type], f"the {n:,} items of {key}")
             if item_type in _SCALARS:  # one unpack for the whole array (token types, scores)
-                return list(self._unpack(f"<{n}{_SCALARS[item_type]}"))
+                return list(self._unpack(f"<{n}{_SCALARS[item_type]}", f"the items of {key}"))
             # strings (the vocabulary, the merges): the bulk of the metadata, walked once
-            return [self._value(item_type) for _ in range(n)]
-        raise ValueError(f"{self.path}: metadata value of unknown type {value_type}")
+            return [self._value(item_type, key, depth + 1) for _ in range(n)]
+        raise ValueError(f"{self.path}: metadata {_shown(key)} has a value of unknown type {value_type}")
 
 
 # -- our reader: the model ------------------------------------------------------------------
@@ -232,6 +300,11 @@ _CONFIG_KEYS = {
     "attention.layer_norm_rms_epsilon": "rms_norm_eps",
     "vocab_size": "vocab_size",
 }
+# the metadata sizes of the model (counts and lengths): positive integers in any sound file
+_SIZE_KEYS = (
+    "context_length", "block_count", "feed_forward_length", "embedding_length", "attention.head_count",
+    "attention.head_count_kv", "rope.dimension_count", "vocab_size",
+)  # fmt: skip
 _TOKEN_IDS = ("bos_token_id", "eos_token_id", "unknown_token_id", "padding_token_id")
 # GGUF tensor name -> transformers parameter name; "blk.N." becomes "model.layers.N."
 _TOP_NAMES = {"token_embd": "model.embed_tokens", "output_norm": "model.norm", "output": "lm_head"}
@@ -256,16 +329,20 @@ def _load_slmops(p: Path, dtype: Any) -> tuple[Any, Any] | None:
         if arch not in _ARCHITECTURES:
             return _hand_over(p, f"architecture {arch!r}")
         config = _config(gguf, arch)
+        _check_config(gguf, config)
         names = _parameter_names(gguf, config)
         if isinstance(names, str):
             return _hand_over(p, f"tensor {names}")
+        _check_shapes(gguf, config, names)
         tokenizer = _tokenizer(gguf, p)
         model = _model(gguf, config, names, dtype, permute=_ARCHITECTURES[arch][1])
     except Exception as e:
         if isinstance(e, ValueError) and str(p) in str(e):  # ours, already naming the file
             raise
-        # transformers (a shape that does not fit the config, a tokenizer it cannot build)
-        raise ValueError(f"{p} does not load with slmops's GGUF reader ({type(e).__name__}: {e})") from e
+        # transformers (a tokenizer it cannot build, a value of the wrong type); its messages
+        # run over several lines, ours is one
+        said = _shown(" ".join(str(e).split()), 300)
+        raise ValueError(f"{p} does not load with slmops's GGUF reader ({type(e).__name__}: {said})") from e
     finally:
         del gguf.map  # unmapped once the last view on it is gone; the model holds copies
     return model, tokenizer
@@ -291,6 +368,10 @@ def _config(gguf: _File, arch: str) -> Any:
 
     md = gguf.metadata
     model_type = _model_type(gguf)
+    for key in _SIZE_KEYS:  # before transformers divides by them or sizes anything with them
+        value = md.get(f"{arch}.{key}", 1)
+        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+            raise ValueError(f"{gguf.path}: {arch}.{key} is {_shown(repr(value))}, not a positive integer")
     fields: dict[str, Any] = {f: md[f"{arch}.{k}"] for k, f in _CONFIG_KEYS.items() if f"{arch}.{k}" in md}
     if model_type != "qwen2" and f"{arch}.rope.dimension_count" in md:
         fields["head_dim"] = md[f"{arch}.rope.dimension_count"]
@@ -335,6 +416,62 @@ def _parameter_names(gguf: _File, config: Any) -> dict[str, str] | str:
     if missing:
         raise ValueError(f"{gguf.path} lacks tensors the model needs: {', '.join(sorted(missing)[:3])}")
     return names
+
+
+def _check_config(gguf: _File, config: Any) -> None:
+    """The sizes the model is built from, checked before they size anything: each a positive
+    integer, and no more layers than the file has tensors (a block_count of 2**31 would
+    build billions of names, a vocab_size of millions gigabytes of embedding)."""
+    for field in ("hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads",
+                  "num_hidden_layers", "vocab_size", "head_dim"):  # fmt: skip
+        value = getattr(config, field, None)
+        if value is None and field in ("num_key_value_heads", "head_dim"):  # optional: derived
+            continue
+        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+            raise ValueError(
+                f"{gguf.path}: the model's {field} is {_shown(repr(value))}, not a positive integer"
+            )
+    if config.num_hidden_layers > len(gguf.tensors):
+        raise ValueError(
+            f"{gguf.path} declares {config.num_hidden_layers:,} blocks but has only "
+            f"{len(gguf.tensors)} tensors"
+        )
+
+
+def _check_shapes(gguf: _File, config: Any, names: dict[str, str]) -> None:
+    """Every tensor of the shape its parameter has in the model of ``config``, checked before
+    anything is dequantized or built: the file's sizes, not the file's metadata, bound what
+    the load allocates."""
+    hidden, inter = config.hidden_size, config.intermediate_size
+    heads = config.num_attention_heads
+    kv = config.num_key_value_heads or heads
+    head_dim = getattr(config, "head_dim", None) or hidden // heads
+    q, k = heads * head_dim, kv * head_dim
+    shapes = {
+        "model.embed_tokens.weight": (config.vocab_size, hidden),
+        "lm_head.weight": (config.vocab_size, hidden),
+        "model.norm.weight": (hidden,),
+        "input_layernorm.weight": (hidden,),
+        "post_attention_layernorm.weight": (hidden,),
+        "self_attn.q_proj.weight": (q, hidden),
+        "self_attn.k_proj.weight": (k, hidden),
+        "self_attn.v_proj.weight": (k, hidden),
+        "self_attn.o_proj.weight": (hidden, q),
+        "self_attn.q_proj.bias": (q,),
+        "self_attn.k_proj.bias": (k,),
+        "self_attn.v_proj.bias": (k,),
+        "mlp.gate_proj.weight": (inter, hidden),
+        "mlp.up_proj.weight": (inter, hidden),
+        "mlp.down_proj.weight": (hidden, inter),
+    }
+    for t in gguf.tensors:
+        name = names[t.name]
+        expected = shapes[name.split(".", 3)[3] if name.startswith("model.layers.") else name]
+        if t.shape != expected:
+            raise ValueError(
+                f"{gguf.path}: tensor {_shown(t.name)} has shape {list(t.shape)}; the model of its "
+                f"metadata needs {list(expected)}"
+            )
 
 
 def _needed_parameters(config: Any) -> set[str]:
@@ -460,9 +597,17 @@ def _tokenizer(gguf: _File, p: Path) -> Any:
         init.setdefault("add_bos_token", True)
     elif kind == "gemma4":
         init["add_bos_token"] = False
+    tokens = vocabulary["tokens"]
+    if not isinstance(tokens, list):
+        raise ValueError(f"{p}: tokenizer.ggml.tokens is {_shown(repr(tokens))}, not a list of tokens")
     for name, key in zip(("bos_token", "eos_token", "unk_token", "pad_token"), _TOKEN_IDS, strict=True):
         index = md.get(f"tokenizer.ggml.{key}")
-        init[name] = vocabulary["tokens"][index] if index is not None else None
+        if index is not None and (not isinstance(index, int) or not 0 <= index < len(tokens)):
+            raise ValueError(
+                f"{p}: tokenizer.ggml.{key} is {_shown(repr(index))}, not an index into its "
+                f"{len(tokens):,} tokens"
+            )
+        init[name] = tokens[index] if index is not None else None
     backend, extra = convert_gguf_tokenizer(md["general.architecture"], vocabulary)
     tokenizer_class = _tokenizer_class(gguf)
     return tokenizer_class(
