@@ -11,8 +11,10 @@ Rows (every linear of the decoder layers; the tied embedding / lm_head stays flo
     kept weights quantized to 4 bits in the same pass.
 Columns: perplexity on the held-out slice (as ``slmops bench quality``), its change
 against fp32, the change as a share of the baseline's (RTN for quantizers, plain W8A8
-for SmoothQuant, magnitude for pruners), the bytes of the compressed linear weights, and
-the seconds to compress. Calibration: 128 windows of 512 tokens of the training corpus.
+for SmoothQuant, magnitude for pruners), the bytes of the compressed linear weights, the
+seconds to compress, and the memory the row took at its peak over what the process held
+before it (its copy of the float model included; Linux), in multiples of the float
+model's bytes. Calibration: 128 windows of 512 tokens of the training corpus.
 
     slmops bench compress                     # ~10 min on 2 cores (development VM)
     slmops bench compress --rows gptq-4-sym,rtn-4-sym --markdown compress.md
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import gc
 import os
 import time
 from pathlib import Path
@@ -34,6 +37,7 @@ import slmops
 from slmops.nn import QuantLinear
 from slmops.quantize.gptq import gptq_quantize_weight
 
+from ..evaluate.metrics import peak_rss_bytes, reset_peak_rss
 from .quality import cpu_name, linear_bytes, write_results
 
 G128 = {"group_size": 128}
@@ -98,6 +102,21 @@ def rtn_on_gptq_grid(
             setattr(model.get_submodule(parent), child, QuantLinear.from_quantized(q, m.bias))
 
 
+def _rss_bytes() -> int | None:
+    """The process's resident set size now (Linux), to subtract from a row's peak."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def _times(x: float | None) -> str:
+    return "" if x is None else f"{x:.2f}"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="slmops bench compress", description=__doc__, formatter_class=argparse.RawTextHelpFormatter
@@ -130,9 +149,12 @@ def main(argv: list[str] | None = None) -> int:
         return r["perplexity"]["perplexity"]
 
     base = ppl(model)
+    float_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     rows = [{"row": "fp32", "perplexity": base, "linear_bytes": linear_bytes(model), "seconds": 0.0}]
     for label in labels:
         kind, method, options, _ = ROWS[label]
+        gc.collect()
+        held, tracked = _rss_bytes(), reset_peak_rss()
         m = copy.deepcopy(model)
         calib = {"calibration": batches, "progress": False} if method in CALIBRATED else {}
         start = time.perf_counter()
@@ -143,7 +165,11 @@ def main(argv: list[str] | None = None) -> int:
         else:
             rtn_on_gptq_grid(m, **options)
         seconds = time.perf_counter() - start
-        rows.append({"row": label, "perplexity": ppl(m), "linear_bytes": linear_bytes(m), "seconds": seconds})
+        peak = peak_rss_bytes() if tracked else None
+        memory = None if peak is None or held is None else (peak - held) / float_bytes
+        rows.append({"row": label, "perplexity": ppl(m), "linear_bytes": linear_bytes(m), "seconds": seconds,
+                     "peak_memory_x_float": memory})  # fmt: skip
+        del m
         print(f"{label}: ppl {rows[-1]['perplexity']:.3f} ({seconds:.1f} s)", flush=True)
 
     change = {r["row"]: r["perplexity"] / base - 1 for r in rows}
@@ -154,8 +180,9 @@ def main(argv: list[str] | None = None) -> int:
     lines = [
         header,
         "",
-        "| row | ppl | change | share of the baseline's change | linear bytes | seconds |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| row | ppl | change | share of the baseline's change | linear bytes | seconds "
+        "| peak memory (x float) |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         baseline = ROWS.get(r["row"], (None,) * 4)[3]
@@ -165,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
             r["share_of_baseline"] = change[r["row"]] / change[baseline]
         lines.append(
             f"| {r['row']} | {r['perplexity']:.3f} | {100 * change[r['row']]:+.2f}% | {share} "
-            f"| {r['linear_bytes']:,} | {r['seconds']:.1f} |"
+            f"| {r['linear_bytes']:,} | {r['seconds']:.1f} | {_times(r.get('peak_memory_x_float'))} |"
         )
     table = "\n".join(lines)
     write_results(table, header, rows, args.markdown, args.json)
