@@ -138,6 +138,30 @@ def test_a_damaged_quantization_config_is_an_error_not_random_weights(teacher, t
     assert cli(["evaluate", "-m", str(folder), "--metrics", "memory"]) == 1
 
 
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("vocab_size", 10**9, "config.json describes"),
+        ("num_hidden_layers", 10**6, "layers; the weights hold"),
+    ],
+)
+def test_a_config_far_larger_than_the_weights_is_refused_before_allocating(
+    teacher, tmp_path, key, value, message
+):
+    """The fuzzer's find: vocab_size 10^9 in config.json made the loader allocate 4 GB."""
+    from slmops.evaluate.metrics import peak_rss_bytes, reset_peak_rss
+
+    folder = _quantized(teacher, tmp_path / "q")
+    config = json.loads((folder / "config.json").read_text())
+    config[key] = value
+    (folder / "config.json").write_text(json.dumps(config))
+    tracked, before = reset_peak_rss(), peak_rss_bytes()
+    with pytest.raises(ValueError, match=message):
+        slmops.zoo.load(folder)
+    if tracked and before is not None:
+        assert peak_rss_bytes() - before < 256 * 2**20
+
+
 def test_wrong_tensor_dtypes_in_a_checkpoint_are_rejected(teacher, tmp_path):
     folder = _quantized(teacher, tmp_path / "q")
     state = load_file(str(folder / "model.safetensors"))

@@ -12,6 +12,7 @@ layout options}}``, so the loader can rebuild those modules before loading the t
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -44,8 +45,35 @@ def empty_model(folder: str | os.PathLike[str], dtype: Any = None) -> tuple[Any,
     qc = getattr(config, "quantization_config", None) or {}
     if hasattr(config, "quantization_config"):
         del config.quantization_config
+    _check_config_fits_weights(Path(folder), config)
     model = AutoModelForCausalLM.from_config(config, dtype=dtype or torch.float32)
     return model, (qc if isinstance(qc, dict) else qc.to_dict())
+
+
+def _check_config_fits_weights(folder: Path, config: Any) -> None:
+    """A config.json describing a far larger model than the weight file holds (a damaged or
+    hostile one: vocab_size 10^9) is refused before the model is built and allocated:
+    the model is built on the meta device (no memory) and its element count compared with
+    the tensors' in the safetensors header."""
+    import torch
+    from safetensors import safe_open
+    from transformers import AutoModelForCausalLM
+
+    weights = folder / "model.safetensors"
+    if not weights.is_file():
+        return  # the loader names the missing file
+    with safe_open(str(weights), framework="pt") as f:
+        shapes = [f.get_slice(k).get_shape() for k in f.keys()]
+    stored = sum(math.prod(shape) for shape in shapes)
+    layers = getattr(config, "num_hidden_layers", 0) or 0
+    if layers > len(shapes):
+        raise ValueError(f"{folder}: config.json has {layers} layers; the weights hold {len(shapes)} tensors")
+    with torch.device("meta"):
+        wanted = sum(p.numel() for p in AutoModelForCausalLM.from_config(config).parameters())
+    if wanted > 16 * stored + (1 << 20):  # 4-bit codes hold 8 weights a byte; ample slack above that
+        raise ValueError(
+            f"{folder}: config.json describes {wanted:,} parameters; the weights hold {stored:,} values"
+        )
 
 
 def load_state(model: Any, state: dict, src: Path, complete: tuple[str, ...] = ()) -> None:
