@@ -37,7 +37,7 @@ import slmops
 from slmops.nn import QuantLinear
 from slmops.quantize.gptq import gptq_quantize_weight
 
-from ..evaluate.metrics import peak_rss_bytes, reset_peak_rss
+from ..evaluate.metrics import peak_rss_bytes, reset_peak_rss, rss_bytes
 from .quality import cpu_name, linear_bytes, write_results
 
 G128 = {"group_size": 128}
@@ -102,17 +102,6 @@ def rtn_on_gptq_grid(
             setattr(model.get_submodule(parent), child, QuantLinear.from_quantized(q, m.bias))
 
 
-def _rss_bytes() -> int | None:
-    """The process's resident set size now (Linux), to subtract from a row's peak."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
-
-
 def _times(x: float | None) -> str:
     return "" if x is None else f"{x:.2f}"
 
@@ -154,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     for label in labels:
         kind, method, options, _ = ROWS[label]
         gc.collect()
-        held, tracked = _rss_bytes(), reset_peak_rss()
+        held, tracked = rss_bytes(), reset_peak_rss()
         m = copy.deepcopy(model)
         calib = {"calibration": batches, "progress": False} if method in CALIBRATED else {}
         start = time.perf_counter()

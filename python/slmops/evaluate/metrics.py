@@ -145,15 +145,25 @@ def reset_peak_rss() -> bool:
         return False
 
 
-def peak_rss_bytes() -> int | None:
-    """The process's peak resident set size since start or the last :func:`reset_peak_rss`."""
+def _proc_status_bytes(field: str) -> int | None:
+    """A size line of /proc/self/status (Linux), in bytes; None elsewhere."""
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) * 1024
     except OSError:
         pass
     return None
+
+
+def peak_rss_bytes() -> int | None:
+    """The process's peak resident set size since start or the last :func:`reset_peak_rss`."""
+    return _proc_status_bytes("VmHWM")
+
+
+def rss_bytes() -> int | None:
+    """The process's resident set size now."""
+    return _proc_status_bytes("VmRSS")
 
 
 def memory(model: Any, model_dir: str | os.PathLike[str] | None) -> dict[str, Any]:
