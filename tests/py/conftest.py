@@ -39,3 +39,18 @@ def tiny_llama():
         num_key_value_heads=2, max_position_embeddings=64,
     )  # fmt: skip
     return LlamaForCausalLM(cfg).eval(), tok
+
+
+def genai_greedy_tokens(gm, ids, new):
+    """The tokens onnxruntime-genai's model ``gm`` generates greedily after the prompt ``ids``."""
+    import onnxruntime_genai as og
+
+    params = og.GeneratorParams(gm)
+    params.set_search_options(max_length=len(ids) + new, do_sample=False)
+    gen = og.Generator(gm, params)
+    gen.append_tokens(np.array([ids], dtype=np.int32))
+    got = []
+    while not gen.is_done():
+        gen.generate_next_token()
+        got.append(int(gen.get_next_tokens()[0]))
+    return got

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import slmops
 import torch
+from conftest import genai_greedy_tokens
 from slmops.export import export
 from slmops.export.onnx_genai import build_decoder
 
@@ -226,14 +227,7 @@ def test_genai_greedy_tokens_equal_transformers_generate(teacher_int4):
     ids = tok(text)["input_ids"]
     assert [int(i) for i in og.Tokenizer(gm).encode(text)] == ids
     new = 48
-    params = og.GeneratorParams(gm)
-    params.set_search_options(max_length=len(ids) + new, do_sample=False)
-    gen = og.Generator(gm, params)
-    gen.append_tokens(np.array([ids], dtype=np.int32))
-    got = []
-    while not gen.is_done():
-        gen.generate_next_token()
-        got.append(int(gen.get_next_tokens()[0]))
+    got = genai_greedy_tokens(gm, ids, new)
     with torch.no_grad():
         ref = model.generate(torch.tensor([ids]), max_new_tokens=new, do_sample=False, eos_token_id=None)
     assert got == ref[0, len(ids) :].tolist()

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import slmops
 import torch
+from conftest import genai_greedy_tokens
 from slmops.evaluate.metrics import perplexity
 
 pytestmark = pytest.mark.slow
@@ -74,14 +75,7 @@ def test_onnx_genai_export_generates_what_transformers_generates(smollm2, tmp_pa
     ids = tok(prompt)["input_ids"]
     gm = og.Model(str(out))
     assert [int(i) for i in og.Tokenizer(gm).encode(prompt)] == ids
-    params = og.GeneratorParams(gm)
-    params.set_search_options(max_length=len(ids) + 16, do_sample=False)
-    gen = og.Generator(gm, params)
-    gen.append_tokens(np.array([ids], dtype=np.int32))
-    got = []
-    while not gen.is_done():
-        gen.generate_next_token()
-        got.append(int(gen.get_next_tokens()[0]))
+    got = genai_greedy_tokens(gm, ids, 16)
     with torch.no_grad():
         ref = q.generate(torch.tensor([ids]), max_new_tokens=16, do_sample=False, eos_token_id=None)
     assert got == ref[0, len(ids) :].tolist()
