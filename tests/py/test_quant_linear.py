@@ -148,3 +148,44 @@ def test_quantize_model_reports_layers_the_format_cannot_take():
     only = nn.Sequential(nn.Linear(64, 64), nn.Linear(64, 64))
     s = slmops.quantize_model(only, include=["1"], skip=())
     assert s.replaced == ["1"] and s.skipped == {"0": "not in include"}
+
+
+def test_loading_a_quantized_checkpoint_does_not_materialize_its_float_weights(tmp_path):
+    """The model is built on the meta device and the stored codes assigned: the load's peak
+    memory is about twice the codes' bytes (the file's tensors, and the empty modules they
+    replace), under the float linears' (the float model built first, as before, is 1.0x alone);
+    the loaded model gives the saved model's logits."""
+    transformers = pytest.importorskip("transformers")
+    import tokenizers
+    from slmops.evaluate.metrics import peak_rss_bytes, reset_peak_rss
+    from slmops.export import save_checkpoint
+    from slmops.models import load_model
+
+    cfg = transformers.LlamaConfig(
+        vocab_size=64, hidden_size=512, intermediate_size=2048, num_hidden_layers=4,
+        num_attention_heads=8, num_key_value_heads=8, max_position_embeddings=64, rope_theta=50000.0,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = transformers.LlamaForCausalLM(cfg).eval()
+    float_bytes = sum(m.weight.numel() * 4 for m in model.modules() if isinstance(m, nn.Linear))
+    slmops.quantize_model(model, format="int4", group_size=32)
+    word_level = tokenizers.Tokenizer(tokenizers.models.WordLevel({"a": 0}, unk_token="a"))
+    tok = transformers.PreTrainedTokenizerFast(tokenizer_object=word_level)
+    save_checkpoint(model, tok, tmp_path / "q")
+    ids = torch.randint(0, 64, (1, 12))
+    with torch.no_grad():
+        expected = model(ids).logits
+    del model
+    if not reset_peak_rss():
+        pytest.skip("peak memory cannot be reset here (not Linux)")
+    before = peak_rss_bytes()
+    loaded, _ = load_model(tmp_path / "q")
+    grown = peak_rss_bytes() - before
+    assert grown < 0.6 * float_bytes, (
+        f"the load grew the process by {grown:,} bytes (float linears {float_bytes:,})"
+    )
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(ids).logits, expected, rtol=0, atol=0)
+    assert loaded.model.rotary_emb.inv_freq.equal(
+        transformers.LlamaForCausalLM(cfg).model.rotary_emb.inv_freq
+    )

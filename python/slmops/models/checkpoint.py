@@ -35,9 +35,10 @@ def is_checkpoint(folder: str | os.PathLike[str]) -> bool:
 
 
 def empty_model(folder: str | os.PathLike[str], dtype: Any = None) -> tuple[Any, dict]:
-    """A model built from ``folder``'s config (weights not loaded) and the config's
-    ``quantization_config``, removed from the config so that transformers does not look
-    for a quantizer of that name."""
+    """A model built from ``folder``'s config with its parameters on the meta device (no
+    memory: the loader assigns the stored tensors, so a quantized checkpoint never holds
+    its float weights) and the config's ``quantization_config``, removed from the config so
+    that transformers does not look for a quantizer of that name."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -45,31 +46,52 @@ def empty_model(folder: str | os.PathLike[str], dtype: Any = None) -> tuple[Any,
     qc = getattr(config, "quantization_config", None) or {}
     if hasattr(config, "quantization_config"):
         del config.quantization_config
-    _check_config_fits_weights(Path(folder), config)
-    model = AutoModelForCausalLM.from_config(config, dtype=dtype or torch.float32)
+    stored = _stored_tensor_shapes(Path(folder))
+    layers = getattr(config, "num_hidden_layers", 0) or 0
+    if stored is not None and layers > len(stored):  # before building: 10^9 layers take forever even on meta
+        raise ValueError(f"{folder}: config.json has {layers} layers; the weights hold {len(stored)} tensors")
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype or torch.float32)
+    if stored is not None:
+        _check_config_fits_weights(Path(folder), model, stored)
+    _materialize_buffers(model)
     return model, (qc if isinstance(qc, dict) else qc.to_dict())
 
 
-def _check_config_fits_weights(folder: Path, config: Any) -> None:
-    """A config.json describing a far larger model than the weight file holds (a damaged or
-    hostile one: vocab_size 10^9) is refused before the model is built and allocated:
-    the model is built on the meta device (no memory) and its element count compared with
-    the tensors' in the safetensors header."""
+def _materialize_buffers(model: Any) -> None:
+    """The meta model's buffers made real and computed by transformers' own initializer
+    (the rotary tables: non-persistent, so no checkpoint stores them)."""
     import torch
+
+    owners = {}
+    for name, buffer in list(model.named_buffers()):
+        owner_name, _, attr = name.rpartition(".")
+        if buffer.is_meta:
+            owner = model.get_submodule(owner_name)
+            owner._buffers[attr] = torch.empty_like(buffer, device="cpu")
+            owners[owner_name] = owner
+    for owner in owners.values():
+        model._init_weights(owner)
+
+
+def _stored_tensor_shapes(folder: Path) -> list[list[int]] | None:
+    """The shapes in ``model.safetensors``'s header (None without the file: the loader
+    names it)."""
     from safetensors import safe_open
-    from transformers import AutoModelForCausalLM
 
     weights = folder / "model.safetensors"
     if not weights.is_file():
-        return  # the loader names the missing file
+        return None
     with safe_open(str(weights), framework="pt") as f:
-        shapes = [f.get_slice(k).get_shape() for k in f.keys()]
+        return [f.get_slice(k).get_shape() for k in f.keys()]
+
+
+def _check_config_fits_weights(folder: Path, model: Any, shapes: list[list[int]]) -> None:
+    """A config.json describing a far larger model than the weight file holds (a damaged or
+    hostile one: vocab_size 10^9) is refused before anything is allocated for it: the
+    parameter count of the meta-device model against the values in the file's header."""
     stored = sum(math.prod(shape) for shape in shapes)
-    layers = getattr(config, "num_hidden_layers", 0) or 0
-    if layers > len(shapes):
-        raise ValueError(f"{folder}: config.json has {layers} layers; the weights hold {len(shapes)} tensors")
-    with torch.device("meta"):
-        wanted = sum(p.numel() for p in AutoModelForCausalLM.from_config(config).parameters())
+    wanted = sum(p.numel() for p in model.parameters())
     if wanted > 16 * stored + (1 << 20):  # 4-bit codes hold 8 weights a byte; ample slack above that
         raise ValueError(
             f"{folder}: config.json describes {wanted:,} parameters; the weights hold {stored:,} values"
@@ -81,7 +103,9 @@ def load_state(model: Any, state: dict, src: Path, complete: tuple[str, ...] = (
     tensors (a tied lm_head, the slmops extra state and the tensors of the modules named in
     ``complete``, already built with their weights, are not missing). A tensor's kind must
     match: integer codes stay integers of their exact dtype (load_state_dict would cast a
-    BOOL or F8 file tensor silently), and float tensors float (any width: dtype converts)."""
+    BOOL or F8 file tensor silently), and float tensors float (any width: dtype converts).
+    The tensors are assigned, not copied: the model may be on the meta device
+    (``empty_model``), and nothing is held twice."""
     import torch
 
     expected = model.state_dict()
@@ -92,7 +116,9 @@ def load_state(model: Any, state: dict, src: Path, complete: tuple[str, ...] = (
         same_kind = t.dtype.is_floating_point and want.dtype.is_floating_point
         if not same_kind and t.dtype != want.dtype:
             raise ValueError(f"checkpoint {src}: tensor {name} is {t.dtype}, the model needs {want.dtype}")
-    missing, unexpected = model.load_state_dict(state, strict=False)
+        if same_kind and t.dtype != want.dtype:  # assign keeps the file's dtype: convert first
+            state[name] = t.to(want.dtype)
+    missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
     missing = [k for k in missing if k.rsplit(".", 1)[0] not in complete]
     model.tie_weights()
     tied = {n for n, _ in model.named_parameters(remove_duplicate=False)} - {
@@ -103,6 +129,9 @@ def load_state(model: Any, state: dict, src: Path, complete: tuple[str, ...] = (
         raise ValueError(
             f"checkpoint {src} does not match its config: missing {missing[:5]}, unexpected {unexpected[:5]}"
         )
+    still_empty = [n for n, t in model.state_dict().items() if isinstance(t, torch.Tensor) and t.is_meta]
+    if still_empty:
+        raise ValueError(f"checkpoint {src} does not match its config: missing {still_empty[:5]}")
 
 
 def set_module(model: Any, name: str, module: Any) -> None:
