@@ -337,6 +337,25 @@ def test_search_expansion_grid_random_and_ranges(tmp_path, tiny_model, text_file
     assert picked == expand_search(parse_config(raw))  # the seed fixes the sample
 
 
+def test_a_search_by_a_list_of_candidates(tmp_path, tiny_model, text_file):
+    raw = _config(tiny_model, text_file, tmp_path / "out")
+    raw["search"] = {"candidates": [{"test_scale_mlp.factor": 3}, {"test_shift_mlp.shift": 1,
+                                    "test_scale_mlp.factor": 0.5}, {}]}  # fmt: skip
+    assert expand_search(parse_config(raw)) == [
+        {"test_scale_mlp": {"factor": 3}},
+        {"test_shift_mlp": {"shift": 1}, "test_scale_mlp": {"factor": 0.5}},
+        {},
+    ]
+    raw["search"].update(strategy="random", max_trials=2, seed=1)
+    assert len(expand_search(parse_config(raw))) == 2
+    raw["search"] = {"candidates": [{"test_scale_mlp.factor": 3}, {"quantize.bits": 4}]}
+    with pytest.raises(ConfigError, match=r"search.candidates.quantize.bits: no pass named 'quantize'"):
+        parse_config(raw)
+    raw["search"] = {"candidates": [{"test_scale_mlp.factor": 3}], "space": {"test_shift_mlp.shift": [1]}}
+    with pytest.raises(ConfigError, match="a space or a list of candidates, not both"):
+        parse_config(raw)
+
+
 # -- the CLI ----------------------------------------------------------------------------------
 
 
@@ -421,6 +440,18 @@ def test_cli_export_and_the_export_pass(tmp_path, tiny_model, text_file, capsys)
     raw["passes"][0]["format"] = "int4"  # GGUF cannot hold int4: the candidate fails, with the reason
     failed = run_workflow(parse_config(raw), progress=False)
     assert failed.best is None and "cannot hold exactly" in failed.candidates[0].error
+    # ... unless the pass may skip a format its target cannot hold: then the model goes on,
+    # exported to the targets that hold it.
+    raw["passes"][1]["skip_unsupported_formats"] = True
+    raw["passes"].append({"type": "export", "name": "onnx", "target": "onnx-genai", "lm_head": "float"})
+    raw["output_dir"] = str(tmp_path / "mixed")
+    mixed = run_workflow(parse_config(raw), progress=False)
+    assert mixed.best == "c0"
+    export_info = mixed.candidates[0].passes[1]["info"]
+    assert "cannot hold exactly" in export_info["skipped"] and "files" not in export_info
+    assert not (tmp_path / "mixed" / "export-gguf").exists()
+    assert (tmp_path / "mixed" / "onnx-onnx-genai" / "model.onnx").is_file()
+    assert "Not exported by export: model.layers.0" in (tmp_path / "mixed" / "report.md").read_text()
 
 
 def test_cli_exit_codes(tmp_path, tiny_model, text_file, capsys):

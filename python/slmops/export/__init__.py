@@ -13,9 +13,11 @@ from .._deprecation import callable_package
 from ..models import is_checkpoint, is_gptq_checkpoint, load_checkpoint, load_gptq
 from .api import TARGETS, export
 from .checkpoint import save_checkpoint
+from .errors import UnsupportedFormatError
 
 __all__ = [
     "TARGETS",
+    "UnsupportedFormatError",
     "export",
     "is_checkpoint",
     "is_gptq_checkpoint",

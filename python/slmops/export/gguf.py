@@ -19,6 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from .errors import UnsupportedFormatError
+
 # Our format name -> GGML type name. f32/f16 are plain arrays.
 GGUF_TYPES = ("f32", "f16", "q8_0", "q4_0", "q4_k", "q6_k", "tq2_0")
 _GGML_NAMES = {"f32": "F32", "f16": "F16", "q8_0": "Q8_0", "q4_0": "Q4_0", "q4_k": "Q4_K", "q6_k": "Q6_K",
@@ -62,7 +64,7 @@ def check_gguf_exportable(model: Any, tensor_types: dict[str, str]) -> None:
         raise ValueError("llama.cpp's llama graph has no attention or MLP biases; this model has them")
     for name, m in model.named_modules():
         if isinstance(m, QuantLinear) and m.qweight.format not in GGUF_TYPES:
-            raise ValueError(
+            raise UnsupportedFormatError(
                 f"{name} is quantized as {m.qweight.format!r}, which GGUF cannot hold exactly; "
                 f"GGUF block types are {[t for t in GGUF_TYPES if t not in ('f32', 'f16')]}. Quantize "
                 "to one of them (slmops quantize --format q4_k) or export the float model"

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from ..models.gptq import QUANT_METHOD, pack_rows
+from .errors import UnsupportedFormatError
 
 
 def _unsigned_codes(m: dict) -> tuple[np.ndarray, np.ndarray]:
@@ -72,7 +73,9 @@ def check_gptq_exportable(model: Any) -> None:
             try:
                 bits, block = m.qweight.matmulnbits_spec()
             except ValueError as e:
-                raise ValueError(f"{name}: {e}. The GPTQ layout holds int4, int8, q4_0 and q8_0") from None
+                raise UnsupportedFormatError(
+                    f"{name}: {e}. The GPTQ layout holds int4, int8, q4_0 and q8_0"
+                ) from None
             group = -1 if _per_row(m.qweight) else block
             specs.setdefault((bits, group), []).append(name)
     if len(specs) > 1:

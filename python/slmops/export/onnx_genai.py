@@ -30,6 +30,8 @@ from typing import Any
 
 import numpy as np
 
+from .errors import UnsupportedFormatError
+
 SUPPORTED_ARCHITECTURES = ("llama", "mistral", "qwen2", "phi3")
 ACCURACY_LEVELS = (1, 2, 3, 4)
 # RoPE variants whose tables do not depend on the sequence length (dynamic and longrope do).
@@ -97,7 +99,7 @@ def check_onnx_genai_exportable(
             try:
                 m.qweight.matmulnbits_spec()
             except ValueError as e:
-                raise ValueError(
+                raise UnsupportedFormatError(
                     f"{name}: {e}. Quantize to int4, int8, q4_0 or q8_0 for onnx-genai, or export as 'gguf'"
                 ) from None
 

@@ -12,6 +12,7 @@
       goals: {perplexity_increase_pct: 5, size_ratio: 0.3}
     search:
       space: {quantize.format: [int4, q4_k, nf4], quantize.group_size: [32, 128]}
+      # or a list: candidates: [{quantize.algorithm: gptq}, {quantize.format: q4_0}]
     output_dir: runs/int4
 
 Validation names every problem with its place (``passes[0].format``) and the allowed
@@ -103,14 +104,28 @@ class EvaluateConfig(_Strict):
 
 
 class SearchConfig(_Strict):
-    """Option values to try: ``"<pass name>.<option>": [values]`` or ``{min, max, step}``.
-    Candidates are drawn from the space without building it: a space of any size is fine
-    with ``max_trials``; without it, at most ``MAX_CANDIDATES``."""
+    """What to try, either a ``space`` of option values, ``"<pass name>.<option>": [values]``
+    or ``{min, max, step}``, whose every combination is a candidate, or a list of
+    ``candidates``, each ``{"<pass name>.<option>": value, ...}`` (for mixes a grid cannot
+    say: GPTQ at int4 g128 beside round-to-nearest q4_0). Candidates are drawn without
+    building the space: a space of any size is fine with ``max_trials``; without it, at
+    most ``MAX_CANDIDATES``."""
 
     strategy: Literal["grid", "random"] = "grid"
     max_trials: Annotated[int, Field(ge=1)] | None = None
     seed: int = 0
     space: dict[str, list[Any] | dict[str, float]] = {}
+    candidates: list[dict[str, Any]] = []
+
+    @model_validator(mode="after")
+    def _space_or_candidates(self) -> SearchConfig:
+        if self.space and self.candidates:
+            raise ValueError("a search has a space or a list of candidates, not both")
+        return self
+
+    def keys(self) -> list[str]:
+        """Every ``<pass name>.<option>`` the search sets."""
+        return list(self.space) or list(dict.fromkeys(k for c in self.candidates for k in c))
 
 
 # A pass name becomes a folder name (<output_dir>/<name>-<artifact>): one plain path component.
@@ -203,11 +218,13 @@ def parse_config(raw: Any, source: str = "config", base_dir: Path | None = None)
             problems.append(
                 (f"search.space.{key}", f"a range is {{min, max, step}} with step != 0, got {values}")
             )
+    for key in cfg.search.keys() if cfg.search else []:
+        where = f"search.{'space' if cfg.search and cfg.search.space else 'candidates'}.{key}"
         pass_name, _, option = key.partition(".")
         if pass_name not in names:
-            problems.append((f"search.space.{key}", f"no pass named {pass_name!r}; passes are {names}"))
+            problems.append((where, f"no pass named {pass_name!r}; passes are {names}"))
         elif option not in get_pass(cfg.passes[names.index(pass_name)].type).Options.model_fields:
-            problems.append((f"search.space.{key}", f"pass {pass_name!r} has no option {option!r}"))
+            problems.append((where, f"pass {pass_name!r} has no option {option!r}"))
     if cfg.evaluate.data is not None and cfg.evaluate.data not in cfg.data:
         problems.append(
             ("evaluate.data", f"no dataset named {cfg.evaluate.data!r}; data has {sorted(cfg.data)}")

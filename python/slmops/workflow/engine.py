@@ -84,12 +84,14 @@ class _Axis:
 
 def expand_search(cfg: RunConfig) -> list[dict[str, dict[str, Any]]]:
     """The candidates as option overrides per pass name: ``[{"quantize": {"format": "nf4"}}]``,
-    in grid order (the first key slowest) or a seeded random sample, ``max_trials`` at most."""
-    if cfg.search is None or not cfg.search.space:
+    in grid order (the first key slowest; a list of candidates in its order) or a seeded
+    random sample, ``max_trials`` at most."""
+    if cfg.search is None or not (cfg.search.space or cfg.search.candidates):
         return [{}]
     keys = list(cfg.search.space)
     axes = [_Axis(cfg.search.space[k]) for k in keys]
-    total = math.prod(a.n for a in axes)
+    listed = cfg.search.candidates
+    total = len(listed) if listed else math.prod(a.n for a in axes)
     wanted = total if cfg.search.max_trials is None else min(total, cfg.search.max_trials)
     if wanted > MAX_CANDIDATES:
         raise ValueError(
@@ -102,10 +104,16 @@ def expand_search(cfg: RunConfig) -> list[dict[str, dict[str, Any]]]:
         indices = range(wanted)
     candidates = []
     for index in indices:
+        if listed:
+            chosen = listed[index]
+        else:
+            chosen = {
+                k: axis[i] for k, axis, i in zip(keys, axes, _digits(index, [a.n for a in axes]), strict=True)
+            }
         overrides: dict[str, dict[str, Any]] = {}
-        for key, axis, i in zip(keys, axes, _digits(index, [a.n for a in axes]), strict=True):
+        for key, value in chosen.items():
             pass_name, _, option = key.partition(".")
-            overrides.setdefault(pass_name, {})[option] = axis[i]
+            overrides.setdefault(pass_name, {})[option] = value
         candidates.append(overrides)
     return candidates
 

@@ -172,6 +172,11 @@ def write_report(result: RunResult, cfg: RunConfig) -> tuple[Path, Path]:
     if best is not None:
         chosen = [f"Chosen: **{best.id}**, {_describe(best)}", f"Model: `{out / 'model'}`"]
         chosen += [f"Artifact {k}: `{out / k.replace('.', '-')}`" for k in best.artifacts]
+        chosen += [
+            f"Not exported by {p['name']}: {p['info']['skipped']}"
+            for p in best.passes
+            if (p.get("info") or {}).get("skipped")
+        ]
     else:
         chosen = ["Chosen: none; no candidate met the goals (see the status column)."]
     plots = _plots(result)

@@ -1,5 +1,8 @@
 """``type: export``: writes the model for a runtime (``slmops.export_model``); the model passes on
-unchanged, the files are the pass's artifacts."""
+unchanged, the files are the pass's artifacts. With ``skip_unsupported_formats``, a model
+quantized to a format the target has no type for (int4 g128 in GGUF) passes on without
+files and with the reason in the pass's info, so a search mixing formats keeps those
+candidates (exported to the targets that hold them)."""
 
 from __future__ import annotations
 
@@ -7,7 +10,7 @@ from typing import Any
 
 from pydantic import field_validator
 
-from ...export import TARGETS
+from ...export import TARGETS, UnsupportedFormatError
 from ...export import export as export_model
 from ..registry import Pass, PassContext, PassOptions, PassOutput, one_of, register_pass
 
@@ -22,6 +25,7 @@ class ExportOptions(PassOptions):
     fuse_projections: bool | None = None  # onnx-genai: q/k/v and gate/up as one node each (default)
     name: str | None = None  # gguf and onnx-genai: the model's name in the runtime
     scale_dtype: str | None = None  # hf, quantized models (GPTQ layout): float16 or float32
+    skip_unsupported_formats: bool = False  # a format the target cannot hold: no files, not a failure
 
     @field_validator("target")
     @classmethod
@@ -39,8 +43,14 @@ class ExportPass(Pass):
 
     def run(self, model: Any, tokenizer: Any, options: ExportOptions, ctx: PassContext) -> PassOutput:
         opts = self.normalize(options)
-        target = opts.pop("target")
-        manifest = export_model(model, target, ctx.artifacts_dir / target, tokenizer=tokenizer, **opts)
+        target, skip = opts.pop("target"), opts.pop("skip_unsupported_formats")
+        try:
+            manifest = export_model(model, target, ctx.artifacts_dir / target, tokenizer=tokenizer, **opts)
+        except UnsupportedFormatError as e:
+            if not skip:
+                raise
+            ctx.log.info("export %s skipped: %s", target, e)
+            return PassOutput(model, tokenizer, info={"target": target, "skipped": str(e)})
         files = {f["path"]: f["bytes"] for f in manifest["files"]}
         ctx.log.info("exported %s: %s", target, files)
         return PassOutput(
