@@ -9,12 +9,16 @@ Rows (every linear of the decoder layers; the tied embedding / lm_head stays flo
   * W8A8 (int8 weights per channel, int8 activations per token): plain, SmoothQuant;
   * 50% unstructured, 2:4 and 4:8: magnitude, Wanda, SparseGPT; SparseGPT 2:4 with its
     kept weights quantized to 4 bits in the same pass.
-Columns: perplexity on the held-out slice (as ``slmops bench quality``), its change
-against fp32, the change as a share of the baseline's (RTN for quantizers, plain W8A8
-for SmoothQuant, magnitude for pruners), the bytes of the compressed linear weights, the
-seconds to compress, and the memory the row took at its peak over what the process held
-before it (its copy of the float model included; Linux), in multiples of the float
-model's bytes. Calibration: 128 windows of 512 tokens of the training corpus.
+Columns: perplexity on the held-out KJV slice (``slmops.zoo.eval_text()``, as ``slmops
+bench quality``), its change against fp32, the change as a share of the baseline's (RTN
+for quantizers, plain W8A8 for SmoothQuant, magnitude for pruners); perplexity and its
+change on a second held-out text, in modern English (``slmops.zoo.modern_eval_text()``:
+44,671 characters of the Jargon File 4.4.7's essays and folklore, public domain, read
+from Debian's jargon-text package: apt-get install jargon-text), the same compressed
+model evaluated on both; the bytes of the compressed linear weights, the seconds to
+compress, and the memory the row took at its peak over what the process held before it
+(its copy of the float model included; Linux), in multiples of the float model's bytes.
+Calibration: 128 windows of 512 tokens of the training corpus.
 
     slmops bench compress                     # ~10 min on 2 cores (development VM)
     slmops bench compress --rows gptq-4-sym,rtn-4-sym --markdown compress.md
@@ -129,17 +133,22 @@ def main(argv: list[str] | None = None) -> int:
     slmops.set_num_threads(args.threads)
     from slmops.quantize.calibration import calibration_batches
 
+    # Both held-out texts first: a missing jargon-text package fails here, before any work.
+    texts = {"perplexity": slmops.zoo.eval_text(), "modern_perplexity": slmops.zoo.modern_eval_text()}
     model, tok = slmops.zoo.load(args.model)
-    text = slmops.zoo.eval_text()
     batches = calibration_batches(tok, None, n_samples=args.samples, seq_len=args.seq_len, seed=args.seed)
 
-    def ppl(m) -> float:
-        r = slmops.evaluate_model(m, tok, metrics=["perplexity"], data=text, seq_len=512, stride=256)
-        return r["perplexity"]["perplexity"]
+    def ppl(m) -> dict[str, float]:
+        """Perplexity on each held-out text, keyed by its column."""
+        out = {}
+        for key, text in texts.items():
+            r = slmops.evaluate_model(m, tok, metrics=["perplexity"], data=text, seq_len=512, stride=256)
+            out[key] = r["perplexity"]["perplexity"]
+        return out
 
     base = ppl(model)
     float_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
-    rows = [{"row": "fp32", "perplexity": base, "linear_bytes": linear_bytes(model), "seconds": 0.0}]
+    rows = [{"row": "fp32", **base, "linear_bytes": linear_bytes(model), "seconds": 0.0}]
     for label in labels:
         kind, method, options, _ = ROWS[label]
         gc.collect()
@@ -156,22 +165,28 @@ def main(argv: list[str] | None = None) -> int:
         seconds = time.perf_counter() - start
         peak = peak_rss_bytes() if tracked else None
         memory = None if peak is None or held is None else (peak - held) / float_bytes
-        rows.append({"row": label, "perplexity": ppl(m), "linear_bytes": linear_bytes(m), "seconds": seconds,
+        rows.append({"row": label, **ppl(m), "linear_bytes": linear_bytes(m), "seconds": seconds,
                      "peak_memory_x_float": memory})  # fmt: skip
         del m
-        print(f"{label}: ppl {rows[-1]['perplexity']:.3f} ({seconds:.1f} s)", flush=True)
+        print(
+            f"{label}: ppl {rows[-1]['perplexity']:.3f}, modern {rows[-1]['modern_perplexity']:.3f} "
+            f"({seconds:.1f} s)",
+            flush=True,
+        )
 
-    change = {r["row"]: r["perplexity"] / base - 1 for r in rows}
+    change = {r["row"]: r["perplexity"] / base["perplexity"] - 1 for r in rows}
+    modern_change = {r["row"]: r["modern_perplexity"] / base["modern_perplexity"] - 1 for r in rows}
     header = (
         f"slmops {slmops.__version__}, torch {torch.__version__}, {cpu_name()}, {args.threads} threads; "
-        f"{args.model}, calibration {args.samples} x {args.seq_len} tokens (seed {args.seed})"
+        f"{args.model}, calibration {args.samples} x {args.seq_len} tokens (seed {args.seed}); "
+        "ppl: the held-out KJV slice, modern ppl: the Jargon File's essays (jargon-text)"
     )
     lines = [
         header,
         "",
-        "| row | ppl | change | share of the baseline's change | linear bytes | seconds "
-        "| peak memory (x float) |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| row | ppl | change | share of the baseline's change | modern ppl | change | linear bytes "
+        "| seconds | peak memory (x float) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         baseline = ROWS.get(r["row"], (None,) * 4)[3]
@@ -179,8 +194,10 @@ def main(argv: list[str] | None = None) -> int:
         if baseline in change and change[baseline] > 0:
             share = f"{change[r['row']] / change[baseline]:.2f} of {baseline}"
             r["share_of_baseline"] = change[r["row"]] / change[baseline]
+        r["change"], r["modern_change"] = change[r["row"]], modern_change[r["row"]]
         lines.append(
             f"| {r['row']} | {r['perplexity']:.3f} | {100 * change[r['row']]:+.2f}% | {share} "
+            f"| {r['modern_perplexity']:.3f} | {100 * modern_change[r['row']]:+.2f}% "
             f"| {r['linear_bytes']:,} | {r['seconds']:.1f} | {_times(r.get('peak_memory_x_float'))} |"
         )
     table = "\n".join(lines)

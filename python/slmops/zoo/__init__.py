@@ -4,6 +4,7 @@ import slmops
 slmops.zoo.list()                                   # ['kjv-student', 'kjv-teacher']
 model, tokenizer = slmops.zoo.load("kjv-teacher")
 slmops.evaluate_model(model, tokenizer, data=slmops.zoo.eval_text())
+slmops.zoo.modern_eval_text()   # a second held-out text, modern English (apt-get install jargon-text)
 
 Loading is ``slmops.models``'s (``zoo.load`` is ``slmops.models.load_model``). Real
 pretrained models are downloaded by name, once, into the user cache::
@@ -14,6 +15,7 @@ pretrained models are downloaded by name, once, into the user cache::
 
 from ..models.downloads import DOWNLOADS, fetch
 from .corpus import SPLITS, kjv_chapters, kjv_eval_slice, kjv_split
+from .jargon import modern_eval_text
 from .registry import DEFAULT_MODEL, check_tokenizer, eval_text, list_models, load, path
 from .tokenizer import CHAT_TEMPLATE, SPECIAL_TOKENS, train_tokenizer
 
@@ -34,6 +36,7 @@ __all__ = [
     "list",
     "list_models",
     "load",
+    "modern_eval_text",
     "path",
     "train_tokenizer",
 ]
