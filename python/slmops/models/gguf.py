@@ -17,6 +17,12 @@ Two readers (``load_gguf(..., reader=)``), ``DEFAULT_READER`` the one used when 
 - ``"transformers"``: ``from_pretrained(folder, gguf_file=...)`` for the model and the
   tokenizer; every architecture transformers' GGUF loader knows (phi3, gemma, qwen3, ...).
 
+Both readers then give the tokenizer of a byte-level GGUF whose ``tokenizer.ggml.pre`` names
+one of llama.cpp's digit-splitting pre-tokenizers (smollm, starcoder, command-r, ...) the
+digit split that llama.cpp and the model's own tokenizer.json apply and transformers' converter
+leaves out (``_DIGITS_APART``): SmolLM2's token ids equal llama.cpp's
+(tests/py/test_tokenizer_llamacpp.py).
+
 The workflow engine works on model folders: it converts a GGUF input once into a folder in
 its cache (``gguf_folder``), keyed by the file's content."""
 
@@ -89,6 +95,9 @@ def _load_transformers(p: Path, dtype: Any) -> tuple[Any, Any]:
     try:
         tokenizer = AutoTokenizer.from_pretrained(p.parent, gguf_file=p.name)
         model = AutoModelForCausalLM.from_pretrained(p.parent, gguf_file=p.name, dtype=dtype)
+        gguf = _File(p)
+        _split_like_llamacpp(tokenizer, gguf.metadata)
+        del gguf.map
     except OSError:
         raise
     except Exception as e:  # the gguf package and transformers raise many kinds on bad files
@@ -610,7 +619,7 @@ def _tokenizer(gguf: _File, p: Path) -> Any:
         init[name] = tokens[index] if index is not None else None
     backend, extra = convert_gguf_tokenizer(md["general.architecture"], vocabulary)
     tokenizer_class = _tokenizer_class(gguf)
-    return tokenizer_class(
+    tokenizer = tokenizer_class(
         tokenizer_object=backend,
         name_or_path=str(p.parent),
         is_local=True,
@@ -620,6 +629,35 @@ def _tokenizer(gguf: _File, p: Path) -> Any:
         **init,
         **extra,
     )
+    _split_like_llamacpp(tokenizer, md)
+    return tokenizer
+
+
+# llama.cpp's pre-tokenizers (tokenizer.ggml.pre) that cut every digit off before GPT-2's split
+# (llama-vocab.cpp: the regex "\p{N}", then GPT-2's), as these models' own tokenizer.json do
+# (Digits(individual_digits=True) before ByteLevel). transformers' GGUF converter (5.25) knows
+# none of them and splits with GPT-2's regex alone, which keeps a space with the digits after
+# it: on SmolLM2 " ١٢٣" starts with the token "ĠÙ" where llama.cpp has "Ġ", "Ù", and "x  ==  0"
+# ends "Ġ", "Ġ", "0" where llama.cpp has "ĠĠ", "0" (tests/py/test_tokenizer_llamacpp.py).
+_DIGITS_APART = frozenset(
+    {"starcoder", "refact", "command-r", "smollm", "codeshell", "exaone", "minerva-7b", "mellum2"}
+)
+
+
+def _split_like_llamacpp(tokenizer: Any, metadata: dict[str, Any]) -> None:
+    """Give a byte-level tokenizer built from a GGUF's metadata the pre-tokenizer llama.cpp
+    uses for it where transformers' converter leaves GPT-2's (``_DIGITS_APART``); both readers
+    call it, so their tokenizers stay the same."""
+    from tokenizers import pre_tokenizers
+
+    backend = tokenizer.backend_tokenizer
+    if (
+        metadata.get("tokenizer.ggml.model") == "gpt2"
+        and metadata.get("tokenizer.ggml.pre") in _DIGITS_APART
+        and isinstance(backend.pre_tokenizer, pre_tokenizers.ByteLevel)  # not a split of transformers'
+    ):
+        digits = pre_tokenizers.Digits(individual_digits=True)
+        backend.pre_tokenizer = pre_tokenizers.Sequence([digits, backend.pre_tokenizer])
 
 
 def _tokenizer_class(gguf: _File) -> Any:
