@@ -679,3 +679,18 @@ def test_cli_quantize_rejects_impossible_options_before_any_work(tmp_path, capsy
     assert not (tmp_path / "cache").exists()
     with pytest.raises(ValueError, match="unknown format"):
         slmops.quantize_model(slmops.zoo.load("kjv-teacher")[0], format="int5")
+
+
+@pytest.mark.parametrize(
+    ("kind", "reader"), [("eval_slice", "eval_text"), ("modern_slice", "modern_eval_text")]
+)
+def test_the_shipped_held_out_texts_as_run_config_data(tmp_path, tiny_model, text_file, kind, reader):
+    from slmops.workflow.engine import read_data
+
+    try:
+        expected = getattr(slmops.zoo, reader)()
+    except FileNotFoundError as e:  # the modern text's Debian package is not installed here
+        pytest.skip(str(e))
+    raw = _config(tiny_model, text_file, tmp_path / "out")
+    raw["data"]["held_out"] = {"type": kind, "max_chars": 1000}
+    assert read_data(parse_config(raw).data["held_out"]) == expected[:1000]

@@ -44,10 +44,11 @@ class _Strict(BaseModel):
 
 class DataConfig(_Strict):
     """A named dataset. ``kjv``: a split of the reference corpus (needs Debian's bible-kjv);
-    ``eval_slice``: the held-out slice shipped with slmops; ``text``: a UTF-8 file;
-    ``jsonl``: one JSON object per line, text in ``field``."""
+    ``eval_slice``: the held-out slice shipped with slmops; ``modern_slice``: held-out
+    modern English, from the Jargon File (needs Debian's jargon-text); ``text``: a UTF-8
+    file; ``jsonl``: one JSON object per line, text in ``field``."""
 
-    type: Literal["kjv", "eval_slice", "text", "jsonl"]
+    type: Literal["kjv", "eval_slice", "modern_slice", "text", "jsonl"]
     path: str | None = None
     split: Literal["train", "validation", "test"] = "train"
     field: str = "text"

@@ -466,6 +466,8 @@ def read_data(d: Any) -> str:
         text = zoo.kjv_split(d.split)
     elif d.type == "eval_slice":
         text = zoo.eval_text()
+    elif d.type == "modern_slice":
+        text = zoo.modern_eval_text()
     elif d.type == "text":
         text = Path(d.path).read_text(encoding="utf-8")
     else:  # jsonl
