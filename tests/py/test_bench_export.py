@@ -44,10 +44,12 @@ def test_markdown_shows_errors_and_blank_cells():
         "rounds": 5,
         "rows": [
             {"row": "float", "perplexity": 10.0, "change_pct": 0.0},
+            {"row": "ours", "perplexity": 11.0, "change_pct": 10.0, "export_peak_x_float": 0.5},
             {"row": bench.BUILDER_ROW, "error": "no builder"},
         ],
     }
     text = bench.markdown(result)
-    assert "| float | 10.000 | +0.00% |  |  |  |  |  |" in text
+    assert "| float | 10.000 | +0.00% |  |  |  |  |  |  |\n" in text
+    assert "| ours | 11.000 | +10.00% |  |  |  |  |  | 0.50x |\n" in text
     assert f"| {bench.BUILDER_ROW} | unavailable: no builder |" in text
     assert "m; slmops 0, cpu, 2 threads, 5 interleaved rounds." in text

@@ -131,3 +131,19 @@ def test_bad_input():
         slmops.evaluate_model(model, data=ids, seq_len=32, stride=64)
     with pytest.raises(ValueError, match="exceeds the model's context"):
         slmops.evaluate_model(model, metrics=["speed"], prompt_tokens=60, decode_tokens=10)
+
+
+def test_peak_growth_sees_a_transient_allocation():
+    """A 256 MiB tensor made and freed inside the block: the peak rose by it, though the
+    resident set is back where it was."""
+    from slmops.evaluate.metrics import PeakGrowth, rss_bytes
+
+    with PeakGrowth() as idle:
+        pass
+    with PeakGrowth() as busy:
+        t = torch.ones(64 * 2**20)  # 256 MiB, written so its pages are resident
+        del t
+    if busy.bytes is None:
+        pytest.skip("the peak resident set is not readable here (not Linux)")
+    assert busy.bytes >= 250 * 2**20 and idle.bytes < 32 * 2**20
+    assert rss_bytes() is not None

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import gc
 import os
 import time
 from pathlib import Path
@@ -41,7 +40,7 @@ import slmops
 from slmops.nn import QuantLinear
 from slmops.quantize.gptq import gptq_quantize_weight
 
-from ..evaluate.metrics import peak_rss_bytes, reset_peak_rss, rss_bytes
+from ..evaluate.metrics import PeakGrowth
 from .quality import cpu_name, linear_bytes, write_results
 
 G128 = {"group_size": 128}
@@ -151,20 +150,18 @@ def main(argv: list[str] | None = None) -> int:
     rows = [{"row": "fp32", **base, "linear_bytes": linear_bytes(model), "seconds": 0.0}]
     for label in labels:
         kind, method, options, _ = ROWS[label]
-        gc.collect()
-        held, tracked = rss_bytes(), reset_peak_rss()
-        m = copy.deepcopy(model)
-        calib = {"calibration": batches, "progress": False} if method in CALIBRATED else {}
-        start = time.perf_counter()
-        if kind == "quantize":
-            slmops.quantize_model(m, method, **calib, **options)
-        elif kind == "prune":
-            slmops.prune_model(m, method, **calib, **options)
-        else:
-            rtn_on_gptq_grid(m, **options)
-        seconds = time.perf_counter() - start
-        peak = peak_rss_bytes() if tracked else None
-        memory = None if peak is None or held is None else (peak - held) / float_bytes
+        with PeakGrowth() as grown:
+            m = copy.deepcopy(model)
+            calib = {"calibration": batches, "progress": False} if method in CALIBRATED else {}
+            start = time.perf_counter()
+            if kind == "quantize":
+                slmops.quantize_model(m, method, **calib, **options)
+            elif kind == "prune":
+                slmops.prune_model(m, method, **calib, **options)
+            else:
+                rtn_on_gptq_grid(m, **options)
+            seconds = time.perf_counter() - start
+        memory = None if grown.bytes is None else grown.bytes / float_bytes
         rows.append({"row": label, **ppl(m), "linear_bytes": linear_bytes(m), "seconds": seconds,
                      "peak_memory_x_float": memory})  # fmt: skip
         del m

@@ -11,7 +11,9 @@ the ONNX model run by onnxruntime on the held-out KJV slice (windows of 512 toke
 256, the protocol of ``slmops.evaluate``), its change against the float model, the size of
 model.onnx + model.onnx.data, prompt and decode tokens/s through onnxruntime-genai (batch
 1, a 64-token prompt, 64 greedy tokens; the folders take turns, ``--rounds`` rounds after a
-warm-up, median), and decode speed as a ratio to the builder's, measured in the same rounds.
+warm-up, median), decode speed as a ratio to the builder's, measured in the same rounds,
+and our export's peak memory over what the process held before it (the quantized model),
+in multiples of the float model's bytes (Linux).
 
     slmops bench export                                   # the reference teacher, about 2 min
     slmops bench export --model smollm2-135m-instruct     # SmolLM2-135M, about 8 min on 2 cores
@@ -125,7 +127,7 @@ def _folder_bytes(folder: Path) -> int:
 
 
 def run(work: Path, model_name: str, rounds: int) -> dict[str, Any]:
-    from ..evaluate.metrics import perplexity
+    from ..evaluate.metrics import PeakGrowth, perplexity
     from .quality import cpu_name
 
     model, tok = slmops.zoo.load(model_name)
@@ -135,9 +137,13 @@ def run(work: Path, model_name: str, rounds: int) -> dict[str, Any]:
     rows: dict[str, dict[str, Any]] = {"float model (torch fp32)": {"perplexity": base}}
     folders: dict[str, Path] = {}
 
-    def made(label: str, folder: Path, seconds: float) -> None:
+    float_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+
+    def made(label: str, folder: Path, seconds: float, grown: int | None = None) -> None:
         ppl = perplexity(_OrtCausalLM(folder), ids, 512, 256)["perplexity"]
         rows[label] = {"perplexity": ppl, "bytes": _folder_bytes(folder), "seconds": seconds}
+        if grown is not None:
+            rows[label]["export_peak_x_float"] = grown / float_bytes
         folders[label] = folder
         print(f"{label}: ppl {ppl:.3f}", flush=True)
 
@@ -155,9 +161,10 @@ def run(work: Path, model_name: str, rounds: int) -> dict[str, Any]:
         for head in heads:
             out = work / f"slmops-{method}-{head}"
             start = time.perf_counter()
-            slmops.export_model(m, "onnx-genai", out, tokenizer=tok, lm_head=head, embedding=head)
+            with PeakGrowth() as grown:
+                slmops.export_model(m, "onnx-genai", out, tokenizer=tok, lm_head=head, embedding=head)
             label = f"slmops {method.upper()} int4 g{GROUP}, lm_head {head}"
-            made(label, out, quantized + time.perf_counter() - start)
+            made(label, out, quantized + time.perf_counter() - start, grown.bytes)
 
     if importlib.util.find_spec("onnxruntime_genai.models.builder") is not None:
         float_dir, built = work / "float", work / "builder-int4"
@@ -187,8 +194,8 @@ def run(work: Path, model_name: str, rounds: int) -> dict[str, Any]:
 def markdown(result: dict[str, Any]) -> str:
     lines = [
         "| export | perplexity | change | model bytes | prompt tok/s | decode tok/s | decode vs builder "
-        "| time to make (s) |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| time to make (s) | export peak memory |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
 
     def cell(r: dict[str, Any], key: str, fmt: str) -> str:
@@ -196,12 +203,13 @@ def markdown(result: dict[str, Any]) -> str:
 
     for r in result["rows"]:
         if "error" in r:
-            lines.append(f"| {r['row']} | unavailable: {r['error']} | | | | | | |")
+            lines.append(f"| {r['row']} | unavailable: {r['error']} | | | | | | | |")
             continue
         lines.append(
             f"| {r['row']} | {r['perplexity']:.3f} | {r['change_pct']:+.2f}% | {cell(r, 'bytes', ',')} "
             f"| {cell(r, 'prompt_tok_s', '.0f')} | {cell(r, 'decode_tok_s', '.1f')} "
-            f"| {cell(r, 'decode_vs_builder', '.2f')} | {cell(r, 'seconds', '.1f')} |"
+            f"| {cell(r, 'decode_vs_builder', '.2f')} | {cell(r, 'seconds', '.1f')} "
+            f"| {cell(r, 'export_peak_x_float', '.2f')}{'x' if r.get('export_peak_x_float') else ''} |"
         )
     m = result["machine"]
     lines.append(

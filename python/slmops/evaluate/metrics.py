@@ -166,6 +166,24 @@ def rss_bytes() -> int | None:
     return _proc_status_bytes("VmRSS")
 
 
+class PeakGrowth:
+    """``with PeakGrowth() as g: work()``: ``g.bytes`` is how far the process's resident set
+    rose at its peak during the work over what it held before (None where the OS cannot
+    tell, not Linux)."""
+
+    def __enter__(self) -> PeakGrowth:
+        import gc
+
+        gc.collect()
+        self._held, self._tracked = rss_bytes(), reset_peak_rss()
+        self.bytes: int | None = None
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        peak = peak_rss_bytes() if self._tracked else None
+        self.bytes = None if peak is None or self._held is None else peak - self._held
+
+
 def memory(model: Any, model_dir: str | os.PathLike[str] | None) -> dict[str, Any]:
     """Bytes of parameters and buffers (quantized buffers included) and of the weight files."""
     in_memory = sum(t.numel() * t.element_size() for t in list(model.parameters()) + list(model.buffers()))
