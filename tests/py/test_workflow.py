@@ -44,6 +44,13 @@ def tiny_model(tmp_path_factory) -> Path:
     return folder
 
 
+@pytest.fixture(autouse=True)
+def user_cache(tmp_path, monkeypatch) -> Path:
+    """Each test its own user cache (the input model's evaluations are kept there)."""
+    monkeypatch.setenv("SLMOPS_CACHE", str(tmp_path / "user-cache"))
+    return tmp_path / "user-cache"
+
+
 @pytest.fixture
 def text_file(tmp_path) -> Path:
     p = tmp_path / "eval.txt"
@@ -694,3 +701,31 @@ def test_the_shipped_held_out_texts_as_run_config_data(tmp_path, tiny_model, tex
     raw = _config(tiny_model, text_file, tmp_path / "out")
     raw["data"]["held_out"] = {"type": kind, "max_chars": 1000}
     assert read_data(parse_config(raw).data["held_out"]) == expected[:1000]
+
+
+def test_the_input_models_evaluation_is_reused_across_runs(tmp_path, tiny_model, text_file, monkeypatch):
+    """A second run on the same model and data, in another folder with other passes, takes
+    the input's metrics from the user cache; other data or another thread count measure."""
+    from slmops.workflow.engine import Engine
+
+    measured = []
+    real = Engine._evaluate
+    monkeypatch.setattr(Engine, "_evaluate", lambda self, d: measured.append(Path(d)) or real(self, d))
+    raw = _config(tiny_model, text_file, tmp_path / "one")
+    first = run_workflow(parse_config(raw), progress=False, report=False)
+    assert len(measured) == 2  # the input and the candidate
+    raw = _config(tiny_model, text_file, tmp_path / "two", passes=[{"type": "test_shift_mlp", "shift": 0.5}])
+    second = run_workflow(parse_config(raw), progress=False, report=False)
+    assert len(measured) == 3 and measured[-1] == Path(second.candidates[0].model_dir)
+    assert second.input["metrics"] == first.input["metrics"]
+    torch.set_num_threads(torch.get_num_threads() + 1)
+    try:
+        run_workflow(
+            parse_config({**raw, "output_dir": str(tmp_path / "three")}), progress=False, report=False
+        )
+    finally:
+        torch.set_num_threads(torch.get_num_threads() - 1)
+    assert len(measured) == 5  # the input measured again at the other thread count
+    text_file.write_text(TEXT * 4)
+    run_workflow(parse_config({**raw, "output_dir": str(tmp_path / "four")}), progress=False, report=False)
+    assert len(measured) == 7

@@ -44,10 +44,14 @@ DOWNLOADS: dict[str, Download] = {
 }
 
 
+def cache_root() -> Path:
+    """The user cache: ``$SLMOPS_CACHE`` or ``~/.cache/slmops``."""
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "slmops")
+
+
 def cache_dir() -> Path:
     """Where downloaded models live: ``$SLMOPS_CACHE/models`` or ``~/.cache/slmops/models``."""
-    root = os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "slmops"
-    return Path(root) / "models"
+    return cache_root() / "models"
 
 
 def downloaded_path(name: str) -> Path:

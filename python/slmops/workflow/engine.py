@@ -5,7 +5,10 @@ candidate, and writes ``run_history.json`` and the report.
 Cache: ``<output_dir>/cache/<key>/`` holds ``model/`` (an slmops checkpoint), the pass's
 ``artifacts/`` and ``result.json``, written to a temporary folder and renamed, so a key
 either is complete or absent. A rerun, or a run resumed after a crash, reuses every
-finished pass and evaluation.
+finished pass and evaluation. The input model's evaluation is also kept in the user cache
+(``~/.cache/slmops/eval``, or ``$SLMOPS_CACHE/eval``), keyed by the model's and the data's
+content, the evaluation settings, the slmops version and the thread count: another run on
+the same model and data (another output folder, other passes) does not measure it again.
 """
 
 from __future__ import annotations
@@ -218,19 +221,27 @@ class Engine:
             return None
         return self._located(key, result)
 
-    def _evaluate_cached(self, model_key: str, model_dir: Path) -> dict[str, Any]:
+    def _evaluate_cached(self, model_key: str, model_dir: Path, shared: bool = False) -> dict[str, Any]:
+        """The model's metrics, from this run's cache or (``shared``: the input model, whose
+        key is its content's hash) the user cache, measured when absent."""
+        import torch
+
+        from .. import __version__
+        from ..models.downloads import cache_root
+
         ev = self.cfg.evaluate
-        eval_key = _hash(
-            {
-                "model": model_key,
-                "evaluate": ev.model_dump(mode="json"),
-                "data": self._data_hash(ev.data) if ev.data else None,
-            }
-        )
-        path = self.cache / "eval" / f"{eval_key}.json"
+        key = {
+            "model": model_key,
+            "evaluate": ev.model_dump(mode="json"),
+            "data": self._data_hash(ev.data) if ev.data else None,
+        }
+        if shared:  # speeds differ with the code and the threads
+            key.update(slmops=__version__, threads=torch.get_num_threads())
+        path = (cache_root() if shared else self.cache) / "eval" / f"{_hash(key)}.json"
         try:  # the metrics with their own checksum: an edited or truncated file is measured again
             saved = json.loads(path.read_text())
             if saved["sha256"] == _hash(saved["metrics"]):
+                self.log.info("evaluation of %s: cached (%s)", model_dir, path)
                 return saved["metrics"]
             self.log.warning("evaluation cache %s does not match its checksum; measuring again", path)
         except FileNotFoundError:
@@ -238,7 +249,12 @@ class Engine:
         except (ValueError, KeyError, TypeError) as e:
             self.log.warning("evaluation cache %s is unreadable (%s); measuring again", path, e)
         metrics = self._evaluate(model_dir)
-        write_json_atomic({"metrics": metrics, "sha256": _hash(metrics)}, path)
+        try:
+            write_json_atomic({"metrics": metrics, "sha256": _hash(metrics)}, path)
+        except OSError as e:  # a read-only user cache costs the reuse, not the run
+            if not shared:
+                raise
+            self.log.warning("could not keep the input's evaluation in %s: %s", path, e)
         return metrics
 
     def _data_hash(self, name: str) -> str:
@@ -368,7 +384,7 @@ class Engine:
         src = self._input_folder()
         input_key = hash_model_folder(src)
         self.log.info("input model %s (%s)", src, input_key)
-        base = self._evaluate_cached(input_key, src)  # a failure here (bad data, bad metric) ends the run
+        base = self._evaluate_cached(input_key, src, shared=True)  # a failure (bad data) ends the run
         input_info = {"model": cfg.model, "path": str(src), "key": input_key, "metrics": base}
         candidates = self._plan(expand_search(cfg), input_key)
         history_path = self.out / HISTORY_FILE
