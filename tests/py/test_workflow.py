@@ -729,3 +729,13 @@ def test_the_input_models_evaluation_is_reused_across_runs(tmp_path, tiny_model,
     text_file.write_text(TEXT * 4)
     run_workflow(parse_config({**raw, "output_dir": str(tmp_path / "four")}), progress=False, report=False)
     assert len(measured) == 7
+
+
+def test_a_quiet_run_shows_no_progress_bars(tmp_path, tiny_model, text_file, capfd):
+    from transformers.utils import logging as hf_logging
+
+    run_workflow(parse_config(_config(tiny_model, text_file, tmp_path / "out")), progress=False, report=False)
+    assert "it/s]" not in capfd.readouterr().err  # neither ours nor transformers' loading bars
+    assert hf_logging.is_progress_bar_enabled()  # and transformers' setting is as it was
+    run_workflow(parse_config(_config(tiny_model, text_file, tmp_path / "loud")), progress=True, report=False)
+    assert "it/s]" in capfd.readouterr().err

@@ -371,9 +371,16 @@ class Engine:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
         self.log.addHandler(handler)
         self.log.setLevel(logging.INFO)
+        from transformers.utils import logging as hf_logging
+
+        bars = hf_logging.is_progress_bar_enabled()
+        if not self.progress:  # quiet means transformers' loading/saving bars too
+            hf_logging.disable_progress_bar()
         try:
             return self._run()
         finally:
+            if bars:
+                hf_logging.enable_progress_bar()
             self.log.removeHandler(handler)
             handler.close()
 
