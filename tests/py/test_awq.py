@@ -95,3 +95,86 @@ def test_awq_model_pipeline_and_errors(tiny_llama):
     with pytest.raises(ValueError, match="no decoder layer list"):
         slmops.quantize_model(gpt2, "awq", progress=False, **calib)
     assert np.isfinite(summary.seconds)
+
+
+@torch.no_grad()
+def test_block_loss_is_the_attention_output_of_the_first_windows(tiny_llama):
+    """With the block loss, the q/k/v scales are the candidate whose fake-quantized weights
+    change the self-attention output least on the kept windows: checked against each
+    candidate run through a copy of the attention on the first window alone (so the
+    slicing of the layer's call arguments to that window is checked too)."""
+    from slmops.quantize.awq import _block, _first_windows
+    from slmops.quantize.calibration import _output
+
+    model, tok = tiny_llama
+    m = copy.deepcopy(model)
+    attn = m.model.layers[0].self_attn
+    ids = torch.tensor([tok(CALIBRATION_TEXT * 10)["input_ids"][i : i + 32] for i in (0, 40, 80)])
+    calls = []
+    handle = attn.register_forward_pre_hook(lambda mod, a, kw: calls.append((a, kw)), with_kwargs=True)
+    m(ids, use_cache=False)  # the batch of three windows: the search keeps the first
+    m(ids[:1], use_cache=False)  # the first window alone: the brute force below runs on it
+    handle.remove()
+    kept = _first_windows(*calls[0], 1)
+    alone_args, alone_kwargs = calls[1]
+    x = alone_kwargs["hidden_states"][0]
+    stats = InputStats(abs_sum=x.abs().sum(0).double().numpy(), rows=len(x), sample=[x])
+    linears = [attn.q_proj, attn.k_proj, attn.v_proj]
+    options = {"group_size": 32, "symmetric": False}
+    block = _block(attn, linears, lambda a: _output(a(*kept[0], **kept[1])))
+    before = [lin.weight.clone() for lin in linears]
+    s = _search_scale(linears, stats, "int4", options, True, block=block)
+    assert all(torch.equal(b, lin.weight) for b, lin in zip(before, linears, strict=True))  # restored
+
+    reference = _output(attn(*alone_args, **alone_kwargs))
+    w = torch.cat(before).abs().reshape(-1, 2, 32)
+    w_mean = (w / (w.amax(-1, keepdim=True) + 1e-6)).reshape(-1, 64).mean(0)
+    candidates = []
+    for i in range(20):
+        c = (x.abs().mean(0).pow(i / 20) / (w_mean.pow(1 - i / 20) + 1e-4)).clamp(min=1e-4)
+        c = c / (c.max() * c.min()).sqrt()
+        trial = copy.deepcopy(attn)
+        for lin, wt in zip([trial.q_proj, trial.k_proj, trial.v_proj], before, strict=True):
+            lin.weight.copy_(slmops.ops.quantize(wt * c, "int4", **options).dequantize() / c)
+        out = _output(trial(*alone_args, **alone_kwargs))
+        if i == 7:  # the block computes the same output for the same candidate
+            q = [slmops.ops.quantize(wt * c, "int4", **options).dequantize() / c for wt in before]
+            torch.testing.assert_close(block(q), out, rtol=1e-5, atol=1e-6)
+        candidates.append((float((out - reference).square().mean()), c))
+    torch.testing.assert_close(s, min(candidates, key=lambda e: e[0])[1], rtol=1e-4, atol=1e-6)
+
+
+@torch.no_grad()
+def test_first_tokens_count_sink_weight_times():
+    """The windows' first tokens are kept apart: their share of the loss is what counting
+    each sink_weight times among all rows gives, and the search minimizes that mix."""
+    from slmops.quantize.awq import _sink_share
+
+    gen = torch.Generator().manual_seed(2)
+    k = 256
+    x = torch.randn(512, k, generator=gen)
+    first = torch.randn(8, k, generator=gen) * 0.1
+    first[:, 4:8] = 200.0  # the sink's own huge channels
+    linear = torch.nn.Linear(k, 64, bias=False)
+    torch.nn.init.normal_(linear.weight, std=0.02, generator=gen)
+    rows = 8 * 512  # 8 windows of 512 tokens were seen
+    stats = InputStats(abs_sum=x.abs().mean(0).double().numpy() * rows, rows=rows, sample=[x], first=[first])
+    assert _sink_share(stats, 1.0) == pytest.approx(8 / rows)
+    assert _sink_share(stats, 64.0) == pytest.approx(64 * 8 / (rows - 8 + 64 * 8))
+    assert _sink_share(InputStats(rows=rows, sample=[x]), 64.0) == 0.0
+    options = {"group_size": 128, "symmetric": True}
+    w = linear.weight.detach()
+    picks = []
+    for weight in (0.0, 4096.0):
+        share = _sink_share(stats, weight)
+        s = _search_scale([linear], stats, "int4", options, False, sink_weight=weight)
+        candidates = []
+        for i in range(20):
+            c = x.abs().mean(0).pow(i / 20).clamp(min=1e-4)
+            c = c / (c.max() * c.min()).sqrt()
+            d = (slmops.ops.quantize(w * c, "int4", **options).dequantize() / c - w).t()
+            loss = (1 - share) * float((x @ d).square().mean()) + share * float((first @ d).square().mean())
+            candidates.append((loss, c))
+        torch.testing.assert_close(s, min(candidates, key=lambda e: e[0])[1], rtol=1e-4, atol=1e-6)
+        picks.append(s)
+    assert not torch.equal(picks[0], picks[1])  # the sink's weight changes the pick

@@ -21,8 +21,12 @@ weights clipped per quantization group at the ratio (of 1.0 .. 0.55) that minimi
 error. The layer's linears are then quantized round-to-nearest (any int4/int8 option of
 ``slmops.ops.quantize``), so the output is in the formats every kernel and exporter takes.
 
-The search's loss is the output of the linears themselves (AutoAWQ uses the attention or
-MLP block's output for q/k/v and gate/up): cheaper, and it needs no attention inputs.
+The search's loss is the output of the linears themselves on a sample of rows, each
+window's first token (the attention sink) kept apart and counted ``awq_sink_weight`` times
+as another token (default 64). ``block_loss=True`` judges the q/k/v scales on the
+self-attention output of the first calibration batch's first two windows and the gate/up
+scales on the MLP output of the rows, as AutoAWQ does. On SmolLM2-135M neither changed
+much: AWQ's residual error there is in v_proj and q_proj (docs/quantization.md).
 """
 
 from __future__ import annotations
@@ -35,7 +39,14 @@ from torch import nn
 
 from ..nn import QuantLinear
 from ..ops import quantize
-from .calibration import InputStats, calibration_tokens, linears_by_layer, observe_inputs, run_layerwise
+from .calibration import (
+    InputStats,
+    _output,
+    calibration_tokens,
+    linears_by_layer,
+    observe_inputs,
+    run_layerwise,
+)
 from .linears import QuantizationSummary, replace_linear
 from .options import AWQOptions
 from .scaling import fold_scales, scale_groups
@@ -58,13 +69,39 @@ def _weight_mean(weights: list[torch.Tensor], group_size: int) -> torch.Tensor:
     return (grouped / (grouped.amax(-1, keepdim=True) + 1e-6)).reshape(-1, k).mean(0)
 
 
+def _sink_share(stats: InputStats, sink_weight: float) -> float:
+    """The share of the loss that goes to the windows' first tokens when each counts
+    ``sink_weight`` times as one of the other tokens."""
+    windows = sum(len(f) for f in stats.first)
+    if not windows:
+        return 0.0
+    return sink_weight * windows / (stats.rows - windows + sink_weight * windows)
+
+
+def _loss(x: torch.Tensor, first: torch.Tensor | None, share: float, f: Any) -> float:
+    """(1 - share) * mean(f(x)) + share * mean(f(first)): f gives squared errors per row."""
+    loss = (1.0 - share) * float(f(x).mean()) if share < 1.0 else 0.0
+    if first is not None and share > 0.0:
+        loss += share * float(f(first).mean())
+    return loss
+
+
 @torch.no_grad()
 def _search_scale(
-    linears: list[nn.Linear], stats: InputStats, format: str, options: dict[str, Any], duo_scaling: bool
+    linears: list[nn.Linear],
+    stats: InputStats,
+    format: str,
+    options: dict[str, Any],
+    duo_scaling: bool,
+    sink_weight: float = 1.0,
+    block: Any = None,
 ) -> torch.Tensor:
     x = torch.cat(stats.sample)
+    first = torch.cat(stats.first) if stats.first else None
+    share = _sink_share(stats, sink_weight)
     weights = [linear.weight.detach().float() for linear in linears]
-    reference = [x @ w.t() for w in weights]
+    if block is not None:
+        reference_out = block(weights)
     mean_abs = torch.from_numpy(stats.abs_sum / max(stats.rows, 1)).float().clamp(min=1e-8)
     w_mean = _weight_mean(weights, options.get("group_size", 0)) if duo_scaling else None
     best, best_s = float("inf"), torch.ones_like(mean_abs)
@@ -74,23 +111,38 @@ def _search_scale(
         if w_mean is not None:  # AutoAWQ's constants
             s = (s / (w_mean.pow(1 - alpha) + 1e-4)).clamp(min=1e-4)
         s = s / (s.max() * s.min()).sqrt()  # centred around 1, as the paper's code does
-        loss = sum(
-            float((x @ (_fake_quant(w * s, format, options) / s).t() - ref).square().mean())
-            for w, ref in zip(weights, reference, strict=True)
-        )
+        if block is not None:
+            loss = float(
+                (block([_fake_quant(w * s, format, options) / s for w in weights]) - reference_out)
+                .square()
+                .mean()
+            )
+        else:
+            deltas = [(_fake_quant(w * s, format, options) / s - w).t() for w in weights]
+            loss = sum(_loss(x, first, share, lambda rows, d=d: (rows @ d).square()) for d in deltas)
         if loss < best:
             best, best_s = loss, s
     return best_s
 
 
 @torch.no_grad()
-def _clip(linear: nn.Linear, x: torch.Tensor, group: int, format: str, options: dict[str, Any]) -> None:
+def _clip(
+    linear: nn.Linear,
+    x: torch.Tensor,
+    group: int,
+    format: str,
+    options: dict[str, Any],
+    first: torch.Tensor | None = None,
+    share: float = 0.0,
+) -> None:
     """Clips each quantization group of ``linear``'s weight at the ratio of its absmax that
-    minimizes the group's share of the output error on ``x``."""
+    minimizes the group's share of the output error on ``x`` (and on the first tokens
+    ``first`` with weight ``share``, as ``_search_scale``)."""
     w = linear.weight.detach().float()
     n, k = w.shape
     g = group if group and k % group == 0 else k
     xg = x[:CLIP_ROWS].reshape(-1, k // g, g)
+    fg = None if first is None else first.reshape(-1, k // g, g)
     absmax = w.reshape(n, k // g, g).abs().amax(-1, keepdim=True)
     best_err = torch.full((n, k // g), float("inf"))
     best_max = absmax.clone()
@@ -98,12 +150,49 @@ def _clip(linear: nn.Linear, x: torch.Tensor, group: int, format: str, options: 
         limit = absmax * (1.0 - i / GRID)
         clipped = torch.maximum(torch.minimum(w.reshape(n, k // g, g), limit), -limit)
         delta = (_fake_quant(clipped.reshape(n, k), format, options) - w).reshape(n, k // g, g)
-        err = torch.einsum("tcg,ncg->tnc", xg, delta).square().mean(0)  # [n, groups]
+        err = (1.0 - share) * torch.einsum("tcg,ncg->tnc", xg, delta).square().mean(0)  # [n, groups]
+        if fg is not None and share > 0.0:
+            err = err + share * torch.einsum("tcg,ncg->tnc", fg, delta).square().mean(0)
         better = err < best_err
         best_err = torch.where(better, err, best_err)
         best_max = torch.where(better.unsqueeze(-1), limit, best_max)
     clipped = torch.maximum(torch.minimum(w.reshape(n, k // g, g), best_max), -best_max).reshape(n, k)
     linear.weight.copy_(clipped.to(linear.weight.dtype))
+
+
+BLOCK_WINDOWS = 2  # windows of the first calibration batch the attention block loss runs on
+
+
+def _first_windows(args: tuple, kwargs: dict, n: int) -> tuple[tuple, dict]:
+    """The first ``n`` windows of a batch's call arguments (tensors sliced on their batch dim)."""
+    hidden = args[0] if args else kwargs["hidden_states"]
+    batch = hidden.shape[0]
+
+    def cut(v: Any) -> Any:
+        if isinstance(v, torch.Tensor):
+            return v[:n].clone() if v.dim() and v.shape[0] == batch else v
+        if isinstance(v, tuple):
+            return tuple(cut(e) for e in v)
+        return v
+
+    caches = ("cache", "past_key_values", "past_key_value")  # the search runs it repeatedly: no cache
+    return tuple(cut(a) for a in args), {k: None if k in caches else cut(v) for k, v in kwargs.items()}
+
+
+def _block(module: nn.Module, linears: list[nn.Linear], run: Any) -> Any:
+    """A function of candidate weights for ``linears``: ``module``'s output with them."""
+
+    def output(weights: list[torch.Tensor]) -> torch.Tensor:
+        saved = [linear.weight.data for linear in linears]
+        try:
+            for linear, w in zip(linears, weights, strict=True):
+                linear.weight.data = w.to(linear.weight.dtype)
+            return run(module).float()
+        finally:
+            for linear, w in zip(linears, saved, strict=True):
+                linear.weight.data = w
+
+    return output
 
 
 def awq_quantize_model(
@@ -117,6 +206,7 @@ def awq_quantize_model(
     progress: bool,
 ) -> QuantizationSummary:
     format, activation, duo_scaling = options.format, options.activation, options.duo_scaling
+    sink_weight, block_loss = options.awq_sink_weight, options.block_loss
     if format not in ("int4", "int8"):
         raise ValueError(f"AWQ writes int4 or int8; format {format!r} is neither")
     quant = options.format_options()
@@ -138,15 +228,36 @@ def awq_quantize_model(
         linears = {names[id(m)]: m for _, ls in groups for m in ls} | {
             names[id(layer.self_attn.o_proj)]: layer.self_attn.o_proj
         }
-        stats = observe_inputs(model, list(linears), forward, moments=True, keep=SAMPLE_ROWS)
+        kept: list = []
+
+        def grab(module: nn.Module, args: tuple, kwargs: dict) -> None:
+            if not kept:
+                kept.append(_first_windows(args, kwargs, BLOCK_WINDOWS))
+
+        handle = layer.self_attn.register_forward_pre_hook(grab, with_kwargs=True) if block_loss else None
+        try:
+            stats = observe_inputs(model, list(linears), forward, moments=True, keep=SAMPLE_ROWS)
+        finally:
+            if handle is not None:
+                handle.remove()
         for prev, group in groups:
             st = stats[names[id(group[0])]]
-            s = _search_scale(group, st, format, quant, duo_scaling)
+            block = None
+            if block_loss and group[0] is layer.self_attn.q_proj:
+                block = _block(layer.self_attn, group, lambda m: _output(m(*kept[0][0], **kept[0][1])))
+            elif block_loss and group[0] is layer.mlp.gate_proj:
+                x = torch.cat(st.sample)
+                block = _block(layer.mlp, group, lambda m, x=x: m(x))
+            s = _search_scale(group, st, format, quant, duo_scaling, sink_weight, block)
             fold_scales(prev, group, s)
             st.sample = [x / s for x in st.sample]  # the linears now read x / s
+            st.first = [x / s for x in st.first]
         for name, linear in linears.items():
             if name in quantized and not name.endswith(("q_proj", "k_proj")):  # AutoAWQ leaves q/k unclipped
-                _clip(linear, torch.cat(stats[name].sample), quant.get("group_size", 0), format, quant)
+                st = stats[name]
+                first = torch.cat(st.first) if st.first else None
+                share = _sink_share(st, sink_weight)
+                _clip(linear, torch.cat(st.sample), quant.get("group_size", 0), format, quant, first, share)
 
     run_layerwise(model, batches, compress, progress=progress)
     for name in sorted(quantized, key=targets.index):

@@ -411,7 +411,8 @@ class InputStats:
     ``sink_weight`` times (see HessianOptions); with ``moments``, per input channel: sq_sum
     sum x^2 (Wanda's norms), abs_max max |x| and abs_sum sum |x| (SmoothQuant, AWQ); rows:
     how many rows were seen; sample: up to ``keep`` rows of x per batch, evenly spread
-    (AWQ searches its scales on them)."""
+    over the tokens after each window's first, and first: each window's first token, apart
+    (AWQ searches its scales on them and weighs the two; see ``slmops.quantize.awq``)."""
 
     hessian: np.ndarray | None = None
     sq_sum: np.ndarray | None = None
@@ -419,6 +420,7 @@ class InputStats:
     abs_sum: np.ndarray | None = None
     rows: int = 0
     sample: list[torch.Tensor] = field(default_factory=list)
+    first: list[torch.Tensor] = field(default_factory=list)
     sink_weight: float = 1.0
 
     @classmethod
@@ -432,6 +434,7 @@ class InputStats:
     def add(self, x: torch.Tensor, keep_per_batch: int = 0) -> None:
         """Counts the rows of x [batch, seq, in_features] (or [rows, in_features])."""
         first = x[:, 0].detach().float() if x.dim() == 3 else None
+        rest = x[:, 1:] if x.dim() == 3 and x.shape[1] > 1 else None
         x = x.detach().reshape(-1, x.shape[-1]).float()
         if self.hessian is not None:
             from ..ops import hessian_accumulate
@@ -446,8 +449,11 @@ class InputStats:
             self.abs_sum += a.sum(0).double().numpy()
         self.rows += x.shape[0]
         if keep_per_batch:
-            step = max(1, x.shape[0] // keep_per_batch)
-            self.sample.append(x[::step][:keep_per_batch].clone())
+            rows = x if rest is None else rest.detach().reshape(-1, x.shape[-1]).float()
+            step = max(1, rows.shape[0] // keep_per_batch)
+            self.sample.append(rows[::step][:keep_per_batch].clone())
+            if rest is not None:
+                self.first.append(first.clone())
 
 
 def observe_inputs(
