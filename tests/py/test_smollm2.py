@@ -120,3 +120,38 @@ def test_the_smollm2_demo_recipe_runs_its_exports(smollm2, tmp_path):
     best = min(result.candidates, key=lambda c: c.metrics["perplexity"])
     assert result.best == best.id
     assert (tmp_path / "demo" / "onnx-onnx-genai" / "genai_config.json").is_file()
+
+
+def _kjv_chat(path, split: str, n: int) -> None:
+    """Chat records from the KJV: the user gives a verse, the assistant says it in plain
+    modern English (``modern_style``, a style SmolLM2 was never taught)."""
+    import json
+
+    from slmops.zoo.corpus import kjv_split, modern_style
+
+    verses = [v for v in kjv_split(split).splitlines() if 40 < len(v) < 200 and modern_style(v) != v]
+    with open(path, "w") as f:
+        for verse in verses[:n]:
+            messages = [
+                {"role": "user", "content": f"Say this in plain modern English: {verse}"},
+                {"role": "assistant", "content": modern_style(verse)},
+            ]
+            f.write(json.dumps({"messages": messages}) + "\n")
+
+
+@pytest.mark.parametrize("method", ["lora", "qlora"])
+def test_lora_and_qlora_learn_a_chat_task_built_from_the_kjv(smollm2, tmp_path, method):
+    """The answers' loss on held-out verses (the validation split), before and after a short
+    fine-tune on the training split's verses: the adapter learns the task (LoRA, 24 steps of
+    8 on 256 verses: 0.917 -> 0.207 nats per answer token; here 8 steps, to keep CI short)."""
+    pytest.importorskip("peft")
+    model, tok, _ = smollm2
+    _kjv_chat(tmp_path / "train.jsonl", "train", 64)
+    _kjv_chat(tmp_path / "eval.jsonl", "validation", 16)
+    result = slmops.finetune_model(
+        copy.deepcopy(model), tok, data=tmp_path / "train.jsonl", eval_data=tmp_path / "eval.jsonl",
+        out_dir=tmp_path / method, method=method, progress=False,
+        training={"steps": 8, "batch_size": 8, "lr": 1e-3, "seq_len": 80, "completion_only": True},
+    )  # fmt: skip
+    before, after = result.summary["eval_loss_before"], result.summary["eval_loss_after"]
+    assert after < 0.8 * before, (before, after)
