@@ -313,6 +313,32 @@ def test_linear_sequential_driver_feeds_each_linear_the_compressed_inputs(tiny, 
             hidden = out[0] if isinstance(out, tuple) else out
 
 
+@pytest.mark.parametrize("method", ["gptq", "wanda", "sparsegpt"])
+def test_memory_budget_option_picks_the_chunked_schedule_with_the_same_result(tiny, method, monkeypatch):
+    """``memory_budget=0`` (nothing fits) runs the partial passes; the model they give
+    equals the one-pass schedule's."""
+    from slmops.quantize import calibration
+
+    model, tok = tiny
+    fits: list[bool] = []
+    real_fit = calibration.layer_activations_fit
+    monkeypatch.setattr(
+        calibration, "layer_activations_fit", lambda *a, **kw: fits.append(real_fit(*a, **kw)) or fits[-1]
+    )
+    compress = slmops.quantize_model if method == "gptq" else slmops.prune_model
+    models = []
+    for budget in (None, 0):
+        m = copy.deepcopy(model)
+        compress(m, method, tokenizer=tok, calibration=[TEXT * 30], n_samples=8, seq_len=32,
+                 memory_budget=budget, progress=False)  # fmt: skip
+        models.append(m)
+    assert fits == [True, False]
+    x = torch.randint(0, 320, (2, 16), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        a, b = (m(x).logits for m in models)
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
 # The order a Llama decoder layer calls its linears in.
 LLAMA_CALL_ORDER = [
     "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",

@@ -18,6 +18,8 @@ from Debian's jargon-text package: apt-get install jargon-text), the same compre
 model evaluated on both; the bytes of the compressed linear weights, the seconds to
 compress, and the memory the row took at its peak over what the process held before it
 (its copy of the float model included; Linux), in multiples of the float model's bytes.
+Each row runs in its own process: memory a process has freed stays resident in it, so a
+row measured after a bigger one would read near zero.
 Calibration: 128 windows of 512 tokens of the training corpus.
 
     slmops bench compress                     # ~10 min on 2 cores (development VM)
@@ -29,7 +31,10 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -109,6 +114,53 @@ def _times(x: float | None) -> str:
     return "" if x is None else f"{x:.2f}"
 
 
+def _perplexities(model: torch.nn.Module, tok) -> dict[str, float]:
+    """Perplexity on each held-out text, keyed by its column."""
+    texts = {"perplexity": slmops.zoo.eval_text(), "modern_perplexity": slmops.zoo.modern_eval_text()}
+    out = {}
+    for key, text in texts.items():
+        r = slmops.evaluate_model(model, tok, metrics=["perplexity"], data=text, seq_len=512, stride=256)
+        out[key] = r["perplexity"]["perplexity"]
+    return out
+
+
+def _row(label: str, args: argparse.Namespace) -> dict:
+    """One row, measured in this process (the worker's job): compress a fresh copy of the
+    model, the peak memory it took, and the copy's perplexities."""
+    from slmops.quantize.calibration import calibration_batches
+
+    kind, method, options, _ = ROWS[label]
+    model, tok = slmops.zoo.load(args.model)
+    float_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    calib = {}
+    if method in CALIBRATED:
+        batches = calibration_batches(tok, None, n_samples=args.samples, seq_len=args.seq_len, seed=args.seed)
+        calib = {"calibration": batches, "progress": False}
+    with PeakGrowth() as grown:
+        m = copy.deepcopy(model)
+        start = time.perf_counter()
+        if kind == "quantize":
+            slmops.quantize_model(m, method, **calib, **options)
+        elif kind == "prune":
+            slmops.prune_model(m, method, **calib, **options)
+        else:
+            rtn_on_gptq_grid(m, **options)
+        seconds = time.perf_counter() - start
+    memory = None if grown.bytes is None else grown.bytes / float_bytes
+    return {"row": label, **_perplexities(m, tok), "linear_bytes": linear_bytes(m), "seconds": seconds,
+            "peak_memory_x_float": memory}  # fmt: skip
+
+
+def _row_in_own_process(label: str, args: argparse.Namespace) -> dict:
+    cmd = [sys.executable, "-m", "slmops.bench.compress", "--worker", label]
+    for name in ("model", "samples", "seq_len", "seed", "threads"):
+        cmd += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
+    run = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "TQDM_DISABLE": "1"})
+    if run.returncode != 0:
+        raise RuntimeError(f"row {label} failed:\n{run.stderr[-3000:]}")
+    return json.loads(run.stdout.strip().splitlines()[-1])
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="slmops bench compress", description=__doc__, formatter_class=argparse.RawTextHelpFormatter
@@ -123,51 +175,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--json", type=Path)
     parser.add_argument("--markdown", type=Path)
+    parser.add_argument("--worker", metavar="ROW", help=argparse.SUPPRESS)  # one row, JSON on stdout
     args = parser.parse_args(argv)
-    labels = args.rows.split(",")
+    labels = [args.worker] if args.worker else args.rows.split(",")
     unknown = set(labels) - set(ROWS)
     if unknown:
         parser.error(f"unknown rows {sorted(unknown)}; choose from {list(ROWS)}")
     torch.set_num_threads(args.threads)
     slmops.set_num_threads(args.threads)
-    from slmops.quantize.calibration import calibration_batches
+    if args.worker:
+        print(json.dumps(_row(args.worker, args)))
+        return 0
 
-    # Both held-out texts first: a missing jargon-text package fails here, before any work.
-    texts = {"perplexity": slmops.zoo.eval_text(), "modern_perplexity": slmops.zoo.modern_eval_text()}
     model, tok = slmops.zoo.load(args.model)
-    batches = calibration_batches(tok, None, n_samples=args.samples, seq_len=args.seq_len, seed=args.seed)
-
-    def ppl(m) -> dict[str, float]:
-        """Perplexity on each held-out text, keyed by its column."""
-        out = {}
-        for key, text in texts.items():
-            r = slmops.evaluate_model(m, tok, metrics=["perplexity"], data=text, seq_len=512, stride=256)
-            out[key] = r["perplexity"]["perplexity"]
-        return out
-
-    base = ppl(model)
-    float_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    # The float model's row; a missing jargon-text package fails here, before any row runs.
+    base = _perplexities(model, tok)
     rows = [{"row": "fp32", **base, "linear_bytes": linear_bytes(model), "seconds": 0.0}]
+    del model
     for label in labels:
-        kind, method, options, _ = ROWS[label]
-        with PeakGrowth() as grown:
-            m = copy.deepcopy(model)
-            calib = {"calibration": batches, "progress": False} if method in CALIBRATED else {}
-            start = time.perf_counter()
-            if kind == "quantize":
-                slmops.quantize_model(m, method, **calib, **options)
-            elif kind == "prune":
-                slmops.prune_model(m, method, **calib, **options)
-            else:
-                rtn_on_gptq_grid(m, **options)
-            seconds = time.perf_counter() - start
-        memory = None if grown.bytes is None else grown.bytes / float_bytes
-        rows.append({"row": label, **ppl(m), "linear_bytes": linear_bytes(m), "seconds": seconds,
-                     "peak_memory_x_float": memory})  # fmt: skip
-        del m
+        rows.append(_row_in_own_process(label, args))
         print(
             f"{label}: ppl {rows[-1]['perplexity']:.3f}, modern {rows[-1]['modern_perplexity']:.3f} "
-            f"({seconds:.1f} s)",
+            f"({rows[-1]['seconds']:.1f} s)",
             flush=True,
         )
 

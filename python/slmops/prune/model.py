@@ -194,7 +194,7 @@ def prune_model(
 
         run_linear_sequential(
             model, batches, by_layer, compress, hessian=method == "sparsegpt", sink_weight=o.sink_weight,
-            moments=method == "wanda", progress=progress,
+            moments=method == "wanda", progress=progress, memory_budget=o.memory_budget,
         )  # fmt: skip
         if grid is not None:
             replaced = QuantizationSummary(format="int8" if grid["bits"] == 8 else "int4")

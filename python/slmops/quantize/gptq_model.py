@@ -70,7 +70,14 @@ def gptq_quantize_model(
 
     quantized: dict[str, Any] = {}
     run_linear_sequential(
-        model, batches, by_layer, compress, hessian=True, sink_weight=o.sink_weight, progress=progress
+        model,
+        batches,
+        by_layer,
+        compress,
+        hessian=True,
+        sink_weight=o.sink_weight,
+        progress=progress,
+        memory_budget=o.memory_budget,
     )
     for name, q in quantized.items():
         bias = model.get_submodule(name).bias

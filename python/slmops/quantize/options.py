@@ -38,6 +38,15 @@ class CalibrationOptions(Options):
 
     n_samples: int = Field(128, ge=1, description="calibrated algorithms: token windows read")
     seq_len: int = Field(512, ge=1, description="calibrated algorithms: tokens per window")
+    # SmolLM2, GPTQ 4-bit g128, 128 x 512 tokens, 2 threads: one pass 145 s at a peak of 2.9x
+    # the float model's bytes, chunk by chunk 297 s at 2.1x (benchmarks/README.md).
+    memory_budget: int | None = Field(
+        None,
+        ge=0,
+        description="gptq, wanda, sparsegpt: bytes a decoder layer's activations for all samples may "
+        "take to run it in one pass; above that, one pass per group of linears over one chunk of "
+        "samples at a time (about 2x the time, less memory); default: a quarter of RAM, at most 8 GiB",
+    )
 
 
 class HessianOptions(Options):
