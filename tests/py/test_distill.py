@@ -145,6 +145,34 @@ def test_accumulation_and_resume_reproduce_one_uninterrupted_run(teacher, studen
     assert len(list((tmp_path / "a" / "checkpoints").iterdir())) == 2  # keep_checkpoints
 
 
+def test_a_pruned_student_keeps_its_zeros(teacher, student, tmp_path):
+    """keep_sparsity: one step equals the unmasked step with the pruned weights zeroed
+    again; after more steps the zeros are still exactly those the pruning made."""
+    _, tok = student
+    examples = load_examples(TEXT, tok, SMALL["seq_len"])
+
+    def pruned():
+        m, _ = fresh(student)
+        slmops.prune_model(m, "magnitude", sparsity=0.5, progress=False)
+        return m
+
+    masks = {n: mod.weight != 0 for n, mod in pruned().named_modules() if isinstance(mod, torch.nn.Linear)}
+    masks = {n: m for n, m in masks.items() if (~m).float().mean() > 0.4}
+    assert len(masks) >= 8  # the decoder layers' linears
+    runs = {}
+    for keep, steps in ((True, 1), (False, 1), (True, 3)):
+        opts = TrainingOptions(steps=steps, keep_sparsity=keep, **SMALL)
+        out = tmp_path / f"{keep}-{steps}"
+        _, summary = train_student(pruned(), tok, examples, out, opts, teacher=teacher[0], progress=False)
+        assert summary["sparse_linears_kept"] == (len(masks) if keep else 0)
+        runs[keep, steps] = weights(out)
+    for name, mask in masks.items():
+        key = name + ".weight"
+        torch.testing.assert_close(runs[True, 1][key], runs[False, 1][key] * mask)
+        assert (runs[False, 1][key][~mask] != 0).all()  # unmasked, the step fills them
+        assert torch.equal(runs[True, 3][key] != 0, mask)
+
+
 def test_resume_refuses_changed_options(teacher, student, tmp_path):
     _, tok = student
     opts = TrainingOptions(steps=1, save_every=1, **SMALL)

@@ -58,3 +58,8 @@ class TrainingOptions(TrainingOptionsBase):
     init: choice(STUDENT_INITS) = Field(  # type: ignore[valid-type]
         "pretrained", description="the student's weights; scratch: its architecture, freshly initialized"
     )
+    keep_sparsity: bool = Field(
+        True,
+        description="a pruned student's linears keep their zero weights (those with at least "
+        "10% exact zeros: pruned; a trained dense weight has next to none)",
+    )

@@ -36,6 +36,30 @@ from .options import TrainingOptions  # defined with the other options of distil
 RESUMABLE_CHANGES = ("steps", "save_every", "keep_checkpoints")
 
 
+PRUNED_ZERO_SHARE = 0.1  # exact zeros in a linear weight that mark it as pruned
+
+
+def _pruned_masks(model: Any) -> dict[str, Any]:
+    """Name -> the nonzero mask of each linear weight at least ``PRUNED_ZERO_SHARE`` zero."""
+    import torch
+
+    masks = {}
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.Linear):
+            nonzero = module.weight.detach() != 0
+            if 1.0 - nonzero.float().mean().item() >= PRUNED_ZERO_SHARE:
+                masks[name] = nonzero
+    return masks
+
+
+def _apply_masks(model: Any, masks: dict[str, Any]) -> None:
+    import torch
+
+    with torch.no_grad():
+        for name, mask in masks.items():
+            model.get_submodule(name).weight.mul_(mask)
+
+
 def _collate(batch: list[Example], pad_id: int, offline: bool) -> dict:
     """The padded batch, and with ``offline`` the stored teacher as TeacherTopK."""
     import torch
@@ -127,6 +151,9 @@ def train_student(
         )
         if ckpt is not None:
             load_model(student, str(ckpt / "model.safetensors"))
+    kept = _pruned_masks(student) if opts.keep_sparsity and opts.init == "pretrained" else {}
+    if kept:  # the update after each step would refill the pruned weights: zero them again
+        optimizer.register_step_post_hook(lambda *_: _apply_masks(student, kept))
     log = StepLog(out / "train_log.jsonl", proc.rank, start)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
@@ -163,6 +190,7 @@ def train_student(
         "seconds": round(run["seconds"], 2),
         "processes": proc.world,
         "teacher": "top-k log-probabilities (offline)" if offline else "model (online)",
+        "sparse_linears_kept": len(kept),
         "options": opts.model_dump(),
         "log": str(log.path),
     }
