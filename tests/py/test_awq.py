@@ -97,6 +97,19 @@ def test_awq_model_pipeline_and_errors(tiny_llama):
     assert np.isfinite(summary.seconds)
 
 
+@pytest.mark.parametrize("scale_qkv", [True, False])
+def test_scale_qkv_off_leaves_the_input_norm_alone(tiny_llama, scale_qkv):
+    """The q/k/v scales are folded into input_layernorm: off, it keeps the float model's
+    weights while the MLP's scales still fold into post_attention_layernorm."""
+    model, tok = tiny_llama
+    m = copy.deepcopy(model)
+    slmops.quantize_model(m, "awq", group_size=32, tokenizer=tok, calibration=[CALIBRATION_TEXT * 30],
+                          n_samples=8, seq_len=32, scale_qkv=scale_qkv, progress=False)  # fmt: skip
+    for layer, ref in zip(m.model.layers, model.model.layers, strict=True):
+        assert torch.equal(layer.input_layernorm.weight, ref.input_layernorm.weight) == (not scale_qkv)
+        assert not torch.equal(layer.post_attention_layernorm.weight, ref.post_attention_layernorm.weight)
+
+
 @torch.no_grad()
 def test_block_loss_is_the_attention_output_of_the_first_windows(tiny_llama):
     """With the block loss, the q/k/v scales are the candidate whose fake-quantized weights

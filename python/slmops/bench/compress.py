@@ -3,7 +3,7 @@ against its uncalibrated baseline measured in the same run.
 
 Rows (every linear of the decoder layers; the tied embedding / lm_head stays float):
   * 4-bit group 128, symmetric and asymmetric: RTN, GPTQ (and GPTQ with act-order), AWQ
-    (and AWQ with the paper's activation-only scales);
+    (and AWQ without q/k/v scales, and with the paper's activation-only scales);
   * 3-bit group 128 symmetric: RTN (GPTQ's grid with an identity Hessian), GPTQ; both
     also with ``mse`` (each group's range searched), GPTQ's at 4 bits too;
   * W8A8 (int8 weights per channel, int8 activations per token): plain, SmoothQuant;
@@ -63,6 +63,12 @@ ROWS = {  # label: (kind, method, options, baseline label)
     "rtn-4-asym": ("quantize", "rtn", {"format": "int4", "symmetric": False, **G128}, None),
     "gptq-4-asym": ("quantize", "gptq", {"bits": 4, "symmetric": False, **G128}, "rtn-4-asym"),
     "awq-4-asym": ("quantize", "awq", {"format": "int4", "symmetric": False, **G128}, "rtn-4-asym"),
+    "awq-4-sym-noqkv": (
+        "quantize",
+        "awq",
+        {"format": "int4", "symmetric": True, "scale_qkv": False, **G128},
+        "rtn-4-sym",
+    ),  # fmt: skip
     "awq-4-asym-paper": (
         "quantize",
         "awq",

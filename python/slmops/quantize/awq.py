@@ -228,6 +228,8 @@ def awq_quantize_model(
         linears = {names[id(m)]: m for _, ls in groups for m in ls} | {
             names[id(layer.self_attn.o_proj)]: layer.self_attn.o_proj
         }
+        if not options.scale_qkv:  # observed and clipped all the same
+            groups = [g for g in groups if g[1][0] is not layer.self_attn.q_proj]
         kept: list = []
 
         def grab(module: nn.Module, args: tuple, kwargs: dict) -> None:

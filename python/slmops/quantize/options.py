@@ -169,6 +169,13 @@ class AWQOptions(WeightOptions, CalibrationOptions):
         description="awq: q/k/v and gate/up scales judged on the attention / MLP output (AutoAWQ) "
         "instead of the linears' own outputs",
     )
+    # SmolLM2-135M, 4-bit g128 sym, 128 windows, share of RTN's perplexity increase (KJV slice /
+    # modern English): q/k/v scaled 0.97 / 0.71, unscaled 0.69 / 0.74. The q/k/v scales fit
+    # the linears' outputs but make v_proj's damage to attention 10x RTN's (docs/quantization.md).
+    scale_qkv: bool = Field(
+        True,
+        description="awq: fold scales into q/k/v (from the input norm); off: q/k/v get clipping only",
+    )
 
 
 class SmoothQuantOptions(WeightOptions, CalibrationOptions):
