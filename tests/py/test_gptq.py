@@ -333,6 +333,8 @@ def test_memory_budget_option_picks_the_chunked_schedule_with_the_same_result(ti
                  memory_budget=budget, progress=False)  # fmt: skip
         models.append(m)
     assert fits == [True, False]
+    options = slmops.quantize.options.GPTQOptions if method == "gptq" else slmops.prune.options.PruneOptions
+    assert options(memory_budget=0).result_options() == options().result_options()  # one cache entry
     x = torch.randint(0, 320, (2, 16), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         a, b = (m(x).logits for m in models)

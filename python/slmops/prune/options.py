@@ -89,6 +89,7 @@ class PruneOptions(CalibrationOptions, HessianOptions):
     def result_options(self) -> dict:
         """The options that can change the result (a workflow's cache key)."""
         out = self.model_dump()
+        out.pop("memory_budget")  # a schedule: both give the same model
         if self.pattern != "unstructured":  # n:m fixes the share
             out.pop("sparsity")
         if not self.sparse:

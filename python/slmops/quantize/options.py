@@ -124,6 +124,7 @@ class WeightOptions(Options):
             out.pop("symmetric")
         if self.format != "nf4":
             out.pop("double_quant")
+        out.pop("memory_budget", None)  # a schedule: both give the same model
         return out
 
 
