@@ -135,7 +135,8 @@ def add_flags(
                 kwargs["choices"] = choices
         if default not in (None, False, "", []) and key not in required:
             help_text += f" (default: {_show(default)})"
-        parser.add_argument(*flags, help=help_text.strip() or None, **kwargs)
+        help_text = help_text.strip().replace("%", "%%")  # argparse %-formats help texts
+        parser.add_argument(*flags, help=help_text or None, **kwargs)
     return names
 
 

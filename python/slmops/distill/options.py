@@ -60,6 +60,6 @@ class TrainingOptions(TrainingOptionsBase):
     )
     keep_sparsity: bool = Field(
         True,
-        description="a pruned student's linears keep their zero weights (those with at least "
-        "10% exact zeros: pruned; a trained dense weight has next to none)",
+        description="a pruned student's linears keep their zero weights (those a tenth or more "
+        "exact zeros: pruned; a trained dense weight has next to none)",
     )
