@@ -23,6 +23,7 @@ void register_gptq(py::module_& m);     // gptq.cpp: Hessian, inverse factor, GP
 void register_qmatmul(py::module_& m);  // qmatmul.cpp: packed weights, CPU and CUDA qmatmul
 void register_sparse(py::module_& m);   // sparse.cpp: n:m and CSR weights, spmm
 void register_kd(py::module_& m);       // kd.cpp: distillation losses
+void register_engine(py::module_& m);   // engine.cpp: the decode engine and its sampler
 
 // One string option's choices as Python spells them, with the enum value of each. A family
 // keeps its tables beside its bindings; the parser and the list exported to Python (e.g.

@@ -16,4 +16,5 @@ PYBIND11_MODULE(_C, m, py::mod_gil_not_used()) {
   slmops::bindings::register_qmatmul(m);
   slmops::bindings::register_sparse(m);
   slmops::bindings::register_kd(m);
+  slmops::bindings::register_engine(m);
 }

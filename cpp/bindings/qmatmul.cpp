@@ -7,6 +7,7 @@
 #include <string>
 
 #include "common.h"
+#include "packs.h"
 #include "slmops/cpu_features.h"
 #include "slmops/cuda.h"
 #include "slmops/qmatmul.h"
@@ -30,15 +31,6 @@ constexpr Choice<cuda::CudaQMatmulPath> kCudaBackends[] = {
     {"gemv", cuda::CudaQMatmulPath::kGemv},
     {"tensor_core", cuda::CudaQMatmulPath::kTensorCore},
     {"dequantize_gemm", cuda::CudaQMatmulPath::kDequantizeGemm},
-};
-
-// A packed weight and the Python arrays it borrows from, kept alive together.
-struct PyPackedWeight {
-  PackedWeight w;
-  Borrowed data, scales, zero_points;
-  void check() const {
-    for (const Borrowed* b : {&data, &scales, &zero_points}) check_borrowed(*b);
-  }
 };
 
 std::unique_ptr<PyPackedWeight> py_pack_weight(const std::string& format, int64_t group_size, bool symmetric,

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "common.h"
+#include "packs.h"
 #include "common/checked_int.h"
 #include "slmops/cpu_features.h"
 #include "slmops/gemm.h"
@@ -49,24 +50,6 @@ py::list sparse_patterns() {
   out.append(csr);
   return out;
 }
-
-// Sparse weights and the Python arrays they borrow from, kept alive together.
-struct PyNMWeight {
-  NMSparseWeight w;
-  Borrowed values, scales, indices;  // zero points are read once, into w.offsets
-  void check() const {
-    for (const Borrowed* b : {&values, &scales, &indices}) check_borrowed(*b);
-  }
-};
-// CSR indices are copied, not borrowed: the kernels index x and the values through them,
-// so a later in-place write to the caller's row_ptr or cols must not reach them unchecked.
-struct PyCsrWeight {
-  CsrWeight w;
-  std::vector<int64_t> row_ptr;
-  std::vector<uint8_t> cols;
-  Borrowed values;
-  void check() const { check_borrowed(values); }
-};
 
 const void* cpu_array(TensorArg& t, std::initializer_list<ElemType> types, int64_t numel, const char* what) {
   expect_cpu(t);

@@ -48,6 +48,7 @@ def get_num_threads() -> int:
 # The subpackages reachable as attributes of the root without importing them first.
 _SUBPACKAGES = (
     "distill",
+    "engine",
     "evaluate",
     "export",
     "finetune",

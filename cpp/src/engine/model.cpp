@@ -1,0 +1,359 @@
+// The decoder graph of the engine (engine.h): embedding, per layer RMSNorm -> q/k/v ->
+// RoPE -> cached grouped-query attention -> o, RMSNorm -> SwiGLU MLP, then the final norm
+// and the head, over the layer-0 kernels; and the block-pool KV cache.
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <string>
+
+#include "cpu/attention_kernels.h"
+#include "slmops/engine.h"
+#include "slmops/gemm.h"
+#include "slmops/threading.h"
+
+namespace slmops::engine {
+namespace {
+
+[[noreturn]] void fail(const std::string& msg) { throw std::invalid_argument(msg); }
+
+void check_linear(const Linear& l, int64_t N, int64_t K, const std::string& name) {
+  const std::string shape = "[" + std::to_string(N) + ", " + std::to_string(K) + "]";
+  switch (l.kind) {
+    case Linear::Kind::kDense:
+      if (!l.dense) fail(name + ": dense weight without data");
+      break;
+    case Linear::Kind::kQuantized:
+      if (!l.quantized) fail(name + ": quantized weight without a packed weight");
+      if (l.quantized->N != l.N || l.quantized->K != l.K)
+        fail(name + ": packed weight shape differs from the linear's");
+      break;
+    case Linear::Kind::kSparseNM:
+      if (!l.nm) fail(name + ": n:m weight missing");
+      if (l.nm->N != l.N || l.nm->K != l.K) fail(name + ": n:m weight shape differs from the linear's");
+      break;
+    case Linear::Kind::kSparseCsr:
+      if (!l.csr) fail(name + ": CSR weight missing");
+      if (l.csr->N != l.N || l.csr->K != l.K) fail(name + ": CSR weight shape differs from the linear's");
+      break;
+    default: fail(name + ": missing");
+  }
+  if (l.N != N || l.K != K)
+    fail(name + " has shape [" + std::to_string(l.N) + ", " + std::to_string(l.K) + "], the config needs " + shape);
+}
+
+// y [M, N] = x [M, K] @ W^T + bias.
+void run_linear(const Linear& l, const float* x, int64_t M, float* y) {
+  switch (l.kind) {
+    case Linear::Kind::kDense:
+      sgemm(false, true, M, l.N, l.K, 1.0f, x, l.K, l.dense, l.K, 0.0f, y, l.N);
+      if (l.bias)
+        for (int64_t r = 0; r < M; ++r)
+          for (int64_t j = 0; j < l.N; ++j) y[r * l.N + j] += l.bias[j];
+      return;
+    case Linear::Kind::kQuantized:
+      qmatmul(*l.quantized, x, DType::kF32, M, l.bias, y, DType::kF32, l.activation);
+      return;
+    case Linear::Kind::kSparseNM: spmm_nm(*l.nm, x, M, l.bias, y, CpuIsa::kAuto, l.sparse_activation); return;
+    case Linear::Kind::kSparseCsr: spmm_csr(*l.csr, x, M, l.bias, y); return;
+    default: fail("linear without a weight");
+  }
+}
+
+// dst [M, n] = src * rsqrt(mean(src^2) + eps) * w, row by row.
+void rms_norm(const float* src, const float* w, int64_t M, int64_t n, float eps, float* dst) {
+  for (int64_t r = 0; r < M; ++r) {
+    const float* x = src + r * n;
+    float ss = 0.0f;
+    for (int64_t j = 0; j < n; ++j) ss += x[j] * x[j];
+    const float inv = 1.0f / std::sqrt(ss / float(n) + eps);
+    float* out = dst + r * n;
+    for (int64_t j = 0; j < n; ++j) out[j] = w[j] * (x[j] * inv);
+  }
+}
+
+// Rotate-half RoPE of `heads` heads of one row at `position`, in place.
+void rope(float* x, int64_t heads, int64_t d, int64_t position, const std::vector<float>& inv_freq, float scale) {
+  const int64_t half = d / 2;
+  for (int64_t i = 0; i < half; ++i) {
+    const float angle = float(position) * inv_freq[size_t(i)];
+    const float c = std::cos(angle) * scale, s = std::sin(angle) * scale;
+    for (int64_t h = 0; h < heads; ++h) {
+      float* v = x + h * d;
+      const float a = v[i], b = v[i + half];
+      v[i] = a * c - b * s;
+      v[i + half] = b * c + a * s;
+    }
+  }
+}
+
+}  // namespace
+
+int64_t cache_block_bytes(const ModelConfig& c, int64_t block_tokens) {
+  return 2 * c.n_layers * c.n_kv_heads * block_tokens * c.head_dim * int64_t(sizeof(float));
+}
+
+Model::Model(ModelConfig config, ModelWeights weights, CacheOptions cache)
+    : config_(std::move(config)), weights_(std::move(weights)), cache_(cache) {
+  const ModelConfig& c = config_;
+  for (auto [v, name] : {std::pair{c.n_layers, "n_layers"},
+                         {c.hidden, "hidden"},
+                         {c.n_heads, "n_heads"},
+                         {c.n_kv_heads, "n_kv_heads"},
+                         {c.head_dim, "head_dim"},
+                         {c.intermediate, "intermediate"},
+                         {c.vocab, "vocab"},
+                         {c.max_context, "max_context"}})
+    if (v <= 0) fail(std::string("config ") + name + " must be positive, got " + std::to_string(v));
+  if (c.n_heads % c.n_kv_heads) fail("n_heads must be a multiple of n_kv_heads");
+  if (c.head_dim % 2) fail("head_dim must be even for rotary embeddings");
+  if (int64_t(c.inv_freq.size()) != c.head_dim / 2)
+    fail("inv_freq must hold head_dim / 2 = " + std::to_string(c.head_dim / 2) + " frequencies, got " +
+         std::to_string(c.inv_freq.size()));
+  if (c.sliding_window < 0) fail("sliding_window must be >= 0");
+  if (!(c.rms_eps > 0.0f)) fail("rms_eps must be positive");
+  if (cache_.block_tokens <= 0 || cache_.max_blocks <= 0 || cache_.max_step_tokens <= 0)
+    fail("cache block_tokens, max_blocks and max_step_tokens must be positive");
+  if (cache_.max_blocks > std::numeric_limits<int32_t>::max()) fail("too many cache blocks");
+  if (int64_t(weights_.layers.size()) != c.n_layers)
+    fail("the model has " + std::to_string(c.n_layers) + " layers, got weights for " +
+         std::to_string(weights_.layers.size()));
+  const Embedding& e = weights_.embed;
+  if (e.quantized) {
+    quant_layout(e.spec, c.hidden);  // throws if the format cannot hold rows of `hidden`
+    if (!e.storage.data) fail("quantized embedding without data");
+  } else if (!e.dense) {
+    fail("embedding missing");
+  }
+  const int64_t q_width = c.n_heads * c.head_dim, kv_width = c.n_kv_heads * c.head_dim;
+  for (int64_t i = 0; i < c.n_layers; ++i) {
+    const LayerWeights& L = weights_.layers[size_t(i)];
+    const std::string p = "layer " + std::to_string(i) + " ";
+    if (!L.attn_norm || !L.mlp_norm) fail(p + "norm weights missing");
+    check_linear(L.q, q_width, c.hidden, p + "q_proj");
+    check_linear(L.k, kv_width, c.hidden, p + "k_proj");
+    check_linear(L.v, kv_width, c.hidden, p + "v_proj");
+    check_linear(L.o, c.hidden, q_width, p + "o_proj");
+    check_linear(L.gate, c.intermediate, c.hidden, p + "gate_proj");
+    check_linear(L.up, c.intermediate, c.hidden, p + "up_proj");
+    check_linear(L.down, c.hidden, c.intermediate, p + "down_proj");
+  }
+  if (!weights_.final_norm) fail("final norm weight missing");
+  check_linear(weights_.head, c.vocab, c.hidden, "lm_head");
+  const int64_t block_floats = cache_block_bytes(c, cache_.block_tokens) / int64_t(sizeof(float));
+  cache_pool_.assign(size_t(cache_.max_blocks * block_floats), 0.0f);
+  free_blocks_.resize(size_t(cache_.max_blocks));
+  // Handed out from the back: block 0 first.
+  for (int64_t b = 0; b < cache_.max_blocks; ++b) free_blocks_[size_t(b)] = int32_t(cache_.max_blocks - 1 - b);
+}
+
+int64_t Model::add_sequence() {
+  sequences_.push_back({next_id_, Sequence{}});
+  return next_id_++;
+}
+
+Model::Sequence& Model::sequence(int64_t id) {
+  for (auto& [sid, s] : sequences_)
+    if (sid == id) return s;
+  fail("unknown sequence " + std::to_string(id));
+}
+const Model::Sequence& Model::sequence(int64_t id) const { return const_cast<Model*>(this)->sequence(id); }
+
+void Model::remove_sequence(int64_t id) {
+  auto it = std::find_if(sequences_.begin(), sequences_.end(), [&](const auto& p) { return p.first == id; });
+  if (it == sequences_.end()) fail("unknown sequence " + std::to_string(id));
+  for (int32_t b : it->second.blocks) free_blocks_.push_back(b);
+  sequences_.erase(it);
+}
+
+int64_t Model::sequence_length(int64_t id) const { return sequence(id).length; }
+
+std::vector<int64_t> Model::sequences() const {
+  std::vector<int64_t> ids;
+  for (const auto& p : sequences_) ids.push_back(p.first);
+  return ids;
+}
+
+float* Model::cache_slot(int32_t block, int64_t layer, int kv, int64_t head, int64_t slot) {
+  const ModelConfig& c = config_;
+  const int64_t bt = cache_.block_tokens;
+  return cache_pool_.data() +
+         ((((int64_t(block) * c.n_layers + layer) * 2 + kv) * c.n_kv_heads + head) * bt + slot) * c.head_dim;
+}
+
+int64_t Model::logit_rows(const std::vector<StepEntry>& batch) {
+  int64_t n = 0;
+  for (const StepEntry& e : batch) n += e.all_logits ? e.n_tokens : 1;
+  return n;
+}
+
+void Model::forward(const std::vector<StepEntry>& batch, float* logits) {
+  const ModelConfig& c = config_;
+  const int64_t bt = cache_.block_tokens;
+  // Check everything before any sequence changes.
+  std::vector<Sequence*> seqs;
+  int64_t blocks_needed = 0;
+  for (const StepEntry& e : batch) {
+    Sequence& s = sequence(e.sequence);
+    if (std::find(seqs.begin(), seqs.end(), &s) != seqs.end())
+      fail("sequence " + std::to_string(e.sequence) + " appears twice in one step");
+    seqs.push_back(&s);
+    if (e.n_tokens <= 0 || !e.tokens) fail("sequence " + std::to_string(e.sequence) + ": no tokens to add");
+    for (int64_t i = 0; i < e.n_tokens; ++i)
+      if (e.tokens[i] < 0 || e.tokens[i] >= c.vocab)
+        fail("token id " + std::to_string(e.tokens[i]) + " is outside the vocabulary [0, " + std::to_string(c.vocab) +
+             ")");
+    if (s.length + e.n_tokens > c.max_context)
+      fail("sequence " + std::to_string(e.sequence) + " would hold " + std::to_string(s.length + e.n_tokens) +
+           " tokens, more than the context of " + std::to_string(c.max_context));
+    blocks_needed += (s.length + e.n_tokens + bt - 1) / bt - int64_t(s.blocks.size());
+  }
+  if (blocks_needed > free_blocks())
+    throw CacheFullError("the KV cache is full: this step needs " + std::to_string(blocks_needed) + " more blocks of " +
+                         std::to_string(bt) + " tokens, " + std::to_string(free_blocks()) + " are free (of " +
+                         std::to_string(cache_.max_blocks) +
+                         "); finish or remove sequences, or give the cache more memory");
+  if (batch.empty()) return;
+  for (size_t i = 0; i < batch.size(); ++i) {
+    Sequence& s = *seqs[i];
+    while (int64_t(s.blocks.size()) * bt < s.length + batch[i].n_tokens) {
+      s.blocks.push_back(free_blocks_.back());
+      free_blocks_.pop_back();
+    }
+  }
+  // Split the batch into chunks of at most max_step_tokens rows; a long entry spans chunks.
+  std::vector<int32_t> tokens;
+  std::vector<Row> rows;
+  std::vector<int64_t> chunk_logits;  // per chunk row: the logits row it fills, or -1
+  int64_t out_row = 0;
+  auto flush = [&] {
+    if (rows.empty()) return;
+    run_chunk(tokens, rows, seqs, chunk_logits, logits);
+    tokens.clear();
+    rows.clear();
+    chunk_logits.clear();
+  };
+  for (size_t i = 0; i < batch.size(); ++i) {
+    const StepEntry& e = batch[i];
+    for (int64_t t = 0; t < e.n_tokens; ++t) {
+      tokens.push_back(e.tokens[t]);
+      rows.push_back({int64_t(i), seqs[i]->length + t});
+      const bool wants = e.all_logits || t == e.n_tokens - 1;
+      chunk_logits.push_back(wants ? out_row++ : -1);
+      if (int64_t(rows.size()) == cache_.max_step_tokens) flush();
+    }
+  }
+  flush();
+  for (size_t i = 0; i < batch.size(); ++i) seqs[i]->length += batch[i].n_tokens;
+}
+
+void Model::run_chunk(const std::vector<int32_t>& tokens, const std::vector<Row>& rows,
+                      const std::vector<Sequence*>& seqs, const std::vector<int64_t>& logit_rows, float* logits) {
+  const ModelConfig& c = config_;
+  const int64_t M = int64_t(rows.size()), H = c.hidden, d = c.head_dim, bt = cache_.block_tokens;
+  const int64_t q_width = c.n_heads * d, kv_width = c.n_kv_heads * d;
+  std::vector<float> x(size_t(M * H)), h(size_t(M * H)), q(size_t(M * q_width)), k(size_t(M * kv_width)),
+      v(size_t(M * kv_width)), attn(size_t(M * q_width)), gate(size_t(M * c.intermediate)),
+      up(size_t(M * c.intermediate));
+
+  const Embedding& e = weights_.embed;
+  const QuantLayout L = e.quantized ? quant_layout(e.spec, H) : QuantLayout{};
+  for (int64_t r = 0; r < M; ++r) {
+    const int64_t id = tokens[size_t(r)];
+    if (!e.quantized) {
+      std::memcpy(&x[size_t(r * H)], e.dense + id * H, size_t(H) * sizeof(float));
+      continue;
+    }
+    ConstQuantStorage row{e.storage.data + id * L.data_bytes_per_row,
+                          e.storage.scales ? e.storage.scales + (L.tensor_scale ? 0 : id * L.scales_per_row) : nullptr,
+                          e.storage.zero_points ? e.storage.zero_points + id * L.zero_point_bytes_per_row : nullptr};
+    dequantize(e.spec, row, 1, H, &x[size_t(r * H)], DType::kF32);
+  }
+
+  for (int64_t layer = 0; layer < c.n_layers; ++layer) {
+    const LayerWeights& W = weights_.layers[size_t(layer)];
+    rms_norm(x.data(), W.attn_norm, M, H, c.rms_eps, h.data());
+    run_linear(W.q, h.data(), M, q.data());
+    run_linear(W.k, h.data(), M, k.data());
+    run_linear(W.v, h.data(), M, v.data());
+    for (int64_t r = 0; r < M; ++r) {
+      const Row& row = rows[size_t(r)];
+      rope(&q[size_t(r * q_width)], c.n_heads, d, row.position, c.inv_freq, c.rope_attention_scale);
+      rope(&k[size_t(r * kv_width)], c.n_kv_heads, d, row.position, c.inv_freq, c.rope_attention_scale);
+      const Sequence& s = *seqs[size_t(row.sequence_slot)];
+      const int32_t block = s.blocks[size_t(row.position / bt)];
+      for (int64_t g = 0; g < c.n_kv_heads; ++g) {
+        std::memcpy(cache_slot(block, layer, 0, g, row.position % bt), &k[size_t(r * kv_width + g * d)],
+                    size_t(d) * sizeof(float));
+        std::memcpy(cache_slot(block, layer, 1, g, row.position % bt), &v[size_t(r * kv_width + g * d)],
+                    size_t(d) * sizeof(float));
+      }
+    }
+    attention(layer, rows, seqs, q.data(), attn.data());
+    run_linear(W.o, attn.data(), M, h.data());
+    for (int64_t i = 0; i < M * H; ++i) x[size_t(i)] += h[size_t(i)];
+
+    rms_norm(x.data(), W.mlp_norm, M, H, c.rms_eps, h.data());
+    run_linear(W.gate, h.data(), M, gate.data());
+    run_linear(W.up, h.data(), M, up.data());
+    for (int64_t i = 0; i < M * c.intermediate; ++i) {
+      const float g = gate[size_t(i)];
+      gate[size_t(i)] = g / (1.0f + std::exp(-g)) * up[size_t(i)];
+    }
+    run_linear(W.down, gate.data(), M, h.data());
+    for (int64_t i = 0; i < M * H; ++i) x[size_t(i)] += h[size_t(i)];
+  }
+
+  // The head runs only on the rows whose logits were asked for.
+  std::vector<int64_t> wanted;
+  for (int64_t r = 0; r < M; ++r)
+    if (logit_rows[size_t(r)] >= 0) wanted.push_back(r);
+  if (wanted.empty()) return;
+  std::vector<float> last(wanted.size() * size_t(H));
+  for (size_t i = 0; i < wanted.size(); ++i)
+    rms_norm(&x[size_t(wanted[i] * H)], weights_.final_norm, 1, H, c.rms_eps, &last[i * size_t(H)]);
+  // Wanted rows map to consecutive logits rows (entries are laid out in order).
+  run_linear(weights_.head, last.data(), int64_t(wanted.size()), logits + logit_rows[size_t(wanted[0])] * c.vocab);
+}
+
+void Model::attention(int64_t layer, const std::vector<Row>& rows, const std::vector<Sequence*>& seqs, const float* q,
+                      float* out) {
+  const ModelConfig& c = config_;
+  const int64_t d = c.head_dim, bt = cache_.block_tokens, group = c.n_heads / c.n_kv_heads;
+  const int64_t M = int64_t(rows.size());
+  const float scale = 1.0f / std::sqrt(float(d));
+  const cpu::AttentionKernels& kern = cpu::attention_kernels_for(CpuIsa::kAuto);
+  parallel_for(M * c.n_heads, [&](int64_t t0, int64_t t1) {
+    std::vector<float> scores;
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t r = t / c.n_heads, head = t % c.n_heads, g = head / group;
+      const Row& row = rows[size_t(r)];
+      const Sequence& s = *seqs[size_t(row.sequence_slot)];
+      // Positions lo..pos: causal, and inside the sliding window when the model has one.
+      const int64_t pos = row.position;
+      const int64_t lo = c.sliding_window > 0 ? std::max<int64_t>(0, pos - c.sliding_window + 1) : 0;
+      scores.resize(size_t(pos - lo + 1));
+      const float* qh = q + r * c.n_heads * d + head * d;
+      for (int64_t p = lo; p <= pos;) {
+        const int64_t slot = p % bt, n = std::min(bt - slot, pos + 1 - p);
+        kern.scores(qh, cache_slot(s.blocks[size_t(p / bt)], layer, 0, g, slot), n, d, scale, &scores[size_t(p - lo)]);
+        p += n;
+      }
+      float mx = -std::numeric_limits<float>::infinity();
+      for (float sc : scores) mx = std::max(mx, sc);
+      float sum = 0.0f;
+      for (float& sc : scores) sum += (sc = std::exp(sc - mx));
+      const float inv = 1.0f / sum;
+      for (float& sc : scores) sc *= inv;
+      float* o = out + r * c.n_heads * d + head * d;
+      std::fill(o, o + d, 0.0f);
+      for (int64_t p = lo; p <= pos;) {
+        const int64_t slot = p % bt, n = std::min(bt - slot, pos + 1 - p);
+        kern.accumulate(&scores[size_t(p - lo)], cache_slot(s.blocks[size_t(p / bt)], layer, 1, g, slot), n, d, o);
+        p += n;
+      }
+    }
+  });
+}
+
+}  // namespace slmops::engine

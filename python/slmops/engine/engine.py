@@ -1,0 +1,292 @@
+"""``Engine``: generation on the native C++ decode engine, one prompt or many at once."""
+
+from __future__ import annotations
+
+import math
+import os
+from collections import deque
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .. import _C
+from ..models import model_and_tokenizer
+from .weights import cache_block_bytes, engine_model_args, token_array
+
+CacheFullError = _C.CacheFullError
+DEFAULT_KV_MEMORY = 256 << 20  # bytes of KV cache: 2,900 tokens of SmolLM2-135M in fp32
+
+
+@dataclass(frozen=True)
+class SamplingOptions:
+    """How the next token is chosen. ``temperature`` 0 is greedy. Applied in this order:
+    penalties (``repetition_penalty`` over prompt and output, as transformers'; OpenAI's
+    ``presence_penalty`` and ``frequency_penalty`` over the output), temperature, ``top_k``,
+    ``top_p``, ``min_p``, then one draw from a generator seeded with ``seed``."""
+
+    temperature: float = 0.0
+    top_k: int = 0
+    top_p: float = 1.0
+    min_p: float = 0.0
+    repetition_penalty: float = 1.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    seed: int = 0
+
+    def sampler(self) -> Any:
+        return _C.Sampler(
+            self.temperature, self.top_k, self.top_p, self.min_p,
+            self.repetition_penalty, self.presence_penalty, self.frequency_penalty, self.seed,
+        )  # fmt: skip
+
+
+@dataclass
+class Generation:
+    """One finished generation. ``finish_reason``: 'stop' (a stop token, not included in
+    ``tokens``) or 'length' (``max_new_tokens`` or the context reached)."""
+
+    prompt_tokens: list[int]
+    tokens: list[int]
+    text: str
+    finish_reason: str
+
+
+@dataclass
+class _Request:
+    prompt: np.ndarray
+    max_new_tokens: int
+    stop_ids: frozenset[int]
+    sampler: Any
+    history: list[int] = field(default_factory=list)
+    sequence: int = -1
+    finish_reason: str | None = None
+
+
+class Engine:
+    """A model on the native engine: a Llama-family decoder (Llama, Mistral, Qwen2) in C++
+    over slmops' kernels, every linear as the model holds it (float, any ``QuantLinear``
+    format, ``SparseLinear`` n:m or CSR).
+
+    ``model``: a zoo name, a model folder, a GGUF file, an slmops checkpoint, or a
+    ``(model, tokenizer)`` pair (a transformers model; quantize it first with
+    ``slmops.quantize_model`` to run a quantized format). The engine shares the model's
+    float tensors and quantized buffers: do not change them while it is in use.
+
+    ``head_format``: quantize the output head (and, when tied, the embedding, one table
+    for both as llama.cpp stores it) to this ``slmops.ops`` format, e.g. ``"q8_0"``; None
+    keeps the model's own. ``kv_memory``: bytes of the KV cache, shared by every sequence
+    (fp32, blocks of ``block_tokens`` positions); ``max_context``: positions one sequence
+    may hold (default: the model's, capped by what the cache holds). ``max_batch``:
+    sequences decoded together by :meth:`generate_batch`.
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        *,
+        head_format: str | None = None,
+        kv_memory: int = DEFAULT_KV_MEMORY,
+        max_context: int | None = None,
+        block_tokens: int = 16,
+        max_batch: int = 32,
+        max_step_tokens: int = 512,
+    ) -> None:
+        if isinstance(model, (str, os.PathLike, tuple)):
+            model, tokenizer = model_and_tokenizer(model)
+        else:
+            tokenizer = None
+        for name, v in (("kv_memory", kv_memory), ("block_tokens", block_tokens), ("max_batch", max_batch),
+                        ("max_step_tokens", max_step_tokens)):  # fmt: skip
+            if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
+                raise ValueError(f"{name} must be a positive int, got {v!r}")
+        self.model, self.tokenizer = model, tokenizer
+        self.max_batch = max_batch
+        context = int(max_context or getattr(model.config, "max_position_embeddings", 0) or 2048)
+        args = engine_model_args(model, head_format=head_format, max_context=context)
+        block_bytes = cache_block_bytes(args["config"], block_tokens)
+        max_blocks = kv_memory // block_bytes
+        if max_blocks < 1:
+            raise ValueError(f"kv_memory={kv_memory} bytes holds no cache block ({block_bytes} bytes)")
+        if max_context is None:
+            args["config"]["max_context"] = min(context, max_blocks * block_tokens)
+        self.max_context: int = args["config"]["max_context"]
+        self.vocab: int = args["config"]["vocab"]
+        self._native = _C.EngineModel(
+            **args, block_tokens=block_tokens, max_blocks=max_blocks, max_step_tokens=max_step_tokens
+        )
+        self.block_tokens = block_tokens
+        self._pending: deque[_Request] = deque()
+        self._running: list[_Request] = []
+
+    # -- inputs ------------------------------------------------------------------------
+    def encode(self, prompt: str | Sequence[int] | np.ndarray) -> np.ndarray:
+        """Token ids of a text (the tokenizer's, with its special tokens) or of given ids."""
+        if isinstance(prompt, str):
+            if self.tokenizer is None:
+                raise ValueError("a text prompt needs a tokenizer: pass (model, tokenizer) or give token ids")
+            prompt = self.tokenizer(prompt)["input_ids"]
+        return token_array(prompt, self.vocab)
+
+    def chat_prompt(self, messages: Sequence[dict[str, str]]) -> np.ndarray:
+        """Token ids of ``messages`` through the tokenizer's chat template, ready for the reply."""
+        if self.tokenizer is None or not getattr(self.tokenizer, "chat_template", None):
+            raise ValueError("this model's tokenizer has no chat template")
+        if not messages:
+            raise ValueError("messages must not be empty")
+        ids = self.tokenizer.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=True)
+        if isinstance(ids, dict) or hasattr(ids, "keys"):  # newer transformers return a BatchEncoding
+            ids = ids["input_ids"]
+        return token_array(ids, self.vocab)
+
+    def default_stop_ids(self) -> frozenset[int]:
+        ids: set[int] = set()
+        for source in (getattr(self.model, "generation_config", None), self.tokenizer):
+            eos = getattr(source, "eos_token_id", None)
+            if eos is not None:
+                ids.update(eos if isinstance(eos, (list, tuple)) else [eos])
+        return frozenset(int(i) for i in ids)
+
+    # -- generation --------------------------------------------------------------------
+    def logits(self, tokens: Sequence[int] | np.ndarray) -> np.ndarray:
+        """Logits [len(tokens), vocab] of a fresh sequence (no cache kept): for tests and scoring."""
+        ids = self.encode(tokens)
+        seq = self._native.add_sequence()
+        try:
+            return self._native.forward([(seq, ids, True)])
+        finally:
+            self._native.remove_sequence(seq)
+
+    def submit(
+        self,
+        prompt: str | Sequence[int] | np.ndarray,
+        *,
+        max_new_tokens: int = 128,
+        stop_token_ids: Sequence[int] | None = None,
+        sampling: SamplingOptions | None = None,
+    ) -> _Request:
+        """Queues a prompt; :meth:`step` advances it with every other queued or running one."""
+        ids = self.encode(prompt)
+        if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be a positive int, got {max_new_tokens!r}")
+        if len(ids) >= self.max_context:
+            raise ValueError(f"the prompt has {len(ids)} tokens; the context holds {self.max_context}")
+        if self._blocks_needed(len(ids), max_new_tokens) > self._native.max_blocks:
+            raise CacheFullError(
+                f"a prompt of {len(ids)} tokens with max_new_tokens={max_new_tokens} needs more KV cache "
+                f"than the engine has ({self._native.max_blocks} blocks of {self.block_tokens} tokens): "
+                "raise kv_memory or lower max_new_tokens"
+            )
+        stops = (
+            self.default_stop_ids() if stop_token_ids is None else frozenset(int(i) for i in stop_token_ids)
+        )
+        req = _Request(ids, max_new_tokens, stops, (sampling or SamplingOptions()).sampler())
+        self._pending.append(req)
+        return req
+
+    def _blocks_needed(self, n_prompt: int, max_new_tokens: int) -> int:
+        return math.ceil(min(n_prompt + max_new_tokens, self.max_context) / self.block_tokens)
+
+    def step(self) -> list[tuple[_Request, int]]:
+        """One engine step: queued requests join while the batch and the cache have room
+        (each is admitted with cache reserved for its whole generation, so a running
+        sequence never runs out), their prompts run with the running sequences' next
+        tokens in one forward, and each gets its next token. Returns (request, token) per
+        request that produced one; finished requests leave the batch."""
+        reserved = sum(self._blocks_needed(len(r.prompt), r.max_new_tokens) for r in self._running)
+        joined: list[_Request] = []
+        while self._pending and len(self._running) + len(joined) < self.max_batch:
+            need = self._blocks_needed(len(self._pending[0].prompt), self._pending[0].max_new_tokens)
+            if reserved + need > self._native.max_blocks:
+                break
+            req = self._pending.popleft()
+            req.sequence = self._native.add_sequence()
+            reserved += need
+            joined.append(req)
+        active = self._running + joined
+        if not active:
+            return []
+        entries = [(r.sequence, np.array(r.history[-1:], dtype=np.int32), False) for r in self._running]
+        entries += [(r.sequence, r.prompt, False) for r in joined]
+        try:
+            logits = self._native.forward(entries)
+        except BaseException:
+            for r in joined:  # back to the queue, as if never admitted
+                self._native.remove_sequence(r.sequence)
+                self._pending.appendleft(r)
+            raise
+        out = []
+        for r, row in zip(active, logits, strict=True):
+            context = np.concatenate([r.prompt, np.asarray(r.history, dtype=np.int32)])
+            token = int(r.sampler.sample(row, context, len(r.prompt)))
+            r.history.append(token)
+            out.append((r, token))
+            if token in r.stop_ids:
+                r.finish_reason = "stop"
+            elif len(r.history) >= r.max_new_tokens or len(context) + 1 >= self.max_context:
+                r.finish_reason = "length"
+        self._running = [r for r in active if r.finish_reason is None]
+        for r in active:
+            if r.finish_reason is not None:
+                self._native.remove_sequence(r.sequence)
+        return out
+
+    def cancel(self, req: _Request) -> None:
+        """Drops a queued or running request and frees its cache."""
+        if req in self._pending:
+            self._pending.remove(req)
+        elif req in self._running:
+            self._running.remove(req)
+            self._native.remove_sequence(req.sequence)
+        req.finish_reason = req.finish_reason or "cancelled"
+
+    def _finish(self, req: _Request) -> Generation:
+        tokens = req.history[:-1] if req.finish_reason == "stop" else list(req.history)
+        text = self.tokenizer.decode(tokens, skip_special_tokens=True) if self.tokenizer is not None else ""
+        return Generation([int(t) for t in req.prompt], tokens, text, str(req.finish_reason))
+
+    def generate(self, prompt: str | Sequence[int] | np.ndarray, **options: Any) -> Generation:
+        """Generates from one prompt (text or ids). ``options``: ``max_new_tokens``,
+        ``stop_token_ids`` (default: the model's end-of-sequence ids), ``sampling``."""
+        return self.generate_batch([prompt], **options)[0]
+
+    def generate_batch(
+        self, prompts: Sequence[str | Sequence[int] | np.ndarray], **options: Any
+    ) -> list[Generation]:
+        """Generates from every prompt, ``max_batch`` sequences advancing together (each joins
+        as another finishes). Results in the order of ``prompts``."""
+        if self._running or self._pending:
+            raise RuntimeError(
+                "generate_batch needs an idle engine: requests submitted with submit() are pending"
+            )
+        reqs = [self.submit(p, **options) for p in prompts]
+        try:
+            while self._running or self._pending:
+                self.step()
+        except BaseException:
+            for r in reqs:
+                self.cancel(r)
+            raise
+        return [self._finish(r) for r in reqs]
+
+    def stream(self, prompt: str | Sequence[int] | np.ndarray, **options: Any) -> Iterator[str]:
+        """Yields the text of the reply as it is generated (whole characters only)."""
+        if self.tokenizer is None:
+            raise ValueError("stream() yields text and needs a tokenizer; use submit()/step() for ids")
+        if self._running or self._pending:
+            raise RuntimeError("stream needs an idle engine: requests submitted with submit() are pending")
+        req = self.submit(prompt, **options)
+        sent = ""
+        try:
+            while req.finish_reason is None:
+                self.step()
+                tokens = req.history[:-1] if req.finish_reason == "stop" else req.history
+                text = self.tokenizer.decode(tokens, skip_special_tokens=True)
+                # A multi-byte character split across tokens decodes as U+FFFD until complete.
+                if text.startswith(sent) and not text.endswith("\ufffd") and len(text) > len(sent):
+                    yield text[len(sent) :]
+                    sent = text
+        finally:
+            if req.finish_reason is None:
+                self.cancel(req)

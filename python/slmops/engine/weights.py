@@ -1,0 +1,180 @@
+"""A transformers Llama-family model handed to the native engine: its config and every
+weight as the arrays and packs ``_C.EngineModel`` borrows (no float copy of a weight is
+made: dense tensors are shared, quantized and sparse ones keep their own buffers)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .. import _C
+from ..nn import QuantLinear, SparseLinear
+from ..ops import QuantizedTensor, quantize
+
+# model_type -> what the engine's graph covers of it.
+ARCHITECTURES = ("llama", "mistral", "qwen2")
+# Rotary variants whose frequencies do not depend on the sequence length: transformers folds
+# their scaling into ``inv_freq`` (and ``attention_scaling``), which the engine takes as is.
+ROPE_TYPES = ("default", "linear", "llama3", "yarn")
+
+
+def _f32(t: torch.Tensor) -> torch.Tensor:
+    """The tensor itself when it is contiguous CPU float32 (shared with the model), else a
+    converted copy."""
+    t = t.detach()
+    if t.dtype != torch.float32 or t.device.type != "cpu" or not t.is_contiguous():
+        t = t.to("cpu", torch.float32).contiguous()
+    return t
+
+
+def _linear(module: nn.Module, name: str) -> dict[str, Any]:
+    if isinstance(module, QuantLinear):
+        out: dict[str, Any] = {"packed": module.qweight.packed(), "activation": module.activation}
+    elif isinstance(module, SparseLinear):
+        sw = module.sparse_weight
+        out = (
+            {"csr": sw.packed()}
+            if sw.pattern == "csr"
+            else {"nm": sw.packed(), "activation": module.activation}
+        )
+    elif isinstance(module, nn.Linear):
+        out = {"dense": _f32(module.weight)}
+    else:
+        raise ValueError(
+            f"{name} is a {type(module).__name__}; the engine runs nn.Linear, QuantLinear and SparseLinear"
+        )
+    out["N"], out["K"] = int(module.out_features), int(module.in_features)
+    out["bias"] = _f32(module.bias) if getattr(module, "bias", None) is not None else None
+    return out
+
+
+def _quantized_table(qt: QuantizedTensor) -> dict[str, Any]:
+    t = qt.tensors
+    return {
+        "format": qt.format,
+        "group_size": qt._option_group_size,
+        "symmetric": qt.symmetric,
+        "data": t["data"],
+        "scales": qt._scales(),
+        "zero_points": t.get("zero_points"),
+    }
+
+
+def _sliding_window(cfg: Any) -> int:
+    """The attention window every layer uses, 0 for none; mixed layer kinds are refused."""
+    window = int(getattr(cfg, "sliding_window", None) or 0)
+    if cfg.model_type == "qwen2" and not getattr(cfg, "use_sliding_window", False):
+        window = 0
+    kinds = set(getattr(cfg, "layer_types", None) or [])
+    if kinds - {"full_attention", "sliding_attention"}:
+        raise ValueError(
+            f"layer types {sorted(kinds)}: the engine runs full and sliding-window attention only"
+        )
+    if kinds == {"full_attention"}:
+        return 0
+    if len(kinds) > 1:
+        raise ValueError(
+            "the engine runs one attention kind for every layer; this model mixes full and sliding"
+        )
+    return window
+
+
+def engine_model_args(model: Any, *, head_format: str | None, max_context: int) -> dict[str, Any]:
+    """The keyword arguments of ``_C.EngineModel`` for ``model`` (without the cache's)."""
+    cfg = model.config
+    if cfg.model_type not in ARCHITECTURES:
+        raise ValueError(
+            f"the engine runs {', '.join(ARCHITECTURES)} models; this one is {cfg.model_type!r} "
+            "(run it with the transformers path: slmops.evaluate_model, or export it)"
+        )
+    if getattr(cfg, "hidden_act", "silu") != "silu":
+        raise ValueError(f"the engine's MLP is SwiGLU (silu); this model uses {cfg.hidden_act!r}")
+    rotary = model.model.rotary_emb
+    rope_type = getattr(rotary, "rope_type", "default")
+    if rope_type not in ROPE_TYPES:
+        raise ValueError(
+            f"rope scaling {rope_type!r} is not supported by the engine (its frequencies change with the "
+            f"sequence length); supported: {', '.join(ROPE_TYPES)}"
+        )
+    n_heads = int(cfg.num_attention_heads)
+    n_kv = int(getattr(cfg, "num_key_value_heads", None) or n_heads)
+    head_dim = int(getattr(cfg, "head_dim", None) or cfg.hidden_size // n_heads)
+    config = {
+        "n_layers": int(cfg.num_hidden_layers),
+        "hidden": int(cfg.hidden_size),
+        "n_heads": n_heads,
+        "n_kv_heads": n_kv,
+        "head_dim": head_dim,
+        "intermediate": int(cfg.intermediate_size),
+        "vocab": int(cfg.vocab_size),
+        "rms_eps": float(cfg.rms_norm_eps),
+        "inv_freq": rotary.inv_freq.detach().float().cpu().tolist(),
+        "rope_attention_scale": float(getattr(rotary, "attention_scaling", 1.0)),
+        "sliding_window": _sliding_window(cfg),
+        "max_context": int(max_context),
+    }
+    layers = []
+    for i, layer in enumerate(model.model.layers):
+        a, m = layer.self_attn, layer.mlp
+        p = f"model.layers.{i}."
+        layers.append(
+            {
+                "attn_norm": _f32(layer.input_layernorm.weight),
+                "q": _linear(a.q_proj, p + "self_attn.q_proj"),
+                "k": _linear(a.k_proj, p + "self_attn.k_proj"),
+                "v": _linear(a.v_proj, p + "self_attn.v_proj"),
+                "o": _linear(a.o_proj, p + "self_attn.o_proj"),
+                "mlp_norm": _f32(layer.post_attention_layernorm.weight),
+                "gate": _linear(m.gate_proj, p + "mlp.gate_proj"),
+                "up": _linear(m.up_proj, p + "mlp.up_proj"),
+                "down": _linear(m.down_proj, p + "mlp.down_proj"),
+            }
+        )
+    embed_weight = model.get_input_embeddings().weight
+    head_module = model.get_output_embeddings()
+    tied = getattr(head_module, "weight", None) is embed_weight
+    embed: dict[str, Any] = {"dense": _f32(embed_weight)}
+    if head_format is None:
+        head = _linear(head_module, "lm_head")
+    else:
+        if isinstance(head_module, (QuantLinear, SparseLinear)):
+            raise ValueError(
+                f"head_format={head_format!r}: the model's lm_head is already {type(head_module).__name__}"
+            )
+        qt = quantize(_f32(head_module.weight).numpy(), head_format)
+        bias = getattr(head_module, "bias", None)
+        head = {"packed": qt.packed(), "activation": "float", "N": qt.shape[0], "K": qt.shape[1]}
+        head["bias"] = _f32(bias) if bias is not None else None
+        if tied:  # one quantized table serves both, as llama.cpp stores a tied token_embd
+            embed = _quantized_table(qt)
+    return {
+        "config": config,
+        "embed": embed,
+        "layers": layers,
+        "final_norm": _f32(model.model.norm.weight),
+        "head": head,
+    }
+
+
+def cache_block_bytes(config: dict[str, Any], block_tokens: int) -> int:
+    return int(
+        _C.engine_cache_block_bytes(
+            config["n_layers"], config["n_kv_heads"], config["head_dim"], block_tokens
+        )
+    )
+
+
+def token_array(tokens: Any, vocab: int) -> np.ndarray:
+    """Token ids as the engine takes them (int32), each checked to lie in [0, vocab)."""
+    ids = np.asarray(tokens)
+    if ids.ndim != 1 or ids.size == 0:
+        raise ValueError(f"tokens must be a non-empty 1-D sequence of ids, got shape {ids.shape}")
+    if not np.issubdtype(ids.dtype, np.integer):
+        raise ValueError(f"token ids must be integers, got {ids.dtype}")
+    bad = (ids < 0) | (ids >= vocab)
+    if bad.any():
+        raise ValueError(f"token id {int(ids[bad][0])} is outside the vocabulary [0, {vocab})")
+    return np.ascontiguousarray(ids, dtype=np.int32)
