@@ -108,6 +108,20 @@ PackedWeight pack_weight(const QuantSpec& spec, ConstQuantStorage src, int64_t N
 void qmatmul(const PackedWeight& w, const void* x, DType x_dtype, int64_t M, const float* bias, void* y, DType y_dtype,
              QMatmulActivation act, CpuIsa isa = CpuIsa::kAuto, QMatmulBackend backend = QMatmulBackend::kAuto);
 
+// One weight of a qmatmul_group: y [M, N] fp32 = x @ W^T + bias (N floats or nullptr).
+struct QMatmulTarget {
+  const PackedWeight* w;
+  const float* bias;
+  float* y;
+};
+
+// qmatmul of one fp32 x [M, K] with several weights of the same K and layout (a decoder's
+// q/k/v or gate/up projections): the activations are prepared once and every weight's
+// panels run in one parallel region, so small weights share the threads instead of each
+// paying a fork and an uneven split. Same results as qmatmul weight by weight.
+void qmatmul_group(const std::vector<QMatmulTarget>& targets, const float* x, int64_t M, QMatmulActivation act,
+                   CpuIsa isa = CpuIsa::kAuto);
+
 // The machine's read bandwidth in GB/s, the ceiling of a memory-bound GEMV: the best of
 // `repeats` parallel passes summing a buffer of `bytes` (make it several times the
 // last-level cache) with the current threads and kernel set.

@@ -270,6 +270,89 @@ void dequantize_gemm(const PackedWeight& w, const cpu::RowKernels& rows, const f
 
 }  // namespace
 
+namespace {
+
+// Float activations: from about this many rows dequantize_gemm beats the tiles (Zen 4, 2
+// threads: 2.0x at M = 1024, even at M ~ 48 for 2048 x 2048 nf4, earlier for smaller K).
+constexpr int64_t kDequantGemmMinRows = 48;
+
+// The activations as the tile kernels read them: fp32, and for the int8 modes their codes
+// and block scales over the padded K of the weights they meet.
+struct PreparedActivations {
+  std::vector<float> x32;
+  const float* xf = nullptr;
+  std::vector<uint8_t> bad_rows;  // rows holding NaN/Inf: their outputs become NaN
+  std::vector<int8_t> xq;
+  std::vector<float> xs, xhat;
+};
+
+// A multiple of 256 covering every code of a weight row.
+int64_t padded_k(const PackedWeight& w) {
+  const int64_t code_elements = w.kind == PackedKind::kTernary ? 4 * w.row_bytes
+                                : w.kind == PackedKind::kInt8  ? w.row_bytes
+                                                               : 2 * w.row_bytes;
+  return (std::max(w.K, code_elements) + 255) / 256 * 256;
+}
+
+void prepare_activations(const void* x, DType x_dtype, int64_t M, int64_t K, int64_t Kp, QMatmulActivation act,
+                         const cpu::RowKernels& rows, PreparedActivations& a) {
+  // fp32 activations (converted once; the kernels read them many times).
+  a.xf = static_cast<const float*>(x);
+  if (x_dtype != DType::kF32) {
+    a.x32.resize(size_t(M * K));
+    parallel_for(M, [&](int64_t m0, int64_t m1) {
+      for (int64_t m = m0; m < m1; ++m)
+        (x_dtype == DType::kF16 ? rows.f16_to_f32 : rows.bf16_to_f32)(static_cast<const uint16_t*>(x) + m * K, K,
+                                                                      &a.x32[size_t(m * K)]);
+    });
+    a.xf = a.x32.data();
+  }
+  a.bad_rows = cpu::non_finite_rows(a.xf, M, K);
+  if (act == QMatmulActivation::kFloat) return;
+  // Symmetric int8 by the int8 format's row kernel: blocks of 32, or the whole row with
+  // its scale repeated for every block, so the kernels see one layout either way.
+  const bool per_row = act == QMatmulActivation::kInt8Row;
+  const int64_t blocks = Kp / kActBlock;
+  a.xq.assign(size_t(M * Kp), 0);
+  a.xs.assign(size_t(M * blocks), 0.0f);
+  a.xhat.assign(size_t(M * K), 0.0f);
+  const cpu::RowParams params{per_row ? 0 : kActBlock, true, 0.0f};
+  parallel_for(M, [&](int64_t m0, int64_t m1) {
+    for (int64_t m = m0; m < m1; ++m) {
+      if (!a.bad_rows.empty() && a.bad_rows[size_t(m)]) continue;  // stays zero; its y row is NaN
+      int8_t* q = &a.xq[size_t(m * Kp)];
+      float* sc = &a.xs[size_t(m * blocks)];
+      rows.quantize[int(QuantFormat::kInt8)](a.xf + m * K, K, params, {reinterpret_cast<uint8_t*>(q), sc, nullptr});
+      if (per_row) std::fill(sc + 1, sc + blocks, sc[0]);
+      for (int64_t k = 0; k < K; ++k) a.xhat[size_t(m * K + k)] = float(q[k]) * sc[k / kActBlock];
+    }
+  });
+}
+
+cpu::TileArgs tile_args(const PackedWeight& w, int64_t M, const PreparedActivations& a, QMatmulActivation act,
+                        float* y) {
+  cpu::TileArgs args{&w, M, a.xf, nullptr, nullptr, padded_k(w), y};
+  if (act != QMatmulActivation::kFloat) {
+    args.x = a.xhat.data();
+    args.xq = a.xq.data();
+    args.xs = a.xs.data();
+  }
+  return args;
+}
+
+// Bias and NaN rows of y [m0, m1) x N (fp32).
+void finish_rows(float* yf, int64_t m0, int64_t m1, int64_t N, const float* bias,
+                 const std::vector<uint8_t>& bad_rows) {
+  for (int64_t m = m0; m < m1; ++m) {
+    float* row = yf + m * N;
+    if (bias)
+      for (int64_t n = 0; n < N; ++n) row[n] += bias[n];
+    if (!bad_rows.empty() && bad_rows[size_t(m)]) std::fill(row, row + N, std::numeric_limits<float>::quiet_NaN());
+  }
+}
+
+}  // namespace
+
 void qmatmul(const PackedWeight& w, const void* x, DType x_dtype, int64_t M, const float* bias, void* y, DType y_dtype,
              QMatmulActivation act, CpuIsa isa, QMatmulBackend backend) {
   if (M < 0) throw std::invalid_argument("M must be >= 0");
@@ -283,9 +366,6 @@ void qmatmul(const PackedWeight& w, const void* x, DType x_dtype, int64_t M, con
   // Measured on Zen 4, 2 threads (bench_qmatmul): oneDNN's int8 GEMM wins from M ~ 64
   // (1.4-1.6x our panels at M = 128); below that our panel kernels are 2-4x faster.
   constexpr int64_t kOneDnnMinRows = 64;
-  // Float activations: from about this many rows dequantize_gemm beats the tiles (Zen 4, 2
-  // threads: 2.0x at M = 1024, even at M ~ 48 for 2048 x 2048 nf4, earlier for smaller K).
-  constexpr int64_t kDequantGemmMinRows = 48;
   const bool use_onednn =
       onednn_fits && (backend == QMatmulBackend::kOneDnn ||
                       (backend == QMatmulBackend::kAuto && resolved != CpuIsa::kRef && M >= kOneDnnMinRows));
@@ -294,53 +374,8 @@ void qmatmul(const PackedWeight& w, const void* x, DType x_dtype, int64_t M, con
   const cpu::RowKernels& rows = cpu::row_kernels_for(resolved);
   const int64_t K = w.K, N = w.N;
 
-  // fp32 activations (converted once; the kernels read them many times).
-  std::vector<float> x32;
-  const float* xf = static_cast<const float*>(x);
-  if (x_dtype != DType::kF32) {
-    x32.resize(size_t(M * K));
-    parallel_for(M, [&](int64_t m0, int64_t m1) {
-      for (int64_t m = m0; m < m1; ++m)
-        (x_dtype == DType::kF16 ? rows.f16_to_f32 : rows.bf16_to_f32)(static_cast<const uint16_t*>(x) + m * K, K,
-                                                                      &x32[size_t(m * K)]);
-    });
-    xf = x32.data();
-  }
-  const std::vector<uint8_t> bad_rows = cpu::non_finite_rows(xf, M, K);  // their outputs become NaN
-
-  cpu::TileArgs args{&w, M, xf, nullptr, nullptr, 0, nullptr};
-  const int64_t code_elements = w.kind == PackedKind::kTernary ? 4 * w.row_bytes
-                                : w.kind == PackedKind::kInt8  ? w.row_bytes
-                                                               : 2 * w.row_bytes;
-  args.Kp = (std::max(K, code_elements) + 255) / 256 * 256;
-
-  std::vector<int8_t> xq;
-  std::vector<float> xs, xhat;
-  cpu::TileFn tile = kernels.float_act;
-  if (act != QMatmulActivation::kFloat) {
-    // Symmetric int8 by the int8 format's row kernel: blocks of 32, or the whole row with
-    // its scale repeated for every block, so the kernels see one layout either way.
-    const bool per_row = act == QMatmulActivation::kInt8Row;
-    const int64_t blocks = args.Kp / kActBlock;
-    xq.assign(size_t(M * args.Kp), 0);
-    xs.assign(size_t(M * blocks), 0.0f);
-    xhat.assign(size_t(M * K), 0.0f);
-    const cpu::RowParams params{per_row ? 0 : kActBlock, true, 0.0f};
-    parallel_for(M, [&](int64_t m0, int64_t m1) {
-      for (int64_t m = m0; m < m1; ++m) {
-        if (!bad_rows.empty() && bad_rows[size_t(m)]) continue;  // stays zero; its y row is NaN
-        int8_t* q = &xq[size_t(m * args.Kp)];
-        float* s = &xs[size_t(m * blocks)];
-        rows.quantize[int(QuantFormat::kInt8)](xf + m * K, K, params, {reinterpret_cast<uint8_t*>(q), s, nullptr});
-        if (per_row) std::fill(s + 1, s + blocks, s[0]);
-        for (int64_t k = 0; k < K; ++k) xhat[size_t(m * K + k)] = float(q[k]) * s[k / kActBlock];
-      }
-    });
-    args.x = xhat.data();
-    args.xq = xq.data();
-    args.xs = xs.data();
-    tile = kernels.int8_act;
-  }
+  PreparedActivations a;
+  prepare_activations(x, x_dtype, M, K, padded_k(w), act, rows, a);
 
   std::vector<float> y32;
   float* yf = static_cast<float*>(y);
@@ -348,35 +383,70 @@ void qmatmul(const PackedWeight& w, const void* x, DType x_dtype, int64_t M, con
     y32.resize(size_t(M * N));
     yf = y32.data();
   }
-  args.y = yf;
+  const cpu::TileArgs args = tile_args(w, M, a, act, yf);
   if (use_onednn) {
     // Exact int32 products from oneDNN, then y = acc * sx[m] * sw[n].
     std::vector<int32_t> acc(size_t(M * N));
-    onednn::matmul_s8s8s32(xq.data(), M, K, args.Kp, reinterpret_cast<const int8_t*>(w.codes), N, acc.data());
+    onednn::matmul_s8s8s32(a.xq.data(), M, K, args.Kp, reinterpret_cast<const int8_t*>(w.codes), N, acc.data());
     const int64_t blocks = args.Kp / kActBlock;
     parallel_for(M, [&](int64_t m0, int64_t m1) {
       for (int64_t m = m0; m < m1; ++m)
         for (int64_t n = 0; n < N; ++n)
-          yf[m * N + n] = float(acc[size_t(m * N + n)]) * (xs[size_t(m * blocks)] * w.scales[n]);
+          yf[m * N + n] = float(acc[size_t(m * N + n)]) * (a.xs[size_t(m * blocks)] * w.scales[n]);
     });
   } else if (act == QMatmulActivation::kFloat && M >= kDequantGemmMinRows && resolved != CpuIsa::kRef) {
-    dequantize_gemm(w, rows, xf, M, yf);
+    dequantize_gemm(w, rows, a.xf, M, yf);
   } else {
     // Split output columns in whole panels, so panel kernels never share a panel.
     constexpr int64_t R = PackedWeight::kPanelRows;
+    const cpu::TileFn tile = act == QMatmulActivation::kFloat ? kernels.float_act : kernels.int8_act;
     parallel_for((N + R - 1) / R, [&](int64_t p0, int64_t p1) { tile(args, p0 * R, std::min(N, p1 * R)); });
   }
 
   parallel_for(M, [&](int64_t m0, int64_t m1) {
-    for (int64_t m = m0; m < m1; ++m) {
-      float* row = yf + m * N;
-      if (bias)
-        for (int64_t n = 0; n < N; ++n) row[n] += bias[n];
-      if (!bad_rows.empty() && bad_rows[size_t(m)]) std::fill(row, row + N, std::numeric_limits<float>::quiet_NaN());
-      if (y_dtype != DType::kF32)
-        (y_dtype == DType::kF16 ? rows.f32_to_f16 : rows.f32_to_bf16)(row, N, static_cast<uint16_t*>(y) + m * N);
+    finish_rows(yf, m0, m1, N, bias, a.bad_rows);
+    if (y_dtype != DType::kF32)
+      for (int64_t m = m0; m < m1; ++m)
+        (y_dtype == DType::kF16 ? rows.f32_to_f16 : rows.f32_to_bf16)(yf + m * N, N, static_cast<uint16_t*>(y) + m * N);
+  });
+}
+
+void qmatmul_group(const std::vector<QMatmulTarget>& targets, const float* x, int64_t M, QMatmulActivation act,
+                   CpuIsa isa) {
+  if (targets.empty() || M <= 0) return;
+  const PackedWeight& first = *targets[0].w;
+  for (const QMatmulTarget& t : targets)
+    if (t.w->K != first.K || padded_k(*t.w) != padded_k(first))
+      throw std::invalid_argument("qmatmul_group: every weight must have the same in_features and layout");
+  const CpuIsa resolved = resolve_cpu_isa(isa);
+  if ((act == QMatmulActivation::kFloat && M >= kDequantGemmMinRows && resolved != CpuIsa::kRef) ||
+      act == QMatmulActivation::kInt8Row) {
+    // The GEMM paths (dequantize then sgemm, oneDNN int8) run weight by weight.
+    for (const QMatmulTarget& t : targets) qmatmul(*t.w, x, DType::kF32, M, t.bias, t.y, DType::kF32, act, isa);
+    return;
+  }
+  const cpu::QMatmulKernels& kernels = kernels_for(resolved);
+  PreparedActivations a;
+  prepare_activations(x, DType::kF32, M, first.K, padded_k(first), act, cpu::row_kernels_for(resolved), a);
+  // Every weight's panels in one parallel region: panel p of the concatenation belongs to
+  // the weight whose range holds it.
+  constexpr int64_t R = PackedWeight::kPanelRows;
+  std::vector<cpu::TileArgs> args;
+  std::vector<int64_t> first_panel{0};
+  for (const QMatmulTarget& t : targets) {
+    args.push_back(tile_args(*t.w, M, a, act, t.y));
+    first_panel.push_back(first_panel.back() + (t.w->N + R - 1) / R);
+  }
+  const cpu::TileFn tile = act == QMatmulActivation::kFloat ? kernels.float_act : kernels.int8_act;
+  parallel_for(first_panel.back(), [&](int64_t p0, int64_t p1) {
+    for (size_t i = 0; i < targets.size(); ++i) {
+      const int64_t lo = std::max(p0, first_panel[i]), hi = std::min(p1, first_panel[i + 1]);
+      if (lo >= hi) continue;
+      const int64_t N = targets[i].w->N;
+      tile(args[i], (lo - first_panel[i]) * R, std::min(N, (hi - first_panel[i]) * R));
     }
   });
+  for (const QMatmulTarget& t : targets) finish_rows(t.y, 0, M, t.w->N, t.bias, a.bad_rows);
 }
 
 double measure_read_bandwidth(int64_t bytes, int repeats, CpuIsa isa) {

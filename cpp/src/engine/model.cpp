@@ -4,10 +4,11 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <initializer_list>
 #include <limits>
 #include <string>
 
-#include "cpu/attention_kernels.h"
+#include "cpu/engine_kernels.h"
 #include "slmops/engine.h"
 #include "slmops/gemm.h"
 #include "slmops/threading.h"
@@ -58,6 +59,25 @@ void run_linear(const Linear& l, const float* x, int64_t M, float* y) {
     case Linear::Kind::kSparseCsr: spmm_csr(*l.csr, x, M, l.bias, y); return;
     default: fail("linear without a weight");
   }
+}
+
+// Several linears over the same x: quantized ones of one layout share a qmatmul_group (one
+// activation quantization, one parallel region); anything else runs one by one.
+void run_linears(std::initializer_list<std::pair<const Linear*, float*>> linears, const float* x, int64_t M) {
+  const Linear& first = *linears.begin()->first;
+  bool grouped = first.kind == Linear::Kind::kQuantized;
+  for (const auto& [l, y] : linears)
+    grouped = grouped && l->kind == Linear::Kind::kQuantized && l->activation == first.activation &&
+              l->quantized->kind == first.quantized->kind &&
+              l->quantized->spec.format == first.quantized->spec.format &&
+              l->quantized->group == first.quantized->group && l->quantized->row_bytes == first.quantized->row_bytes;
+  if (!grouped) {
+    for (const auto& [l, y] : linears) run_linear(*l, x, M, y);
+    return;
+  }
+  std::vector<QMatmulTarget> targets;
+  for (const auto& [l, y] : linears) targets.push_back({l->quantized, l->bias, y});
+  qmatmul_group(targets, x, M, first.activation);
 }
 
 // dst [M, n] = src * rsqrt(mean(src^2) + eps) * w, row by row.
@@ -252,6 +272,7 @@ void Model::run_chunk(const std::vector<int32_t>& tokens, const std::vector<Row>
   const ModelConfig& c = config_;
   const int64_t M = int64_t(rows.size()), H = c.hidden, d = c.head_dim, bt = cache_.block_tokens;
   const int64_t q_width = c.n_heads * d, kv_width = c.n_kv_heads * d;
+  const cpu::EngineKernels& kern = cpu::engine_kernels_for(CpuIsa::kAuto);
   std::vector<float> x(size_t(M * H)), h(size_t(M * H)), q(size_t(M * q_width)), k(size_t(M * kv_width)),
       v(size_t(M * kv_width)), attn(size_t(M * q_width)), gate(size_t(M * c.intermediate)),
       up(size_t(M * c.intermediate));
@@ -273,9 +294,7 @@ void Model::run_chunk(const std::vector<int32_t>& tokens, const std::vector<Row>
   for (int64_t layer = 0; layer < c.n_layers; ++layer) {
     const LayerWeights& W = weights_.layers[size_t(layer)];
     rms_norm(x.data(), W.attn_norm, M, H, c.rms_eps, h.data());
-    run_linear(W.q, h.data(), M, q.data());
-    run_linear(W.k, h.data(), M, k.data());
-    run_linear(W.v, h.data(), M, v.data());
+    run_linears({{&W.q, q.data()}, {&W.k, k.data()}, {&W.v, v.data()}}, h.data(), M);
     for (int64_t r = 0; r < M; ++r) {
       const Row& row = rows[size_t(r)];
       rope(&q[size_t(r * q_width)], c.n_heads, d, row.position, c.inv_freq, c.rope_attention_scale);
@@ -294,12 +313,8 @@ void Model::run_chunk(const std::vector<int32_t>& tokens, const std::vector<Row>
     for (int64_t i = 0; i < M * H; ++i) x[size_t(i)] += h[size_t(i)];
 
     rms_norm(x.data(), W.mlp_norm, M, H, c.rms_eps, h.data());
-    run_linear(W.gate, h.data(), M, gate.data());
-    run_linear(W.up, h.data(), M, up.data());
-    for (int64_t i = 0; i < M * c.intermediate; ++i) {
-      const float g = gate[size_t(i)];
-      gate[size_t(i)] = g / (1.0f + std::exp(-g)) * up[size_t(i)];
-    }
+    run_linears({{&W.gate, gate.data()}, {&W.up, up.data()}}, h.data(), M);
+    kern.silu_mul(gate.data(), up.data(), M * c.intermediate);
     run_linear(W.down, gate.data(), M, h.data());
     for (int64_t i = 0; i < M * H; ++i) x[size_t(i)] += h[size_t(i)];
   }
@@ -322,7 +337,7 @@ void Model::attention(int64_t layer, const std::vector<Row>& rows, const std::ve
   const int64_t d = c.head_dim, bt = cache_.block_tokens, group = c.n_heads / c.n_kv_heads;
   const int64_t M = int64_t(rows.size());
   const float scale = 1.0f / std::sqrt(float(d));
-  const cpu::AttentionKernels& kern = cpu::attention_kernels_for(CpuIsa::kAuto);
+  const cpu::EngineKernels& kern = cpu::engine_kernels_for(CpuIsa::kAuto);
   parallel_for(M * c.n_heads, [&](int64_t t0, int64_t t1) {
     std::vector<float> scores;
     for (int64_t t = t0; t < t1; ++t) {
@@ -339,11 +354,7 @@ void Model::attention(int64_t layer, const std::vector<Row>& rows, const std::ve
         kern.scores(qh, cache_slot(s.blocks[size_t(p / bt)], layer, 0, g, slot), n, d, scale, &scores[size_t(p - lo)]);
         p += n;
       }
-      float mx = -std::numeric_limits<float>::infinity();
-      for (float sc : scores) mx = std::max(mx, sc);
-      float sum = 0.0f;
-      for (float& sc : scores) sum += (sc = std::exp(sc - mx));
-      const float inv = 1.0f / sum;
+      const float inv = 1.0f / kern.softmax_exp(scores.data(), int64_t(scores.size()));
       for (float& sc : scores) sc *= inv;
       float* o = out + r * c.n_heads * d + head * d;
       std::fill(o, o + d, 0.0f);

@@ -1,14 +1,15 @@
-// Attention passes for avx2: attention_simd.inc compiled with this ISA's flags (set on this
+// Engine row passes for avx2: engine_simd.inc compiled with this ISA's flags (set on this
 // file only, in CMakeLists.txt) inside its own namespace.
 #include <immintrin.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
 
-#include "cpu/attention_kernels.h"
+#include "cpu/engine_kernels.h"
 
 namespace slmops::cpu::avx2 {
 #include "cpu/simd/vec_avx2.h"
 // The kernels, written in the vector layer above: it must come first.
-#include "cpu/simd/attention_simd.inc"
+#include "cpu/simd/engine_simd.inc"
 }  // namespace slmops::cpu::avx2

@@ -1,0 +1,33 @@
+// The row passes of the decode engine besides its matmuls, one table per ISA (ref, avx2,
+// avx512). The engine keeps the keys (and values) of one cache block and head as
+// contiguous rows [n, d]; an attention pass runs over one such block.
+#pragma once
+
+#include <cstdint>
+
+#include "slmops/cpu_features.h"
+
+namespace slmops::cpu {
+
+struct EngineKernels {
+  // s[j] = scale * dot(q, keys[j]) for the n rows keys [n, d].
+  void (*scores)(const float* q, const float* keys, int64_t n, int64_t d, float scale, float* s);
+  // out[i] += sum_j p[j] * values[j][i] for the n rows values [n, d].
+  void (*accumulate)(const float* p, const float* values, int64_t n, int64_t d, float* out);
+  // s[j] = exp(s[j] - max(s)) over n >= 1 scores; returns their sum.
+  float (*softmax_exp)(float* s, int64_t n);
+  // gate[i] = silu(gate[i]) * up[i] = gate[i] / (1 + exp(-gate[i])) * up[i].
+  void (*silu_mul)(float* gate, const float* up, int64_t n);
+};
+
+const EngineKernels& engine_kernels_for(CpuIsa isa);
+
+namespace ref { const EngineKernels& engine_kernels(); }
+#ifdef SLMOPS_HAVE_AVX2
+namespace avx2 { const EngineKernels& engine_kernels(); }
+#endif
+#ifdef SLMOPS_HAVE_AVX512
+namespace avx512 { const EngineKernels& engine_kernels(); }
+#endif
+
+}  // namespace slmops::cpu
