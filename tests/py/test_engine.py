@@ -11,6 +11,12 @@ from slmops.engine import CacheFullError, Engine, SamplingOptions
 from slmops.nn import SparseLinear
 from torch import nn
 
+
+def exact(model, **options):
+    """An engine whose cache keeps the model's fp32 keys and values (no fp16 rounding)."""
+    return Engine(model, kv_dtype="float32", **options)
+
+
 # Float engine vs float torch: the same products summed in another order (oneDNN sgemm,
 # blocked attention). 1e-4 of the logits' scale is ~100x the fp32 rounding we see (5e-7).
 FLOAT_TOL = 1e-4
@@ -75,7 +81,7 @@ def decode_logits(engine, ids, n_prefill):
 def test_float_logits_equal_transformers_on_prefill_and_decode(arch, overrides):
     model = tiny(arch, **overrides)
     ids = (np.arange(40) * 7 + 3) % 320
-    engine = Engine(model)
+    engine = exact(model)
     ref = torch_logits(model, ids)
     close(engine.logits(ids), ref, FLOAT_TOL)
     # 8 prompt tokens, then 32 decode steps through the cache
@@ -89,10 +95,24 @@ def test_quantized_model_logits_equal_its_torch_forward(fmt):
     model = tiny("llama", hidden_size=128, intermediate_size=256)
     quantize_model(model, "rtn", format=fmt, progress=False)
     ids = (np.arange(24) * 5 + 1) % 320
-    engine = Engine(model)
+    engine = exact(model)
     ref = torch_logits(model, ids)
     close(engine.logits(ids), ref, FLOAT_TOL)
     close(decode_logits(engine, ids, 4), ref[3:], FLOAT_TOL)
+
+
+def test_an_fp16_cache_stays_within_half_precision_of_the_fp32_one():
+    # Keys and values rounded to fp16 (relative error 2^-11 each) move the logits of a
+    # 2-layer model by well under 1% of their scale; the same tokens come out greedily.
+    model = tiny("llama")
+    ids = (np.arange(40) * 7 + 3) % 320
+    ref = torch_logits(model, ids)
+    half = Engine(model)  # the default cache
+    close(decode_logits(half, ids, 8), ref[7:], 0.005)
+    assert (
+        half.generate(ids[:8], max_new_tokens=30, stop_token_ids=[]).tokens
+        == exact(model).generate(ids[:8], max_new_tokens=30, stop_token_ids=[]).tokens
+    )
 
 
 def test_int8_activations_within_their_error_of_float_activations():
@@ -101,11 +121,11 @@ def test_int8_activations_within_their_error_of_float_activations():
     model = tiny("llama", hidden_size=128, intermediate_size=256)
     quantize_model(model, "rtn", format="q4_0", progress=False)
     ids = (np.arange(24) * 5 + 1) % 320
-    ref = Engine(model).logits(ids)
+    ref = exact(model).logits(ids)
     for mod in model.modules():
         if hasattr(mod, "activation") and hasattr(mod, "qweight"):
             mod.activation = "int8"
-    got = Engine(model).logits(ids)
+    got = exact(model).logits(ids)
     close(got, ref, 0.03)
     close(got, torch_logits(model, ids), FLOAT_TOL)  # torch runs the same int8 kernels
 
@@ -122,7 +142,7 @@ def test_sparse_model_logits_equal_its_torch_forward(pattern):
                     sparse = SparseLinear.from_linear(child, pattern, prune=pattern != "csr")
                     setattr(mod, child_name, sparse)
     ids = (np.arange(24) * 5 + 1) % 320
-    engine = Engine(model)
+    engine = exact(model)
     ref = torch_logits(model, ids)
     close(engine.logits(ids), ref, FLOAT_TOL)
     close(decode_logits(engine, ids, 4), ref[3:], FLOAT_TOL)
@@ -136,7 +156,7 @@ def test_quantized_head_and_embedding_table_match_dequantized_weights(tied):
 
     model = tiny("llama", tie_word_embeddings=tied)
     ids = (np.arange(30) * 3 + 2) % 320
-    engine = Engine(model, head_format="q8_0")
+    engine = exact(model, head_format="q8_0")
     ref_model = copy.deepcopy(model)
     head = ref_model.get_output_embeddings().weight
     deq = np.asarray(quantize(head.detach().numpy(), "q8_0").dequantize("float32"))
@@ -150,7 +170,7 @@ def test_greedy_tokens_equal_transformers_generate_on_the_teacher():
     import slmops
 
     model, tok = slmops.zoo.load("kjv-teacher")
-    engine = Engine((model, tok))
+    engine = exact((model, tok))
     prompt = tok("And God said")["input_ids"]
     got = engine.generate(prompt, max_new_tokens=64, stop_token_ids=[])
     with torch.no_grad():
@@ -176,7 +196,7 @@ def test_a_sequence_decodes_the_same_alone_and_in_a_batch_of_eight():
 
 def test_a_request_joining_a_running_batch_gets_its_own_tokens():
     model = tiny("llama")
-    engine = Engine(model)
+    engine = exact(model)
     p1, p2 = [1, 2, 3, 4, 5], [9, 8, 7]
     alone1 = engine.generate(p1, max_new_tokens=12, stop_token_ids=[]).tokens
     alone2 = engine.generate(p2, max_new_tokens=12, stop_token_ids=[]).tokens
@@ -192,7 +212,7 @@ def test_a_request_joining_a_running_batch_gets_its_own_tokens():
 
 def test_stop_tokens_end_a_generation_and_are_not_returned():
     model = tiny("llama")
-    engine = Engine(model)
+    engine = exact(model)
     free = engine.generate([1, 2, 3], max_new_tokens=10, stop_token_ids=[])
     stop = free.tokens[3]
     got = engine.generate([1, 2, 3], max_new_tokens=10, stop_token_ids=[stop])
@@ -320,7 +340,7 @@ def test_bad_prompts_and_context_overflow_are_clear_errors():
 def test_a_full_cache_is_an_error_that_changes_nothing():
     model = tiny("llama")
     block = 2 * 2 * 2 * 16 * 16 * 4  # layers x (k, v) x kv heads x block tokens x head_dim x 4 bytes
-    engine = Engine(model, kv_memory=3 * block, max_context=128)
+    engine = exact(model, kv_memory=3 * block, max_context=128)
     with pytest.raises(CacheFullError, match="raise kv_memory"):
         engine.generate(list(range(1, 40)), max_new_tokens=20)
     native = engine._native
@@ -332,7 +352,7 @@ def test_a_full_cache_is_an_error_that_changes_nothing():
     native.remove_sequence(a)
     native.forward([(b, np.arange(1, 33, dtype=np.int32), False)])
     # queued requests wait for room instead of failing
-    engine = Engine(model, kv_memory=3 * block, max_context=128)
+    engine = exact(model, kv_memory=3 * block, max_context=128)
     outs = engine.generate_batch([[1, 2, 3]] * 4, max_new_tokens=30, stop_token_ids=[])  # 3 blocks each
     assert all(len(g.tokens) == 30 for g in outs)
 

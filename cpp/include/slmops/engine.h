@@ -71,14 +71,15 @@ struct ModelWeights {
 };
 
 struct CacheOptions {
-  int64_t block_tokens = 16;  // positions per cache block
+  int64_t block_tokens = 16;  // positions per cache block, a multiple of 16
   int64_t max_blocks = 0;     // blocks in the pool (all sequences together)
+  bool f16 = true;            // keys and values stored as IEEE half (else fp32)
   // Tokens run through the layers at once; longer batches are split (bounds activation memory).
   int64_t max_step_tokens = 512;
 };
 
 // Bytes of one cache block (keys and values of every layer) for a model.
-int64_t cache_block_bytes(const ModelConfig& c, int64_t block_tokens);
+int64_t cache_block_bytes(const ModelConfig& c, int64_t block_tokens, bool f16);
 
 // The cache has no room for the tokens a forward would add. Nothing was changed.
 class CacheFullError : public std::runtime_error {
@@ -128,7 +129,9 @@ class Model {
   };
   Sequence& sequence(int64_t id);
   const Sequence& sequence(int64_t id) const;
-  float* cache_slot(int32_t block, int64_t layer, int kv, int64_t head, int64_t slot);
+  // The keys (kv = 0, stored transposed: [head_dim][block_tokens]) or values (kv = 1,
+  // [block_tokens][head_dim]) of one head in one block and layer.
+  uint8_t* cache_region(int32_t block, int64_t layer, int kv, int64_t head);
   void run_chunk(const std::vector<int32_t>& tokens, const std::vector<Row>& rows, const std::vector<Sequence*>& seqs,
                  const std::vector<int64_t>& logit_rows, float* logits);
   void attention(int64_t layer, const std::vector<Row>& rows, const std::vector<Sequence*>& seqs, const float* q,
@@ -137,7 +140,7 @@ class Model {
   ModelConfig config_;
   ModelWeights weights_;
   CacheOptions cache_;
-  std::vector<float> cache_pool_;  // [max_blocks][layers][2][kv heads][block_tokens][head_dim]
+  std::vector<uint8_t> cache_pool_;  // [max_blocks][layers][2][kv heads][region of block_tokens x head_dim]
   std::vector<int32_t> free_blocks_;
   std::vector<std::pair<int64_t, Sequence>> sequences_;  // few: a vector beats a map
   int64_t next_id_ = 0;

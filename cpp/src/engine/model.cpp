@@ -8,6 +8,7 @@
 #include <limits>
 #include <string>
 
+#include "common/half.h"
 #include "cpu/engine_kernels.h"
 #include "slmops/engine.h"
 #include "slmops/gemm.h"
@@ -109,8 +110,8 @@ void rope(float* x, int64_t heads, int64_t d, int64_t position, const std::vecto
 
 }  // namespace
 
-int64_t cache_block_bytes(const ModelConfig& c, int64_t block_tokens) {
-  return 2 * c.n_layers * c.n_kv_heads * block_tokens * c.head_dim * int64_t(sizeof(float));
+int64_t cache_block_bytes(const ModelConfig& c, int64_t block_tokens, bool f16) {
+  return 2 * c.n_layers * c.n_kv_heads * block_tokens * c.head_dim * (f16 ? 2 : 4);
 }
 
 Model::Model(ModelConfig config, ModelWeights weights, CacheOptions cache)
@@ -134,6 +135,7 @@ Model::Model(ModelConfig config, ModelWeights weights, CacheOptions cache)
   if (!(c.rms_eps > 0.0f)) fail("rms_eps must be positive");
   if (cache_.block_tokens <= 0 || cache_.max_blocks <= 0 || cache_.max_step_tokens <= 0)
     fail("cache block_tokens, max_blocks and max_step_tokens must be positive");
+  if (cache_.block_tokens % 16) fail("cache block_tokens must be a multiple of 16 (the attention kernels' width)");
   if (cache_.max_blocks > std::numeric_limits<int32_t>::max()) fail("too many cache blocks");
   if (int64_t(weights_.layers.size()) != c.n_layers)
     fail("the model has " + std::to_string(c.n_layers) + " layers, got weights for " +
@@ -160,8 +162,7 @@ Model::Model(ModelConfig config, ModelWeights weights, CacheOptions cache)
   }
   if (!weights_.final_norm) fail("final norm weight missing");
   check_linear(weights_.head, c.vocab, c.hidden, "lm_head");
-  const int64_t block_floats = cache_block_bytes(c, cache_.block_tokens) / int64_t(sizeof(float));
-  cache_pool_.assign(size_t(cache_.max_blocks * block_floats), 0.0f);
+  cache_pool_.assign(size_t(cache_.max_blocks * cache_block_bytes(c, cache_.block_tokens, cache_.f16)), 0);
   free_blocks_.resize(size_t(cache_.max_blocks));
   // Handed out from the back: block 0 first.
   for (int64_t b = 0; b < cache_.max_blocks; ++b) free_blocks_[size_t(b)] = int32_t(cache_.max_blocks - 1 - b);
@@ -194,11 +195,10 @@ std::vector<int64_t> Model::sequences() const {
   return ids;
 }
 
-float* Model::cache_slot(int32_t block, int64_t layer, int kv, int64_t head, int64_t slot) {
+uint8_t* Model::cache_region(int32_t block, int64_t layer, int kv, int64_t head) {
   const ModelConfig& c = config_;
-  const int64_t bt = cache_.block_tokens;
-  return cache_pool_.data() +
-         ((((int64_t(block) * c.n_layers + layer) * 2 + kv) * c.n_kv_heads + head) * bt + slot) * c.head_dim;
+  const int64_t region = cache_.block_tokens * c.head_dim * (cache_.f16 ? 2 : 4);
+  return cache_pool_.data() + (((int64_t(block) * c.n_layers + layer) * 2 + kv) * c.n_kv_heads + head) * region;
 }
 
 int64_t Model::logit_rows(const std::vector<StepEntry>& batch) {
@@ -301,11 +301,24 @@ void Model::run_chunk(const std::vector<int32_t>& tokens, const std::vector<Row>
       rope(&k[size_t(r * kv_width)], c.n_kv_heads, d, row.position, c.inv_freq, c.rope_attention_scale);
       const Sequence& s = *seqs[size_t(row.sequence_slot)];
       const int32_t block = s.blocks[size_t(row.position / bt)];
+      const int64_t slot = row.position % bt;
       for (int64_t g = 0; g < c.n_kv_heads; ++g) {
-        std::memcpy(cache_slot(block, layer, 0, g, row.position % bt), &k[size_t(r * kv_width + g * d)],
-                    size_t(d) * sizeof(float));
-        std::memcpy(cache_slot(block, layer, 1, g, row.position % bt), &v[size_t(r * kv_width + g * d)],
-                    size_t(d) * sizeof(float));
+        const float* kr = &k[size_t(r * kv_width + g * d)];
+        const float* vr = &v[size_t(r * kv_width + g * d)];
+        uint8_t* kt = cache_region(block, layer, 0, g);
+        uint8_t* vt = cache_region(block, layer, 1, g);
+        if (cache_.f16) {
+          auto* kh = reinterpret_cast<uint16_t*>(kt);
+          auto* vh = reinterpret_cast<uint16_t*>(vt) + slot * d;
+          for (int64_t i = 0; i < d; ++i) {
+            kh[i * bt + slot] = f32_to_f16(kr[i]);
+            vh[i] = f32_to_f16(vr[i]);
+          }
+        } else {
+          auto* kf = reinterpret_cast<float*>(kt);
+          for (int64_t i = 0; i < d; ++i) kf[i * bt + slot] = kr[i];
+          std::memcpy(reinterpret_cast<float*>(vt) + slot * d, vr, size_t(d) * sizeof(float));
+        }
       }
     }
     attention(layer, rows, seqs, q.data(), attn.data());
@@ -338,8 +351,9 @@ void Model::attention(int64_t layer, const std::vector<Row>& rows, const std::ve
   const int64_t M = int64_t(rows.size());
   const float scale = 1.0f / std::sqrt(float(d));
   const cpu::EngineKernels& kern = cpu::engine_kernels_for(CpuIsa::kAuto);
+  const bool f16 = cache_.f16;
   parallel_for(M * c.n_heads, [&](int64_t t0, int64_t t1) {
-    std::vector<float> scores;
+    std::vector<float> scores, block_scores(static_cast<size_t>(bt));
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t r = t / c.n_heads, head = t % c.n_heads, g = head / group;
       const Row& row = rows[size_t(r)];
@@ -349,10 +363,17 @@ void Model::attention(int64_t layer, const std::vector<Row>& rows, const std::ve
       const int64_t lo = c.sliding_window > 0 ? std::max<int64_t>(0, pos - c.sliding_window + 1) : 0;
       scores.resize(size_t(pos - lo + 1));
       const float* qh = q + r * c.n_heads * d + head * d;
-      for (int64_t p = lo; p <= pos;) {
-        const int64_t slot = p % bt, n = std::min(bt - slot, pos + 1 - p);
-        kern.scores(qh, cache_slot(s.blocks[size_t(p / bt)], layer, 0, g, slot), n, d, scale, &scores[size_t(p - lo)]);
-        p += n;
+      // Keys are scored a whole block from its first slot (the kernels' lanes line up with
+      // the block's columns); a window that starts inside a block drops the slots before it.
+      for (int64_t b0 = lo / bt * bt; b0 <= pos; b0 += bt) {
+        const int64_t n = std::min(bt, pos + 1 - b0), skip = std::max<int64_t>(0, lo - b0);
+        const uint8_t* kt = cache_region(s.blocks[size_t(b0 / bt)], layer, 0, g);
+        float* dst = skip ? block_scores.data() : &scores[size_t(b0 - lo)];
+        if (f16)
+          kern.scores_f16(qh, reinterpret_cast<const uint16_t*>(kt), n, bt, d, scale, dst);
+        else
+          kern.scores_f32(qh, reinterpret_cast<const float*>(kt), n, bt, d, scale, dst);
+        if (skip) std::copy(block_scores.begin() + skip, block_scores.begin() + n, scores.begin());
       }
       const float inv = 1.0f / kern.softmax_exp(scores.data(), int64_t(scores.size()));
       for (float& sc : scores) sc *= inv;
@@ -360,7 +381,11 @@ void Model::attention(int64_t layer, const std::vector<Row>& rows, const std::ve
       std::fill(o, o + d, 0.0f);
       for (int64_t p = lo; p <= pos;) {
         const int64_t slot = p % bt, n = std::min(bt - slot, pos + 1 - p);
-        kern.accumulate(&scores[size_t(p - lo)], cache_slot(s.blocks[size_t(p / bt)], layer, 1, g, slot), n, d, o);
+        const uint8_t* vt = cache_region(s.blocks[size_t(p / bt)], layer, 1, g);
+        if (f16)
+          kern.accumulate_f16(&scores[size_t(p - lo)], reinterpret_cast<const uint16_t*>(vt) + slot * d, n, d, o);
+        else
+          kern.accumulate_f32(&scores[size_t(p - lo)], reinterpret_cast<const float*>(vt) + slot * d, n, d, o);
         p += n;
       }
     }

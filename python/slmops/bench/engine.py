@@ -54,7 +54,13 @@ def quantized_copy(model: Any, fmt: str) -> tuple[Any, str | None]:
         return m, None
     if fmt == "2:4-int4":
         slmops.prune_model(
-            m, "magnitude", pattern="2:4", sparse=True, sparse_values="int4", activation="int8", progress=False
+            m,
+            "magnitude",
+            pattern="2:4",
+            sparse=True,
+            sparse_values="int4",
+            activation="int8",
+            progress=False,
         )
         return m, "q8_0"
     name, _, group = fmt.partition("-g")
@@ -86,7 +92,10 @@ def measure_engine(engine: Any) -> dict[str, float]:
     engine.generate(_prompt(PREFILL_PROMPT, 2), max_new_tokens=1, **greedy)
     out["prefill"] = PREFILL_PROMPT / (time.perf_counter() - t0)
     for b in BATCHES:
-        reqs = [engine.submit(_prompt(DECODE_PROMPT, 10 + i), max_new_tokens=DECODE_NEW, **greedy) for i in range(b)]
+        reqs = [
+            engine.submit(_prompt(DECODE_PROMPT, 10 + i), max_new_tokens=DECODE_NEW, **greedy)
+            for i in range(b)
+        ]
         engine.step()
         t0 = time.perf_counter()
         while any(r.finish_reason is None for r in reqs):
@@ -98,12 +107,16 @@ def measure_engine(engine: Any) -> dict[str, float]:
 def llama_bench_round(binary: Path, gguf: Path, threads: int) -> dict[str, float]:
     """One llama-bench repetition: prefill of 512 tokens, decode of 128 after 128 (tokens/s)."""
     out: dict[str, float] = {}
-    for args, key in ((["-p", str(PREFILL_PROMPT), "-n", "0"], "prefill"),
-                      (["-p", "0", "-n", str(DECODE_NEW), "-d", str(DECODE_PROMPT)], "decode")):  # fmt: skip
+    for args, key in (
+        (["-p", str(PREFILL_PROMPT), "-n", "0"], "prefill"),
+        (["-p", "0", "-n", str(DECODE_NEW), "-d", str(DECODE_PROMPT)], "decode"),
+    ):
         res = subprocess.run(
             [str(binary), "-m", str(gguf), "-t", str(threads), "-r", "1", "-o", "json", *args],
-            capture_output=True, text=True, check=False,
-        )  # fmt: skip
+            capture_output=True,
+            text=True,
+            check=False,
+        )
         if res.returncode != 0:
             raise RuntimeError(f"llama-bench failed ({res.returncode}): {res.stderr.strip()[-400:]}")
         out[key] = float(json.loads(res.stdout)[0]["avg_ts"])
@@ -123,28 +136,57 @@ def build_llama_cpp(cache: Path) -> Path:
     if not src.exists():
         dl = cache / "sdist"
         print("downloading the llama-cpp-python sdist ...", file=sys.stderr)
-        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-                        "-d", str(dl), "llama-cpp-python"], check=True)  # fmt: skip
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "--no-deps",
+                "--no-binary",
+                ":all:",
+                "-d",
+                str(dl),
+                "llama-cpp-python",
+            ],
+            check=True,
+        )
         archive = next(dl.glob("llama_cpp_python-*.tar.gz"))
         shutil.unpack_archive(str(archive), str(cache / "unpacked"))
         vendored = next((cache / "unpacked").glob("llama_cpp_python-*/vendor/llama.cpp"))
         vendored.rename(src)
     print(f"building llama-bench into {cache} (several minutes) ...", file=sys.stderr)
-    subprocess.run(["cmake", "-S", str(src), "-B", str(cache / "build"), "-DCMAKE_BUILD_TYPE=Release",
-                    "-DLLAMA_CURL=OFF", f"-DCMAKE_C_FLAGS={LLAMA_CPP_FLAGS}", f"-DCMAKE_CXX_FLAGS={LLAMA_CPP_FLAGS}"],
-                   check=True)  # fmt: skip
-    subprocess.run(["cmake", "--build", str(cache / "build"), "-j", str(os.cpu_count() or 2),
-                    "--target", "llama-bench"], check=True)  # fmt: skip
+    subprocess.run(
+        [
+            "cmake",
+            "-S",
+            str(src),
+            "-B",
+            str(cache / "build"),
+            "-DCMAKE_BUILD_TYPE=Release",
+            "-DLLAMA_CURL=OFF",
+            f"-DCMAKE_C_FLAGS={LLAMA_CPP_FLAGS}",
+            f"-DCMAKE_CXX_FLAGS={LLAMA_CPP_FLAGS}",
+        ],
+        check=True,
+    )
+    subprocess.run(
+        ["cmake", "--build", str(cache / "build"), "-j", str(os.cpu_count() or 2), "--target", "llama-bench"],
+        check=True,
+    )
     return binary
 
 
-def run(model_name: str, formats: list[str], threads: list[int], rounds: int, llama_bench: Path | None,
-        work: Path) -> dict[str, Any]:  # fmt: skip
+def run(
+    model_name: str, formats: list[str], threads: list[int], rounds: int, llama_bench: Path | None, work: Path
+) -> dict[str, Any]:
     from slmops.engine import Engine
 
     from .quality import cpu_name
 
-    model, tokenizer = slmops.zoo.load(model_name) if "/" not in model_name else slmops.models.load_model(model_name)
+    model, tokenizer = (
+        slmops.zoo.load(model_name) if "/" not in model_name else slmops.models.load_model(model_name)
+    )
     rows = []
     for fmt in formats:
         m, head_format = quantized_copy(model, fmt)
@@ -152,8 +194,15 @@ def run(model_name: str, formats: list[str], threads: list[int], rounds: int, ll
         gguf = None
         if llama_bench is not None and fmt in LLAMA_CPP_TYPES:
             t = LLAMA_CPP_TYPES[fmt]
-            slmops.export_model(m, "gguf", work / fmt, tokenizer=tokenizer, overwrite=True,
-                                tensor_types={"token_embd.weight": t, "output.weight": t}, default_type=t)  # fmt: skip
+            slmops.export_model(
+                m,
+                "gguf",
+                work / fmt,
+                tokenizer=tokenizer,
+                overwrite=True,
+                tensor_types={"token_embd.weight": t, "output.weight": t},
+                default_type=t,
+            )
             gguf = work / fmt / "model.gguf"
         for n in threads:
             slmops.set_num_threads(n)
@@ -192,18 +241,41 @@ def run(model_name: str, formats: list[str], threads: list[int], rounds: int, ll
 
 
 def markdown(result: dict[str, Any]) -> str:
-    cols = [("decode", ".1f"), ("llama_cpp_decode", ".1f"), ("decode_vs_llama_cpp", ".2f"), ("prefill", ".0f"),
-            ("llama_cpp_prefill", ".0f"), ("prefill_vs_llama_cpp", ".2f"), ("batch8", ".0f"), ("batch32", ".0f"),
-            ("batch32_vs_batch1", ".1f"), ("decode_vs_f32", ".2f")]  # fmt: skip
-    head = ["format", "threads", "decode tok/s", "llama.cpp decode", "ratio", "prefill tok/s", "llama.cpp prefill",
-            "ratio", "batch 8 tok/s", "batch 32 tok/s", "batch 32 / batch 1", "decode / f32"]  # fmt: skip
+    cols = [
+        ("decode", ".1f"),
+        ("llama_cpp_decode", ".1f"),
+        ("decode_vs_llama_cpp", ".2f"),
+        ("prefill", ".0f"),
+        ("llama_cpp_prefill", ".0f"),
+        ("prefill_vs_llama_cpp", ".2f"),
+        ("batch8", ".0f"),
+        ("batch32", ".0f"),
+        ("batch32_vs_batch1", ".1f"),
+        ("decode_vs_f32", ".2f"),
+    ]
+    head = [
+        "format",
+        "threads",
+        "decode tok/s",
+        "llama.cpp decode",
+        "ratio",
+        "prefill tok/s",
+        "llama.cpp prefill",
+        "ratio",
+        "batch 8 tok/s",
+        "batch 32 tok/s",
+        "batch 32 / batch 1",
+        "decode / f32",
+    ]
     lines = ["| " + " | ".join(head) + " |", "|---|---:" + "|---:" * (len(head) - 2) + "|"]
     for r in result["rows"]:
         cells = [r["format"], str(r["threads"])]
         cells += [format(r[k], f) if r.get(k) is not None else "" for k, f in cols]
         lines.append("| " + " | ".join(cells) + " |")
     m = result["machine"]
-    lines.append(f"\n{result['model']}; slmops {m['slmops']}, {m['cpu']}; medians of {result['rounds']} rounds.")
+    lines.append(
+        f"\n{result['model']}; slmops {m['slmops']}, {m['cpu']}; medians of {result['rounds']} rounds."
+    )
     return "\n".join(lines) + "\n"
 
 

@@ -16,7 +16,8 @@ from ..models import model_and_tokenizer
 from .weights import cache_block_bytes, engine_model_args, token_array
 
 CacheFullError = _C.CacheFullError
-DEFAULT_KV_MEMORY = 256 << 20  # bytes of KV cache: 2,900 tokens of SmolLM2-135M in fp32
+DEFAULT_KV_MEMORY = 256 << 20  # bytes of KV cache: 5,800 tokens of SmolLM2-135M in fp16
+KV_DTYPES = ("float16", "float32")
 
 
 @dataclass(frozen=True)
@@ -77,9 +78,11 @@ class Engine:
     ``head_format``: quantize the output head (and, when tied, the embedding, one table
     for both as llama.cpp stores it) to this ``slmops.ops`` format, e.g. ``"q8_0"``; None
     keeps the model's own. ``kv_memory``: bytes of the KV cache, shared by every sequence
-    (fp32, blocks of ``block_tokens`` positions); ``max_context``: positions one sequence
-    may hold (default: the model's, capped by what the cache holds). ``max_batch``:
-    sequences decoded together by :meth:`generate_batch`.
+    (blocks of ``block_tokens`` positions, a multiple of 16); ``kv_dtype``: 'float16' (half
+    the memory and bandwidth of 'float32', as llama.cpp's default cache; keys and values
+    rounded to 11 significant bits) or 'float32' (the model's math exactly);
+    ``max_context``: positions one sequence may hold (default: the model's, capped by what
+    the cache holds). ``max_batch``: sequences decoded together by :meth:`step`.
     """
 
     def __init__(
@@ -88,6 +91,7 @@ class Engine:
         *,
         head_format: str | None = None,
         kv_memory: int = DEFAULT_KV_MEMORY,
+        kv_dtype: str = "float16",
         max_context: int | None = None,
         block_tokens: int = 16,
         max_batch: int = 32,
@@ -101,11 +105,14 @@ class Engine:
                         ("max_step_tokens", max_step_tokens)):  # fmt: skip
             if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
                 raise ValueError(f"{name} must be a positive int, got {v!r}")
+        if kv_dtype not in KV_DTYPES:
+            raise ValueError(f"kv_dtype must be one of {KV_DTYPES}, got {kv_dtype!r}")
         self.model, self.tokenizer = model, tokenizer
         self.max_batch = max_batch
         context = int(max_context or getattr(model.config, "max_position_embeddings", 0) or 2048)
         args = engine_model_args(model, head_format=head_format, max_context=context)
-        block_bytes = cache_block_bytes(args["config"], block_tokens)
+        kv_f16 = kv_dtype == "float16"
+        block_bytes = cache_block_bytes(args["config"], block_tokens, kv_f16)
         max_blocks = kv_memory // block_bytes
         if max_blocks < 1:
             raise ValueError(f"kv_memory={kv_memory} bytes holds no cache block ({block_bytes} bytes)")
@@ -114,7 +121,11 @@ class Engine:
         self.max_context: int = args["config"]["max_context"]
         self.vocab: int = args["config"]["vocab"]
         self._native = _C.EngineModel(
-            **args, block_tokens=block_tokens, max_blocks=max_blocks, max_step_tokens=max_step_tokens
+            **args,
+            block_tokens=block_tokens,
+            max_blocks=max_blocks,
+            max_step_tokens=max_step_tokens,
+            kv_f16=kv_f16,
         )
         self.block_tokens = block_tokens
         self._pending: deque[_Request] = deque()

@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <cstring>
 
+#include "common/half.h"
 #include "cpu/engine_kernels.h"
 
 namespace slmops::cpu::avx512 {

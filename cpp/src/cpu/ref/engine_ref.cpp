@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "common/half.h"
 #include "cpu/engine_kernels.h"
 #include "cpu/isa_dispatch.h"
 
@@ -10,20 +11,27 @@ namespace slmops::cpu {
 namespace ref {
 namespace {
 
-void scores(const float* q, const float* keys, int64_t n, int64_t d, float scale, float* s) {
+template <class T>
+float value(T x) {
+  if constexpr (sizeof(T) == 2)
+    return f16_to_f32(x);
+  else
+    return x;
+}
+
+template <class T>
+void scores(const float* q, const T* kt, int64_t n, int64_t ld, int64_t d, float scale, float* s) {
   for (int64_t j = 0; j < n; ++j) {
-    const float* k = keys + j * d;
     float acc = 0.0f;
-    for (int64_t i = 0; i < d; ++i) acc += q[i] * k[i];
+    for (int64_t i = 0; i < d; ++i) acc += q[i] * value(kt[i * ld + j]);
     s[j] = scale * acc;
   }
 }
 
-void accumulate(const float* p, const float* values, int64_t n, int64_t d, float* out) {
-  for (int64_t j = 0; j < n; ++j) {
-    const float* v = values + j * d;
-    for (int64_t i = 0; i < d; ++i) out[i] += p[j] * v[i];
-  }
+template <class T>
+void accumulate(const float* p, const T* values, int64_t n, int64_t d, float* out) {
+  for (int64_t j = 0; j < n; ++j)
+    for (int64_t i = 0; i < d; ++i) out[i] += p[j] * value(values[j * d + i]);
 }
 
 float softmax_exp(float* s, int64_t n) {
@@ -41,7 +49,8 @@ void silu_mul(float* gate, const float* up, int64_t n) {
 }  // namespace
 
 const EngineKernels& engine_kernels() {
-  static const EngineKernels k{&scores, &accumulate, &softmax_exp, &silu_mul};
+  static const EngineKernels k{&scores<float>,        &scores<uint16_t>, &accumulate<float>,
+                               &accumulate<uint16_t>, &softmax_exp,      &silu_mul};
   return k;
 }
 

@@ -70,6 +70,9 @@ static inline VF lut16(VI idx, const float* table) {
   const VF hi = _mm256_permutevar8x32_ps(_mm256_loadu_ps(table + 8), idx);
   return _mm256_blendv_ps(lo, hi, _mm256_castsi256_ps(_mm256_cmpgt_epi32(idx, _mm256_set1_epi32(7))));
 }
+static inline VF load_f16(const uint16_t* p) {
+  return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+}
 static inline void f16_to_f32_w(const uint16_t* p, float* dst) {
   _mm256_storeu_ps(dst, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
 }

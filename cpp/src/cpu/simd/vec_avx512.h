@@ -50,6 +50,9 @@ static inline VI count_gt(VF v, const float* t, int n) {
   return acc;
 }
 static inline VF lut16(VI idx, const float* table) { return _mm512_permutexvar_ps(idx, _mm512_loadu_ps(table)); }
+static inline VF load_f16(const uint16_t* p) {
+  return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+}
 static inline void f16_to_f32_w(const uint16_t* p, float* dst) {
   _mm512_storeu_ps(dst, _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))));
 }
