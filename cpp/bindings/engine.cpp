@@ -215,6 +215,17 @@ void register_engine(py::module_& m) {
       .def_property_readonly("used_blocks", [](PyEngineModel& e) { return e.model().used_blocks(); })
       .def_property_readonly("max_blocks", [](PyEngineModel& e) { return e.model().cache_options().max_blocks; })
       .def_property_readonly("block_tokens", [](PyEngineModel& e) { return e.model().cache_options().block_tokens; })
+      .def(
+          "set_profiling", [](PyEngineModel& e, bool on) { e.model().set_profiling(on); }, py::arg("on"),
+          "Turns the per-phase clock on (zeroed) or off.")
+      .def_property_readonly("profile",
+                             [](PyEngineModel& e) {
+                               py::dict d;
+                               const auto& secs = e.model().phase_seconds();
+                               for (int p = 0; p < int(engine::Phase::kCount); ++p)
+                                 d[engine::phase_name(engine::Phase(p))] = secs[size_t(p)];
+                               return d;
+                             })
       .def("forward", &PyEngineModel::forward, py::arg("entries"),
            "entries: (sequence, int32 tokens, all_logits) per sequence; returns logits [rows, vocab]");
   m.def("engine_cache_block_bytes",

@@ -31,38 +31,46 @@ constexpr double kRowTol = 1e-5;
 TEST(EngineKernels, AttentionPassesMatchTheirDefinitions) {
   for (CpuIsa isa : available_cpu_isas()) {
     const cpu::EngineKernels& k = cpu::engine_kernels_for(isa);
-    for (int64_t d : {1, 7, 12, 16, 33, 64, 80, 128})
-      for (int64_t n : {1, 3, 16, 31}) {
-        const int64_t ld = (n + 15) / 16 * 16;  // the keys' block: n valid columns of ld
-        const auto q = gaussian(size_t(d), 1), kt = gaussian(size_t(d * ld), 2), p = gaussian(size_t(n), 3);
-        const auto values = gaussian(size_t(n * d), 4);
-        std::vector<uint16_t> kt16(kt.size()), values16(values.size());
-        std::vector<float> kt_h(kt.size()), values_h(values.size());  // what the halves hold
-        for (size_t i = 0; i < kt.size(); ++i) kt_h[i] = f16_to_f32(kt16[i] = f32_to_f16(kt[i]));
-        for (size_t i = 0; i < values.size(); ++i) values_h[i] = f16_to_f32(values16[i] = f32_to_f16(values[i]));
-        for (bool half : {false, true}) {
-          const std::vector<float>& K = half ? kt_h : kt;
-          const std::vector<float>& V = half ? values_h : values;
-          std::vector<float> s(static_cast<size_t>(n), -1.0f), out = gaussian(size_t(d), 5), out0 = out;
-          if (half) {
-            k.scores_f16(q.data(), kt16.data(), n, ld, d, 0.5f, s.data());
-            k.accumulate_f16(p.data(), values16.data(), n, d, out.data());
-          } else {
-            k.scores_f32(q.data(), kt.data(), n, ld, d, 0.5f, s.data());
-            k.accumulate_f32(p.data(), values.data(), n, d, out.data());
-          }
-          for (int64_t j = 0; j < n; ++j) {
-            double ref = 0;
-            for (int64_t i = 0; i < d; ++i) ref += double(q[size_t(i)]) * K[size_t(i * ld + j)];
-            EXPECT_NEAR(s[size_t(j)], 0.5 * ref, kRowTol * (1 + std::abs(ref))) << cpu_isa_name(isa) << " d=" << d;
-          }
-          for (int64_t i = 0; i < d; ++i) {
-            double ref = out0[size_t(i)];
-            for (int64_t j = 0; j < n; ++j) ref += double(p[size_t(j)]) * V[size_t(j * d + i)];
-            EXPECT_NEAR(out[size_t(i)], ref, kRowTol * (1 + std::abs(ref))) << cpu_isa_name(isa) << " d=" << d;
+    for (int64_t heads : {1, 3, 6})
+      for (int64_t d : {1, 7, 12, 16, 33, 64, 80})
+        for (int64_t n : {1, 3, 16, 31}) {
+          const int64_t ld = (n + 15) / 16 * 16;  // the keys' block: n valid columns of ld
+          const int64_t stride = n + 5;           // rows of scores / probabilities, padded
+          const auto q = gaussian(size_t(heads * d), 1), kt = gaussian(size_t(d * ld), 2);
+          const auto p = gaussian(size_t(heads * stride), 3), values = gaussian(size_t(n * d), 4);
+          std::vector<uint16_t> kt16(kt.size()), values16(values.size());
+          std::vector<float> kt_h(kt.size()), values_h(values.size());  // what the halves hold
+          for (size_t i = 0; i < kt.size(); ++i) kt_h[i] = f16_to_f32(kt16[i] = f32_to_f16(kt[i]));
+          for (size_t i = 0; i < values.size(); ++i) values_h[i] = f16_to_f32(values16[i] = f32_to_f16(values[i]));
+          for (bool half : {false, true}) {
+            const std::vector<float>& K = half ? kt_h : kt;
+            const std::vector<float>& V = half ? values_h : values;
+            std::vector<float> s(static_cast<size_t>(heads * stride), -1.0f), out = gaussian(size_t(heads * d), 5);
+            const std::vector<float> out0 = out;
+            if (half) {
+              k.scores_f16(q.data(), heads, kt16.data(), n, ld, d, 0.5f, s.data(), stride);
+              k.accumulate_f16(p.data(), stride, heads, values16.data(), n, d, out.data());
+            } else {
+              k.scores_f32(q.data(), heads, kt.data(), n, ld, d, 0.5f, s.data(), stride);
+              k.accumulate_f32(p.data(), stride, heads, values.data(), n, d, out.data());
+            }
+            for (int64_t h = 0; h < heads; ++h) {
+              for (int64_t j = 0; j < n; ++j) {
+                double ref = 0;
+                for (int64_t i = 0; i < d; ++i) ref += double(q[size_t(h * d + i)]) * K[size_t(i * ld + j)];
+                EXPECT_NEAR(s[size_t(h * stride + j)], 0.5 * ref, kRowTol * (1 + std::abs(ref)))
+                    << cpu_isa_name(isa) << " heads=" << heads << " d=" << d;
+              }
+              EXPECT_EQ(s[size_t(h * stride + n)], -1.0f);  // nothing written past n
+              for (int64_t i = 0; i < d; ++i) {
+                double ref = out0[size_t(h * d + i)];
+                for (int64_t j = 0; j < n; ++j) ref += double(p[size_t(h * stride + j)]) * V[size_t(j * d + i)];
+                EXPECT_NEAR(out[size_t(h * d + i)], ref, kRowTol * (1 + std::abs(ref)))
+                    << cpu_isa_name(isa) << " heads=" << heads << " d=" << d;
+              }
+            }
           }
         }
-      }
   }
 }
 

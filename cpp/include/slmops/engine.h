@@ -94,6 +94,10 @@ struct StepEntry {
   bool all_logits = false;  // logits for every token of the entry, else for its last only
 };
 
+// Where forward spends its time, per phase, when profiling is on (Model::set_profiling).
+enum class Phase : int { kEmbed, kQkv, kRopeCache, kAttention, kOut, kGateUp, kDown, kNormsResidual, kHead, kCount };
+const char* phase_name(Phase p);
+
 class Model {
  public:
   // Validates the shapes of every weight against the config; std::invalid_argument names the
@@ -117,6 +121,11 @@ class Model {
   // context, cache room) and throws std::invalid_argument or CacheFullError without changing
   // any sequence.
   void forward(const std::vector<StepEntry>& batch, float* logits);
+
+  // Wall seconds per phase summed over forward calls since profiling was turned on (zeroed
+  // then; kept when it is turned off; the clock is read only while it is on).
+  void set_profiling(bool on);
+  const std::vector<double>& phase_seconds() const { return phase_seconds_; }
 
  private:
   struct Sequence {
@@ -144,6 +153,8 @@ class Model {
   std::vector<int32_t> free_blocks_;
   std::vector<std::pair<int64_t, Sequence>> sequences_;  // few: a vector beats a map
   int64_t next_id_ = 0;
+  bool profiling_ = false;
+  std::vector<double> phase_seconds_ = std::vector<double>(size_t(Phase::kCount), 0.0);
 };
 
 // Sampling one token from a row of logits.

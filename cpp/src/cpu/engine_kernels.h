@@ -11,15 +11,22 @@ namespace slmops::cpu {
 
 // The KV cache holds fp32 or fp16 (IEEE half) values; a pass has a version for each.
 struct EngineKernels {
-  // s[j] = scale * sum_i q[i] * kt[i * ld + j] for j < n <= ld: one block of keys stored
-  // transposed (element i of key j at kt[i * ld + j]), so a vector of W keys meets one
-  // broadcast element of q per step. ld is a multiple of 16; lanes past n are read and
-  // their results dropped.
-  void (*scores_f32)(const float* q, const float* kt, int64_t n, int64_t ld, int64_t d, float scale, float* s);
-  void (*scores_f16)(const float* q, const uint16_t* kt, int64_t n, int64_t ld, int64_t d, float scale, float* s);
-  // out[i] += sum_j p[j] * values[j * d + i] for the n rows values [n, d].
-  void (*accumulate_f32)(const float* p, const float* values, int64_t n, int64_t d, float* out);
-  void (*accumulate_f16)(const float* p, const uint16_t* values, int64_t n, int64_t d, float* out);
+  // For the heads of one query that share a kv head (grouped-query attention), with
+  // q [heads, d] and out [heads, d] contiguous: each key and value is loaded once for all.
+  //
+  // s[h * s_stride + j] = scale * sum_i q[h][i] * kt[i * ld + j] for j < n <= ld: one block
+  // of keys stored transposed (element i of key j at kt[i * ld + j]), so a vector of W keys
+  // meets one broadcast element of q per step. ld is a multiple of 16; lanes past n are
+  // read and their results dropped.
+  void (*scores_f32)(const float* q, int64_t heads, const float* kt, int64_t n, int64_t ld, int64_t d, float scale,
+                     float* s, int64_t s_stride);
+  void (*scores_f16)(const float* q, int64_t heads, const uint16_t* kt, int64_t n, int64_t ld, int64_t d, float scale,
+                     float* s, int64_t s_stride);
+  // out[h][i] += sum_j p[h * p_stride + j] * values[j * d + i] for the n rows values [n, d].
+  void (*accumulate_f32)(const float* p, int64_t p_stride, int64_t heads, const float* values, int64_t n, int64_t d,
+                         float* out);
+  void (*accumulate_f16)(const float* p, int64_t p_stride, int64_t heads, const uint16_t* values, int64_t n, int64_t d,
+                         float* out);
   // s[j] = exp(s[j] - max(s)) over n >= 1 scores; returns their sum.
   float (*softmax_exp)(float* s, int64_t n);
   // gate[i] = silu(gate[i]) * up[i] = gate[i] / (1 + exp(-gate[i])) * up[i].

@@ -2,6 +2,7 @@
 // RoPE -> cached grouped-query attention -> o, RMSNorm -> SwiGLU MLP, then the final norm
 // and the head, over the layer-0 kernels; and the block-pool KV cache.
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstring>
 #include <initializer_list>
@@ -93,15 +94,14 @@ void rms_norm(const float* src, const float* w, int64_t M, int64_t n, float eps,
   }
 }
 
-// Rotate-half RoPE of `heads` heads of one row at `position`, in place.
-void rope(float* x, int64_t heads, int64_t d, int64_t position, const std::vector<float>& inv_freq, float scale) {
+// Rotate-half RoPE of `heads` heads of one row, in place; cs holds the row's cos and sin
+// [2][d / 2] (the same for every layer: made once per forward).
+void rope(float* x, int64_t heads, int64_t d, const float* cs) {
   const int64_t half = d / 2;
-  for (int64_t i = 0; i < half; ++i) {
-    const float angle = float(position) * inv_freq[size_t(i)];
-    const float c = std::cos(angle) * scale, s = std::sin(angle) * scale;
-    for (int64_t h = 0; h < heads; ++h) {
-      float* v = x + h * d;
-      const float a = v[i], b = v[i + half];
+  for (int64_t h = 0; h < heads; ++h) {
+    float* v = x + h * d;
+    for (int64_t i = 0; i < half; ++i) {
+      const float c = cs[i], s = cs[half + i], a = v[i], b = v[i + half];
       v[i] = a * c - b * s;
       v[i + half] = b * c + a * s;
     }
@@ -109,6 +109,17 @@ void rope(float* x, int64_t heads, int64_t d, int64_t position, const std::vecto
 }
 
 }  // namespace
+
+const char* phase_name(Phase p) {
+  static const char* names[] = {"embed",   "qkv",  "rope_cache",     "attention", "out_proj",
+                                "gate_up", "down", "norms_residual", "head"};
+  return names[int(p)];
+}
+
+void Model::set_profiling(bool on) {
+  if (on && !profiling_) std::fill(phase_seconds_.begin(), phase_seconds_.end(), 0.0);
+  profiling_ = on;
+}
 
 int64_t cache_block_bytes(const ModelConfig& c, int64_t block_tokens, bool f16) {
   return 2 * c.n_layers * c.n_kv_heads * block_tokens * c.head_dim * (f16 ? 2 : 4);
@@ -273,6 +284,15 @@ void Model::run_chunk(const std::vector<int32_t>& tokens, const std::vector<Row>
   const int64_t M = int64_t(rows.size()), H = c.hidden, d = c.head_dim, bt = cache_.block_tokens;
   const int64_t q_width = c.n_heads * d, kv_width = c.n_kv_heads * d;
   const cpu::EngineKernels& kern = cpu::engine_kernels_for(CpuIsa::kAuto);
+  // Profiling: each mark() charges the time since the previous one to a phase.
+  using Clock = std::chrono::steady_clock;
+  Clock::time_point last_mark = profiling_ ? Clock::now() : Clock::time_point{};
+  auto mark = [&](Phase p) {
+    if (!profiling_) return;
+    const Clock::time_point now = Clock::now();
+    phase_seconds_[size_t(p)] += std::chrono::duration<double>(now - last_mark).count();
+    last_mark = now;
+  };
   std::vector<float> x(size_t(M * H)), h(size_t(M * H)), q(size_t(M * q_width)), k(size_t(M * kv_width)),
       v(size_t(M * kv_width)), attn(size_t(M * q_width)), gate(size_t(M * c.intermediate)),
       up(size_t(M * c.intermediate));
@@ -290,15 +310,26 @@ void Model::run_chunk(const std::vector<int32_t>& tokens, const std::vector<Row>
                           e.storage.zero_points ? e.storage.zero_points + id * L.zero_point_bytes_per_row : nullptr};
     dequantize(e.spec, row, 1, H, &x[size_t(r * H)], DType::kF32);
   }
+  const int64_t half = d / 2;
+  std::vector<float> rope_cs(size_t(M * d));  // per row: cos, then sin, of each frequency
+  for (int64_t r = 0; r < M; ++r)
+    for (int64_t i = 0; i < half; ++i) {
+      const float angle = float(rows[size_t(r)].position) * c.inv_freq[size_t(i)];
+      rope_cs[size_t(r * d + i)] = std::cos(angle) * c.rope_attention_scale;
+      rope_cs[size_t(r * d + half + i)] = std::sin(angle) * c.rope_attention_scale;
+    }
+  mark(Phase::kEmbed);
 
   for (int64_t layer = 0; layer < c.n_layers; ++layer) {
     const LayerWeights& W = weights_.layers[size_t(layer)];
     rms_norm(x.data(), W.attn_norm, M, H, c.rms_eps, h.data());
+    mark(Phase::kNormsResidual);
     run_linears({{&W.q, q.data()}, {&W.k, k.data()}, {&W.v, v.data()}}, h.data(), M);
+    mark(Phase::kQkv);
     for (int64_t r = 0; r < M; ++r) {
       const Row& row = rows[size_t(r)];
-      rope(&q[size_t(r * q_width)], c.n_heads, d, row.position, c.inv_freq, c.rope_attention_scale);
-      rope(&k[size_t(r * kv_width)], c.n_kv_heads, d, row.position, c.inv_freq, c.rope_attention_scale);
+      rope(&q[size_t(r * q_width)], c.n_heads, d, &rope_cs[size_t(r * d)]);
+      rope(&k[size_t(r * kv_width)], c.n_kv_heads, d, &rope_cs[size_t(r * d)]);
       const Sequence& s = *seqs[size_t(row.sequence_slot)];
       const int32_t block = s.blocks[size_t(row.position / bt)];
       const int64_t slot = row.position % bt;
@@ -321,14 +352,19 @@ void Model::run_chunk(const std::vector<int32_t>& tokens, const std::vector<Row>
         }
       }
     }
+    mark(Phase::kRopeCache);
     attention(layer, rows, seqs, q.data(), attn.data());
+    mark(Phase::kAttention);
     run_linear(W.o, attn.data(), M, h.data());
+    mark(Phase::kOut);
     for (int64_t i = 0; i < M * H; ++i) x[size_t(i)] += h[size_t(i)];
-
     rms_norm(x.data(), W.mlp_norm, M, H, c.rms_eps, h.data());
+    mark(Phase::kNormsResidual);
     run_linears({{&W.gate, gate.data()}, {&W.up, up.data()}}, h.data(), M);
     kern.silu_mul(gate.data(), up.data(), M * c.intermediate);
+    mark(Phase::kGateUp);
     run_linear(W.down, gate.data(), M, h.data());
+    mark(Phase::kDown);
     for (int64_t i = 0; i < M * H; ++i) x[size_t(i)] += h[size_t(i)];
   }
 
@@ -342,6 +378,7 @@ void Model::run_chunk(const std::vector<int32_t>& tokens, const std::vector<Row>
     rms_norm(&x[size_t(wanted[i] * H)], weights_.final_norm, 1, H, c.rms_eps, &last[i * size_t(H)]);
   // Wanted rows map to consecutive logits rows (entries are laid out in order).
   run_linear(weights_.head, last.data(), int64_t(wanted.size()), logits + logit_rows[size_t(wanted[0])] * c.vocab);
+  mark(Phase::kHead);
 }
 
 void Model::attention(int64_t layer, const std::vector<Row>& rows, const std::vector<Sequence*>& seqs, const float* q,
@@ -352,40 +389,57 @@ void Model::attention(int64_t layer, const std::vector<Row>& rows, const std::ve
   const float scale = 1.0f / std::sqrt(float(d));
   const cpu::EngineKernels& kern = cpu::engine_kernels_for(CpuIsa::kAuto);
   const bool f16 = cache_.f16;
-  parallel_for(M * c.n_heads, [&](int64_t t0, int64_t t1) {
-    std::vector<float> scores, block_scores(static_cast<size_t>(bt));
+  // A task is one query row, kv head and run of the query heads that share it (each key and
+  // value is then read once for the run); groups are split into runs only when there are too
+  // few tasks to keep every thread busy (a batch-1 decode step).
+  const int64_t threads = get_num_threads();
+  const int64_t splits = std::clamp<int64_t>((2 * threads + M * c.n_kv_heads - 1) / (M * c.n_kv_heads), 1, group);
+  const int64_t run = (group + splits - 1) / splits;
+  const int64_t runs_per_group = (group + run - 1) / run;
+  parallel_for(M * c.n_kv_heads * runs_per_group, [&](int64_t t0, int64_t t1) {
+    std::vector<float> scores, block_scores(static_cast<size_t>(run * bt));
     for (int64_t t = t0; t < t1; ++t) {
-      const int64_t r = t / c.n_heads, head = t % c.n_heads, g = head / group;
+      const int64_t r = t / (c.n_kv_heads * runs_per_group), g = t / runs_per_group % c.n_kv_heads;
+      const int64_t h0 = g * group + t % runs_per_group * run, heads = std::min(run, (g + 1) * group - h0);
       const Row& row = rows[size_t(r)];
       const Sequence& s = *seqs[size_t(row.sequence_slot)];
       // Positions lo..pos: causal, and inside the sliding window when the model has one.
       const int64_t pos = row.position;
       const int64_t lo = c.sliding_window > 0 ? std::max<int64_t>(0, pos - c.sliding_window + 1) : 0;
-      scores.resize(size_t(pos - lo + 1));
-      const float* qh = q + r * c.n_heads * d + head * d;
+      const int64_t len = pos - lo + 1;
+      scores.resize(size_t(heads * len));  // [heads][len]
+      const float* qh = q + r * c.n_heads * d + h0 * d;
       // Keys are scored a whole block from its first slot (the kernels' lanes line up with
       // the block's columns); a window that starts inside a block drops the slots before it.
       for (int64_t b0 = lo / bt * bt; b0 <= pos; b0 += bt) {
         const int64_t n = std::min(bt, pos + 1 - b0), skip = std::max<int64_t>(0, lo - b0);
         const uint8_t* kt = cache_region(s.blocks[size_t(b0 / bt)], layer, 0, g);
         float* dst = skip ? block_scores.data() : &scores[size_t(b0 - lo)];
+        const int64_t stride = skip ? bt : len;
         if (f16)
-          kern.scores_f16(qh, reinterpret_cast<const uint16_t*>(kt), n, bt, d, scale, dst);
+          kern.scores_f16(qh, heads, reinterpret_cast<const uint16_t*>(kt), n, bt, d, scale, dst, stride);
         else
-          kern.scores_f32(qh, reinterpret_cast<const float*>(kt), n, bt, d, scale, dst);
-        if (skip) std::copy(block_scores.begin() + skip, block_scores.begin() + n, scores.begin());
+          kern.scores_f32(qh, heads, reinterpret_cast<const float*>(kt), n, bt, d, scale, dst, stride);
+        if (skip)
+          for (int64_t h = 0; h < heads; ++h)
+            std::copy(&block_scores[size_t(h * bt + skip)], &block_scores[size_t(h * bt + n)],
+                      &scores[size_t(h * len)]);
       }
-      const float inv = 1.0f / kern.softmax_exp(scores.data(), int64_t(scores.size()));
-      for (float& sc : scores) sc *= inv;
-      float* o = out + r * c.n_heads * d + head * d;
-      std::fill(o, o + d, 0.0f);
+      for (int64_t h = 0; h < heads; ++h) {
+        float* sh = &scores[size_t(h * len)];
+        const float inv = 1.0f / kern.softmax_exp(sh, len);
+        for (int64_t j = 0; j < len; ++j) sh[j] *= inv;
+      }
+      float* o = out + r * c.n_heads * d + h0 * d;
+      std::fill(o, o + heads * d, 0.0f);
       for (int64_t p = lo; p <= pos;) {
         const int64_t slot = p % bt, n = std::min(bt - slot, pos + 1 - p);
         const uint8_t* vt = cache_region(s.blocks[size_t(p / bt)], layer, 1, g);
+        const float* ph = &scores[size_t(p - lo)];
         if (f16)
-          kern.accumulate_f16(&scores[size_t(p - lo)], reinterpret_cast<const uint16_t*>(vt) + slot * d, n, d, o);
+          kern.accumulate_f16(ph, len, heads, reinterpret_cast<const uint16_t*>(vt) + slot * d, n, d, o);
         else
-          kern.accumulate_f32(&scores[size_t(p - lo)], reinterpret_cast<const float*>(vt) + slot * d, n, d, o);
+          kern.accumulate_f32(ph, len, heads, reinterpret_cast<const float*>(vt) + slot * d, n, d, o);
         p += n;
       }
     }

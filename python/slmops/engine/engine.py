@@ -6,7 +6,7 @@ import math
 import os
 from collections import deque
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -54,15 +54,28 @@ class Generation:
     finish_reason: str
 
 
-@dataclass
 class _Request:
-    prompt: np.ndarray
-    max_new_tokens: int
-    stop_ids: frozenset[int]
-    sampler: Any
-    history: list[int] = field(default_factory=list)
-    sequence: int = -1
-    finish_reason: str | None = None
+    """A prompt in the engine: its tokens so far in one buffer (prompt, then generated)."""
+
+    def __init__(
+        self, prompt: np.ndarray, max_new_tokens: int, stop_ids: frozenset[int], sampler: Any
+    ) -> None:
+        self.n_prompt = len(prompt)
+        self.tokens = np.zeros(self.n_prompt + max_new_tokens, dtype=np.int32)
+        self.tokens[: self.n_prompt] = prompt
+        self.length = self.n_prompt
+        self.max_new_tokens, self.stop_ids, self.sampler = max_new_tokens, stop_ids, sampler
+        self.sequence = -1
+        self.finish_reason: str | None = None
+
+    @property
+    def prompt(self) -> np.ndarray:
+        return self.tokens[: self.n_prompt]
+
+    @property
+    def history(self) -> list[int]:
+        """The generated tokens (a stop token included)."""
+        return self.tokens[self.n_prompt : self.length].tolist()
 
 
 class Engine:
@@ -218,7 +231,7 @@ class Engine:
         active = self._running + joined
         if not active:
             return []
-        entries = [(r.sequence, np.array(r.history[-1:], dtype=np.int32), False) for r in self._running]
+        entries = [(r.sequence, r.tokens[r.length - 1 : r.length], False) for r in self._running]
         entries += [(r.sequence, r.prompt, False) for r in joined]
         try:
             logits = self._native.forward(entries)
@@ -229,19 +242,26 @@ class Engine:
             raise
         out = []
         for r, row in zip(active, logits, strict=True):
-            context = np.concatenate([r.prompt, np.asarray(r.history, dtype=np.int32)])
-            token = int(r.sampler.sample(row, context, len(r.prompt)))
-            r.history.append(token)
+            token = int(r.sampler.sample(row, r.tokens[: r.length], r.n_prompt))
+            r.tokens[r.length] = token
+            r.length += 1
             out.append((r, token))
             if token in r.stop_ids:
                 r.finish_reason = "stop"
-            elif len(r.history) >= r.max_new_tokens or len(context) + 1 >= self.max_context:
+            elif r.length - r.n_prompt >= r.max_new_tokens or r.length >= self.max_context:
                 r.finish_reason = "length"
         self._running = [r for r in active if r.finish_reason is None]
         for r in active:
             if r.finish_reason is not None:
                 self._native.remove_sequence(r.sequence)
         return out
+
+    def profile(self, on: bool | None = None) -> dict[str, float]:
+        """Seconds spent per phase of the forward pass (embed, qkv, attention, ...) since
+        profiling was last turned on; ``on`` turns it on (zeroing the counts) or off."""
+        if on is not None:
+            self._native.set_profiling(bool(on))
+        return dict(self._native.profile)
 
     def cancel(self, req: _Request) -> None:
         """Drops a queued or running request and frees its cache."""
@@ -253,7 +273,7 @@ class Engine:
         req.finish_reason = req.finish_reason or "cancelled"
 
     def _finish(self, req: _Request) -> Generation:
-        tokens = req.history[:-1] if req.finish_reason == "stop" else list(req.history)
+        tokens = req.history[:-1] if req.finish_reason == "stop" else req.history
         text = self.tokenizer.decode(tokens, skip_special_tokens=True) if self.tokenizer is not None else ""
         return Generation([int(t) for t in req.prompt], tokens, text, str(req.finish_reason))
 

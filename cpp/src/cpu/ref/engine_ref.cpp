@@ -20,18 +20,21 @@ float value(T x) {
 }
 
 template <class T>
-void scores(const float* q, const T* kt, int64_t n, int64_t ld, int64_t d, float scale, float* s) {
-  for (int64_t j = 0; j < n; ++j) {
-    float acc = 0.0f;
-    for (int64_t i = 0; i < d; ++i) acc += q[i] * value(kt[i * ld + j]);
-    s[j] = scale * acc;
-  }
+void scores(const float* q, int64_t heads, const T* kt, int64_t n, int64_t ld, int64_t d, float scale, float* s,
+            int64_t s_stride) {
+  for (int64_t h = 0; h < heads; ++h)
+    for (int64_t j = 0; j < n; ++j) {
+      float acc = 0.0f;
+      for (int64_t i = 0; i < d; ++i) acc += q[h * d + i] * value(kt[i * ld + j]);
+      s[h * s_stride + j] = scale * acc;
+    }
 }
 
 template <class T>
-void accumulate(const float* p, const T* values, int64_t n, int64_t d, float* out) {
-  for (int64_t j = 0; j < n; ++j)
-    for (int64_t i = 0; i < d; ++i) out[i] += p[j] * value(values[j * d + i]);
+void accumulate(const float* p, int64_t p_stride, int64_t heads, const T* values, int64_t n, int64_t d, float* out) {
+  for (int64_t h = 0; h < heads; ++h)
+    for (int64_t j = 0; j < n; ++j)
+      for (int64_t i = 0; i < d; ++i) out[h * d + i] += p[h * p_stride + j] * value(values[j * d + i]);
 }
 
 float softmax_exp(float* s, int64_t n) {
