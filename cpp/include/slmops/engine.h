@@ -149,7 +149,7 @@ class Model {
   ModelConfig config_;
   ModelWeights weights_;
   CacheOptions cache_;
-  std::vector<uint8_t> cache_pool_;  // [max_blocks][layers][2][kv heads][region of block_tokens x head_dim]
+  std::vector<uint8_t> cache_pool_;  // [layers][2][kv heads][max_blocks][region of block_tokens x head_dim]
   std::vector<int32_t> free_blocks_;
   std::vector<std::pair<int64_t, Sequence>> sequences_;  // few: a vector beats a map
   int64_t next_id_ = 0;

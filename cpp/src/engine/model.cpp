@@ -209,7 +209,9 @@ std::vector<int64_t> Model::sequences() const {
 uint8_t* Model::cache_region(int32_t block, int64_t layer, int kv, int64_t head) {
   const ModelConfig& c = config_;
   const int64_t region = cache_.block_tokens * c.head_dim * (cache_.f16 ? 2 : 4);
-  return cache_pool_.data() + (((int64_t(block) * c.n_layers + layer) * 2 + kv) * c.n_kv_heads + head) * region;
+  // Blocks innermost: a sequence's blocks, mostly handed out in order, lie one after another
+  // for each layer and head, so attention reads one stream that the prefetchers follow.
+  return cache_pool_.data() + (((layer * 2 + kv) * c.n_kv_heads + head) * cache_.max_blocks + block) * region;
 }
 
 int64_t Model::logit_rows(const std::vector<StepEntry>& batch) {
