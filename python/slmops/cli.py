@@ -9,6 +9,8 @@
     slmops export --model out/model --target gguf --output-dir gguf
     slmops distill --teacher kjv-teacher --student kjv-student --data train.txt -o out
     slmops finetune --model kjv-teacher --data train.jsonl --method qlora -o out
+    slmops generate -m smollm2-135m-instruct --format q4_0 --chat -p "What is the capital of France?"
+    slmops chat -m smollm2-135m-instruct --format q4_0     # a conversation on the native engine
     slmops bench qmatmul --quick                  # kernel benchmarks: quant, qmatmul, quality
     slmops info                                   # build info and a self-check of every kernel
 
@@ -376,6 +378,78 @@ def _cmd_zoo(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _engine(args: argparse.Namespace) -> object:
+    """The native engine for the generate/chat flags: the model loaded, quantized by RTN
+    when --format is given, and handed to slmops.engine.Engine."""
+    import slmops
+    from slmops.engine import Engine
+    from slmops.models import load_model
+
+    if args.threads:
+        slmops.set_num_threads(args.threads)
+    model, tokenizer = load_model(args.model)
+    if args.format:
+        slmops.quantize_model(model, "rtn", format=args.format, activation=args.activation, progress=False)
+    # A quantized model's head in q8_0 unless told: the fp32 head would be most of each step's bytes.
+    head_format = args.head_format or ("q8_0" if args.format else None)
+    return Engine((model, tokenizer), head_format=head_format, kv_memory=args.kv_memory)
+
+
+def _sampling(args: argparse.Namespace) -> object:
+    import dataclasses
+
+    from slmops.engine import SamplingOptions
+
+    return SamplingOptions(**{f.name: getattr(args, f.name) for f in dataclasses.fields(SamplingOptions)})
+
+
+def _stream_reply(engine: object, prompt: object, args: argparse.Namespace) -> str:
+    """Streams the reply to stdout; speeds to stderr. Returns the reply."""
+    import time
+
+    t0 = time.perf_counter()
+    pieces, first = [], None
+    for piece in engine.stream(prompt, max_new_tokens=args.max_new_tokens, sampling=_sampling(args)):  # type: ignore[attr-defined]
+        first = first or time.perf_counter()
+        pieces.append(piece)
+        print(piece, end="", flush=True)
+    print()
+    end = time.perf_counter()
+    n = len(engine.tokenizer("".join(pieces), add_special_tokens=False)["input_ids"])  # type: ignore[attr-defined]
+    if first is not None:
+        print(
+            f"[{n} tokens; first after {first - t0:.2f} s; {n / max(end - t0, 1e-9):.1f} tok/s]",
+            file=sys.stderr,
+        )
+    return "".join(pieces)
+
+
+def _cmd_generate(args: argparse.Namespace) -> int:
+    engine = _engine(args)
+    prompt = engine.chat_prompt([{"role": "user", "content": args.prompt}]) if args.chat else args.prompt  # type: ignore[attr-defined]
+    _stream_reply(engine, prompt, args)
+    return 0
+
+
+def _cmd_chat(args: argparse.Namespace) -> int:
+    engine = _engine(args)
+    messages: list[dict[str, str]] = []
+    if args.system:
+        messages.append({"role": "system", "content": args.system})
+    print("slmops chat: an empty line or Ctrl-D ends", file=sys.stderr)
+    while True:
+        try:
+            line = input("> ").strip()
+        except EOFError:
+            break
+        if not line:
+            break
+        messages.append({"role": "user", "content": line})
+        reply = _stream_reply(engine, engine.chat_prompt(messages), args)  # type: ignore[attr-defined]
+        messages.append({"role": "assistant", "content": reply})
+    return 0
+
+
 def _cmd_bench(args: argparse.Namespace) -> int:
     import importlib
 
@@ -424,6 +498,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_evaluate_command(sub)
     _add_distill_command(sub)
     _add_finetune_command(sub)
+    _add_generate_commands(sub)
     _add_bench_command(sub)
     _add_zoo_command(sub)
     _add_info_command(sub)
@@ -693,6 +768,49 @@ def _add_finetune_command(sub: argparse._SubParsersAction) -> None:
     g = p.add_argument_group("training")
     add_flags(g, FinetuneOptions, exclude=FINETUNE_DATA_FIELDS)
     p.set_defaults(func=_cmd_finetune)
+
+
+def _add_generate_commands(sub: argparse._SubParsersAction) -> None:
+    import dataclasses
+
+    from .engine.sampling import SamplingOptions  # light: no torch for --help
+
+    for name, help_text, example in (
+        ("generate", "generate from a prompt on the native engine", '-p "The capital of France is"'),
+        ("chat", "a conversation on the native engine (the model's chat template)", "--system 'Be brief.'"),
+    ):
+        p = sub.add_parser(
+            name,
+            help=help_text,
+            formatter_class=_FORMATTER,
+            description=f"  slmops {name} -m smollm2-135m-instruct --format q4_0 {example}\n"
+            "The reply streams to stdout; speeds go to stderr.",
+        )
+        p.add_argument("--model", "-m", required=True, help=MODEL_HELP + " or slmops checkpoint")
+        if name == "generate":
+            p.add_argument("--prompt", "-p", required=True)
+            p.add_argument("--chat", action="store_true", help="wrap the prompt in the chat template")
+        else:
+            p.add_argument("--system", help="a system message")
+        p.add_argument("--format", "-f", choices=FORMATS, help="quantize the linears on load (RTN)")
+        p.add_argument(
+            "--activation",
+            choices=("float", "int8"),
+            default="int8",
+            help="with --format: the matmuls' activations",
+        )
+        p.add_argument(
+            "--head-format",
+            choices=FORMATS,
+            help="quantize the output head and a tied embedding (with --format: q8_0)",
+        )
+        p.add_argument("--max-new-tokens", type=int, default=256)
+        p.add_argument("--kv-memory", type=int, default=256 << 20, help="bytes of KV cache (default 256 MiB)")
+        p.add_argument("--threads", type=int, help="CPU threads (default: OpenMP's)")
+        for f in dataclasses.fields(SamplingOptions):  # names, defaults and help written there
+            flag = "--" + f.name.replace("_", "-")
+            p.add_argument(flag, type=type(f.default), default=f.default, help=f.metadata["help"])
+        p.set_defaults(func=_cmd_generate if name == "generate" else _cmd_chat)
 
 
 def _add_bench_command(sub: argparse._SubParsersAction) -> None:

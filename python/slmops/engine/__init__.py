@@ -4,8 +4,8 @@
     from slmops.engine import Engine, SamplingOptions
 
     model, tokenizer = slmops.zoo.load("smollm2-135m-instruct")
-    slmops.quantize_model(model, "rtn", format="q4_0")     # optional: any slmops format
-    engine = Engine((model, tokenizer), head_format="q8_0")
+    slmops.quantize_model(model, "rtn", format="q4_0", activation="int8")  # optional: any format
+    engine = Engine((model, tokenizer), head_format="q4_0")
     print(engine.generate("The capital of France is", max_new_tokens=16).text)
     for piece in engine.stream(engine.chat_prompt([{"role": "user", "content": "Hi"}])):
         print(piece, end="")
@@ -14,15 +14,30 @@ Llama, Mistral (sliding window) and Qwen2 (q/k/v biases) models; every linear ru
 model holds it (float, ``QuantLinear`` formats, ``SparseLinear``). Prompts of many
 sequences and the next tokens of running ones go through each linear as one matrix
 (continuous batching: :meth:`Engine.submit` / :meth:`Engine.step`); the KV cache is a pool
-of fixed-size blocks whose size is ``kv_memory``.
+of fixed-size blocks whose size is ``kv_memory``. Names load on first use (the sampling
+options without torch).
 """
 
-from .engine import DEFAULT_KV_MEMORY, CacheFullError, Engine, Generation, SamplingOptions
-from .weights import ARCHITECTURES, ROPE_TYPES
+from .._lazy import lazy_getattr
+
+__getattr__ = lazy_getattr(
+    __name__,
+    {
+        "ARCHITECTURES": "weights",
+        "ROPE_TYPES": "weights",
+        "DEFAULT_KV_MEMORY": "engine",
+        "KV_DTYPES": "engine",
+        "CacheFullError": "engine",
+        "Engine": "engine",
+        "Generation": "engine",
+        "SamplingOptions": "sampling",
+    },
+)
 
 __all__ = [
     "ARCHITECTURES",
     "DEFAULT_KV_MEMORY",
+    "KV_DTYPES",
     "ROPE_TYPES",
     "CacheFullError",
     "Engine",

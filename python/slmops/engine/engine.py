@@ -13,34 +13,12 @@ import numpy as np
 
 from .. import _C
 from ..models import model_and_tokenizer
+from .sampling import SamplingOptions
 from .weights import cache_block_bytes, engine_model_args, token_array
 
 CacheFullError = _C.CacheFullError
 DEFAULT_KV_MEMORY = 256 << 20  # bytes of KV cache: 5,800 tokens of SmolLM2-135M in fp16
 KV_DTYPES = ("float16", "float32")
-
-
-@dataclass(frozen=True)
-class SamplingOptions:
-    """How the next token is chosen. ``temperature`` 0 is greedy. Applied in this order:
-    penalties (``repetition_penalty`` over prompt and output, as transformers'; OpenAI's
-    ``presence_penalty`` and ``frequency_penalty`` over the output), temperature, ``top_k``,
-    ``top_p``, ``min_p``, then one draw from a generator seeded with ``seed``."""
-
-    temperature: float = 0.0
-    top_k: int = 0
-    top_p: float = 1.0
-    min_p: float = 0.0
-    repetition_penalty: float = 1.0
-    presence_penalty: float = 0.0
-    frequency_penalty: float = 0.0
-    seed: int = 0
-
-    def sampler(self) -> Any:
-        return _C.Sampler(
-            self.temperature, self.top_k, self.top_p, self.min_p,
-            self.repetition_penalty, self.presence_penalty, self.frequency_penalty, self.seed,
-        )  # fmt: skip
 
 
 @dataclass
