@@ -8,8 +8,8 @@
 #include <vector>
 
 #include "common.h"
-#include "packs.h"
 #include "common/checked_int.h"
+#include "packs.h"
 #include "slmops/cpu_features.h"
 #include "slmops/gemm.h"
 #include "slmops/spmm.h"

@@ -362,3 +362,18 @@ def test_a_linear_of_the_wrong_shape_is_named():
     model.model.layers[1].mlp.up_proj = nn.Linear(64, 100, bias=False)
     with pytest.raises(ValueError, match="layer 1 up_proj"):
         Engine(model)
+
+
+def test_speed_is_measured_on_the_engine_by_default_and_on_torch_when_asked():
+    from slmops.evaluate import evaluate
+
+    model = tiny("llama")
+    fast = evaluate(model, metrics=["speed"], prompt_tokens=16, decode_tokens=8, repeats=2)["speed"]
+    slow = evaluate(model, metrics=["speed"], prompt_tokens=16, decode_tokens=8, repeats=2, backend="torch")[
+        "speed"
+    ]
+    assert fast["backend"] == "engine" and slow["backend"] == "torch"
+    for s in (fast, slow):
+        assert s["decode_tokens_per_s"] > 0 and s["prefill_tokens_per_s"] > 0
+    with pytest.raises(ValueError, match="backend"):
+        evaluate(model, metrics=["speed"], backend="gpu")

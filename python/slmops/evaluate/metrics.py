@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from .. import _C
@@ -93,11 +94,69 @@ def _percentile(values: Sequence[float], q: float) -> float:
     return v[min(len(v) - 1, max(0, math.ceil(q * len(v)) - 1))]
 
 
+SPEED_BACKENDS = ("auto", "engine", "torch")
+
+
+def _engine_runs(model: Any, prompt: Any, decode_tokens: int, runs: int) -> list[tuple[float, list[float]]]:
+    """(prefill seconds, decode step seconds) per run on the native engine: the prompt and
+    the first token in one step, then one greedy step per token, sampling included."""
+    from ..engine import Engine
+
+    engine = Engine(model, max_context=len(prompt) + decode_tokens + 1)
+    out = []
+    for _ in range(runs):
+        req = engine.submit(prompt, max_new_tokens=decode_tokens + 1, stop_token_ids=[])
+        t0 = time.perf_counter()
+        engine.step()
+        prefill = time.perf_counter() - t0
+        steps = []
+        while req.finish_reason is None:
+            t = time.perf_counter()
+            engine.step()
+            steps.append(time.perf_counter() - t)
+        out.append((prefill, steps))
+    return out
+
+
 @torch.inference_mode()
-def speed(model: Any, prompt_tokens: int, decode_tokens: int, repeats: int, warmup: int) -> dict[str, Any]:
-    """Prefill and decode throughput: median and p90 over repeats, warm-up runs excluded."""
+def _torch_runs(model: Any, prompt: Any, decode_tokens: int, runs: int) -> list[tuple[float, list[float]]]:
+    """The same measure through transformers' forward with its cache."""
     from transformers import DynamicCache
 
+    ids = torch.as_tensor(prompt).unsqueeze(0)
+    out = []
+    for _ in range(runs):
+        cache = DynamicCache()
+        t0 = time.perf_counter()
+        logits = model(ids, cache=cache, use_cache=True).logits
+        prefill = time.perf_counter() - t0
+        token = logits[:, -1:].argmax(-1)
+        steps = []
+        for _ in range(decode_tokens):
+            t = time.perf_counter()
+            token = model(token, cache=cache, use_cache=True).logits[:, -1:].argmax(-1)
+            steps.append(time.perf_counter() - t)
+        out.append((prefill, steps))
+    return out
+
+
+def speed(
+    model: Any, prompt_tokens: int, decode_tokens: int, repeats: int, warmup: int, backend: str = "auto"
+) -> dict[str, Any]:
+    """Prefill and decode throughput: median and p90 over repeats, warm-up runs excluded.
+    ``backend``: 'engine' (slmops' native engine, what ``slmops generate`` and the server
+    run), 'torch' (transformers' forward) or 'auto' (the engine where it runs the model's
+    architecture)."""
+    from ..engine.weights import ARCHITECTURES
+
+    if backend not in SPEED_BACKENDS:
+        raise ValueError(f"backend must be one of {SPEED_BACKENDS}, got {backend!r}")
+    if backend == "auto":
+        backend = (
+            "engine"
+            if getattr(getattr(model, "config", None), "model_type", None) in ARCHITECTURES
+            else "torch"
+        )
     vocab = _vocab_size(model) or 256
     ctx = _context_length(model)
     if ctx is not None and prompt_tokens + decode_tokens > ctx:
@@ -105,24 +164,14 @@ def speed(model: Any, prompt_tokens: int, decode_tokens: int, repeats: int, warm
             f"prompt_tokens + decode_tokens = {prompt_tokens + decode_tokens} exceeds the model's "
             f"context of {ctx} tokens"
         )
-    prompt = (torch.arange(prompt_tokens) * 7919 % vocab).unsqueeze(0)
-    prefill_s, decode_s = [], []
-    for run in range(warmup + repeats):
-        cache = DynamicCache()
-        t0 = time.perf_counter()
-        out = model(prompt, cache=cache, use_cache=True)
-        t1 = time.perf_counter()
-        token = out.logits[:, -1:].argmax(-1)
-        steps = []
-        for _ in range(decode_tokens):
-            t = time.perf_counter()
-            out = model(token, cache=cache, use_cache=True)
-            token = out.logits[:, -1:].argmax(-1)
-            steps.append(time.perf_counter() - t)
-        if run >= warmup:
-            prefill_s.append(t1 - t0)
-            decode_s.extend(steps)
+    prompt = (np.arange(prompt_tokens) * 7919 % vocab).astype(np.int64)
+    runs = (_engine_runs if backend == "engine" else _torch_runs)(
+        model, prompt, decode_tokens, warmup + repeats
+    )
+    prefill_s = [p for p, _ in runs[warmup:]]
+    decode_s = [t for _, steps in runs[warmup:] for t in steps]
     return {
+        "backend": backend,
         "prefill_tokens_per_s": prompt_tokens / statistics.median(prefill_s),
         "prefill_tokens_per_s_p90": prompt_tokens / _percentile(prefill_s, 0.9),  # p90 time: the slow tail
         "decode_tokens_per_s": 1.0 / statistics.median(decode_s),
@@ -214,6 +263,7 @@ def evaluate(
     warmup: int = 1,
     model_dir: str | os.PathLike[str] | None = None,
     output: str | os.PathLike[str] | None = None,
+    backend: str = "auto",
 ) -> dict[str, Any]:
     """Evaluates a Hugging Face causal LM and returns (and, with ``output``, writes as JSON)
     a dict with one entry per metric:
@@ -224,7 +274,8 @@ def evaluate(
       ``stride`` (default seq_len // 2); the number of
       predicted tokens is reported.
     - ``speed``: prefill and decode tokens/s, median and p90 over ``repeats`` runs after
-      ``warmup`` runs, with the thread counts.
+      ``warmup`` runs, with the thread counts, on ``backend``: 'auto' (slmops' native
+      engine for the architectures it runs, else transformers), 'engine' or 'torch'.
     - ``memory``: peak resident memory of this evaluation (Linux), model bytes in memory and
       of the weight files in ``model_dir`` (or the model's own folder).
     """
@@ -250,7 +301,7 @@ def evaluate(
         if "perplexity" in metrics:
             result["perplexity"] = perplexity(model, _token_ids(data, tokenizer, model), seq_len, stride)
         if "speed" in metrics:
-            result["speed"] = speed(model, prompt_tokens, decode_tokens, repeats, warmup)
+            result["speed"] = speed(model, prompt_tokens, decode_tokens, repeats, warmup, backend)
         if "memory" in metrics:
             result["memory"] = {
                 **memory(model, model_dir),
