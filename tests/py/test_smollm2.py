@@ -183,3 +183,28 @@ def test_distilling_a_pruned_copy_recovers_its_perplexity_and_keeps_its_zeros(sm
     assert len(layer_linears) == 7 * 30
     for key in layer_linears:
         assert torch.equal(weights_after[key] == 0, weights_before[key] == 0), key
+
+
+def test_the_engine_generates_what_transformers_generates(smollm2):
+    """The native engine (fp32 cache) against transformers' greedy generate over 64 tokens of a
+    chat reply; its q4_0 model (int8 activations, q4_0 head) still answers the question."""
+    from slmops.engine import Engine
+
+    model, tok, _ = smollm2
+    messages = [{"role": "user", "content": "What is the capital of France?"}]
+    engine = Engine((model, tok), kv_dtype="float32")
+    prompt = engine.chat_prompt(messages)
+    got = engine.generate(prompt, max_new_tokens=64, stop_token_ids=[])
+    with torch.no_grad():
+        ref = model.generate(
+            torch.tensor([prompt.tolist()]),
+            max_new_tokens=64,
+            do_sample=False,
+            eos_token_id=None,
+            pad_token_id=0,
+        )[0, len(prompt) :].tolist()
+    assert got.tokens == ref
+    q4 = copy.deepcopy(model)
+    slmops.quantize_model(q4, "rtn", format="q4_0", activation="int8", progress=False)
+    reply = Engine((q4, tok), head_format="q4_0").generate(prompt, max_new_tokens=16).text
+    assert "Paris" in reply

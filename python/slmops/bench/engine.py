@@ -1,8 +1,9 @@
 """The native engine against llama.cpp on the same weights, side by side.
 
 For each format the float model is quantized by RTN (int4 g32/g128, q4_0, q8_0, nf4 with
-int8 activations, the integer path llama.cpp also takes; 2:4 = magnitude 2:4 pruning with
-int4 values) and run by ``slmops.engine.Engine``; the output head (tied to the embedding
+int8 activations, the integer path llama.cpp also takes; ternary: BitNet's {-1, 0, 1} x
+absmean, a speed row only, as RTN ruins a model not trained for it; 2:4 = magnitude 2:4
+pruning with int4 values) and run by ``slmops.engine.Engine``; the output head (tied to the embedding
 in SmolLM2) is stored in the row's format where it is a GGUF block format or f32, else
 q8_0. Columns, each the median of ``--rounds`` interleaved rounds: decode tokens/s at
 batch 1 (a 128-token prompt, then 128 greedy tokens through ``Engine.generate``), prefill
@@ -38,7 +39,7 @@ import numpy as np
 
 import slmops
 
-FORMATS = ("f32", "q8_0", "q4_0", "int4", "int4-g128", "nf4", "2:4-int4")
+FORMATS = ("f32", "q8_0", "q4_0", "int4", "int4-g128", "nf4", "ternary", "2:4-int4")
 # Rows whose GGUF twin llama.cpp runs: our format -> the GGUF type of every tensor.
 LLAMA_CPP_TYPES = {"f32": "f32", "q8_0": "q8_0", "q4_0": "q4_0"}
 DECODE_PROMPT, DECODE_NEW, PREFILL_PROMPT = 128, 128, 512
@@ -208,7 +209,7 @@ def run(
             slmops.set_num_threads(n)
             ours: list[dict[str, float]] = []
             theirs: list[dict[str, float]] = []
-            measure_engine(engine)  # warm-up
+            engine.generate(_prompt(DECODE_PROMPT, 0), max_new_tokens=16, stop_token_ids=[])  # warm-up
             for _ in range(rounds):
                 ours.append(measure_engine(engine))
                 if gguf is not None:
@@ -224,12 +225,12 @@ def run(
             print(json.dumps(row), file=sys.stderr, flush=True)
         del engine, m
     f32 = {r["threads"]: r["decode"] for r in rows if r["format"] == "f32"}
-    dense_int4 = {r["threads"]: r["decode"] for r in rows if r["format"] == "int4"}
+    int4 = {r["threads"]: r["decode"] for r in rows if r["format"] == "int4"}
     for r in rows:
         if r["threads"] in f32:
             r["decode_vs_f32"] = r["decode"] / f32[r["threads"]]
-        if r["format"] == "2:4-int4" and r["threads"] in dense_int4:
-            r["decode_vs_int4"] = r["decode"] / dense_int4[r["threads"]]
+        if r["threads"] in int4:
+            r["decode_vs_int4"] = r["decode"] / int4[r["threads"]]
         r["batch32_vs_batch1"] = r["batch32"] / r["decode"]
     return {
         "model": model_name,
@@ -240,37 +241,28 @@ def run(
     }
 
 
+# (row key, number format, column header) of the table
+COLUMNS = (
+    ("decode", ".1f", "decode tok/s"),
+    ("llama_cpp_decode", ".1f", "llama.cpp decode"),
+    ("decode_vs_llama_cpp", ".2f", "ratio"),
+    ("prefill", ".0f", "prefill tok/s"),
+    ("llama_cpp_prefill", ".0f", "llama.cpp prefill"),
+    ("prefill_vs_llama_cpp", ".2f", "ratio"),
+    ("batch8", ".0f", "batch 8 tok/s"),
+    ("batch32", ".0f", "batch 32 tok/s"),
+    ("batch32_vs_batch1", ".1f", "batch 32 / batch 1"),
+    ("decode_vs_f32", ".2f", "decode / f32"),
+    ("decode_vs_int4", ".2f", "decode / int4"),
+)
+
+
 def markdown(result: dict[str, Any]) -> str:
-    cols = [
-        ("decode", ".1f"),
-        ("llama_cpp_decode", ".1f"),
-        ("decode_vs_llama_cpp", ".2f"),
-        ("prefill", ".0f"),
-        ("llama_cpp_prefill", ".0f"),
-        ("prefill_vs_llama_cpp", ".2f"),
-        ("batch8", ".0f"),
-        ("batch32", ".0f"),
-        ("batch32_vs_batch1", ".1f"),
-        ("decode_vs_f32", ".2f"),
-    ]
-    head = [
-        "format",
-        "threads",
-        "decode tok/s",
-        "llama.cpp decode",
-        "ratio",
-        "prefill tok/s",
-        "llama.cpp prefill",
-        "ratio",
-        "batch 8 tok/s",
-        "batch 32 tok/s",
-        "batch 32 / batch 1",
-        "decode / f32",
-    ]
+    head = ["format", "threads", *(h for _, _, h in COLUMNS)]
     lines = ["| " + " | ".join(head) + " |", "|---|---:" + "|---:" * (len(head) - 2) + "|"]
     for r in result["rows"]:
         cells = [r["format"], str(r["threads"])]
-        cells += [format(r[k], f) if r.get(k) is not None else "" for k, f in cols]
+        cells += [format(r[k], f) if r.get(k) is not None else "" for k, f, _ in COLUMNS]
         lines.append("| " + " | ".join(cells) + " |")
     m = result["machine"]
     lines.append(
