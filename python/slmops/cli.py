@@ -614,7 +614,7 @@ def _add_prune_command(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--method", choices=PRUNE_METHODS, default=SUPPRESS, help=f"(default: {DEFAULT_PRUNE_METHOD})"
     )
-    add_flags(p, PruneOptions, exclude=("quantize", "activation"))  # SparseGPT's joint quantization: configs
+    add_flags(p, PruneOptions, exclude=("quantize",))  # SparseGPT's joint quantization: configs
     p.add_argument("--calibration", type=Path, help="wanda, sparsegpt: .txt/.jsonl text (default: KJV)")
     _add_run_flags(p, output_required=True)
     p.set_defaults(func=_cmd_prune)

@@ -201,10 +201,17 @@ TEST(SpmmNM, Int8ActivationsMultiplyTheDequantizedActivations) {
     int64_t K, group;
     bool zero_points;
   };
-  const Case cases[] = {{4, SparseValueType::kInt4, 1024, 32, false}, {4, SparseValueType::kInt4, 544, 16, true},
-                        {4, SparseValueType::kInt4, 1280, 64, true},  {4, SparseValueType::kInt4, 2048, 128, false},
-                        {4, SparseValueType::kInt4, 768, 384, true},  {4, SparseValueType::kInt4, 480, 48, false},
-                        {4, SparseValueType::kInt8, 1024, 32, false}, {8, SparseValueType::kInt4, 1024, 32, true}};
+  const Case cases[] = {{4, SparseValueType::kInt4, 1024, 32, false},
+                        {4, SparseValueType::kInt4, 544, 16, true},
+                        {4, SparseValueType::kInt4, 1280, 64, true},
+                        {4, SparseValueType::kInt4, 2048, 128, false},
+                        {4, SparseValueType::kInt4, 768, 384, true},
+                        {4, SparseValueType::kInt4, 480, 48, false},
+                        {4, SparseValueType::kInt8, 1024, 32, false},
+                        {8, SparseValueType::kInt4, 1024, 32, true},
+                        // SmolLM2's hidden size: the integer kernel's last step is half full
+                        {4, SparseValueType::kInt4, 576, 32, false},
+                        {4, SparseValueType::kInt4, 576, 32, true}};
   for (const Case& t : cases) {
     const int64_t N = 19, n = t.m / 2, kept = t.K / t.m * n, groups = kept / t.group;
     const NMCase c = make_nm(N, t.K, n, t.m, t.type, t.group, unsigned(t.K + t.group));

@@ -155,6 +155,8 @@ def test_quantized_head_and_embedding_table_match_dequantized_weights(tied):
     from slmops.ops import quantize
 
     model = tiny("llama", tie_word_embeddings=tied)
+    # float activations in the body, so the head takes them too: exact against the reference
+    quantize_model(model, "rtn", format="int8", activation="float", progress=False)
     ids = (np.arange(30) * 3 + 2) % 320
     engine = exact(model, head_format="q8_0")
     ref_model = copy.deepcopy(model)
@@ -377,3 +379,13 @@ def test_speed_is_measured_on_the_engine_by_default_and_on_torch_when_asked():
         assert s["decode_tokens_per_s"] > 0 and s["prefill_tokens_per_s"] > 0
     with pytest.raises(ValueError, match="backend"):
         evaluate(model, metrics=["speed"], backend="gpu")
+
+
+def test_a_model_that_ran_can_be_copied():
+    # The packed kernels' views are not copied: the copy packs its own buffers.
+    model = tiny("llama")
+    quantize_model(model, "rtn", format="q4_0", progress=False)
+    ids = np.arange(1, 9)
+    ref = exact(model).logits(ids)
+    twin = copy.deepcopy(model)
+    close(exact(twin).logits(ids), ref, 0.0)

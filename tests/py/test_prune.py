@@ -173,3 +173,12 @@ def test_prune_model_per_layer_sparsity_and_sparse_layers(tiny_llama):
         slmops.prune_model(copy.deepcopy(model), "magnitude", sparsity={"*": 1.5})
     with pytest.raises(ValueError, match="CSR with float32"):
         slmops.prune_model(copy.deepcopy(model), "magnitude", sparse=True, sparse_values="int4")
+
+
+def test_sparse_int4_layers_take_the_int8_activation_mode(tiny_llama):
+    model = copy.deepcopy(tiny_llama[0])
+    options = dict(pattern="2:4", sparse=True, sparse_values="int4", activation="int8", progress=False)
+    slmops.prune_model(model, "magnitude", **options)
+    assert {m.activation for m in model.modules() if isinstance(m, SparseLinear)} == {"int8"}
+    with pytest.raises(ValueError, match="needs quantized layers"):
+        slmops.prune_model(copy.deepcopy(tiny_llama[0]), "magnitude", pattern="2:4", activation="int8")

@@ -126,8 +126,7 @@ void add_bias(const float* bias, int64_t M, int64_t N, float* y) {
 
 // Activation rows quantized as qmatmul's int8 mode does (blocks of kActBlock = 32,
 // symmetric, absmax / 127, half to even) by the int8 format's row kernel: the integer
-// kernel's window layout (SpmmInt8Rows) when it will run, and x^ when anything reads it
-// (the float kernels, or the integer kernel's rows that end short of a 64-value step).
+// kernel's window layout (SpmmInt8Rows) when it will run, else x^ for the float kernels.
 struct Int8Activations {
   std::vector<int8_t> windows;
   std::vector<float> lane_scales, xhat;
@@ -261,7 +260,7 @@ void spmm_nm_paths(const NMSparseWeight& w, const float* x, int64_t M, const flo
     if (w.type != SparseValueType::kInt8 && w.type != SparseValueType::kInt4)
       invalid("int8 activations need int8 or int4 sparse values (float values multiply float activations)");
     const bool integer_kernel = M < kSpmmGemmRows && kernels.nm_rows_int8 && cpu::spmm_int8_kernel_takes(w);
-    xq = quantize_activations(x, M, w.K, isa, integer_kernel, !integer_kernel || w.kept() % 64 != 0, bad_rows);
+    xq = quantize_activations(x, M, w.K, isa, integer_kernel, !integer_kernel, bad_rows);
     if (integer_kernel) {
       const cpu::SpmmInt8Rows rows{xq.windows.data(), xq.lane_scales.data(), xq.xhat.data(), xq.windows_per_row};
       parallel_for(w.N, [&](int64_t n0, int64_t n1) { kernels.nm_rows_int8(w, rows, M, y, n0, n1); });

@@ -17,7 +17,7 @@ namespace slmops::cpu {
 struct SpmmInt8Rows {
   const int8_t* windows;     // [M, windows_per_row, 128]
   const float* lane_scales;  // [M, windows_per_row, 16]
-  const float* xhat;         // [M, K] the dequantized activations; null when rows end on a step
+  const float* xhat;         // [M, K] the dequantized activations (unused by the integer kernel)
   int64_t windows_per_row;
 };
 

@@ -68,7 +68,8 @@ class Engine:
 
     ``head_format``: quantize the output head (and, when tied, the embedding, one table
     for both as llama.cpp stores it) to this ``slmops.ops`` format, e.g. ``"q8_0"``; None
-    keeps the model's own. ``kv_memory``: bytes of the KV cache, shared by every sequence
+    keeps the model's own. The quantized head takes the activation mode of the model's
+    quantized linears, int8 if they have none. ``kv_memory``: bytes of the KV cache, shared by every sequence
     (blocks of ``block_tokens`` positions, a multiple of 16); ``kv_dtype``: 'float16' (half
     the memory and bandwidth of 'float32', as llama.cpp's default cache; keys and values
     rounded to 11 significant bits) or 'float32' (the model's math exactly);

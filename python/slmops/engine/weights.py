@@ -146,10 +146,10 @@ def engine_model_args(model: Any, *, head_format: str | None, max_context: int) 
             )
         qt = quantize(_f32(head_module.weight).numpy(), head_format)
         bias = getattr(head_module, "bias", None)
-        # The head multiplies its activations as the model's quantized linears do (int8 is
-        # the fast path of the block formats: products of bytes instead of decoded floats).
-        acts = {m.activation for m in model.modules() if isinstance(m, QuantLinear)}
-        act = acts.pop() if len(acts) == 1 else "float"
+        # The head multiplies its activations as the model's quantized and sparse linears do;
+        # int8 where they do not say (the fast path: products of bytes, as llama.cpp's).
+        acts = {m.activation for m in model.modules() if isinstance(m, (QuantLinear, SparseLinear))}
+        act = acts.pop() if len(acts) == 1 else "int8"
         head = {"packed": qt.packed(), "activation": act, "N": qt.shape[0], "K": qt.shape[1]}
         head["bias"] = _f32(bias) if bias is not None else None
         if tied:  # one quantized table serves both, as llama.cpp stores a tied token_embd

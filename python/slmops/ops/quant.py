@@ -180,6 +180,11 @@ class QuantizedTensor:
             scales = scales.to(t["data"].device)
         return scales
 
+    def __getstate__(self) -> dict[str, Any]:
+        # The kernels' pack is a view of these buffers, not data: a copy (copy.deepcopy of a
+        # model that already ran) packs its own buffers again on first use.
+        return {**self.__dict__, "_packed": None}
+
     def packed(self) -> Any:
         """The weight packed for the qmatmul kernels (made once, then cached). It borrows
         this tensor's buffers, so write to them only through a new QuantizedTensor."""

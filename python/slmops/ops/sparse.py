@@ -164,6 +164,11 @@ class SparseTensor:
             np.put_along_axis(dense, self.columns(), self.kept_values(), axis=1)
         return dense
 
+    def __getstate__(self) -> dict[str, Any]:
+        # The kernels' pack is a view of these buffers, not data: a copy (copy.deepcopy of a
+        # model that already ran) packs its own buffers again on first use.
+        return {**self.__dict__, "_packed": None}
+
     def packed(self) -> Any:
         """The weight as the spmm kernels read it (borrowing these buffers; made once)."""
         if self._packed is None:

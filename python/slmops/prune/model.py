@@ -131,7 +131,8 @@ def prune_model(
     patterns to shares (the first match wins; layers no pattern matches are kept), or
     ``pattern`` '2:4' / '4:8'. ``sparse=True`` replaces each pruned layer by a
     ``SparseLinear`` (n:m layout, or CSR for unstructured; ``sparse_values`` 'float32',
-    'bfloat16', 'int8' or 'int4' for n:m). Calibration
+    'bfloat16', 'int8' or 'int4' for n:m; with int8/int4 values, ``activation='int8'`` runs
+    them on integer products). Calibration
     (wanda, sparsegpt) as for ``quantize_model``: ``calibration`` None for the reference
     corpus, a .txt/.jsonl path, a list of texts (tokenized with ``tokenizer``), or token
     ids [n, seq_len]. SparseGPT only: ``damp``, and ``quantize=dict(bits=4,
@@ -205,7 +206,7 @@ def prune_model(
     if o.sparse:
         summary.sparse_format = pattern if m else "csr"
         for name in summary.pruned:
-            _to_sparse(model, name, summary.sparse_format, sparse_values, summary)
+            _to_sparse(model, name, summary.sparse_format, sparse_values, activation, summary)
     summary.seconds = time.perf_counter() - start
     return summary
 
@@ -217,9 +218,13 @@ def _apply(model: nn.Module, name: str, keep: torch.Tensor, summary: PruningSumm
     _count(name, weight, summary)
 
 
-def _to_sparse(model: nn.Module, name: str, layout: str, values: str, summary: PruningSummary) -> None:
+def _to_sparse(
+    model: nn.Module, name: str, layout: str, values: str, activation: str, summary: PruningSummary
+) -> None:
     linear = model.get_submodule(name)
-    layer = SparseLinear.from_linear(linear, layout, values=values).to(linear.weight.device)
+    layer = SparseLinear.from_linear(linear, layout, values=values, activation=activation).to(
+        linear.weight.device
+    )
     parent_name, _, child = name.rpartition(".")
     setattr(model.get_submodule(parent_name) if parent_name else model, child, layer)
     summary.bytes_dense += linear.weight.numel() * linear.weight.element_size()

@@ -56,7 +56,7 @@ class PruneOptions(CalibrationOptions, HessianOptions):
         None, description="sparsegpt: also quantize the kept weights (bits, group_size, symmetric, mse)"
     )
     activation: choice(_activations) = Field(  # type: ignore[valid-type]
-        "float", description="activation mode of the layers quantize= makes"
+        "float", description="activation mode of the layers quantize= makes, or sparse= with int8/int4 values"
     )
 
     @model_validator(mode="after")
@@ -78,6 +78,11 @@ class PruneOptions(CalibrationOptions, HessianOptions):
             raise ValueError(
                 f"unstructured sparsity is stored as CSR with float32 values, got {self.sparse_values!r}"
             )
+        quantized_sparse = self.sparse and self.sparse_values in ("int8", "int4")
+        if self.activation != "float" and self.quantize is None and not quantized_sparse:
+            raise ValueError(
+                f"activation={self.activation!r} needs quantized layers: quantize= or sparse int8/int4 values"
+            )
         if self.quantize is not None:
             unknown = set(self.quantize) - set(JOINT_QUANTIZE_KEYS)
             if unknown:
@@ -96,7 +101,8 @@ class PruneOptions(CalibrationOptions, HessianOptions):
             out.pop("sparse_values")
         if self.quantize is None:  # SparseGPT's joint quantization, off
             out.pop("quantize")
-            out.pop("activation")
+            if self.activation == "float":
+                out.pop("activation")
         return out
 
 

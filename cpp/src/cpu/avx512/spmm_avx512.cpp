@@ -96,23 +96,14 @@ void int8_row_block(const NMSparseWeight& w, const NMRowStrides& rs, const Int8C
   const int groups_per_step = w.group <= 64 ? int(64 / w.group) : 1;
   const int64_t steps_per_group = w.group <= 64 ? 1 : w.group / 64;
   int64_t g = 0, step_in_group = 0;
-  for (int64_t j = 0, t = 0; j < full; j += 64, ++t) {
-    // One stream per array of the row: requested ahead, as nm_rows does.
-    __builtin_prefetch(codes + j / 2 + 4096);
-    __builtin_prefetch(index_row + j / 4 + 2048);
-    __builtin_prefetch(scales + g + 512);
-    if constexpr (!kSymmetric) __builtin_prefetch(offsets + g + 512);
-    const __m512i q = step_codes(codes + j / 2, c);
-    const __m512i pos = step_positions(index_row + j / 4, c);
-    const __m512 s = lane_values(scales + g, groups_per_step, c);
+  // One step of 64 kept values: codes, index bytes, scales and offsets from the pointers.
+  auto step = [&](const uint8_t* step_codes_at, const uint8_t* step_index_at, const float* step_scales,
+                  const float* step_offsets, int64_t t) {
+    const __m512i q = step_codes(step_codes_at, c);
+    const __m512i pos = step_positions(step_index_at, c);
+    const __m512 s = lane_values(step_scales, groups_per_step, c);
     __m512 o = s;
-    if constexpr (!kSymmetric) o = lane_values(offsets + g, groups_per_step, c);
-    if (groups_per_step > 1) {
-      g += groups_per_step;
-    } else if (++step_in_group == steps_per_group) {
-      ++g;
-      step_in_group = 0;
-    }
+    if constexpr (!kSymmetric) o = lane_values(step_offsets, groups_per_step, c);
     for (int r = 0; r < R; ++r) {
       const int8_t* xw = win[r] + t * 128;
       const __m512i lo = _mm512_loadu_si512(xw), hi = _mm512_loadu_si512(xw + 64);
@@ -128,12 +119,37 @@ void int8_row_block(const NMSparseWeight& w, const NMRowStrides& rs, const Int8C
         acc_sum[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), _mm512_mul_ps(o, sx), acc_sum[r]);
       }
     }
+  };
+  int64_t t = 0;
+  for (int64_t j = 0; j < full; j += 64, ++t) {
+    // One stream per array of the row: requested ahead, as nm_rows does.
+    __builtin_prefetch(codes + j / 2 + 4096);
+    __builtin_prefetch(index_row + j / 4 + 2048);
+    __builtin_prefetch(scales + g + 512);
+    if constexpr (!kSymmetric) __builtin_prefetch(offsets + g + 512);
+    step(codes + j / 2, index_row + j / 4, scales + g, kSymmetric ? nullptr : offsets + g, t);
+    if (groups_per_step > 1) {
+      g += groups_per_step;
+    } else if (++step_in_group == steps_per_group) {
+      ++g;
+      step_in_group = 0;
+    }
   }
-  for (int r = 0; r < R; ++r) {
-    float total = _mm512_reduce_add_ps(_mm512_add_ps(acc[r], acc_sum[r]));
-    for (int64_t j = full; j < kept; ++j) total += nm_value(w, n, j) * x.xhat[(m0 + r) * w.K + nm_column(w, n, j)];
-    y[(m0 + r) * w.N + n] = total;
+  if (full < kept) {
+    // The last, partial step from zero-padded copies (the row's arrays end inside it). Its
+    // missing values sit over window columns past K, which the windows hold as zeros, so the
+    // padding adds nothing whatever its codes.
+    const int64_t rest = kept - full;
+    alignas(64) uint8_t code_tail[32] = {}, index_tail[16] = {};
+    alignas(16) float scale_tail[4] = {}, offset_tail[4] = {};
+    std::memcpy(code_tail, codes + full / 2, size_t(rest / 2));
+    std::memcpy(index_tail, index_row + full / 4, size_t((rest * 2 + 7) / 8));
+    const int64_t tail_groups = std::min<int64_t>(groups_per_step, rs.groups - g);
+    std::memcpy(scale_tail, scales + g, size_t(tail_groups) * sizeof(float));
+    if constexpr (!kSymmetric) std::memcpy(offset_tail, offsets + g, size_t(tail_groups) * sizeof(float));
+    step(code_tail, index_tail, scale_tail, offset_tail, t);
   }
+  for (int r = 0; r < R; ++r) y[(m0 + r) * w.N + n] = _mm512_reduce_add_ps(_mm512_add_ps(acc[r], acc_sum[r]));
 }
 
 template <bool kSymmetric>
