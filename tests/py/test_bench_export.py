@@ -27,7 +27,7 @@ def test_speeds_interleave_rounds_and_take_per_round_ratios(monkeypatch):
     import onnxruntime_genai
 
     monkeypatch.setattr(onnxruntime_genai, "Model", FakeModel)
-    monkeypatch.setattr(bench, "_generate_once", fake_generate)
+    monkeypatch.setattr(bench, "generate_once", fake_generate)
     folders = {"ours": Path("ours"), bench.BUILDER_ROW: Path(bench.BUILDER_ROW)}
     out = bench._speeds(folders, [1, 2, 3], rounds=3)
     assert order == ["ours", bench.BUILDER_ROW] * 4  # warm-up, then rounds in turn

@@ -13,7 +13,9 @@ together (128-token prompts, 128 new tokens each; prefill not counted). With
 cache from the llama-cpp-python sdist on PyPI), the q4_0, q8_0 and f32 rows also run
 llama.cpp's ``llama-bench`` on GGUF files slmops exported from the same quantized
 checkpoint (``-p 512``, ``-n 128 -d 128``: decode after a 128-token context), in the same
-rounds, and the ratios ours / llama.cpp's are reported.
+rounds, and the ratios ours / llama.cpp's are reported. The q4_0 row is also timed through
+transformers with slmops' QuantLinear layers (the path before the engine), and the int4 row
+(2 threads) through onnxruntime-genai on slmops' onnx-genai export of the same weights.
 
     slmops bench engine                                  # SmolLM2-135M, every format, 2 threads
     slmops bench engine --formats q4_0,f32 --threads 1,2 --llama-bench /path/to/llama-bench
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import importlib.util
 import json
 import os
 import shutil
@@ -178,6 +181,35 @@ def build_llama_cpp(cache: Path) -> Path:
     return binary
 
 
+class _OtherRuntimes:
+    """The same checkpoint on the other runtimes of a row, one measurement per round:
+    transformers' forward with slmops' QuantLinear (the q4_0 row: what slmops ran before the
+    engine) and onnxruntime-genai on slmops' onnx-genai export (the int4 row, 2 threads:
+    its session keeps its own thread pool)."""
+
+    def __init__(self, fmt: str, model: Any, tokenizer: Any, work: Path, threads: int) -> None:
+        self.fmt, self.model, self.genai = fmt, model, None
+        if fmt == "int4" and threads == 2 and importlib.util.find_spec("onnxruntime_genai") is not None:
+            import onnxruntime_genai as og
+
+            slmops.export_model(model, "onnx-genai", work / "genai", tokenizer=tokenizer, overwrite=True)
+            self.genai = og.Model(str(work / "genai"))
+
+    def measure(self) -> dict[str, float]:
+        from ..evaluate.metrics import speed
+        from .export import generate_once
+
+        out: dict[str, float] = {}
+        if self.fmt == "q4_0":
+            s = speed(self.model, DECODE_PROMPT, 32, repeats=1, warmup=0, backend="torch")
+            out["torch_decode"] = s["decode_tokens_per_s"]
+        if self.genai is not None:
+            out["ort_genai_decode"] = generate_once(
+                self.genai, _prompt(DECODE_PROMPT, 1).tolist(), DECODE_NEW
+            )[1]
+        return out
+
+
 def run(
     model_name: str, formats: list[str], threads: list[int], rounds: int, llama_bench: Path | None, work: Path
 ) -> dict[str, Any]:
@@ -185,9 +217,7 @@ def run(
 
     from .quality import cpu_name
 
-    model, tokenizer = (
-        slmops.zoo.load(model_name) if "/" not in model_name else slmops.models.load_model(model_name)
-    )
+    model, tokenizer = slmops.models.load_model(model_name)
     rows = []
     for fmt in formats:
         m, head_format = quantized_copy(model, fmt)
@@ -209,14 +239,21 @@ def run(
             slmops.set_num_threads(n)
             ours: list[dict[str, float]] = []
             theirs: list[dict[str, float]] = []
+            others = _OtherRuntimes(fmt, m, tokenizer, work, n)
             engine.generate(_prompt(DECODE_PROMPT, 0), max_new_tokens=16, stop_token_ids=[])  # warm-up
+            others.measure()
             for _ in range(rounds):
-                ours.append(measure_engine(engine))
+                ours.append({**measure_engine(engine), **others.measure()})
                 if gguf is not None:
                     theirs.append(llama_bench_round(llama_bench, gguf, n))
             row: dict[str, Any] = {"format": fmt, "threads": n}
             for key in ours[0]:
                 row[key] = statistics.median(r[key] for r in ours)
+            for key in ("torch", "ort_genai"):
+                if f"{key}_decode" in row:
+                    row[f"decode_vs_{key}"] = statistics.median(
+                        r["decode"] / r[f"{key}_decode"] for r in ours
+                    )
             for key in ("decode", "prefill"):
                 if theirs:
                     row[f"llama_cpp_{key}"] = statistics.median(r[key] for r in theirs)
@@ -254,6 +291,8 @@ COLUMNS = (
     ("batch32_vs_batch1", ".1f", "batch 32 / batch 1"),
     ("decode_vs_f32", ".2f", "decode / f32"),
     ("decode_vs_int4", ".2f", "decode / int4"),
+    ("decode_vs_torch", ".2f", "decode / transformers"),
+    ("decode_vs_ort_genai", ".2f", "decode / ORT GenAI"),
 )
 
 

@@ -74,12 +74,12 @@ class _OrtCausalLM:
         return SimpleNamespace(logits=torch.from_numpy(logits))
 
 
-def _generate_once(model: Any, prompt: list[int]) -> tuple[float, float]:
+def generate_once(model: Any, prompt: list[int], new_tokens: int = NEW_TOKENS) -> tuple[float, float]:
     """(prompt tok/s, decode tok/s) of one greedy generation through onnxruntime-genai."""
     import onnxruntime_genai as og
 
     params = og.GeneratorParams(model)
-    params.set_search_options(max_length=len(prompt) + NEW_TOKENS, do_sample=False)
+    params.set_search_options(max_length=len(prompt) + new_tokens, do_sample=False)
     gen = og.Generator(model, params)
     start = time.perf_counter()
     gen.append_tokens(np.array([prompt], dtype=np.int32))
@@ -99,11 +99,11 @@ def _speeds(folders: dict[str, Path], prompt: list[int], rounds: int) -> dict[st
 
     models = {label: og.Model(str(folder)) for label, folder in folders.items()}
     for model in models.values():
-        _generate_once(model, prompt)  # warm-up
+        generate_once(model, prompt)  # warm-up
     runs: dict[str, list[tuple[float, float]]] = {label: [] for label in folders}
     for _ in range(rounds):
         for label, model in models.items():
-            runs[label].append(_generate_once(model, prompt))
+            runs[label].append(generate_once(model, prompt))
     out = {}
     for label, r in runs.items():
         row = {
