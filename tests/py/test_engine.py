@@ -32,6 +32,8 @@ def tiny(arch="llama", seed=0, **overrides):
     )  # fmt: skip
     if arch == "qwen2":
         base["tie_word_embeddings"] = False
+    if arch == "phi3":  # its default pad id lies past this vocabulary
+        base["pad_token_id"] = 0
     cfg = AutoConfig.for_model(arch, **{**base, **overrides})
     model = AutoModelForCausalLM.from_config(cfg).eval()
     with torch.no_grad():  # random biases: transformers initialises them to zero
@@ -76,6 +78,7 @@ def decode_logits(engine, ids, n_prefill):
         ("llama", {"head_dim": 24}),  # heads wider than hidden / n_heads
         ("qwen2", {}),  # q/k/v biases, separate head
         ("mistral", {"sliding_window": 8}),  # the window cuts the 40-token sequence
+        ("phi3", {}),  # fused qkv_proj and gate_up_proj
     ],
 )
 def test_float_logits_equal_transformers_on_prefill_and_decode(arch, overrides):
@@ -90,10 +93,16 @@ def test_float_logits_equal_transformers_on_prefill_and_decode(arch, overrides):
 
 # Quantized linears, float activations: both paths multiply by the same dequantized weights
 # (torch's QuantLinear runs the same qmatmul kernels), so the float tolerance holds.
-@pytest.mark.parametrize("fmt", ["int4", "int8", "q4_0", "q8_0", "nf4"])
-def test_quantized_model_logits_equal_its_torch_forward(fmt):
-    model = tiny("llama", hidden_size=128, intermediate_size=256)
-    quantize_model(model, "rtn", format=fmt, progress=False)
+@pytest.mark.parametrize(
+    "arch, fmt",
+    [("llama", "int4"), ("llama", "int8"), ("llama", "q4_0"), ("llama", "q8_0"), ("llama", "nf4"),
+     ("phi3", "int4"), ("phi3", "ternary")],  # phi3: fused projections split by rows
+)  # fmt: skip
+def test_quantized_model_logits_equal_its_torch_forward(arch, fmt):
+    model = tiny(arch, hidden_size=128, intermediate_size=256)
+    quantize_model(
+        model, "rtn", format=fmt, progress=False, **({"double_quant": True} if fmt == "nf4" else {})
+    )
     ids = (np.arange(24) * 5 + 1) % 320
     engine = exact(model)
     ref = torch_logits(model, ids)

@@ -10,8 +10,8 @@
     for piece in engine.stream(engine.chat_prompt([{"role": "user", "content": "Hi"}])):
         print(piece, end="")
 
-Llama, Mistral (sliding window) and Qwen2 (q/k/v biases) models; every linear runs as the
-model holds it (float, ``QuantLinear`` formats, ``SparseLinear``). Prompts of many
+Llama, Mistral (sliding window), Qwen2 (q/k/v biases) and Phi-3 (fused projections) models;
+every linear runs as the model holds it (float, ``QuantLinear`` formats, ``SparseLinear``). Prompts of many
 sequences and the next tokens of running ones go through each linear as one matrix
 (continuous batching: :meth:`Engine.submit` / :meth:`Engine.step`); the KV cache is a pool
 of fixed-size blocks whose size is ``kv_memory``. Names load on first use (the sampling

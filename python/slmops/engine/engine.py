@@ -57,7 +57,7 @@ class _Request:
 
 
 class Engine:
-    """A model on the native engine: a Llama-family decoder (Llama, Mistral, Qwen2) in C++
+    """A model on the native engine: a Llama-family decoder (Llama, Mistral, Qwen2, Phi-3) in C++
     over slmops' kernels, every linear as the model holds it (float, any ``QuantLinear``
     format, ``SparseLinear`` n:m or CSR).
 

@@ -15,7 +15,7 @@ from ..nn import QuantLinear, SparseLinear
 from ..ops import QuantizedTensor, quantize
 
 # model_type -> what the engine's graph covers of it.
-ARCHITECTURES = ("llama", "mistral", "qwen2")
+ARCHITECTURES = ("llama", "mistral", "qwen2", "phi3")
 # Rotary variants whose frequencies do not depend on the sequence length: transformers folds
 # their scaling into ``inv_freq`` (and ``attention_scaling``), which the engine takes as is.
 ROPE_TYPES = ("default", "linear", "llama3", "yarn")
@@ -30,10 +30,32 @@ def _f32(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
-def _linear(module: nn.Module, name: str) -> dict[str, Any]:
+def _row_slice(qt: QuantizedTensor, a: int, b: int) -> QuantizedTensor:
+    """Rows [a, b) of a quantized weight, sharing its buffers (each row's codes, scales and
+    zero points are contiguous); a tensor-wide scale (ternary) stays whole."""
+    scales = qt._scales()  # nf4 double quantization: the plain per-block scales
+    tensors = {"data": qt.tensors["data"][a:b]}
+    if scales is not None:
+        tensors["scales"] = scales if qt.layout["tensor_scale"] else scales[a:b]
+    if "zero_points" in qt.tensors:
+        tensors["zero_points"] = qt.tensors["zero_points"][a:b]
+    return QuantizedTensor(
+        qt.format, (b - a, qt.shape[1]), tensors,
+        group_size=qt._option_group_size, symmetric=qt.symmetric, dtype=qt.dtype,
+    )  # fmt: skip
+
+
+def _linear(module: nn.Module, name: str, rows: tuple[int, int] | None = None) -> dict[str, Any]:
+    """The engine's description of ``module``, or of its output rows [a, b) (a fused
+    projection split into its parts)."""
+    a, b = rows or (0, int(module.out_features))
+    out: dict[str, Any]
     if isinstance(module, QuantLinear):
-        out: dict[str, Any] = {"packed": module.qweight.packed(), "activation": module.activation}
+        qt = module.qweight if rows is None else _row_slice(module.qweight, a, b)
+        out = {"packed": qt.packed(), "activation": module.activation}
     elif isinstance(module, SparseLinear):
+        if rows is not None:
+            raise ValueError(f"{name}: a fused projection stored sparse is not supported by the engine")
         sw = module.sparse_weight
         out = (
             {"csr": sw.packed()}
@@ -41,14 +63,43 @@ def _linear(module: nn.Module, name: str) -> dict[str, Any]:
             else {"nm": sw.packed(), "activation": module.activation}
         )
     elif isinstance(module, nn.Linear):
-        out = {"dense": _f32(module.weight)}
+        out = {"dense": _f32(module.weight[a:b])}
     else:
         raise ValueError(
             f"{name} is a {type(module).__name__}; the engine runs nn.Linear, QuantLinear and SparseLinear"
         )
-    out["N"], out["K"] = int(module.out_features), int(module.in_features)
-    out["bias"] = _f32(module.bias) if getattr(module, "bias", None) is not None else None
+    out["N"], out["K"] = b - a, int(module.in_features)
+    out["bias"] = _f32(module.bias[a:b]) if getattr(module, "bias", None) is not None else None
     return out
+
+
+def _attention_and_mlp(layer: nn.Module, p: str, q_width: int, kv_width: int) -> dict[str, Any]:
+    """q/k/v/o and gate/up/down of one decoder layer; Phi-3's fused qkv_proj and
+    gate_up_proj are split by rows (q, then k, then v; gate, then up)."""
+    a, m = layer.self_attn, layer.mlp
+    if hasattr(a, "qkv_proj"):
+        qkv = a.qkv_proj
+        parts = {
+            "q": _linear(qkv, p + "self_attn.qkv_proj", (0, q_width)),
+            "k": _linear(qkv, p + "self_attn.qkv_proj", (q_width, q_width + kv_width)),
+            "v": _linear(qkv, p + "self_attn.qkv_proj", (q_width + kv_width, q_width + 2 * kv_width)),
+        }
+    else:
+        parts = {
+            "q": _linear(a.q_proj, p + "self_attn.q_proj"),
+            "k": _linear(a.k_proj, p + "self_attn.k_proj"),
+            "v": _linear(a.v_proj, p + "self_attn.v_proj"),
+        }
+    parts["o"] = _linear(a.o_proj, p + "self_attn.o_proj")
+    if hasattr(m, "gate_up_proj"):
+        half = int(m.gate_up_proj.out_features) // 2
+        parts["gate"] = _linear(m.gate_up_proj, p + "mlp.gate_up_proj", (0, half))
+        parts["up"] = _linear(m.gate_up_proj, p + "mlp.gate_up_proj", (half, 2 * half))
+    else:
+        parts["gate"] = _linear(m.gate_proj, p + "mlp.gate_proj")
+        parts["up"] = _linear(m.up_proj, p + "mlp.up_proj")
+    parts["down"] = _linear(m.down_proj, p + "mlp.down_proj")
+    return parts
 
 
 def _quantized_table(qt: QuantizedTensor) -> dict[str, Any]:
@@ -90,6 +141,8 @@ def engine_model_args(model: Any, *, head_format: str | None, max_context: int) 
             f"the engine runs {', '.join(ARCHITECTURES)} models; this one is {cfg.model_type!r} "
             "(run it with the transformers path: slmops.evaluate_model, or export it)"
         )
+    if float(getattr(cfg, "partial_rotary_factor", None) or 1.0) != 1.0:
+        raise ValueError("the engine rotates whole heads; this model's partial_rotary_factor is not 1")
     if getattr(cfg, "hidden_act", "silu") != "silu":
         raise ValueError(f"the engine's MLP is SwiGLU (silu); this model uses {cfg.hidden_act!r}")
     rotary = model.model.rotary_emb
@@ -118,19 +171,11 @@ def engine_model_args(model: Any, *, head_format: str | None, max_context: int) 
     }
     layers = []
     for i, layer in enumerate(model.model.layers):
-        a, m = layer.self_attn, layer.mlp
-        p = f"model.layers.{i}."
         layers.append(
             {
                 "attn_norm": _f32(layer.input_layernorm.weight),
-                "q": _linear(a.q_proj, p + "self_attn.q_proj"),
-                "k": _linear(a.k_proj, p + "self_attn.k_proj"),
-                "v": _linear(a.v_proj, p + "self_attn.v_proj"),
-                "o": _linear(a.o_proj, p + "self_attn.o_proj"),
                 "mlp_norm": _f32(layer.post_attention_layernorm.weight),
-                "gate": _linear(m.gate_proj, p + "mlp.gate_proj"),
-                "up": _linear(m.up_proj, p + "mlp.up_proj"),
-                "down": _linear(m.down_proj, p + "mlp.down_proj"),
+                **_attention_and_mlp(layer, f"model.layers.{i}.", n_heads * head_dim, n_kv * head_dim),
             }
         )
     embed_weight = model.get_input_embeddings().weight
