@@ -13,9 +13,11 @@ together (128-token prompts, 128 new tokens each; prefill not counted). With
 cache from the llama-cpp-python sdist on PyPI), the q4_0, q8_0 and f32 rows also run
 llama.cpp's ``llama-bench`` on GGUF files slmops exported from the same quantized
 checkpoint (``-p 512``, ``-n 128 -d 128``: decode after a 128-token context), in the same
-rounds, and the ratios ours / llama.cpp's are reported. The q4_0 row is also timed through
-transformers with slmops' QuantLinear layers (the path before the engine), and the int4 row
-(2 threads) through onnxruntime-genai on slmops' onnx-genai export of the same weights.
+rounds, and the ratios ours / llama.cpp's are reported; ``llama-batched-bench`` beside
+that binary (once per row, after the rounds) gives llama.cpp's batch 8 and 32 decode. The
+q4_0 row is also timed through transformers with slmops' QuantLinear layers (the path
+before the engine), and the int4 row (2 threads) through onnxruntime-genai on slmops'
+onnx-genai export of the same weights.
 
     slmops bench engine                                  # SmolLM2-135M, every format, 2 threads
     slmops bench engine --formats q4_0,f32 --threads 1,2 --llama-bench /path/to/llama-bench
@@ -127,6 +129,22 @@ def llama_bench_round(binary: Path, gguf: Path, threads: int) -> dict[str, float
     return out
 
 
+def llama_batched(binary: Path, gguf: Path, threads: int) -> dict[str, float]:
+    """llama.cpp's aggregate decode tokens/s of BATCHES sequences (128-token prompts, 128 new
+    tokens each), from llama-batched-bench."""
+    ctx = max(BATCHES) * (DECODE_PROMPT + DECODE_NEW) + 512
+    res = subprocess.run(
+        [str(binary), "-m", str(gguf), "-t", str(threads), "-c", str(ctx), "-b", "2048", "-ub", "512",
+         "-npp", str(DECODE_PROMPT), "-ntg", str(DECODE_NEW), "-npl", ",".join(map(str, BATCHES)),
+         "--output-format", "jsonl"],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    if res.returncode != 0:
+        raise RuntimeError(f"llama-batched-bench failed ({res.returncode}): {res.stderr.strip()[-400:]}")
+    rows = [json.loads(line) for line in res.stdout.splitlines() if line.startswith("{")]
+    return {f"llama_cpp_batch{r['pl']}": float(r["speed_tg"]) for r in rows}
+
+
 def build_llama_cpp(cache: Path) -> Path:
     """llama-bench built from the llama-cpp-python sdist on PyPI (its vendored llama.cpp),
     once, into ``cache``; returns the binary."""
@@ -175,7 +193,16 @@ def build_llama_cpp(cache: Path) -> Path:
         check=True,
     )
     subprocess.run(
-        ["cmake", "--build", str(cache / "build"), "-j", str(os.cpu_count() or 2), "--target", "llama-bench"],
+        [
+            "cmake",
+            "--build",
+            str(cache / "build"),
+            "-j",
+            str(os.cpu_count() or 2),
+            "--target",
+            "llama-bench",
+            "llama-batched-bench",
+        ],
         check=True,
     )
     return binary
@@ -249,6 +276,11 @@ def run(
             row: dict[str, Any] = {"format": fmt, "threads": n}
             for key in ours[0]:
                 row[key] = statistics.median(r[key] for r in ours)
+            batched = llama_bench.parent / "llama-batched-bench" if llama_bench is not None else None
+            if gguf is not None and batched is not None and batched.is_file():  # once per row: minutes a run
+                row.update(llama_batched(batched, gguf, n))
+                for b in BATCHES:
+                    row[f"batch{b}_vs_llama_cpp"] = row[f"batch{b}"] / row[f"llama_cpp_batch{b}"]
             for key in ("torch", "ort_genai"):
                 if f"{key}_decode" in row:
                     row[f"decode_vs_{key}"] = statistics.median(
@@ -288,6 +320,8 @@ COLUMNS = (
     ("prefill_vs_llama_cpp", ".2f", "ratio"),
     ("batch8", ".0f", "batch 8 tok/s"),
     ("batch32", ".0f", "batch 32 tok/s"),
+    ("llama_cpp_batch32", ".0f", "llama.cpp batch 32"),
+    ("batch32_vs_llama_cpp", ".2f", "ratio"),
     ("batch32_vs_batch1", ".1f", "batch 32 / batch 1"),
     ("decode_vs_f32", ".2f", "decode / f32"),
     ("decode_vs_int4", ".2f", "decode / int4"),
