@@ -30,6 +30,7 @@ __getattr__ = lazy_getattr(
         "CacheFullError": "engine",
         "Engine": "engine",
         "Generation": "engine",
+        "Request": "engine",
         "SamplingOptions": "sampling",
     },
 )
@@ -42,5 +43,6 @@ __all__ = [
     "CacheFullError",
     "Engine",
     "Generation",
+    "Request",
     "SamplingOptions",
 ]

@@ -32,8 +32,10 @@ class Generation:
     finish_reason: str
 
 
-class _Request:
-    """A prompt in the engine: its tokens so far in one buffer (prompt, then generated)."""
+class Request:
+    """A prompt in the engine (what :meth:`Engine.submit` returns): its tokens so far in one
+    buffer (prompt, then generated), ``history`` (the generated ones), ``finish_reason``
+    (None while running; 'stop', 'length' or 'cancelled')."""
 
     def __init__(
         self, prompt: np.ndarray, max_new_tokens: int, stop_ids: frozenset[int], sampler: Any
@@ -69,8 +71,9 @@ class Engine:
     ``head_format``: quantize the output head (and, when tied, the embedding, one table
     for both as llama.cpp stores it) to this ``slmops.ops`` format, e.g. ``"q8_0"``; None
     keeps the model's own. The quantized head takes the activation mode of the model's
-    quantized linears, int8 if they have none. ``kv_memory``: bytes of the KV cache, shared by every sequence
-    (blocks of ``block_tokens`` positions, a multiple of 16); ``kv_dtype``: 'float16' (half
+    quantized linears, int8 if they have none. ``kv_memory``: bytes of the KV cache,
+    shared by every sequence (blocks of ``block_tokens`` positions, a multiple of 16);
+    ``kv_dtype``: 'float16' (half
     the memory and bandwidth of 'float32', as llama.cpp's default cache; keys and values
     rounded to 11 significant bits) or 'float32' (the model's math exactly);
     ``max_context``: positions one sequence may hold (default: the model's, capped by what
@@ -120,8 +123,8 @@ class Engine:
             kv_f16=kv_f16,
         )
         self.block_tokens = block_tokens
-        self._pending: deque[_Request] = deque()
-        self._running: list[_Request] = []
+        self._pending: deque[Request] = deque()
+        self._running: list[Request] = []
 
     # -- inputs ------------------------------------------------------------------------
     def encode(self, prompt: str | Sequence[int] | np.ndarray) -> np.ndarray:
@@ -168,7 +171,7 @@ class Engine:
         max_new_tokens: int = 128,
         stop_token_ids: Sequence[int] | None = None,
         sampling: SamplingOptions | None = None,
-    ) -> _Request:
+    ) -> Request:
         """Queues a prompt; :meth:`step` advances it with every other queued or running one."""
         ids = self.encode(prompt)
         if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
@@ -184,21 +187,21 @@ class Engine:
         stops = (
             self.default_stop_ids() if stop_token_ids is None else frozenset(int(i) for i in stop_token_ids)
         )
-        req = _Request(ids, max_new_tokens, stops, (sampling or SamplingOptions()).sampler())
+        req = Request(ids, max_new_tokens, stops, (sampling or SamplingOptions()).sampler())
         self._pending.append(req)
         return req
 
     def _blocks_needed(self, n_prompt: int, max_new_tokens: int) -> int:
         return math.ceil(min(n_prompt + max_new_tokens, self.max_context) / self.block_tokens)
 
-    def step(self) -> list[tuple[_Request, int]]:
+    def step(self) -> list[tuple[Request, int]]:
         """One engine step: queued requests join while the batch and the cache have room
         (each is admitted with cache reserved for its whole generation, so a running
         sequence never runs out), their prompts run with the running sequences' next
         tokens in one forward, and each gets its next token. Returns (request, token) per
         request that produced one; finished requests leave the batch."""
         reserved = sum(self._blocks_needed(len(r.prompt), r.max_new_tokens) for r in self._running)
-        joined: list[_Request] = []
+        joined: list[Request] = []
         while self._pending and len(self._running) + len(joined) < self.max_batch:
             need = self._blocks_needed(len(self._pending[0].prompt), self._pending[0].max_new_tokens)
             if reserved + need > self._native.max_blocks:
@@ -242,7 +245,7 @@ class Engine:
             self._native.set_profiling(bool(on))
         return dict(self._native.profile)
 
-    def cancel(self, req: _Request) -> None:
+    def cancel(self, req: Request) -> None:
         """Drops a queued or running request and frees its cache."""
         if req in self._pending:
             self._pending.remove(req)
@@ -251,7 +254,7 @@ class Engine:
             self._native.remove_sequence(req.sequence)
         req.finish_reason = req.finish_reason or "cancelled"
 
-    def _finish(self, req: _Request) -> Generation:
+    def _finish(self, req: Request) -> Generation:
         tokens = req.history[:-1] if req.finish_reason == "stop" else req.history
         text = self.tokenizer.decode(tokens, skip_special_tokens=True) if self.tokenizer is not None else ""
         return Generation([int(t) for t in req.prompt], tokens, text, str(req.finish_reason))
