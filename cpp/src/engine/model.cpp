@@ -11,11 +11,18 @@
 
 #include "common/half.h"
 #include "cpu/engine_kernels.h"
+#include "cpu/isa_dispatch.h"
 #include "slmops/engine.h"
 #include "slmops/gemm.h"
 #include "slmops/threading.h"
 
-namespace slmops::engine {
+namespace slmops {
+
+const cpu::EngineKernels& cpu::engine_kernels_for(CpuIsa isa) {
+  return kernels_for_isa<EngineKernels>(isa, SLMOPS_CPU_ISA_KERNELS(engine_kernels));
+}
+
+namespace engine {
 namespace {
 
 [[noreturn]] void fail(const std::string& msg) { throw std::invalid_argument(msg); }
@@ -448,4 +455,5 @@ void Model::attention(int64_t layer, const std::vector<Row>& rows, const std::ve
   });
 }
 
-}  // namespace slmops::engine
+}  // namespace engine
+}  // namespace slmops

@@ -367,9 +367,9 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--rounds and --threads must be >= 1")
     llama_bench = args.llama_bench
     if llama_bench is None and args.with_llama_cpp:
-        from ..models.downloads import cache_dir
+        from ..models.downloads import cache_root
 
-        llama_bench = build_llama_cpp(cache_dir() / "llama.cpp")
+        llama_bench = build_llama_cpp(cache_root() / "llama.cpp")
     if llama_bench is not None and not llama_bench.is_file():
         p.error(f"--llama-bench {llama_bench}: no such file")
     with tempfile.TemporaryDirectory() as work:

@@ -1,11 +1,10 @@
 // The scalar engine passes (the "ref" set, for SLMOPS_MAX_CPU_ISA=ref and CPUs without
-// AVX2), and the dispatcher of the family.
+// AVX2).
 #include <algorithm>
 #include <cmath>
 
 #include "common/half.h"
 #include "cpu/engine_kernels.h"
-#include "cpu/isa_dispatch.h"
 
 namespace slmops::cpu {
 namespace ref {
@@ -58,9 +57,5 @@ const EngineKernels& engine_kernels() {
 }
 
 }  // namespace ref
-
-const EngineKernels& engine_kernels_for(CpuIsa isa) {
-  return kernels_for_isa<EngineKernels>(isa, SLMOPS_CPU_ISA_KERNELS(engine_kernels));
-}
 
 }  // namespace slmops::cpu
