@@ -177,6 +177,7 @@ class PySampler {
     });
     return out;
   }
+  engine::Sampler& native() { return sampler_; }
 
  private:
   static engine::Sampler make(const engine::SamplingParams& p) {
@@ -188,6 +189,37 @@ class PySampler {
   }
   engine::Sampler sampler_;
 };
+
+// Row r of logits [rows, vocab] with samplers[r] and histories[r] (its first n_prompts[r]
+// tokens the prompt): one call a step for the whole batch, the rows in parallel.
+py::array_t<int32_t> sample_rows(const py::list& samplers, py::handle logits, const py::list& histories,
+                                 const std::vector<int64_t>& n_prompts) {
+  TensorArg z = tensor_arg(logits, "logits");
+  expect_cpu(z);
+  expect_type(z, {ElemType::kF32});
+  expect_ndim(z, 2, "[rows, vocab]");
+  expect_writeable(z);
+  const int64_t rows = z.shape[0];
+  if (int64_t(py::len(samplers)) != rows || int64_t(py::len(histories)) != rows || int64_t(n_prompts.size()) != rows)
+    throw py::value_error("sample_rows: samplers, histories and n_prompts need one entry per logits row (" +
+                          std::to_string(rows) + ")");
+  std::vector<engine::SampleRow> batch(static_cast<size_t>(rows));
+  std::vector<TensorArg> keep;  // the histories' buffers, alive until the call returns
+  keep.reserve(batch.size());
+  for (int64_t r = 0; r < rows; ++r) {
+    TensorArg h = tensor_arg(histories[size_t(r)], "history");
+    expect_cpu(h);
+    expect_type(h, {ElemType::kI32});
+    expect_ndim(h, 1, "[n]");
+    keep.push_back(h);
+    batch[size_t(r)] = {&samplers[size_t(r)].cast<PySampler&>().native(), static_cast<const int32_t*>(h.data),
+                        h.shape[0], n_prompts[size_t(r)]};
+  }
+  py::array_t<int32_t> out(rows);
+  int32_t* o = out.mutable_data();
+  run_released([&] { engine::sample_rows(batch.data(), rows, static_cast<float*>(z.data), z.shape[1], o); });
+  return out;
+}
 
 }  // namespace
 
@@ -248,6 +280,10 @@ void register_engine(py::module_& m) {
       .def("sample", &PySampler::sample, py::arg("logits"), py::arg("history"), py::arg("n_prompt"),
            "The next token id; logits [vocab] float32 are adjusted in place by the penalties. history: the "
            "sequence so far (int32), its first n_prompt tokens the prompt.");
+  m.def("sample_rows", &sample_rows, py::arg("samplers"), py::arg("logits"), py::arg("histories"),
+        py::arg("n_prompts"),
+        "Token ids int32 [rows]: row r of logits [rows, vocab] (adjusted in place by the penalties) sampled by "
+        "samplers[r] over histories[r]; the rows in parallel.");
 }
 
 }  // namespace slmops::bindings

@@ -291,6 +291,47 @@ def test_seeded_sampling_repeats_and_its_draws_follow_the_distribution():
     np.testing.assert_allclose(freq[:2], [0.625, 0.375], atol=0.03)  # renormalised over the two kept
 
 
+def test_greedy_picks_numpys_argmax_with_ties_nan_and_infinities():
+    from slmops import _C
+
+    rng = np.random.default_rng(5)
+    hist = np.zeros(0, np.int32)
+    greedy = _C.Sampler()
+    for vocab in (1, 15, 1024, 49152, 50001):
+        z = rng.standard_normal(vocab).astype(np.float32)
+        z[rng.integers(0, vocab, max(1, vocab // 100))] = np.nan
+        z[rng.integers(0, vocab, 3)] = -np.inf
+        if vocab > 1:  # the maximum twice: the lower id wins
+            top = np.nanmax(z) + 1.0
+            z[[vocab - 1, vocab // 2]] = top
+        assert greedy.sample(z.copy(), hist, 0) == int(np.nanargmax(z))
+    assert greedy.sample(np.full(3000, np.nan, np.float32), hist, 0) == 0
+    assert greedy.sample(np.full(3000, -np.inf, np.float32), hist, 0) == 0
+
+
+def test_a_batch_of_rows_samples_as_each_row_alone():
+    from slmops import _C
+
+    rng = np.random.default_rng(9)
+    logits = (rng.standard_normal((6, 3000)) * 2).astype(np.float32)
+    hists = [rng.integers(0, 3000, n).astype(np.int32) for n in (1, 5, 9, 2, 30, 4)]
+    options = [
+        dict(),
+        dict(temperature=0.8, seed=1),
+        dict(temperature=1.0, top_k=20, seed=2),
+        dict(temperature=0.7, top_p=0.5, repetition_penalty=1.2, seed=3),
+        dict(temperature=1.2, min_p=0.05, presence_penalty=0.3, frequency_penalty=0.2, seed=4),
+        dict(repetition_penalty=1.5),
+    ]
+    alone = [
+        _C.Sampler(**o).sample(row.copy(), h, len(h) // 2) for o, row, h in zip(options, logits, hists, strict=True)
+    ]
+    together = _C.sample_rows([_C.Sampler(**o) for o in options], logits.copy(), hists, [len(h) // 2 for h in hists])
+    assert together.tolist() == alone
+    with pytest.raises(ValueError, match="one entry per logits row"):
+        _C.sample_rows([_C.Sampler()], logits.copy(), hists, [0] * 6)
+
+
 def test_engine_sampling_is_reproducible_by_seed():
     engine = Engine(tiny("llama"))
     opts = dict(max_new_tokens=20, stop_token_ids=[])

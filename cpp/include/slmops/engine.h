@@ -183,10 +183,29 @@ class Sampler {
   int32_t sample(float* logits, int64_t vocab, const int32_t* history, int64_t n_history, int64_t n_prompt);
 
  private:
+  struct Candidate {
+    float z;        // logit / temperature
+    int32_t id;
+    double weight;  // exp(z - max z), computed once per draw
+  };
   SamplingParams p_;
   std::mt19937_64 rng_;
-  std::vector<std::pair<float, int32_t>> candidates_;
+  std::vector<Candidate> candidates_;
   std::vector<int64_t> counts_;  // id * 2 + (generated ? 1 : 0), sorted
 };
+
+// One row of a batch for sample_rows: the row's sampler and its sequence so far.
+struct SampleRow {
+  Sampler* sampler;
+  const int32_t* history;
+  int64_t n_history, n_prompt;
+};
+
+// Samples row r of logits [rows, vocab] with rows[r]'s sampler into out[r], the rows in
+// parallel (each sampler's state is its own, so the ids do not depend on the threads).
+void sample_rows(const SampleRow* rows, int64_t n_rows, float* logits, int64_t vocab, int32_t* out);
+
+// The index of the largest of z[0, n), the lowest on ties; NaN never wins (0 if all are NaN).
+int64_t argmax(const float* z, int64_t n);
 
 }  // namespace slmops::engine

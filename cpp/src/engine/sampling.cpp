@@ -7,6 +7,7 @@
 #include <string>
 
 #include "slmops/engine.h"
+#include "slmops/threading.h"
 
 namespace slmops::engine {
 namespace {
@@ -51,18 +52,11 @@ int32_t Sampler::sample(float* logits, int64_t vocab, const int32_t* history, in
       i = j;
     }
   }
-  if (p_.temperature == 0.0f) {
-    int64_t best = 0;  // NaN logits never win: the comparison is false
-    for (int64_t j = 1; j < vocab; ++j)
-      if (logits[j] > logits[best]) best = j;
-    return int32_t(best);
-  }
+  if (p_.temperature == 0.0f) return int32_t(argmax(logits, vocab));
   const float inv_t = 1.0f / p_.temperature;
   candidates_.resize(size_t(vocab));
-  for (int64_t j = 0; j < vocab; ++j) candidates_[size_t(j)] = {logits[j] * inv_t, int32_t(j)};
-  auto higher = [](const std::pair<float, int32_t>& a, const std::pair<float, int32_t>& b) {
-    return a.first > b.first || (a.first == b.first && a.second < b.second);
-  };
+  for (int64_t j = 0; j < vocab; ++j) candidates_[size_t(j)] = {logits[j] * inv_t, int32_t(j), 0.0};
+  auto higher = [](const Candidate& a, const Candidate& b) { return a.z > b.z || (a.z == b.z && a.id < b.id); };
   size_t n = candidates_.size();
   size_t sorted = 0;  // candidates_[0, sorted) are the highest, in order
   auto sort_prefix = [&](size_t k) {
@@ -77,10 +71,12 @@ int32_t Sampler::sample(float* logits, int64_t vocab, const int32_t* history, in
     n = size_t(p_.top_k);
   }
   sort_prefix(1);
-  const double top = candidates_[0].first;
+  const double top = candidates_[0].z;
   if (!std::isfinite(top)) fail("the logits hold no finite maximum (NaN or +Inf)");
+  // One exp per candidate: the sorts below move the weights with their candidates.
   double total = 0.0;
-  for (size_t j = 0; j < n; ++j) total += std::exp(double(candidates_[j].first) - top);
+  for (size_t j = 0; j < n; ++j) total += candidates_[j].weight = std::exp(double(candidates_[j].z) - top);
+  size_t kept = n;
   if (p_.top_p < 1.0f) {
     // Sort just enough of the head: double it until it holds top_p of the mass.
     double mass = 0.0;
@@ -88,32 +84,69 @@ int32_t Sampler::sample(float* logits, int64_t vocab, const int32_t* history, in
     for (size_t k = 64;; k *= 2) {
       sort_prefix(k);
       for (; j < sorted; ++j) {
-        mass += std::exp(double(candidates_[j].first) - top) / total;
+        mass += candidates_[j].weight / total;
         if (mass >= double(p_.top_p)) break;
       }
       if (j < sorted || sorted == n) break;
     }
-    n = std::min(n, j + 1);
+    kept = std::min(n, j + 1);
   }
   if (p_.min_p > 0.0f) {
     // p_j >= min_p * p_max  <=>  z_j - z_max >= log(min_p).
     const double floor = top + std::log(double(p_.min_p));
-    size_t kept = 0;
-    for (size_t j = 0; j < n; ++j)
-      if (double(candidates_[j].first) >= floor) candidates_[kept++] = candidates_[j];
-    n = kept;  // the maximum always stays
-    sorted = std::min(sorted, n);
+    size_t k = 0;
+    for (size_t j = 0; j < kept; ++j)
+      if (double(candidates_[j].z) >= floor) candidates_[k++] = candidates_[j];
+    kept = k;  // the maximum always stays
   }
-  total = 0.0;
-  for (size_t j = 0; j < n; ++j) total += std::exp(double(candidates_[j].first) - top);
+  if (kept != n) {
+    total = 0.0;
+    for (size_t j = 0; j < kept; ++j) total += candidates_[j].weight;
+  }
   // 53 random bits: the same draw on every platform (std::uniform_real_distribution is not).
   const double u = double(rng_() >> 11) * 0x1.0p-53 * total;
   double acc = 0.0;
-  for (size_t j = 0; j < n; ++j) {
-    acc += std::exp(double(candidates_[j].first) - top);
-    if (u < acc) return candidates_[j].second;
+  for (size_t j = 0; j < kept; ++j) {
+    acc += candidates_[j].weight;
+    if (u < acc) return candidates_[j].id;
   }
-  return candidates_[n - 1].second;
+  return candidates_[kept - 1].id;
+}
+
+int64_t argmax(const float* z, int64_t n) {
+  // Blocks reduce to their maximum on independent lanes (no index to carry, so the loop
+  // vectorizes); only a block that raises the best is searched for the index.
+  constexpr int64_t kBlock = 1024, kLanes = 16;
+  float best = -std::numeric_limits<float>::infinity();
+  int64_t at = -1;
+  for (int64_t b = 0; b < n; b += kBlock) {
+    const int64_t e = std::min(n, b + kBlock);
+    float lane[kLanes];
+    for (float& l : lane) l = -std::numeric_limits<float>::infinity();
+    int64_t j = b;
+    for (; j + kLanes <= e; j += kLanes)
+      for (int64_t l = 0; l < kLanes; ++l) lane[l] = z[j + l] > lane[l] ? z[j + l] : lane[l];
+    float m = lane[0];
+    for (int64_t l = 1; l < kLanes; ++l) m = lane[l] > m ? lane[l] : m;
+    for (; j < e; ++j) m = z[j] > m ? z[j] : m;
+    if (m > best || (at < 0 && m == best)) {
+      for (j = b; j < e && !(z[j] == m); ++j) {
+      }
+      if (j < e) {  // (not found: the block is all NaN)
+        best = m;
+        at = j;
+      }
+    }
+  }
+  return at < 0 ? 0 : at;
+}
+
+void sample_rows(const SampleRow* rows, int64_t n_rows, float* logits, int64_t vocab, int32_t* out) {
+  parallel_for(n_rows, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r)
+      out[r] = rows[r].sampler->sample(logits + r * vocab, vocab, rows[r].history, rows[r].n_history,
+                                       rows[r].n_prompt);
+  });
 }
 
 }  // namespace slmops::engine

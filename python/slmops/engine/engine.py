@@ -222,9 +222,11 @@ class Engine:
                 self._native.remove_sequence(r.sequence)
                 self._pending.appendleft(r)
             raise
+        tokens = _C.sample_rows(
+            [r.sampler for r in active], logits, [r.tokens[: r.length] for r in active], [r.n_prompt for r in active]
+        )
         out = []
-        for r, row in zip(active, logits, strict=True):
-            token = int(r.sampler.sample(row, r.tokens[: r.length], r.n_prompt))
+        for r, token in zip(active, tokens.tolist(), strict=True):
             r.tokens[r.length] = token
             r.length += 1
             out.append((r, token))
