@@ -323,10 +323,12 @@ def test_a_batch_of_rows_samples_as_each_row_alone():
         dict(temperature=1.2, min_p=0.05, presence_penalty=0.3, frequency_penalty=0.2, seed=4),
         dict(repetition_penalty=1.5),
     ]
+    n_prompts = [len(h) // 2 for h in hists]
     alone = [
-        _C.Sampler(**o).sample(row.copy(), h, len(h) // 2) for o, row, h in zip(options, logits, hists, strict=True)
+        _C.Sampler(**o).sample(row.copy(), h, n)
+        for o, row, h, n in zip(options, logits, hists, n_prompts, strict=True)
     ]
-    together = _C.sample_rows([_C.Sampler(**o) for o in options], logits.copy(), hists, [len(h) // 2 for h in hists])
+    together = _C.sample_rows([_C.Sampler(**o) for o in options], logits.copy(), hists, n_prompts)
     assert together.tolist() == alone
     with pytest.raises(ValueError, match="one entry per logits row"):
         _C.sample_rows([_C.Sampler()], logits.copy(), hists, [0] * 6)

@@ -222,9 +222,8 @@ class Engine:
                 self._native.remove_sequence(r.sequence)
                 self._pending.appendleft(r)
             raise
-        tokens = _C.sample_rows(
-            [r.sampler for r in active], logits, [r.tokens[: r.length] for r in active], [r.n_prompt for r in active]
-        )
+        histories = [r.tokens[: r.length] for r in active]
+        tokens = _C.sample_rows([r.sampler for r in active], logits, histories, [r.n_prompt for r in active])
         out = []
         for r, token in zip(active, tokens.tolist(), strict=True):
             r.tokens[r.length] = token
