@@ -280,8 +280,7 @@ void register_engine(py::module_& m) {
       .def("sample", &PySampler::sample, py::arg("logits"), py::arg("history"), py::arg("n_prompt"),
            "The next token id; logits [vocab] float32 are adjusted in place by the penalties. history: the "
            "sequence so far (int32), its first n_prompt tokens the prompt.");
-  m.def("sample_rows", &sample_rows, py::arg("samplers"), py::arg("logits"), py::arg("histories"),
-        py::arg("n_prompts"),
+  m.def("sample_rows", &sample_rows, py::arg("samplers"), py::arg("logits"), py::arg("histories"), py::arg("n_prompts"),
         "Token ids int32 [rows]: row r of logits [rows, vocab] (adjusted in place by the penalties) sampled by "
         "samplers[r] over histories[r]; the rows in parallel.");
 }

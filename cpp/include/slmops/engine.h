@@ -184,7 +184,7 @@ class Sampler {
 
  private:
   struct Candidate {
-    float z;        // logit / temperature
+    float z;  // logit / temperature
     int32_t id;
     double weight;  // exp(z - max z), computed once per draw
   };

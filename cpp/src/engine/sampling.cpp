@@ -144,8 +144,7 @@ int64_t argmax(const float* z, int64_t n) {
 void sample_rows(const SampleRow* rows, int64_t n_rows, float* logits, int64_t vocab, int32_t* out) {
   parallel_for(n_rows, [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r)
-      out[r] = rows[r].sampler->sample(logits + r * vocab, vocab, rows[r].history, rows[r].n_history,
-                                       rows[r].n_prompt);
+      out[r] = rows[r].sampler->sample(logits + r * vocab, vocab, rows[r].history, rows[r].n_history, rows[r].n_prompt);
   });
 }
 
