@@ -93,8 +93,15 @@ void run_linears(std::initializer_list<std::pair<const Linear*, float*>> linears
 void rms_norm(const float* src, const float* w, int64_t M, int64_t n, float eps, float* dst) {
   for (int64_t r = 0; r < M; ++r) {
     const float* x = src + r * n;
+    // Independent partial sums: one running sum is a 4-cycle add per element.
+    constexpr int64_t kLanes = 16;
+    float part[kLanes] = {};
+    int64_t j = 0;
+    for (; j + kLanes <= n; j += kLanes)
+      for (int64_t l = 0; l < kLanes; ++l) part[l] += x[j + l] * x[j + l];
     float ss = 0.0f;
-    for (int64_t j = 0; j < n; ++j) ss += x[j] * x[j];
+    for (float p : part) ss += p;
+    for (; j < n; ++j) ss += x[j] * x[j];
     const float inv = 1.0f / std::sqrt(ss / float(n) + eps);
     float* out = dst + r * n;
     for (int64_t j = 0; j < n; ++j) out[j] = w[j] * (x[j] * inv);
@@ -335,32 +342,36 @@ void Model::run_chunk(const std::vector<int32_t>& tokens, const std::vector<Row>
     mark(Phase::kNormsResidual);
     run_linears({{&W.q, q.data()}, {&W.k, k.data()}, {&W.v, v.data()}}, h.data(), M);
     mark(Phase::kQkv);
-    for (int64_t r = 0; r < M; ++r) {
-      const Row& row = rows[size_t(r)];
-      rope(&q[size_t(r * q_width)], c.n_heads, d, &rope_cs[size_t(r * d)]);
-      rope(&k[size_t(r * kv_width)], c.n_kv_heads, d, &rope_cs[size_t(r * d)]);
-      const Sequence& s = *seqs[size_t(row.sequence_slot)];
-      const int32_t block = s.blocks[size_t(row.position / bt)];
-      const int64_t slot = row.position % bt;
-      for (int64_t g = 0; g < c.n_kv_heads; ++g) {
-        const float* kr = &k[size_t(r * kv_width + g * d)];
-        const float* vr = &v[size_t(r * kv_width + g * d)];
-        uint8_t* kt = cache_region(block, layer, 0, g);
-        uint8_t* vt = cache_region(block, layer, 1, g);
-        if (cache_.f16) {
-          auto* kh = reinterpret_cast<uint16_t*>(kt);
-          auto* vh = reinterpret_cast<uint16_t*>(vt) + slot * d;
-          for (int64_t i = 0; i < d; ++i) {
-            kh[i * bt + slot] = f32_to_f16(kr[i]);
-            vh[i] = f32_to_f16(vr[i]);
+    // Rows in parallel: each writes its own cache slots, and the writes miss (a block was
+    // last touched a step ago), so two threads keep twice the misses in flight.
+    parallel_for(M, [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        const Row& row = rows[size_t(r)];
+        rope(&q[size_t(r * q_width)], c.n_heads, d, &rope_cs[size_t(r * d)]);
+        rope(&k[size_t(r * kv_width)], c.n_kv_heads, d, &rope_cs[size_t(r * d)]);
+        const Sequence& s = *seqs[size_t(row.sequence_slot)];
+        const int32_t block = s.blocks[size_t(row.position / bt)];
+        const int64_t slot = row.position % bt;
+        for (int64_t g = 0; g < c.n_kv_heads; ++g) {
+          const float* kr = &k[size_t(r * kv_width + g * d)];
+          const float* vr = &v[size_t(r * kv_width + g * d)];
+          uint8_t* kt = cache_region(block, layer, 0, g);
+          uint8_t* vt = cache_region(block, layer, 1, g);
+          if (cache_.f16) {
+            auto* kh = reinterpret_cast<uint16_t*>(kt);
+            auto* vh = reinterpret_cast<uint16_t*>(vt) + slot * d;
+            for (int64_t i = 0; i < d; ++i) {
+              kh[i * bt + slot] = f32_to_f16(kr[i]);
+              vh[i] = f32_to_f16(vr[i]);
+            }
+          } else {
+            auto* kf = reinterpret_cast<float*>(kt);
+            for (int64_t i = 0; i < d; ++i) kf[i * bt + slot] = kr[i];
+            std::memcpy(reinterpret_cast<float*>(vt) + slot * d, vr, size_t(d) * sizeof(float));
           }
-        } else {
-          auto* kf = reinterpret_cast<float*>(kt);
-          for (int64_t i = 0; i < d; ++i) kf[i * bt + slot] = kr[i];
-          std::memcpy(reinterpret_cast<float*>(vt) + slot * d, vr, size_t(d) * sizeof(float));
         }
       }
-    }
+    });
     mark(Phase::kRopeCache);
     attention(layer, rows, seqs, q.data(), attn.data());
     mark(Phase::kAttention);
@@ -390,6 +401,13 @@ void Model::run_chunk(const std::vector<int32_t>& tokens, const std::vector<Row>
   mark(Phase::kHead);
 }
 
+namespace {
+constexpr int64_t kKeysAhead = 4;  // blocks
+inline void prefetch_bytes(const uint8_t* p, int64_t bytes) {
+  for (int64_t at = 0; at < bytes; at += 64) __builtin_prefetch(p + at);
+}
+}  // namespace
+
 void Model::attention(int64_t layer, const std::vector<Row>& rows, const std::vector<Sequence*>& seqs, const float* q,
                       float* out) {
   const ModelConfig& c = config_;
@@ -398,6 +416,7 @@ void Model::attention(int64_t layer, const std::vector<Row>& rows, const std::ve
   const float scale = 1.0f / std::sqrt(float(d));
   const cpu::EngineKernels& kern = cpu::engine_kernels_for(CpuIsa::kAuto);
   const bool f16 = cache_.f16;
+  const int64_t block_bytes = bt * d * (f16 ? 2 : 4);
   // A task is one query row, kv head and run of the query heads that share it (each key and
   // value is then read once for the run); groups are split into runs only when there are too
   // few tasks to keep every thread busy (a batch-1 decode step).
@@ -423,6 +442,12 @@ void Model::attention(int64_t layer, const std::vector<Row>& rows, const std::ve
       for (int64_t b0 = lo / bt * bt; b0 <= pos; b0 += bt) {
         const int64_t n = std::min(bt, pos + 1 - b0), skip = std::max<int64_t>(0, lo - b0);
         const uint8_t* kt = cache_region(s.blocks[size_t(b0 / bt)], layer, 0, g);
+        // A task reads a few short streams (its blocks' keys, then values): too short for
+        // the hardware prefetcher, so the keys kKeysAhead blocks on and this block's values
+        // (read after the softmax) are requested now: SmolLM2 at batch 32, 13.5 -> 9 ms a step.
+        const int64_t ahead = b0 / bt + kKeysAhead;
+        if (ahead <= pos / bt) prefetch_bytes(cache_region(s.blocks[size_t(ahead)], layer, 0, g), block_bytes);
+        prefetch_bytes(cache_region(s.blocks[size_t(b0 / bt)], layer, 1, g), block_bytes);
         float* dst = skip ? block_scores.data() : &scores[size_t(b0 - lo)];
         const int64_t stride = skip ? bt : len;
         if (f16)
