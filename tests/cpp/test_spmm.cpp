@@ -193,7 +193,8 @@ std::vector<float> int8_blocks_dequantized(const std::vector<float>& x, int64_t 
 
 // int8 activations: y = W x^ on every ISA, for the integer kernel's cases (2:4 int4, groups
 // of 16, 32, 64, 128 and the whole row, kept values beyond the last 64-value step, zero
-// points) and for the fallbacks (int8 values, 4:8, more rows than the decode path).
+// points; one activation row, four weight rows interleaved, and blocks of four activation
+// rows) and for the fallbacks (int8 values, 4:8, more rows than the integer kernel takes).
 TEST(SpmmNM, Int8ActivationsMultiplyTheDequantizedActivations) {
   struct Case {
     int m;
@@ -233,7 +234,7 @@ TEST(SpmmNM, Int8ActivationsMultiplyTheDequantizedActivations) {
                             : s * float(((c.codes4[size_t(r * (kept / 2) + j / 2)] >> (4 * (j & 1))) & 0xF) - zero);
         dense[size_t(r * t.K + c.cols[size_t(r * kept + j)])] = v;
       }
-    for (int64_t M : {int64_t(1), int64_t(3), int64_t(5), int64_t(12)}) {
+    for (int64_t M : {int64_t(1), int64_t(3), int64_t(5), int64_t(12), kSpmmInt8GemmRows + 6}) {
       const auto x = randn(size_t(M * t.K), unsigned(M * 31 + t.K)), bias = randn(size_t(N), 6);
       const auto xhat = int8_blocks_dequantized(x, M, t.K);
       for (CpuIsa isa : isas()) {

@@ -81,13 +81,17 @@ void validate_csr(const CsrWeight& w);
 // act = kInt8 (int8 or int4 values only): each activation row is first quantized to int8 in
 // blocks of 32 (kActBlock of qmatmul: symmetric, absmax / 127, half to even) and y = W x^
 // with x^ the dequantized row, as qmatmul's int8 mode. For 2:4 int4 values with groups of 16,
-// 32 or a multiple of 64 kept values, and fewer than kSpmmGemmRows rows, AVX-512 runs this
+// 32 or a multiple of 64 kept values, and fewer than kSpmmInt8GemmRows rows, AVX-512 runs this
 // on integer dot products (VNNI, activations gathered by byte shuffles); everything else
 // runs the float kernels on x^, so every ISA computes the same product.
 // As qmatmul, a row of x holding NaN or Inf gives an all-NaN row of y on every path (a
 // sparse product alone would spread it only to the outputs whose weights touch its column).
 enum class SpmmActivation : int { kFloat = 0, kInt8 = 1 };
 constexpr int64_t kSpmmGemmRows = 8;
+// The integer kernel decodes a weight row once per 4 activation rows; the transposed float
+// path's FMAs overtake it between 32 and 128 rows (1536 x 576: 393 against 509 us at 32,
+// 1403 against 1090 at 128).
+constexpr int64_t kSpmmInt8GemmRows = 64;
 void spmm_nm(const NMSparseWeight& w, const float* x, int64_t M, const float* bias, float* y,
              CpuIsa isa = CpuIsa::kAuto, SpmmActivation act = SpmmActivation::kFloat);
 void spmm_csr(const CsrWeight& w, const float* x, int64_t M, const float* bias, float* y, CpuIsa isa = CpuIsa::kAuto);

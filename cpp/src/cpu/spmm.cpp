@@ -259,7 +259,7 @@ void spmm_nm_paths(const NMSparseWeight& w, const float* x, int64_t M, const flo
   if (act == SpmmActivation::kInt8) {
     if (w.type != SparseValueType::kInt8 && w.type != SparseValueType::kInt4)
       invalid("int8 activations need int8 or int4 sparse values (float values multiply float activations)");
-    const bool integer_kernel = M < kSpmmGemmRows && kernels.nm_rows_int8 && cpu::spmm_int8_kernel_takes(w);
+    const bool integer_kernel = M < kSpmmInt8GemmRows && kernels.nm_rows_int8 && cpu::spmm_int8_kernel_takes(w);
     xq = quantize_activations(x, M, w.K, isa, integer_kernel, !integer_kernel, bad_rows);
     if (integer_kernel) {
       const cpu::SpmmInt8Rows rows{xq.windows.data(), xq.lane_scales.data(), xq.xhat.data(), xq.windows_per_row};

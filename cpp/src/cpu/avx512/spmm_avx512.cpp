@@ -48,14 +48,14 @@ struct Int8Constants {
   }
 };
 
-inline __m512i step_codes(const uint8_t* codes, const Int8Constants& c) {
-  const __m512i t = _mm512_cvtepu8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(codes)));
+inline __m512i step_codes(__m256i codes, const Int8Constants& c) {
+  const __m512i t = _mm512_cvtepu8_epi16(codes);
   const __m512i high = _mm512_slli_epi16(_mm512_srli_epi16(t, 4), 8);
   return _mm512_ternarylogic_epi32(t, high, c.low_nibble_words, 0xEC);  // (t & 0x000F) | high
 }
 
-inline __m512i step_positions(const uint8_t* index_bytes, const Int8Constants& c) {
-  const __m512i bytes = _mm512_broadcast_i32x4(_mm_loadu_si128(reinterpret_cast<const __m128i*>(index_bytes)));
+inline __m512i step_positions(__m128i index_bytes, const Int8Constants& c) {
+  const __m512i bytes = _mm512_broadcast_i32x4(index_bytes);
   const __m512i rep = _mm512_shuffle_epi8(bytes, c.replicate);
   const __m512i odd_pre_shifted = _mm512_mask_blend_epi8(c.odd_bytes, rep, _mm512_srli_epi16(rep, 2));
   const __m512i t = _mm512_srlv_epi16(odd_pre_shifted, c.word_shift);
@@ -63,71 +63,121 @@ inline __m512i step_positions(const uint8_t* index_bytes, const Int8Constants& c
 }
 
 // Lane l's value of a per-group array (the row's scales or offsets) for a step whose first
-// group is p: groups_per_step 2 or 4 (groups of 32 or 16) are loaded exactly and spread
-// over their lanes; 1 (groups of 64 or more) is broadcast.
-inline __m512 lane_values(const float* p, int groups_per_step, const Int8Constants& c) {
-  if (groups_per_step == 1) return _mm512_set1_ps(*p);
-  // Two floats by _mm_loadl_epi64 (an unaligned 8-byte load), not _mm_load_sd: that one reads
-  // through a double*, and p is only 4-byte aligned (UBSan: misaligned load).
-  const __m128 v =
-      groups_per_step == 2 ? _mm_castsi128_ps(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))) : _mm_loadu_ps(p);
+// group is p: groups_per_step 2 or 4 (groups of 32 or 16) spread over their lanes; 1
+// (groups of 64 or more) broadcast. v holds the step's groups from its first.
+inline __m512 lane_values(__m128 v, int groups_per_step, const Int8Constants& c) {
+  if (groups_per_step == 1) return _mm512_broadcastss_ps(v);
   return _mm512_permutexvar_ps(c.group_lanes, _mm512_castps128_ps512(v));
 }
 
+// The step's groups of a per-group array, exactly (the row may end after them): one float,
+// or two by _mm_loadl_epi64 (an unaligned 8-byte load; _mm_load_sd reads through a double*,
+// and p is only 4-byte aligned), or four.
+inline __m128 step_groups(const float* p, int groups_per_step) {
+  if (groups_per_step == 1) return _mm_load_ss(p);
+  if (groups_per_step == 2) return _mm_castsi128_ps(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)));
+  return _mm_loadu_ps(p);
+}
+
+// One weight row's operands for one step of 64 kept values: its codes, the window positions
+// they meet, and its lane scales (and offsets).
+struct RowStep {
+  __m512i q, pos;
+  __m512 s, o;
+};
+
+// Where a row's arrays start, and the step layout of its quantization groups.
+struct RowArrays {
+  const uint8_t* codes;
+  const uint8_t* index;
+  const float* scales;
+  const float* offsets;  // nullptr when symmetric
+};
+
+template <bool kSymmetric>
+inline RowStep full_step(const RowArrays& a, int64_t j, int64_t g, int groups_per_step, const Int8Constants& c) {
+  RowStep r{step_codes(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.codes + j / 2)), c),
+            step_positions(_mm_loadu_si128(reinterpret_cast<const __m128i*>(a.index + j / 4)), c),
+            lane_values(step_groups(a.scales + g, groups_per_step), groups_per_step, c),
+            {}};
+  if constexpr (!kSymmetric) r.o = lane_values(step_groups(a.offsets + g, groups_per_step), groups_per_step, c);
+  return r;
+}
+
+// The last, partial step of a row (`rest` < 64 kept values, `groups` of them) reads its
+// arrays through masks: a copy through the stack would stall store forwarding on every row.
+// The missing values get code and index 0: they sit over window columns past K, which the
+// windows hold as zeros, so they add nothing.
+template <bool kSymmetric>
+inline RowStep tail_step(const RowArrays& a, int64_t j, int64_t g, int64_t rest, int64_t groups, int groups_per_step,
+                         const Int8Constants& c) {
+  const __mmask32 code_mask = __mmask32((1ull << (rest / 2)) - 1);
+  const __mmask16 index_mask = __mmask16((1u << ((rest * 2 + 7) / 8)) - 1);
+  const __mmask8 group_mask = __mmask8((1u << groups) - 1);
+  RowStep r{step_codes(_mm256_maskz_loadu_epi8(code_mask, a.codes + j / 2), c),
+            step_positions(_mm_maskz_loadu_epi8(index_mask, a.index + j / 4), c),
+            lane_values(_mm_maskz_loadu_ps(group_mask, a.scales + g), groups_per_step, c),
+            {}};
+  if constexpr (!kSymmetric) r.o = lane_values(_mm_maskz_loadu_ps(group_mask, a.offsets + g), groups_per_step, c);
+  return r;
+}
+
+// NR weight rows [n, n + NR) against R activation rows [m0, m0 + R): each weight row's step
+// is decoded once for the R rows, each activation window loaded once for the NR rows. With
+// one activation row (decode), NR = 4 rows interleave so their dependency chains overlap: a
+// 2:4 row of K = 576 is 4.5 steps, and one at a time is latency, not throughput.
 // Symmetric weights (zero point 8) need no offsets: the lane sums come off the products in
 // integers, dot - 8 * sum, and one conversion follows.
-template <int R, bool kSymmetric>
-void int8_row_block(const NMSparseWeight& w, const NMRowStrides& rs, const Int8Constants& c, int64_t n,
-                    const SpmmInt8Rows& x, int64_t m0, float* y) {
+template <int NR, int R, bool kSymmetric>
+void int8_block(const NMSparseWeight& w, const NMRowStrides& rs, const Int8Constants& c, int64_t n,
+                const SpmmInt8Rows& x, int64_t m0, float* y) {
   const int64_t kept = rs.kept, full = kept / 64 * 64;
-  const uint8_t* codes = static_cast<const uint8_t*>(w.values) + n * rs.value_bytes;
-  const uint8_t* index_row = w.indices + n * rs.index_bytes;
-  const float* scales = w.scales + n * rs.groups;
-  const float* offsets = kSymmetric ? nullptr : w.offsets.data() + n * rs.groups;
+  const int groups_per_step = w.group <= 64 ? int(64 / w.group) : 1;
+  const int64_t steps_per_group = w.group <= 64 ? 1 : w.group / 64;
+  RowArrays rows[NR];
+  for (int i = 0; i < NR; ++i)
+    rows[i] = {static_cast<const uint8_t*>(w.values) + (n + i) * rs.value_bytes, w.indices + (n + i) * rs.index_bytes,
+               w.scales + (n + i) * rs.groups, kSymmetric ? nullptr : w.offsets.data() + (n + i) * rs.groups};
   const int8_t* win[R];
   const float* xs[R];
   for (int r = 0; r < R; ++r) {
     win[r] = x.windows + (m0 + r) * x.windows_per_row * 128;
     xs[r] = x.lane_scales + (m0 + r) * x.windows_per_row * 16;
   }
-  __m512 acc[R], acc_sum[R];  // the products, and the zero-point terms (with offsets)
-  for (int r = 0; r < R; ++r) acc[r] = acc_sum[r] = _mm512_setzero_ps();
-  // The step's first quantization group, without a division per step.
-  const int groups_per_step = w.group <= 64 ? int(64 / w.group) : 1;
-  const int64_t steps_per_group = w.group <= 64 ? 1 : w.group / 64;
-  int64_t g = 0, step_in_group = 0;
-  // One step of 64 kept values: codes, index bytes, scales and offsets from the pointers.
-  auto step = [&](const uint8_t* step_codes_at, const uint8_t* step_index_at, const float* step_scales,
-                  const float* step_offsets, int64_t t) {
-    const __m512i q = step_codes(step_codes_at, c);
-    const __m512i pos = step_positions(step_index_at, c);
-    const __m512 s = lane_values(step_scales, groups_per_step, c);
-    __m512 o = s;
-    if constexpr (!kSymmetric) o = lane_values(step_offsets, groups_per_step, c);
+  __m512 acc[NR][R], acc_sum[NR][R];  // the products, and the zero-point terms (with offsets)
+  for (int i = 0; i < NR; ++i)
+    for (int r = 0; r < R; ++r) acc[i][r] = acc_sum[i][r] = _mm512_setzero_ps();
+  auto apply = [&](const RowStep(&st)[NR], int64_t t) {
     for (int r = 0; r < R; ++r) {
-      const int8_t* xw = win[r] + t * 128;
-      const __m512i lo = _mm512_loadu_si512(xw), hi = _mm512_loadu_si512(xw + 64);
-      const __m512i xg = _mm512_mask_shuffle_epi8(_mm512_shuffle_epi8(lo, pos), c.high_half_lanes, hi, pos);
-      const __m512i dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), q, xg);
-      const __m512i sum = _mm512_dpbusd_epi32(_mm512_setzero_si512(), c.ones, xg);
+      const __m512i lo = _mm512_loadu_si512(win[r] + t * 128), hi = _mm512_loadu_si512(win[r] + t * 128 + 64);
       const __m512 sx = _mm512_loadu_ps(xs[r] + t * 16);
-      if constexpr (kSymmetric) {
-        const __m512i centered = _mm512_sub_epi32(dot, _mm512_slli_epi32(sum, 3));
-        acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(centered), _mm512_mul_ps(s, sx), acc[r]);
-      } else {
-        acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_mul_ps(s, sx), acc[r]);
-        acc_sum[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), _mm512_mul_ps(o, sx), acc_sum[r]);
+      for (int i = 0; i < NR; ++i) {
+        const __m512i pos = st[i].pos;
+        const __m512i xg = _mm512_mask_shuffle_epi8(_mm512_shuffle_epi8(lo, pos), c.high_half_lanes, hi, pos);
+        const __m512i dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), st[i].q, xg);
+        const __m512i sum = _mm512_dpbusd_epi32(_mm512_setzero_si512(), c.ones, xg);
+        if constexpr (kSymmetric) {
+          const __m512i centered = _mm512_sub_epi32(dot, _mm512_slli_epi32(sum, 3));
+          acc[i][r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(centered), _mm512_mul_ps(st[i].s, sx), acc[i][r]);
+        } else {
+          acc[i][r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_mul_ps(st[i].s, sx), acc[i][r]);
+          acc_sum[i][r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), _mm512_mul_ps(st[i].o, sx), acc_sum[i][r]);
+        }
       }
     }
   };
-  int64_t t = 0;
+  int64_t g = 0, step_in_group = 0, t = 0;  // the step's first quantization group, without a division
+  RowStep st[NR];
   for (int64_t j = 0; j < full; j += 64, ++t) {
-    // One stream per array of the row: requested ahead, as nm_rows does.
-    __builtin_prefetch(codes + j / 2 + 4096);
-    __builtin_prefetch(index_row + j / 4 + 2048);
-    __builtin_prefetch(scales + g + 512);
-    if constexpr (!kSymmetric) __builtin_prefetch(offsets + g + 512);
-    step(codes + j / 2, index_row + j / 4, scales + g, kSymmetric ? nullptr : offsets + g, t);
+    for (int i = 0; i < NR; ++i) {
+      // One stream per array of each row: requested ahead, as nm_rows does.
+      __builtin_prefetch(rows[i].codes + j / 2 + 4096);
+      __builtin_prefetch(rows[i].index + j / 4 + 2048);
+      __builtin_prefetch(rows[i].scales + g + 512);
+      if constexpr (!kSymmetric) __builtin_prefetch(rows[i].offsets + g + 512);
+      st[i] = full_step<kSymmetric>(rows[i], j, g, groups_per_step, c);
+    }
+    apply(st, t);
     if (groups_per_step > 1) {
       g += groups_per_step;
     } else if (++step_in_group == steps_per_group) {
@@ -136,30 +186,27 @@ void int8_row_block(const NMSparseWeight& w, const NMRowStrides& rs, const Int8C
     }
   }
   if (full < kept) {
-    // The last, partial step from zero-padded copies (the row's arrays end inside it). Its
-    // missing values sit over window columns past K, which the windows hold as zeros, so the
-    // padding adds nothing whatever its codes.
-    const int64_t rest = kept - full;
-    alignas(64) uint8_t code_tail[32] = {}, index_tail[16] = {};
-    alignas(16) float scale_tail[4] = {}, offset_tail[4] = {};
-    std::memcpy(code_tail, codes + full / 2, size_t(rest / 2));
-    std::memcpy(index_tail, index_row + full / 4, size_t((rest * 2 + 7) / 8));
-    const int64_t tail_groups = std::min<int64_t>(groups_per_step, rs.groups - g);
-    std::memcpy(scale_tail, scales + g, size_t(tail_groups) * sizeof(float));
-    if constexpr (!kSymmetric) std::memcpy(offset_tail, offsets + g, size_t(tail_groups) * sizeof(float));
-    step(code_tail, index_tail, scale_tail, offset_tail, t);
+    const int64_t groups = std::min<int64_t>(groups_per_step, rs.groups - g);
+    for (int i = 0; i < NR; ++i)
+      st[i] = tail_step<kSymmetric>(rows[i], full, g, kept - full, groups, groups_per_step, c);
+    apply(st, t);
   }
-  for (int r = 0; r < R; ++r) y[(m0 + r) * w.N + n] = _mm512_reduce_add_ps(_mm512_add_ps(acc[r], acc_sum[r]));
+  for (int i = 0; i < NR; ++i)
+    for (int r = 0; r < R; ++r)
+      y[(m0 + r) * w.N + n + i] = _mm512_reduce_add_ps(_mm512_add_ps(acc[i][r], acc_sum[i][r]));
 }
 
 template <bool kSymmetric>
 void int8_rows(const NMSparseWeight& w, const Int8Constants& c, const SpmmInt8Rows& x, int64_t M, float* y, int64_t n0,
                int64_t n1) {
   const NMRowStrides rs(w);
-  for (int64_t n = n0; n < n1; ++n) {
-    int64_t m = 0;
-    for (; m + 4 <= M; m += 4) int8_row_block<4, kSymmetric>(w, rs, c, n, x, m, y);
-    for (; m < M; ++m) int8_row_block<1, kSymmetric>(w, rs, c, n, x, m, y);
+  int64_t m = 0;
+  for (; m + 4 <= M; m += 4)  // four activation rows share each weight row's decode
+    for (int64_t n = n0; n < n1; ++n) int8_block<1, 4, kSymmetric>(w, rs, c, n, x, m, y);
+  for (; m < M; ++m) {  // one: four weight rows interleave
+    int64_t n = n0;
+    for (; n + 4 <= n1; n += 4) int8_block<4, 1, kSymmetric>(w, rs, c, n, x, m, y);
+    for (; n < n1; ++n) int8_block<1, 1, kSymmetric>(w, rs, c, n, x, m, y);
   }
 }
 
