@@ -11,6 +11,7 @@
     slmops finetune --model kjv-teacher --data train.jsonl --method qlora -o out
     slmops generate -m smollm2-135m-instruct --format q4_0 --chat -p "What is the capital of France?"
     slmops chat -m smollm2-135m-instruct --format q4_0     # a conversation on the native engine
+    slmops serve smollm2-135m-instruct --format q4_0      # an OpenAI-compatible server with metrics
     slmops bench qmatmul --quick                  # kernel benchmarks: quant, qmatmul, quality
     slmops info                                   # build info and a self-check of every kernel
 
@@ -378,21 +379,53 @@ def _cmd_zoo(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _engine(args: argparse.Namespace) -> object:
-    """The native engine for the generate/chat flags: the model loaded, quantized by RTN
-    when --format is given, and handed to slmops.engine.Engine."""
+def _engine(args: argparse.Namespace, model_arg: str | None = None, **engine_options: object) -> object:
+    """The native engine for the generate/chat/serve flags: the model (``model_arg`` or
+    --model) loaded, quantized by RTN when --format is given, and handed to
+    slmops.engine.Engine with ``engine_options``."""
     import slmops
     from slmops.engine import Engine
     from slmops.models import load_model
 
     if args.threads:
         slmops.set_num_threads(args.threads)
-    model, tokenizer = load_model(args.model)
+    model, tokenizer = load_model(model_arg or args.model)
     if args.format:
         slmops.quantize_model(model, "rtn", format=args.format, activation=args.activation, progress=False)
     # A quantized model's head in q8_0 unless told: the fp32 head would be most of each step's bytes.
     head_format = args.head_format or ("q8_0" if args.format else None)
-    return Engine((model, tokenizer), head_format=head_format, kv_memory=args.kv_memory)
+    return Engine((model, tokenizer), head_format=head_format, kv_memory=args.kv_memory, **engine_options)
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    import logging
+
+    from slmops.serve import ServedModel, ServerOptions, create_app, run
+
+    sources = [args.model_path, *args.extra_models]
+    names = list(args.served_name or [])
+    if len(names) > len(sources):
+        print("error: more --served-name than models", file=sys.stderr)
+        return 2
+    names += [Path(src).name if os.path.exists(src) else src for src in sources[len(names) :]]
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    models = []
+    for src, name in zip(sources, names, strict=True):
+        print(f"loading {src} as '{name}'", file=sys.stderr)
+        engine = _engine(args, src, max_batch=args.max_batch, max_context=args.ctx)
+        models.append(ServedModel(name, engine))  # type: ignore[arg-type]
+    api_key = args.api_key or os.environ.get("SLMOPS_API_KEY") or None
+    options = ServerOptions(
+        api_key=api_key,
+        max_waiting=args.max_waiting,
+        max_body_bytes=args.max_body_bytes,
+        default_max_tokens=args.default_max_tokens,
+        log_prompts=args.log_prompts,
+    )
+    if args.host not in ("127.0.0.1", "localhost", "::1") and api_key is None:
+        print(f"warning: serving on {args.host} without an API key", file=sys.stderr)
+    run(create_app(models, options), host=args.host, port=args.port, grace=args.grace)
+    return 0
 
 
 def _sampling(args: argparse.Namespace) -> object:
@@ -499,6 +532,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_distill_command(sub)
     _add_finetune_command(sub)
     _add_generate_commands(sub)
+    _add_serve_command(sub)
     _add_bench_command(sub)
     _add_zoo_command(sub)
     _add_info_command(sub)
@@ -811,6 +845,47 @@ def _add_generate_commands(sub: argparse._SubParsersAction) -> None:
             flag = "--" + f.name.replace("_", "-")
             p.add_argument(flag, type=type(f.default), default=f.default, help=f.metadata["help"])
         p.set_defaults(func=_cmd_generate if name == "generate" else _cmd_chat)
+
+
+def _add_serve_command(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "serve",
+        help="an OpenAI-compatible HTTP server with Prometheus metrics, on the native engine",
+        formatter_class=_FORMATTER,
+        description="  slmops serve smollm2-135m-instruct --format q4_0 --port 8080\n"
+        "  slmops serve out/model --model kjv-teacher --served-name mine --served-name teacher\n"
+        "Routes: POST /v1/chat/completions, /v1/completions; GET /v1/models, /health, /ready, /metrics.\n"
+        "Needs the serve extra: pip install 'slmops[serve]'.",
+    )
+    p.add_argument("model_path", metavar="MODEL", help=MODEL_HELP + " or slmops checkpoint")
+    p.add_argument(
+        "--model",
+        "-m",
+        dest="extra_models",
+        metavar="MODEL",
+        action="append",
+        default=[],
+        help="another model",
+    )
+    p.add_argument("--served-name", action="append", help="the name requests use, per model in order")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
+    p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--api-key", help="require Authorization: Bearer KEY (or env SLMOPS_API_KEY)")
+    p.add_argument("--format", "-f", choices=FORMATS, help="quantize the linears on load (RTN)")
+    p.add_argument("--activation", choices=("float", "int8"), default="int8", help="with --format")
+    p.add_argument("--head-format", choices=FORMATS, help="the output head's format (with --format: q8_0)")
+    p.add_argument("--max-batch", type=int, default=32, help="sequences decoded together per model")
+    p.add_argument("--ctx", type=int, help="context per sequence (default: the model's, capped by the cache)")
+    p.add_argument("--kv-memory", type=int, default=256 << 20, help="bytes of KV cache per model (256 MiB)")
+    p.add_argument("--max-waiting", type=int, default=64, help="queued requests per model before 429")
+    p.add_argument("--max-body-bytes", type=int, default=1 << 20, help="largest request body (1 MiB)")
+    p.add_argument(
+        "--default-max-tokens", type=int, default=512, help="a request's token limit when it sets none"
+    )
+    p.add_argument("--log-prompts", action="store_true", help="write prompt text to the log")
+    p.add_argument("--grace", type=float, default=30.0, help="seconds in-flight requests get on SIGTERM")
+    p.add_argument("--threads", type=int, help="CPU threads (default: OpenMP's)")
+    p.set_defaults(func=_cmd_serve)
 
 
 def _add_bench_command(sub: argparse._SubParsersAction) -> None:

@@ -334,6 +334,41 @@ def test_a_batch_of_rows_samples_as_each_row_alone():
         _C.sample_rows([_C.Sampler()], logits.copy(), hists, [0] * 6)
 
 
+def test_text_decoder_pieces_join_to_the_whole_decode():
+    from slmops.engine import TextDecoder
+
+    tok = Engine("kjv-teacher").tokenizer
+    text = "And God said, Let there be light: and there was light. naïve café — 東京 🙂 end"
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    for step in (1, 2, 5):
+        dec = TextDecoder(tok)
+        pieces = [dec.push(ids[i : i + step]) for i in range(0, len(ids), step)]
+        assert "".join(pieces) == tok.decode(ids, skip_special_tokens=True)
+        assert not any("\ufffd" in p for p in pieces)
+
+
+def test_stop_strings_show_exactly_the_text_before_the_first_stop():
+    from slmops.engine import StopStrings
+
+    rng = np.random.default_rng(0)
+    text = "In the beginning God created the heaven and the earth."
+    for stops in (["God"], ["the earth", "heaven"], ["nothing here"], ["n", "beginning"]):
+        hits = [text.find(s) for s in stops if s in text]
+        want = text[: min(hits)] if hits else text
+        for _ in range(20):
+            cuts = sorted(rng.choice(np.arange(1, len(text)), size=6, replace=False))
+            parts = [text[a:b] for a, b in zip([0, *cuts], [*cuts, len(text)], strict=True)]
+            matcher, shown, stopped = StopStrings(stops), [], False
+            for part in parts:
+                piece, stopped = matcher.feed(part)
+                shown.append(piece)
+                if stopped:
+                    break
+            if not stopped:
+                shown.append(matcher.flush())
+            assert "".join(shown) == want and stopped == bool(hits)
+
+
 def test_engine_sampling_is_reproducible_by_seed():
     engine = Engine(tiny("llama"))
     opts = dict(max_new_tokens=20, stop_token_ids=[])

@@ -32,6 +32,8 @@ __getattr__ = lazy_getattr(
         "Generation": "engine",
         "Request": "engine",
         "SamplingOptions": "sampling",
+        "StopStrings": "text",
+        "TextDecoder": "text",
     },
 )
 
@@ -45,4 +47,6 @@ __all__ = [
     "Generation",
     "Request",
     "SamplingOptions",
+    "StopStrings",
+    "TextDecoder",
 ]

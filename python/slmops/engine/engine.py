@@ -14,6 +14,7 @@ import numpy as np
 from .. import _C
 from ..models import model_and_tokenizer
 from .sampling import SamplingOptions
+from .text import TextDecoder
 from .weights import cache_block_bytes, engine_model_args, token_array
 
 CacheFullError = _C.CacheFullError
@@ -103,7 +104,7 @@ class Engine:
         if kv_dtype not in KV_DTYPES:
             raise ValueError(f"kv_dtype must be one of {KV_DTYPES}, got {kv_dtype!r}")
         self.model, self.tokenizer = model, tokenizer
-        self.max_batch = max_batch
+        self.max_batch, self.kv_memory = max_batch, kv_memory
         context = int(max_context or getattr(model.config, "max_position_embeddings", 0) or 2048)
         args = engine_model_args(model, head_format=head_format, max_context=context)
         kv_f16 = kv_dtype == "float16"
@@ -239,6 +240,21 @@ class Engine:
                 self._native.remove_sequence(r.sequence)
         return out
 
+    @property
+    def running(self) -> int:
+        """Requests in the batch."""
+        return len(self._running)
+
+    @property
+    def waiting(self) -> int:
+        """Requests submitted and not yet admitted to the batch."""
+        return len(self._pending)
+
+    @property
+    def cache_usage(self) -> float:
+        """The fraction of the KV cache's blocks in use."""
+        return self._native.used_blocks / self._native.max_blocks
+
     def profile(self, on: bool | None = None) -> dict[str, float]:
         """Seconds spent per phase of the forward pass (embed, qkv, attention, ...) since
         profiling was last turned on; ``on`` turns it on (zeroing the counts) or off."""
@@ -291,16 +307,14 @@ class Engine:
         if self._running or self._pending:
             raise RuntimeError("stream needs an idle engine: requests submitted with submit() are pending")
         req = self.submit(prompt, **options)
-        sent = ""
+        text = TextDecoder(self.tokenizer)
         try:
             while req.finish_reason is None:
-                self.step()
-                tokens = req.history[:-1] if req.finish_reason == "stop" else req.history
-                text = self.tokenizer.decode(tokens, skip_special_tokens=True)
-                # A multi-byte character split across tokens decodes as U+FFFD until complete.
-                if text.startswith(sent) and not text.endswith("\ufffd") and len(text) > len(sent):
-                    yield text[len(sent) :]
-                    sent = text
+                for r, token in self.step():
+                    if r is req and not (r.finish_reason == "stop" and token in r.stop_ids):
+                        piece = text.push([token])
+                        if piece:
+                            yield piece
         finally:
             if req.finish_reason is None:
                 self.cancel(req)

@@ -1,0 +1,197 @@
+"""One engine, one thread: the server's requests join the engine's continuous batching.
+
+The engine is not thread-safe, so a single worker thread owns it: request handlers (on the
+event loop) hand jobs over a queue, the worker admits them between steps, runs
+:meth:`Engine.step` while anything is running, and hands each job its tokens through a
+callback (which the server turns into a thread-safe put on the job's asyncio queue).
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..engine import Engine, SamplingOptions
+
+
+class QueueFull(Exception):
+    """More requests are waiting than the server takes (answered 429)."""
+
+
+@dataclass
+class Job:
+    """A request for the worker. ``deliver`` is called from the worker thread with
+    ``("tokens", [ids])`` as tokens come, then once with ``("done", finish_reason)`` or
+    ``("error", exception)``."""
+
+    prompt: np.ndarray
+    max_new_tokens: int
+    sampling: SamplingOptions
+    deliver: Callable[[tuple[str, Any]], None]
+    stop_token_ids: list[int] | None = None
+    request: Any = field(default=None, repr=False)  # the engine's Request once admitted
+    cancelled: bool = False
+
+
+@dataclass
+class WorkerStats:
+    """What the metrics read after each step (written by the worker thread only)."""
+
+    running: int = 0
+    waiting: int = 0
+    cache_usage: float = 0.0
+    steps: int = 0
+
+
+class EngineWorker:
+    """Runs ``engine`` on its own thread. ``max_waiting``: jobs queued beyond the running
+    batch before :meth:`submit` raises :class:`QueueFull`. ``on_step`` is called on the worker
+    thread with the stats (for gauges) after every step and every batch of submissions and
+    cancellations."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        max_waiting: int = 64,
+        on_step: Callable[[WorkerStats], None] | None = None,
+        name: str = "slmops-engine",
+    ) -> None:
+        self.engine = engine
+        self.max_waiting = max_waiting
+        self.stats = WorkerStats()
+        self._on_step = on_step
+        self._inbox: queue.SimpleQueue[tuple[str, Job | None]] = queue.SimpleQueue()
+        self._lock = threading.Lock()  # guards _queued
+        self._queued = 0  # submitted, not yet admitted to the batch
+        self._jobs: dict[int, Job] = {}  # id(engine Request) -> job
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    # -- called from any thread --------------------------------------------------------------
+    def submit(self, job: Job) -> None:
+        with self._lock:
+            if self._stopping:
+                raise QueueFull("the server is shutting down")
+            if self._queued >= self.max_waiting:
+                raise QueueFull(f"{self._queued} requests are already waiting")
+            self._queued += 1
+        self._inbox.put(("submit", job))
+
+    def cancel(self, job: Job) -> None:
+        """Drops a job wherever it is; its sequence is freed before the next step."""
+        job.cancelled = True
+        self._inbox.put(("cancel", job))
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Cancels every job (each gets ``("done", "cancelled")``) and ends the thread."""
+        with self._lock:
+            self._stopping = True
+        self._inbox.put(("stop", None))
+        self._thread.join(timeout)
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    # -- the worker thread -------------------------------------------------------------------
+    def _admit(self, job: Job) -> None:
+        with self._lock:
+            self._queued -= 1
+        if job.cancelled:
+            job.deliver(("done", "cancelled"))
+            return
+        try:
+            req = self.engine.submit(
+                job.prompt,
+                max_new_tokens=job.max_new_tokens,
+                stop_token_ids=job.stop_token_ids,
+                sampling=job.sampling,
+            )
+        except Exception as e:  # a prompt the engine refuses: the handler answers 400
+            job.deliver(("error", e))
+            return
+        job.request = req
+        self._jobs[id(req)] = job
+
+    def _drop(self, job: Job) -> None:
+        if job.request is not None and self._jobs.pop(id(job.request), None) is not None:
+            self.engine.cancel(job.request)
+            job.deliver(("done", "cancelled"))
+
+    def _handle(self, kind: str, job: Job | None) -> bool:
+        """One inbox message; False on stop."""
+        if kind == "stop":
+            return False
+        assert job is not None
+        if kind == "submit":
+            self._admit(job)
+        elif kind == "cancel":
+            self._drop(job)
+        return True
+
+    def _run(self) -> None:
+        running = True
+        while running:
+            busy = bool(self._jobs)
+            try:  # block only when the engine has nothing to do
+                kind, job = self._inbox.get(block=not busy)
+                running = self._handle(kind, job)
+                while running:
+                    kind, job = self._inbox.get_nowait()
+                    running = self._handle(kind, job)
+            except queue.Empty:
+                pass
+            if running and self._jobs:
+                self._step()
+            self._publish()
+        for job in list(self._jobs.values()):
+            self._drop(job)
+        while True:  # jobs that never reached the engine
+            try:
+                kind, job = self._inbox.get_nowait()
+            except queue.Empty:
+                break
+            if kind == "submit" and job is not None:
+                job.deliver(("done", "cancelled"))
+
+    def _step(self) -> None:
+        try:
+            produced = self.engine.step()
+        except Exception as e:  # nothing should raise here; if it does, fail every job, not the thread
+            for job in list(self._jobs.values()):
+                self._drop_quietly(job)
+                job.deliver(("error", e))
+            return
+        by_job: dict[int, list[int]] = {}
+        for req, token in produced:
+            if not (req.finish_reason == "stop" and token in req.stop_ids):
+                by_job.setdefault(id(req), []).append(int(token))
+        for key, tokens in by_job.items():
+            job = self._jobs.get(key)
+            if job is not None:
+                job.deliver(("tokens", tokens))
+        for req, _ in produced:
+            if req.finish_reason is not None:
+                job = self._jobs.pop(id(req), None)
+                if job is not None:
+                    job.deliver(("done", req.finish_reason))
+        self.stats.steps += 1
+
+    def _publish(self) -> None:
+        self.stats.running = self.engine.running
+        with self._lock:
+            self.stats.waiting = self.engine.waiting + self._queued
+        self.stats.cache_usage = self.engine.cache_usage
+        if self._on_step is not None:
+            self._on_step(self.stats)
+
+    def _drop_quietly(self, job: Job) -> None:
+        if job.request is not None and self._jobs.pop(id(job.request), None) is not None:
+            self.engine.cancel(job.request)

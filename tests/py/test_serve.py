@@ -1,0 +1,353 @@
+"""slmops serve under the real OpenAI client, on a loopback port: every answer is checked
+against the engine's offline generation of the same prompt (greedy), the errors against
+OpenAI's shape and status codes, the metrics against the requests made."""
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import httpx
+import pytest
+
+openai = pytest.importorskip("openai")
+uvicorn = pytest.importorskip("uvicorn")
+from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
+from slmops.engine import Engine, SamplingOptions  # noqa: E402
+from slmops.serve import ServedModel, ServerOptions, create_app  # noqa: E402
+
+KEY = "test-key"
+MODEL = "teacher"
+GREEDY = SamplingOptions()
+
+
+class Server:
+    """An app on a free loopback port, served by uvicorn on a thread."""
+
+    def __init__(self, app):
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=5))
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
+        self.thread.start()
+        deadline = time.time() + 30
+        while not self.server.started:
+            assert time.time() < deadline, "the server did not start"
+            time.sleep(0.02)
+
+    def close(self):
+        self.server.should_exit = True
+        self.thread.join(30)
+        self.sock.close()
+
+
+@pytest.fixture(scope="module")
+def reference():
+    """The offline engine the answers must equal."""
+    return Engine("kjv-teacher", max_batch=16)
+
+
+@pytest.fixture(scope="module")
+def server():
+    app = create_app([ServedModel(MODEL, Engine("kjv-teacher", max_batch=16))], ServerOptions(api_key=KEY))
+    s = Server(app)
+    yield s
+    s.close()
+
+
+@pytest.fixture()
+def client(server):
+    return openai.OpenAI(base_url=server.url + "/v1", api_key=KEY, max_retries=0)
+
+
+def offline(reference, prompt, max_new_tokens):
+    return reference.generate(prompt, max_new_tokens=max_new_tokens, sampling=GREEDY)
+
+
+def metric_samples(server):
+    text = httpx.get(server.url + "/metrics", headers={"Authorization": f"Bearer {KEY}"}).text
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            out[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return out
+
+
+# -- answers -------------------------------------------------------------------------------
+def test_chat_completion_equals_the_engines_greedy_reply(client, reference):
+    messages = [{"role": "user", "content": "Who begat Enos?"}]
+    r = client.chat.completions.create(model=MODEL, messages=messages, temperature=0, max_tokens=24)
+    ref = offline(reference, reference.chat_prompt(messages), 24)
+    assert r.choices[0].message.content == ref.text
+    assert r.choices[0].message.role == "assistant"
+    assert r.choices[0].finish_reason == ref.finish_reason
+    assert r.usage.prompt_tokens == len(ref.prompt_tokens)
+    assert r.usage.completion_tokens == len(ref.tokens)
+    assert r.usage.total_tokens == r.usage.prompt_tokens + r.usage.completion_tokens
+    assert r.object == "chat.completion" and r.model == MODEL
+
+
+def test_streamed_chat_joins_to_the_whole_reply_and_ends_with_usage(client, reference):
+    messages = [{"role": "system", "content": "Answer."}, {"role": "user", "content": "What is light?"}]
+    chunks = list(
+        client.chat.completions.create(
+            model=MODEL,
+            messages=messages,
+            temperature=0,
+            max_tokens=30,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    ref = offline(reference, reference.chat_prompt(messages), 30)
+    assert chunks[0].choices[0].delta.role == "assistant"
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == ref.text
+    finals = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert finals == [ref.finish_reason]
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == len(ref.tokens)
+    assert len({c.id for c in chunks}) == 1
+
+
+def test_completion_and_its_stream_equal_the_engines_greedy_text(client, reference):
+    prompt = "In the beginning God created"
+    ref = offline(reference, prompt, 12)
+    r = client.completions.create(model=MODEL, prompt=prompt, temperature=0, max_tokens=12)
+    assert r.choices[0].text == ref.text and r.object == "text_completion"
+    streamed = client.completions.create(
+        model=MODEL, prompt=prompt, temperature=0, max_tokens=12, stream=True
+    )
+    assert "".join(c.choices[0].text for c in streamed) == ref.text
+    echo = client.completions.create(model=MODEL, prompt=prompt, temperature=0, max_tokens=12, echo=True)
+    assert echo.choices[0].text == prompt + ref.text
+
+
+def test_stop_strings_cut_the_reply_before_them(client, reference):
+    prompt = "In the beginning God created"
+    full = offline(reference, prompt, 24).text
+    stop = full.split()[2]  # a word from the middle of the reply
+    for stream in (False, True):
+        r = client.completions.create(
+            model=MODEL, prompt=prompt, temperature=0, max_tokens=24, stop=[stop], stream=stream
+        )
+        text = "".join(c.choices[0].text for c in r) if stream else r.choices[0].text
+        assert text == full[: full.index(stop)]
+
+
+def test_seeded_sampling_repeats(client):
+    kw = dict(model=MODEL, prompt="And the LORD said", max_tokens=16, temperature=1.2, top_p=0.9)
+    a = client.completions.create(seed=7, **kw).choices[0].text
+    assert a == client.completions.create(seed=7, **kw).choices[0].text
+    assert a != client.completions.create(seed=8, **kw).choices[0].text
+
+
+def test_models_health_and_ready(client, server):
+    assert [m.id for m in client.models.list()] == [MODEL]
+    assert httpx.get(server.url + "/health").json() == {"status": "ok"}  # no key needed
+    ready = httpx.get(server.url + "/ready", headers={"Authorization": f"Bearer {KEY}"})
+    assert ready.status_code == 200 and ready.json()["models"] == [MODEL]
+
+
+def test_sixteen_concurrent_streams_each_get_their_offline_answer(server, reference):
+    prompts = [
+        f"And the {w} said unto" for w in "LORD king man woman servant prophet people angel".split()
+    ] * 2
+    prompts = [p + " " * (i // 8) for i, p in enumerate(prompts)]  # 16 distinct prompts
+    refs = reference.generate_batch(prompts, max_new_tokens=20, sampling=GREEDY)
+
+    async def one(c, prompt):
+        stream = await c.completions.create(
+            model=MODEL, prompt=prompt, temperature=0, max_tokens=20, stream=True
+        )
+        return "".join([chunk.choices[0].text async for chunk in stream])
+
+    async def all_of_them():
+        async with openai.AsyncOpenAI(base_url=server.url + "/v1", api_key=KEY, max_retries=0) as c:
+            return await asyncio.gather(*(one(c, p) for p in prompts))
+
+    assert asyncio.run(all_of_them()) == [r.text for r in refs]
+
+
+# -- errors --------------------------------------------------------------------------------
+def error_of(response):
+    body = response.json()
+    assert set(body) == {"error"} and set(body["error"]) == {"message", "type", "param", "code"}
+    return body["error"]
+
+
+def test_bad_requests_get_openai_errors_with_4xx(client, server):
+    with pytest.raises(openai.NotFoundError) as e:
+        client.chat.completions.create(model="nope", messages=[{"role": "user", "content": "hi"}])
+    assert e.value.body["code"] == "model_not_found"
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model=MODEL, messages=[])
+    assert e.value.body["param"] == "messages"
+    with pytest.raises(openai.BadRequestError) as e:
+        client.completions.create(model=MODEL, prompt="x", temperature="hot")
+    assert e.value.body["param"] == "temperature"
+    with pytest.raises(openai.BadRequestError) as e:
+        client.completions.create(model=MODEL, prompt="x", max_tokens=0)
+    with pytest.raises(openai.BadRequestError) as e:
+        client.completions.create(model=MODEL, prompt="In the beginning " * 400)
+    assert e.value.body["code"] == "context_length_exceeded"
+    with pytest.raises(openai.BadRequestError):
+        client.completions.create(model=MODEL, prompt=[10**9])  # a token id outside the vocabulary
+    auth = {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"}
+    r = httpx.post(server.url + "/v1/chat/completions", content=b"{not json", headers=auth)
+    assert r.status_code == 400 and error_of(r)["type"] == "invalid_request_error"
+    r = httpx.post(server.url + "/v1/completions", content=b"[1, 2]", headers=auth)
+    assert r.status_code == 400
+    r = httpx.post(server.url + "/v1/completions", content=b"x" * (2 << 20), headers=auth)
+    assert r.status_code == 413 and error_of(r)
+    r = httpx.get(server.url + "/v1/nothing", headers=auth)
+    assert r.status_code == 404 and error_of(r)
+    r = httpx.get(server.url + "/v1/chat/completions", headers=auth)
+    assert r.status_code == 405 and error_of(r)
+    # A long reply is capped by the context, not refused.
+    r = client.completions.create(model=MODEL, prompt="And", max_tokens=100000, temperature=0)
+    assert r.choices[0].finish_reason in ("stop", "length")
+
+
+def test_every_endpoint_but_health_needs_the_key(server):
+    for path in ("/v1/models", "/ready", "/metrics"):
+        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": KEY}):
+            r = httpx.get(server.url + path, headers=headers)
+            assert r.status_code == 401 and error_of(r)["code"] == "invalid_api_key", (path, headers)
+    wrong = openai.OpenAI(base_url=server.url + "/v1", api_key="wrong", max_retries=0)
+    with pytest.raises(openai.AuthenticationError):
+        wrong.completions.create(model=MODEL, prompt="x")
+
+
+def test_a_full_queue_answers_429_with_retry_after():
+    app = create_app([ServedModel(MODEL, Engine("kjv-teacher"))], ServerOptions(max_waiting=0))
+    s = Server(app)
+    try:
+        r = httpx.post(s.url + "/v1/completions", json={"model": MODEL, "prompt": "And"})
+        assert r.status_code == 429 and r.headers["Retry-After"] == "1"
+        assert error_of(r)["type"] == "rate_limit_error"
+    finally:
+        s.close()
+
+
+# -- metrics and disconnects ---------------------------------------------------------------
+def test_metrics_count_the_requests_and_tokens(client, server):
+    def value(samples, name, **labels):
+        return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+
+    before = metric_samples(server)
+    used = 0
+    for i in range(3):
+        r = client.completions.create(
+            model=MODEL, prompt=f"And it came to pass {i}", max_tokens=5, temperature=0
+        )
+        used += r.usage.completion_tokens
+    after = metric_samples(server)
+    endpoint = {"endpoint": "/v1/completions", "status": "200"}
+    assert (
+        value(after, "slmops_http_requests_total", **endpoint)
+        - value(before, "slmops_http_requests_total", **endpoint)
+        == 3
+    )
+    gen = "slmops_generation_tokens_total"
+    assert value(after, gen, model=MODEL) - value(before, gen, model=MODEL) == used
+    ttft = "slmops_time_to_first_token_seconds_count"
+    assert value(after, ttft, model=MODEL) - value(before, ttft, model=MODEL) == 3
+    assert (
+        value(
+            after,
+            "slmops_model_info",
+            model=MODEL,
+            backend="native",
+            max_context="512",
+            max_batch="16",
+            kv_cache_bytes=str(256 << 20),
+        )
+        == 1
+    )
+    assert 0.0 <= value(after, "slmops_kv_cache_usage_ratio", model=MODEL) <= 1.0
+
+
+def test_a_client_gone_mid_stream_frees_its_sequence(client, server):
+    aborted = ("slmops_request_success_total", (("finished_reason", "abort"), ("model", MODEL)))
+    before = metric_samples(server).get(aborted, 0.0)
+    body = {
+        "model": MODEL,
+        "prompt": "And the LORD spake",
+        "max_tokens": 400,
+        "temperature": 0,
+        "stream": True,
+    }
+    with httpx.stream(
+        "POST", server.url + "/v1/completions", json=body, headers={"Authorization": f"Bearer {KEY}"}
+    ) as r:
+        lines = r.iter_lines()
+        assert next(lines).startswith("data: ")
+    # The connection is closed: the worker drops the sequence at its next step.
+    deadline = time.time() + 10
+    while metric_samples(server).get(("slmops_requests_running", (("model", MODEL),))) != 0:
+        assert time.time() < deadline, "the abandoned request is still running"
+        time.sleep(0.05)
+    assert metric_samples(server)[aborted] == before + 1
+    assert client.completions.create(model=MODEL, prompt="And", max_tokens=3, temperature=0).choices[0].text
+
+
+def test_sigterm_lets_an_open_stream_finish_and_exits_0(tmp_path, reference):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "SLMOPS_API_KEY": KEY}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "slmops.cli", "serve", "kjv-teacher", "--port", str(port), "--grace", "20"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.time() + 120
+        while True:
+            assert proc.poll() is None, proc.stdout.read()
+            try:
+                if httpx.get(url + "/health").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.time() < deadline, "the server did not come up"
+            time.sleep(0.2)
+        body = {
+            "model": "kjv-teacher",
+            "prompt": "In the beginning",
+            "max_tokens": 64,
+            "temperature": 0,
+            "stream": True,
+        }
+        with httpx.stream(
+            "POST", url + "/v1/completions", json=body, headers={"Authorization": f"Bearer {KEY}"}, timeout=60
+        ) as r:
+            lines = r.iter_lines()
+            first = next(lines)
+            proc.send_signal(signal.SIGTERM)
+            rest = [line for line in lines if line]
+        events = [first, *rest]
+        assert events[-1] == "data: [DONE]"
+        text = "".join(json.loads(e[6:])["choices"][0]["text"] for e in events[:-1])
+        assert text == offline(reference, "In the beginning", 64).text
+        assert proc.wait(60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def test_served_names_must_differ_and_exist():
+    e = Engine("kjv-teacher")
+    with pytest.raises(ValueError, match="differ"):
+        create_app([ServedModel("a", e), ServedModel("a", e)])
+    with pytest.raises(ValueError, match="at least one"):
+        create_app([])
