@@ -424,7 +424,13 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     )
     if args.host not in ("127.0.0.1", "localhost", "::1") and api_key is None:
         print(f"warning: serving on {args.host} without an API key", file=sys.stderr)
-    run(create_app(models, options), host=args.host, port=args.port, grace=args.grace)
+    try:
+        run(
+            create_app(models, options, step_in_caller=True), host=args.host, port=args.port, grace=args.grace
+        )
+    except RuntimeError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -9,7 +9,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 
 import httpx
@@ -19,32 +18,11 @@ openai = pytest.importorskip("openai")
 uvicorn = pytest.importorskip("uvicorn")
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 from slmops.engine import Engine, SamplingOptions  # noqa: E402
-from slmops.serve import ServedModel, ServerOptions, create_app  # noqa: E402
+from slmops.serve import BackgroundServer, ServedModel, ServerOptions, create_app  # noqa: E402
 
 KEY = "test-key"
 MODEL = "teacher"
 GREEDY = SamplingOptions()
-
-
-class Server:
-    """An app on a free loopback port, served by uvicorn on a thread."""
-
-    def __init__(self, app):
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
-        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=5))
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
-        self.thread.start()
-        deadline = time.time() + 30
-        while not self.server.started:
-            assert time.time() < deadline, "the server did not start"
-            time.sleep(0.02)
-
-    def close(self):
-        self.server.should_exit = True
-        self.thread.join(30)
-        self.sock.close()
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +34,7 @@ def reference():
 @pytest.fixture(scope="module")
 def server():
     app = create_app([ServedModel(MODEL, Engine("kjv-teacher", max_batch=16))], ServerOptions(api_key=KEY))
-    s = Server(app)
+    s = BackgroundServer(app)
     yield s
     s.close()
 
@@ -226,7 +204,7 @@ def test_every_endpoint_but_health_needs_the_key(server):
 
 def test_a_full_queue_answers_429_with_retry_after():
     app = create_app([ServedModel(MODEL, Engine("kjv-teacher"))], ServerOptions(max_waiting=0))
-    s = Server(app)
+    s = BackgroundServer(app)
     try:
         r = httpx.post(s.url + "/v1/completions", json={"model": MODEL, "prompt": "And"})
         assert r.status_code == 429 and r.headers["Retry-After"] == "1"

@@ -8,10 +8,11 @@ distilled from the reference teacher against the same student trained on the tex
 ``sparse`` (2:4, 4:8 and CSR matmul against the dense products they replace), ``finetune``
 (a LoRA step against peft + transformers, QLoRA against LoRA, quality before and after),
 ``cuda`` (the GPU kernels against the copy bandwidth, cuBLAS and PyTorch eager; needs a GPU),
-``engine`` (the native decode engine against llama.cpp on the same weights).
+``engine`` (the native decode engine against llama.cpp on the same weights), ``serve`` (slmops
+serve under 1-32 streaming clients and a mixed load test, against the engine offline).
 Every speed figure is a ratio measured side by side in one run; see benchmarks/README.md."""
 
 BENCHMARKS = (
     "quant", "qmatmul", "quality", "export", "gptq", "compress", "kd", "distill", "sparse", "finetune",
-    "cuda", "engine",
+    "cuda", "engine", "serve",
 )  # fmt: skip

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import signal
 import threading
+import time
 from typing import Any
 
 from .app import ServedModel, ServerOptions, create_app
@@ -29,19 +30,81 @@ def run(
     app: Any, *, host: str = "127.0.0.1", port: int = 8080, grace: float = 30.0, log_level: str = "info"
 ) -> None:
     """Serves ``app`` with uvicorn until SIGINT or SIGTERM: then no new connections are
-    taken, in-flight requests have ``grace`` seconds to finish, and the rest are cancelled."""
+    taken, in-flight requests have ``grace`` seconds to finish, and the rest are cancelled.
+    An app made with ``step_in_caller`` has its engines stepped in this thread (the main
+    one, where the model was loaded) while uvicorn runs on another."""
     import uvicorn
 
-    if threading.current_thread() is not threading.main_thread():  # signals reach the main thread only
-        uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=grace)
+    server = uvicorn.Server(
+        uvicorn.Config(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=grace)
+    )
+    drive = getattr(app.state, "drive", None)
+    if drive is None or threading.current_thread() is not threading.main_thread():
+        if drive is not None:
+            raise RuntimeError("an app made with step_in_caller=True is run from the main thread")
+        server.run()
         return
-    # uvicorn drains on SIGTERM, then raises the signal again with the handler it found: a
-    # handler that ignores it makes the drained shutdown exit 0 instead of dying by SIGTERM.
-    previous = signal.signal(signal.SIGTERM, lambda signum, frame: None)
+
+    def on_signal(signum: int, frame: Any) -> None:
+        if server.should_exit and signum == signal.SIGINT:
+            server.force_exit = True  # a second Ctrl-C: do not wait for in-flight requests
+        server.should_exit = True
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    http = threading.Thread(target=server.run, name="slmops-http", daemon=True)  # off the main thread:
+    http.start()  # uvicorn installs no signal handlers there; the ones above stop it
+
+    def stop_engines_when_http_ends() -> None:  # also when uvicorn fails to start
+        http.join()
+        for worker in app.state.workers.values():
+            worker.stop()
+
+    threading.Thread(target=stop_engines_when_http_ends, daemon=True).start()
     try:
-        uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=grace)
+        drive()
+        http.join()
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if not server.started:
+        raise RuntimeError(f"the server did not start on {host}:{port} (see the log above)")
 
 
-__all__ = ["ServedModel", "ServerOptions", "create_app", "run"]
+class BackgroundServer:
+    """``app`` served by uvicorn on a thread, on a free loopback port (``url``), until
+    :meth:`close` (or the end of a ``with`` block): for notebooks, tests and benchmarks."""
+
+    def __init__(self, app: Any, *, grace: float = 5.0, log_level: str = "warning") -> None:
+        import socket
+
+        import uvicorn
+
+        self._sock = socket.socket()
+        self._sock.bind(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self._sock.getsockname()[1]}"
+        config = uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=grace)
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(
+            target=self._server.run, kwargs={"sockets": [self._sock]}, name="slmops-serve", daemon=True
+        )
+        self._thread.start()
+        deadline = time.monotonic() + 60
+        while not self._server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                self.close()
+                raise RuntimeError("the server did not start (see the log above)")
+            time.sleep(0.01)
+
+    def close(self) -> None:
+        self._server.should_exit = True
+        self._thread.join(60)
+        self._sock.close()
+
+    def __enter__(self) -> BackgroundServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+__all__ = ["BackgroundServer", "ServedModel", "ServerOptions", "create_app", "run"]

@@ -14,6 +14,7 @@ import hmac
 import json
 import logging
 import secrets
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
@@ -32,7 +33,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from ..engine import Engine, SamplingOptions, StopStrings, TextDecoder
 from .metrics import ServerMetrics
 from .schemas import ChatCompletionRequest, CompletionRequest
-from .worker import EngineWorker, Job, QueueFull
+from .worker import EngineWorker, Job, QueueFull, drive
 
 log = logging.getLogger("slmops.serve")
 
@@ -86,7 +87,9 @@ class ApiError(Exception):
 class _Served:
     """A served model with its worker."""
 
-    def __init__(self, model: ServedModel, options: ServerOptions, metrics: ServerMetrics) -> None:
+    def __init__(
+        self, model: ServedModel, options: ServerOptions, metrics: ServerMetrics, wake: threading.Event | None
+    ) -> None:
         self.model, self.engine, self.name = model, model.engine, model.name
         gauges = (metrics.running.labels(self.name), metrics.waiting.labels(self.name))
         usage = metrics.cache_usage.labels(self.name)
@@ -97,7 +100,12 @@ class _Served:
             usage.set(stats.cache_usage)
 
         self.worker = EngineWorker(
-            model.engine, max_waiting=options.max_waiting, on_step=on_step, name=f"slmops-engine-{model.name}"
+            model.engine,
+            max_waiting=options.max_waiting,
+            on_step=on_step,
+            name=f"slmops-engine-{model.name}",
+            thread=wake is None,
+            wake=wake,
         )
         e = model.engine
         metrics.model_info.labels(
@@ -131,8 +139,12 @@ class _CountRequests:
             self.metrics.requests.labels(path if path in self.endpoints else "other", str(status)).inc()
 
 
-def create_app(models: Sequence[ServedModel], options: ServerOptions | None = None) -> Starlette:
-    """The app serving ``models`` (each on its own engine worker, started now)."""
+def create_app(
+    models: Sequence[ServedModel], options: ServerOptions | None = None, *, step_in_caller: bool = False
+) -> Starlette:
+    """The app serving ``models``. Each model's engine steps on a thread of its own, started
+    now; with ``step_in_caller`` they all step in whichever thread calls ``app.state.drive()``
+    (what :func:`slmops.serve.run` does from the main thread: see :class:`EngineWorker`)."""
     options = options or ServerOptions()
     if not models:
         raise ValueError("serve needs at least one model")
@@ -140,7 +152,8 @@ def create_app(models: Sequence[ServedModel], options: ServerOptions | None = No
     if len(set(names)) != len(names):
         raise ValueError(f"served model names must differ, got {names}")
     metrics = ServerMetrics()
-    served = {m.name: _Served(m, options, metrics) for m in models}
+    wake = threading.Event() if step_in_caller else None
+    served = {m.name: _Served(m, options, metrics, wake) for m in models}
 
     def check_key(request: Request) -> None:
         if options.api_key is None:
@@ -242,7 +255,7 @@ def create_app(models: Sequence[ServedModel], options: ServerOptions | None = No
             except RuntimeError:  # the loop is closed: the server is gone
                 pass
 
-        job = Job(prompt, max_new, sampling, deliver)
+        job = Job(prompt, max_new, sampling, deliver, stop_token_ids=[] if body.ignore_eos else None)
         try:
             s.worker.submit(job)
         except QueueFull as e:
@@ -411,6 +424,8 @@ def create_app(models: Sequence[ServedModel], options: ServerOptions | None = No
     )
     app.state.metrics = metrics
     app.state.workers = {n: s.worker for n, s in served.items()}
+    if step_in_caller:
+        app.state.drive = lambda: drive([s.worker for s in served.values()])
     app.add_middleware(_CountRequests, metrics=metrics, endpoints={r.path for r in routes})
     return app
 
