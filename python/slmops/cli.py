@@ -351,6 +351,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
         options["name"] = args.name
     if args.scale_dtype:
         options["scale_dtype"] = args.scale_dtype
+    if args.port is not None:
+        options["port"] = args.port
     manifest = export(args.model, args.target, args.output_dir, overwrite=args.overwrite, **options)
     for f in manifest["files"]:
         print(f"{args.output_dir / f['path']}  {f['bytes']:,} bytes  sha256 {f['sha256'][:16]}")
@@ -666,10 +668,11 @@ def _add_export_command(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser(
         "export",
-        help="write a model for a runtime (onnx-genai, gguf, hf, slmops)",
+        help="write a model for a runtime (onnx-genai, gguf, hf, slmops, container)",
         formatter_class=_FORMATTER,
         description="  slmops export -m out/model -t onnx-genai -o foundry/slmops/kjv-int4\n"
         "  slmops export -m out/model -t gguf -o gguf-out\n"
+        "  slmops export -m out/model -t container -o ctx   # Dockerfile + k8s.yaml for slmops serve\n"
         "  slmops export -m kjv-teacher -t gguf --default-type q4_k --tensor-type token_embd.weight=q6_k",
     )
     p.add_argument(
@@ -705,7 +708,10 @@ def _add_export_command(sub: argparse._SubParsersAction) -> None:
         action=argparse.BooleanOptionalAction,
         help="onnx-genai: q/k/v and gate/up as one MatMulNBits each (default on)",
     )
-    p.add_argument("--name", help="gguf and onnx-genai: the model's name in the runtime (Foundry Local)")
+    p.add_argument(
+        "--name", help="gguf, onnx-genai, container: the model's name in the runtime (Foundry, the server)"
+    )
+    p.add_argument("--port", type=int, help="container: the port slmops serve listens on (default 8080)")
     p.add_argument(
         "--scale-dtype",
         choices=("float16", "float32"),

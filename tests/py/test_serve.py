@@ -329,3 +329,63 @@ def test_served_names_must_differ_and_exist():
         create_app([ServedModel("a", e), ServedModel("a", e)])
     with pytest.raises(ValueError, match="at least one"):
         create_app([])
+
+
+# -- the deployment files ------------------------------------------------------------------
+def test_container_export_writes_a_build_context_and_kubernetes_objects(tmp_path):
+    import yaml
+    from slmops.export import export
+
+    out = tmp_path / "ctx"
+    manifest = export("kjv-teacher", "container", out, name="KJV Teacher", port=9000)
+    files = {f["path"] for f in manifest["files"]}
+    assert {"Dockerfile", "k8s.yaml", "model/config.json"} <= files
+    docker = (out / "Dockerfile").read_text()
+    assert "COPY model /model" in docker and "EXPOSE 9000" in docker
+    entry = json.loads(
+        next(line for line in docker.splitlines() if line.startswith("ENTRYPOINT"))[len("ENTRYPOINT ") :]
+    )
+    assert entry[:3] == ["slmops", "serve", "/model"] and entry[entry.index("--port") + 1] == "9000"
+    assert entry[entry.index("--served-name") + 1] == "KJV Teacher"
+    deployment, service = yaml.safe_load_all((out / "k8s.yaml").read_text())
+    assert deployment["kind"] == "Deployment" and service["kind"] == "Service"
+    assert deployment["metadata"]["name"] == service["metadata"]["name"] == "slmops-kjv-teacher"
+    pod = deployment["spec"]["template"]
+    (container,) = pod["spec"]["containers"]
+    assert container["ports"] == [{"name": "http", "containerPort": 9000}]
+    assert container["livenessProbe"]["httpGet"]["path"] == "/health"
+    assert "/ready" in container["readinessProbe"]["exec"]["command"][-1]
+    for meta in (pod["metadata"], service["metadata"]):
+        assert meta["annotations"] == {
+            "prometheus.io/scrape": "true",
+            "prometheus.io/port": "9000",
+            "prometheus.io/path": "/metrics",
+        }
+    assert (
+        deployment["spec"]["selector"]["matchLabels"]
+        == pod["metadata"]["labels"]
+        == service["spec"]["selector"]
+    )
+    # The checkpoint in the context is what slmops serve loads.
+    assert Engine(str(out / "model")).generate("In the beginning", max_new_tokens=4).tokens
+    with pytest.raises(ValueError, match="port"):
+        export("kjv-teacher", "container", tmp_path / "bad", port=70000)
+    assert not (tmp_path / "bad").exists()
+
+
+def test_the_readiness_probe_command_reaches_ready_with_the_key(server):
+    import yaml
+    from slmops.export.container import kubernetes
+
+    port = server.url.rsplit(":", 1)[1]
+    deployment, _ = kubernetes("x", int(port), 1 << 30)
+    command = deployment["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]["exec"]["command"]
+    assert yaml.safe_load(yaml.safe_dump(command)) == command
+    ok = subprocess.run([sys.executable, *command[1:]], env={**os.environ, "SLMOPS_API_KEY": KEY}, timeout=30)
+    bad = subprocess.run(
+        [sys.executable, *command[1:]],
+        env={**os.environ, "SLMOPS_API_KEY": "no"},
+        capture_output=True,
+        timeout=30,
+    )
+    assert ok.returncode == 0 and bad.returncode != 0

@@ -10,7 +10,7 @@ from typing import Any
 
 from .._io import atomic_dir, check_writable, read_manifest
 
-TARGETS = ("onnx-genai", "gguf", "hf", "slmops")
+TARGETS = ("onnx-genai", "gguf", "hf", "slmops", "container")
 
 
 def export(
@@ -42,6 +42,11 @@ def export(
       transformers, vLLM and onnxruntime-genai's builder read. Option: ``scale_dtype``
       (float16, the default GPU kernels take, rounds the scales; float32 keeps them exact).
     - ``"slmops"``: an slmops checkpoint (quantized linears as their codes and scales).
+    - ``"container"``: a build context that serves the model with ``slmops serve``: the
+      slmops checkpoint in ``model/``, a ``Dockerfile`` and ``k8s.yaml`` (a Deployment and
+      Service with liveness / readiness probes on /health and /ready and Prometheus scrape
+      annotations). Options: ``name`` (the served model name, default the folder's name),
+      ``port`` (default 8080).
 
     Unsupported architectures or formats raise ``ValueError`` before anything is written.
     An existing ``out_dir`` is replaced only when slmops wrote it or it is empty, or with
@@ -50,6 +55,7 @@ def export(
     from ..models import check_tokenizer, load_model
     from ..nn import QuantLinear
     from .checkpoint import save_checkpoint
+    from .container import MODEL_DIR, write_container
     from .gguf import check_gguf_exportable, ollama_modelfile, write_gguf
     from .gptq import check_gptq_exportable, save_gptq
     from .onnx_genai import check_onnx_genai_exportable, write_onnx_genai
@@ -68,6 +74,7 @@ def export(
         "gguf": {"tensor_types", "default_type", "name"},
         "hf": {"scale_dtype"},
         "slmops": set(),
+        "container": {"name", "port"},
     }[target]
     unknown = set(options) - allowed
     if unknown:
@@ -80,6 +87,10 @@ def export(
         )
     if target == "gguf":
         check_gguf_exportable(model, options.get("tensor_types") or {})
+    if target == "container":
+        port = options.get("port", 8080)
+        if not isinstance(port, int) or isinstance(port, bool) or not 0 < port < 65536:
+            raise ValueError(f"port must be an int in 1..65535, got {port!r}")
     quantized = any(isinstance(m, QuantLinear) for m in model.modules())
     if target == "hf" and quantized:
         check_gptq_exportable(model)
@@ -101,6 +112,17 @@ def export(
         elif target == "hf":
             model.save_pretrained(tmp)
             tokenizer.save_pretrained(tmp)
+        elif target == "container":
+            save_checkpoint(model, tokenizer, tmp / MODEL_DIR)
+            model_bytes = sum(f.stat().st_size for f in (tmp / MODEL_DIR).rglob("*") if f.is_file())
+            details.update(
+                write_container(
+                    tmp,
+                    str(options.get("name") or Path(out_dir).name),
+                    options.get("port", 8080),
+                    model_bytes,
+                )
+            )
         else:
             save_checkpoint(model, tokenizer, tmp)
         details["options"] = options
