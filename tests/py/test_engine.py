@@ -369,6 +369,26 @@ def test_stop_strings_show_exactly_the_text_before_the_first_stop():
             assert "".join(shown) == want and stopped == bool(hits)
 
 
+def test_requested_logprobs_are_the_raw_log_softmax_before_penalties():
+    engine = exact(tiny("llama"))
+    prompt = [5, 9, 2, 7]
+    sampling = SamplingOptions(temperature=0.8, repetition_penalty=1.5, seed=3)
+    req = engine.submit(prompt, max_new_tokens=6, stop_token_ids=[], sampling=sampling, logprobs=4)
+    while req.finish_reason is None:
+        engine.step()
+    z = engine.logits(prompt + req.history).astype(np.float64)[len(prompt) - 1 : -1]
+    lsm = z - (z.max(-1, keepdims=True) + np.log(np.exp(z - z.max(-1, keepdims=True)).sum(-1, keepdims=True)))
+    assert [e.token for e in req.logprobs_out] == req.history
+    for e, row in zip(req.logprobs_out, lsm, strict=True):
+        assert abs(e.logprob - row[e.token]) < 1e-4
+        top = np.argsort(-row, kind="stable")[:4]
+        assert [t for t, _ in e.top] == top.tolist()
+        np.testing.assert_allclose([lp for _, lp in e.top], row[top], atol=1e-4)
+    with pytest.raises(ValueError, match="logprobs"):
+        engine.submit(prompt, logprobs=21)
+    assert engine.submit(prompt, max_new_tokens=1).logprobs_out == []
+
+
 def test_engine_sampling_is_reproducible_by_seed():
     engine = Engine(tiny("llama"))
     opts = dict(max_new_tokens=20, stop_token_ids=[])

@@ -12,6 +12,7 @@ import sys
 import time
 
 import httpx
+import numpy as np
 import pytest
 
 openai = pytest.importorskip("openai")
@@ -123,6 +124,51 @@ def test_seeded_sampling_repeats(client):
     a = client.completions.create(seed=7, **kw).choices[0].text
     assert a == client.completions.create(seed=7, **kw).choices[0].text
     assert a != client.completions.create(seed=8, **kw).choices[0].text
+
+
+def log_softmax(z):
+    z = z.astype(np.float64)
+    return z - (
+        z.max(-1, keepdims=True) + np.log(np.exp(z - z.max(-1, keepdims=True)).sum(-1, keepdims=True))
+    )
+
+
+def test_logprobs_are_the_models_log_softmax_in_both_shapes(client, reference):
+    messages = [{"role": "user", "content": "Who begat Enos?"}]
+    kw = dict(model=MODEL, messages=messages, temperature=0, max_tokens=8, logprobs=True, top_logprobs=3)
+    r = client.chat.completions.create(**kw)
+    prompt = reference.chat_prompt(messages)
+    ref = offline(reference, prompt, 8)
+    lsm = log_softmax(reference.logits(list(prompt) + ref.tokens))[len(prompt) - 1 :]
+    content = r.choices[0].logprobs.content
+    assert [e.token for e in content] == [reference.tokenizer.decode([t]) for t in ref.tokens]
+    for e, token, row in zip(content, ref.tokens, lsm, strict=False):
+        top = np.argsort(-row, kind="stable")[:3]
+        assert abs(e.logprob - row[token]) < 2e-2  # the server decoded step by step, the reference at once
+        np.testing.assert_allclose([t.logprob for t in e.top_logprobs], row[top], atol=2e-2)
+        assert e.top_logprobs[0].logprob == e.logprob  # greedy: the chosen token is the top one
+        assert e.bytes == list(e.token.encode())
+    streamed = client.chat.completions.create(stream=True, **kw)
+    chunk_entries = [
+        e for c in streamed if c.choices and c.choices[0].logprobs for e in c.choices[0].logprobs.content
+    ]
+    assert [(e.token, e.logprob) for e in chunk_entries] == [(e.token, e.logprob) for e in content]
+    legacy = client.completions.create(
+        model=MODEL, prompt="In the beginning", max_tokens=5, temperature=0, logprobs=2
+    )
+    lp = legacy.choices[0].logprobs
+    assert len(lp.tokens) == len(lp.token_logprobs) == len(lp.top_logprobs) == len(lp.text_offset) == 5
+    assert all(
+        len(alt) == 2 and max(alt.values()) == v
+        for alt, v in zip(lp.top_logprobs, lp.token_logprobs, strict=True)
+    )
+    assert lp.text_offset == list(np.cumsum([0] + [len(t) for t in lp.tokens])[:-1])
+    assert (
+        client.chat.completions.create(model=MODEL, messages=messages, max_tokens=2).choices[0].logprobs
+        is None
+    )
+    with pytest.raises(openai.BadRequestError):
+        client.chat.completions.create(model=MODEL, messages=messages, top_logprobs=2)  # without logprobs
 
 
 def test_models_health_and_ready(client, server):

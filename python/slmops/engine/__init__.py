@@ -31,6 +31,7 @@ __getattr__ = lazy_getattr(
         "Engine": "engine",
         "Generation": "engine",
         "Request": "engine",
+        "TokenLogprob": "engine",
         "SamplingOptions": "sampling",
         "StopStrings": "text",
         "TextDecoder": "text",
@@ -49,4 +50,5 @@ __all__ = [
     "SamplingOptions",
     "StopStrings",
     "TextDecoder",
+    "TokenLogprob",
 ]

@@ -33,19 +33,40 @@ class Generation:
     finish_reason: str
 
 
+MAX_TOP_LOGPROBS = 20  # OpenAI's bound on top_logprobs
+
+
+@dataclass
+class TokenLogprob:
+    """The model's log-probability of a generated token (its raw distribution: before
+    penalties and temperature) and the ``top`` most likely tokens with theirs."""
+
+    token: int
+    logprob: float
+    top: list[tuple[int, float]]
+
+
 class Request:
     """A prompt in the engine (what :meth:`Engine.submit` returns): its tokens so far in one
     buffer (prompt, then generated), ``history`` (the generated ones), ``finish_reason``
-    (None while running; 'stop', 'length' or 'cancelled')."""
+    (None while running; 'stop', 'length' or 'cancelled'), and with ``logprobs`` (the number
+    of alternatives wanted) one :class:`TokenLogprob` per generated token in ``logprobs_out``."""
 
     def __init__(
-        self, prompt: np.ndarray, max_new_tokens: int, stop_ids: frozenset[int], sampler: Any
+        self,
+        prompt: np.ndarray,
+        max_new_tokens: int,
+        stop_ids: frozenset[int],
+        sampler: Any,
+        logprobs: int | None = None,
     ) -> None:
         self.n_prompt = len(prompt)
         self.tokens = np.zeros(self.n_prompt + max_new_tokens, dtype=np.int32)
         self.tokens[: self.n_prompt] = prompt
         self.length = self.n_prompt
         self.max_new_tokens, self.stop_ids, self.sampler = max_new_tokens, stop_ids, sampler
+        self.logprobs = logprobs
+        self.logprobs_out: list[TokenLogprob] = []
         self.sequence = -1
         self.finish_reason: str | None = None
 
@@ -57,6 +78,21 @@ class Request:
     def history(self) -> list[int]:
         """The generated tokens (a stop token included)."""
         return self.tokens[self.n_prompt : self.length].tolist()
+
+
+def _log_softmax(z: np.ndarray) -> np.ndarray:
+    z = z.astype(np.float64)
+    top = z.max()
+    return z - (top + np.log(np.exp(z - top).sum()))
+
+
+def _top(lp: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the k largest, largest first (the lower id on ties)."""
+    k = min(k, len(lp))
+    if k <= 0:
+        return np.zeros(0, np.int64)
+    part = np.argpartition(-lp, k - 1)[:k]
+    return part[np.lexsort((part, -lp[part]))]
 
 
 class Engine:
@@ -172,9 +208,15 @@ class Engine:
         max_new_tokens: int = 128,
         stop_token_ids: Sequence[int] | None = None,
         sampling: SamplingOptions | None = None,
+        logprobs: int | None = None,
     ) -> Request:
-        """Queues a prompt; :meth:`step` advances it with every other queued or running one."""
+        """Queues a prompt; :meth:`step` advances it with every other queued or running one.
+        ``logprobs``: record each generated token's log-probability and this many alternatives
+        (0 to 20) in ``Request.logprobs_out``."""
         ids = self.encode(prompt)
+        valid = isinstance(logprobs, int) and not isinstance(logprobs, bool) and 0 <= logprobs <= MAX_TOP_LOGPROBS
+        if logprobs is not None and not valid:
+            raise ValueError(f"logprobs must be an int in [0, {MAX_TOP_LOGPROBS}] or None, got {logprobs!r}")
         if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be a positive int, got {max_new_tokens!r}")
         if len(ids) >= self.max_context:
@@ -188,7 +230,7 @@ class Engine:
         stops = (
             self.default_stop_ids() if stop_token_ids is None else frozenset(int(i) for i in stop_token_ids)
         )
-        req = Request(ids, max_new_tokens, stops, (sampling or SamplingOptions()).sampler())
+        req = Request(ids, max_new_tokens, stops, (sampling or SamplingOptions()).sampler(), logprobs)
         self._pending.append(req)
         return req
 
@@ -223,10 +265,16 @@ class Engine:
                 self._native.remove_sequence(r.sequence)
                 self._pending.appendleft(r)
             raise
+        # Log-probabilities from the raw logits, before the sampler's penalties change them.
+        wanted = {i: _log_softmax(logits[i]) for i, r in enumerate(active) if r.logprobs is not None}
         histories = [r.tokens[: r.length] for r in active]
         tokens = _C.sample_rows([r.sampler for r in active], logits, histories, [r.n_prompt for r in active])
         out = []
-        for r, token in zip(active, tokens.tolist(), strict=True):
+        for i, (r, token) in enumerate(zip(active, tokens.tolist(), strict=True)):
+            if i in wanted:
+                lp = wanted[i]
+                top = [(int(j), float(lp[j])) for j in _top(lp, r.logprobs)]
+                r.logprobs_out.append(TokenLogprob(token, float(lp[token]), top))
             r.tokens[r.length] = token
             r.length += 1
             out.append((r, token))

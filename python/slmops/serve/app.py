@@ -22,6 +22,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import pydantic
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -107,10 +108,18 @@ class _Served:
             thread=wake is None,
             wake=wake,
         )
+        self._token_texts: dict[int, str] = {}
         e = model.engine
         metrics.model_info.labels(
             self.name, model.backend, str(e.max_context), str(e.max_batch), str(e.kv_memory)
         ).set(1)
+
+    def token_text(self, token: int) -> str:
+        """A token's own text (for logprobs), decoded once."""
+        text = self._token_texts.get(token)
+        if text is None:
+            text = self._token_texts[token] = str(self.engine.tokenizer.decode([token]))
+        return text
 
 
 class _CountRequests:
@@ -255,7 +264,14 @@ def create_app(
             except RuntimeError:  # the loop is closed: the server is gone
                 pass
 
-        job = Job(prompt, max_new, sampling, deliver, stop_token_ids=[] if body.ignore_eos else None)
+        job = Job(
+            prompt,
+            max_new,
+            sampling,
+            deliver,
+            stop_token_ids=[] if body.ignore_eos else None,
+            logprobs=body.alternatives(),
+        )
         try:
             s.worker.submit(job)
         except QueueFull as e:
@@ -284,7 +300,11 @@ def create_app(
                 )
             if not chat and body.echo and isinstance(body.prompt, str):
                 text = body.prompt + text
-            choice: dict[str, Any] = {"index": 0, "logprobs": None, "finish_reason": run.reason}
+            choice: dict[str, Any] = {
+                "index": 0,
+                "logprobs": run.logprobs_field(chat, run.take_logprobs()),
+                "finish_reason": run.reason,
+            }
             if chat:
                 choice["message"] = {"role": "assistant", "content": text}
             else:
@@ -312,7 +332,8 @@ def create_app(
         obj = "chat.completion.chunk" if chat else "text_completion"
 
         def chunk(delta: str | None, finish: str | None = None, role: bool = False) -> str:
-            c: dict[str, Any] = {"index": 0, "logprobs": None, "finish_reason": finish}
+            lps = run.logprobs_field(chat, run.take_logprobs())
+            c: dict[str, Any] = {"index": 0, "logprobs": lps, "finish_reason": finish}
             if chat:
                 d: dict[str, Any] = {"role": "assistant", "content": ""} if role else {}
                 if delta is not None:
@@ -468,6 +489,10 @@ class _Run:
         self.reason: str | None = None
         self._last: float | None = None
         self._pending: tuple[str, Any] | None = None
+        self.wants_logprobs = job.logprobs is not None
+        self._unsent: list[Any] = []  # TokenLogprobs not yet in a response
+        self._token_text = served.token_text
+        self._text_offset = 0  # legacy completions: where the next token's text starts
 
     async def first(self) -> None:
         """Waits for the first event: a refused prompt raises ApiError here (before any
@@ -488,8 +513,10 @@ class _Run:
 
     async def pieces(self) -> AsyncIterator[str]:
         """The reply's text as it comes (stop strings cut it and end the request)."""
-        async for kind, value in self._events():
+        async for kind, value, *more in self._events():
             if kind == "tokens":
+                if more and more[0]:
+                    self._unsent += more[0]
                 now = time.perf_counter()
                 if self._last is None:
                     self.ttft.observe(now - self.arrived)
@@ -521,6 +548,37 @@ class _Run:
         if reason != "cancelled":
             self.e2e.observe(time.perf_counter() - self.arrived)
         self.finished.labels(self.served.name, reason).inc()
+
+    def take_logprobs(self) -> list[Any]:
+        taken, self._unsent = self._unsent, []
+        return taken
+
+    def logprobs_field(self, chat: bool, entries: list[Any]) -> dict[str, Any] | None:
+        """A choice's ``logprobs`` for these tokens, in the endpoint's shape (None when the
+        request asked for none)."""
+        if not self.wants_logprobs:
+            return None
+        text = self._token_text
+        if chat:
+
+            def item(token: int, logprob: float) -> dict[str, Any]:
+                s = text(token)
+                return {"token": s, "logprob": logprob, "bytes": list(s.encode())}
+
+            content = [
+                {**item(e.token, e.logprob), "top_logprobs": [item(t, lp) for t, lp in e.top]}
+                for e in entries
+            ]
+            return {"content": content, "refusal": None}
+        tokens = [text(e.token) for e in entries]
+        offsets = np.cumsum([0, *map(len, tokens)])[:-1] + self._text_offset
+        self._text_offset += sum(map(len, tokens))
+        return {
+            "tokens": tokens,
+            "token_logprobs": [e.logprob for e in entries],
+            "top_logprobs": [{text(t): lp for t, lp in e.top} for e in entries],
+            "text_offset": [int(o) for o in offsets],
+        }
 
     async def all_text(self) -> str:
         return "".join([piece async for piece in self.pieces()])

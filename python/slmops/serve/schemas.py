@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 class StreamOptions(BaseModel):
@@ -69,6 +69,18 @@ class _Generation(BaseModel):
 class ChatCompletionRequest(_Generation):
     messages: list[Message] = Field(min_length=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
+    logprobs: bool = False
+    top_logprobs: int | None = Field(default=None, ge=0, le=20)
+
+    @model_validator(mode="after")
+    def _top_needs_logprobs(self) -> ChatCompletionRequest:
+        if self.top_logprobs is not None and not self.logprobs:
+            raise ValueError("top_logprobs needs logprobs: true")
+        return self
+
+    def alternatives(self) -> int | None:
+        """Alternatives per token the engine should record; None: no logprobs."""
+        return (self.top_logprobs or 0) if self.logprobs else None
 
     def token_limit(self) -> int | None:
         return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
@@ -78,6 +90,10 @@ class CompletionRequest(_Generation):
     prompt: str | list[int] = Field(min_length=1)
     max_tokens: int | None = Field(default=16, ge=1)  # the legacy endpoint's default
     echo: bool = False
+    logprobs: int | None = Field(default=None, ge=0, le=5)  # the legacy endpoint: alternatives per token
+
+    def alternatives(self) -> int | None:
+        return self.logprobs
 
     def token_limit(self) -> int | None:
         return self.max_tokens

@@ -25,15 +25,16 @@ class QueueFull(Exception):
 
 @dataclass
 class Job:
-    """A request for the worker. ``deliver`` is called from the worker thread with
-    ``("tokens", [ids])`` as tokens come, then once with ``("done", finish_reason)`` or
-    ``("error", exception)``."""
+    """A request for the worker. ``deliver`` is called from the stepping thread with
+    ``("tokens", [ids], [TokenLogprob] or None)`` as tokens come, then once with
+    ``("done", finish_reason)`` or ``("error", exception)``."""
 
     prompt: np.ndarray
     max_new_tokens: int
     sampling: SamplingOptions
     deliver: Callable[[tuple[str, Any]], None]
     stop_token_ids: list[int] | None = None
+    logprobs: int | None = None  # alternatives per token; the tokens' events then carry TokenLogprobs
     request: Any = field(default=None, repr=False)  # the engine's Request once admitted
     cancelled: bool = False
 
@@ -131,6 +132,7 @@ class EngineWorker:
                 max_new_tokens=job.max_new_tokens,
                 stop_token_ids=job.stop_token_ids,
                 sampling=job.sampling,
+                logprobs=job.logprobs,
             )
         except Exception as e:  # a prompt the engine refuses: the handler answers 400
             job.deliver(("error", e))
@@ -179,14 +181,12 @@ class EngineWorker:
                 self._drop_quietly(job)
                 job.deliver(("error", e))
             return
-        by_job: dict[int, list[int]] = {}
-        for req, token in produced:
-            if not (req.finish_reason == "stop" and token in req.stop_ids):
-                by_job.setdefault(id(req), []).append(int(token))
-        for key, tokens in by_job.items():
-            job = self._jobs.get(key)
-            if job is not None:
-                job.deliver(("tokens", tokens))
+        for req, token in produced:  # one token a request a step
+            job = self._jobs.get(id(req))
+            if job is not None and not (req.finish_reason == "stop" and token in req.stop_ids):
+                job.deliver(
+                    ("tokens", [int(token)], req.logprobs_out[-1:] if req.logprobs is not None else None)
+                )
         for req, _ in produced:
             if req.finish_reason is not None:
                 job = self._jobs.pop(id(req), None)
