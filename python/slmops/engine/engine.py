@@ -214,8 +214,8 @@ class Engine:
         ``logprobs``: record each generated token's log-probability and this many alternatives
         (0 to 20) in ``Request.logprobs_out``."""
         ids = self.encode(prompt)
-        valid = isinstance(logprobs, int) and not isinstance(logprobs, bool) and 0 <= logprobs <= MAX_TOP_LOGPROBS
-        if logprobs is not None and not valid:
+        is_int = isinstance(logprobs, int) and not isinstance(logprobs, bool)
+        if logprobs is not None and not (is_int and 0 <= logprobs <= MAX_TOP_LOGPROBS):
             raise ValueError(f"logprobs must be an int in [0, {MAX_TOP_LOGPROBS}] or None, got {logprobs!r}")
         if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be a positive int, got {max_new_tokens!r}")
