@@ -403,6 +403,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     import logging
 
     from slmops.serve import ServedModel, ServerOptions, create_app, run
+    from slmops.serve.genai import GenAIEngine, is_genai_folder
 
     sources = [args.model_path, *args.extra_models]
     names = list(args.served_name or [])
@@ -413,9 +414,21 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     models = []
     for src, name in zip(sources, names, strict=True):
-        print(f"loading {src} as '{name}'", file=sys.stderr)
-        engine = _engine(args, src, max_batch=args.max_batch, max_context=args.ctx)
-        models.append(ServedModel(name, engine))  # type: ignore[arg-type]
+        genai = is_genai_folder(src)
+        if args.backend != "auto" and (args.backend == "onnx-genai") != genai:
+            print(f"error: --backend {args.backend} cannot serve {src} (an ONNX Runtime GenAI folder: "
+                  f"{'yes' if genai else 'no'})", file=sys.stderr)  # fmt: skip
+            return 2
+        if genai and args.format:
+            print(f"error: {src} is an ONNX Runtime GenAI folder: its weights are served as they are "
+                  "(--format quantizes on load for the native backend)", file=sys.stderr)  # fmt: skip
+            return 2
+        print(f"loading {src} as '{name}' ({'onnx-genai' if genai else 'native'})", file=sys.stderr)
+        if genai:
+            engine = GenAIEngine(src, max_batch=args.max_batch, max_context=args.ctx)
+        else:
+            engine = _engine(args, src, max_batch=args.max_batch, max_context=args.ctx)
+        models.append(ServedModel(name, engine, backend="onnx-genai" if genai else "native"))  # type: ignore[arg-type]
     api_key = args.api_key or os.environ.get("SLMOPS_API_KEY") or None
     options = ServerOptions(
         api_key=api_key,
@@ -869,7 +882,15 @@ def _add_serve_command(sub: argparse._SubParsersAction) -> None:
         "Routes: POST /v1/chat/completions, /v1/completions; GET /v1/models, /health, /ready, /metrics.\n"
         "Needs the serve extra: pip install 'slmops[serve]'.",
     )
-    p.add_argument("model_path", metavar="MODEL", help=MODEL_HELP + " or slmops checkpoint")
+    p.add_argument(
+        "model_path", metavar="MODEL", help=MODEL_HELP + ", slmops checkpoint or ONNX Runtime GenAI folder"
+    )
+    p.add_argument(
+        "--backend",
+        choices=("auto", "native", "onnx-genai"),
+        default="auto",
+        help="auto: onnx-genai for an ONNX Runtime GenAI folder, the native engine for the rest",
+    )
     p.add_argument(
         "--model",
         "-m",

@@ -435,3 +435,77 @@ def test_the_readiness_probe_command_reaches_ready_with_the_key(server):
         timeout=30,
     )
     assert ok.returncode == 0 and bad.returncode != 0
+
+
+# -- the onnx-genai backend ----------------------------------------------------------------
+@pytest.fixture(scope="module")
+def genai_folder(tmp_path_factory):
+    pytest.importorskip("onnxruntime_genai")
+    import slmops
+
+    model, tok = slmops.zoo.load("kjv-teacher")
+    slmops.quantize_model(model, "rtn", format="int4", progress=False)
+    out = tmp_path_factory.mktemp("genai") / "teacher-int4"
+    slmops.export_model(model, "onnx-genai", out, tok, accuracy_level=1)
+    return out
+
+
+def test_an_onnx_genai_folder_serves_what_onnxruntime_genai_generates(genai_folder):
+    import onnxruntime_genai as og
+    from slmops.serve.genai import GenAIEngine
+
+    og_model = og.Model(str(genai_folder))
+    engine = GenAIEngine(genai_folder, max_batch=4)
+
+    def direct(ids, new):
+        params = og.GeneratorParams(og_model)
+        params.set_search_options(max_length=len(ids) + new, do_sample=False)
+        gen = og.Generator(og_model, params)
+        gen.append_tokens(np.asarray(ids, np.int32)[None])
+        out = []
+        while not gen.is_done():
+            gen.generate_next_token()
+            out.append(int(gen.get_next_tokens()[0]))
+        eos = engine._eos
+        return engine.tokenizer.decode([t for t in out if t not in eos], skip_special_tokens=True)
+
+    prompts = ["In the beginning God created", "And the LORD said unto Moses", "Blessed are the meek"]
+    messages = [{"role": "user", "content": "Who begat Enos?"}]
+    want = [direct(engine.encode(p), 12) for p in prompts]
+    want_chat = direct(engine.chat_prompt(messages), 12)
+    app = create_app([ServedModel("genai", engine, backend="onnx-genai")], ServerOptions())
+    with BackgroundServer(app) as s:
+        c = openai.OpenAI(base_url=s.url + "/v1", api_key="none", max_retries=0)
+
+        async def together():
+            async with openai.AsyncOpenAI(base_url=s.url + "/v1", api_key="none", max_retries=0) as ac:
+                rs = await asyncio.gather(
+                    *(
+                        ac.completions.create(model="genai", prompt=p, max_tokens=12, temperature=0)
+                        for p in prompts
+                    )
+                )
+                return [r.choices[0].text for r in rs]
+
+        assert asyncio.run(together()) == want  # interleaved, each as onnxruntime-genai alone
+        chat = c.chat.completions.create(model="genai", messages=messages, max_tokens=12, temperature=0)
+        assert chat.choices[0].message.content == want_chat
+        stream = c.completions.create(
+            model="genai", prompt=prompts[0], max_tokens=12, temperature=0, stream=True
+        )
+        assert "".join(ch.choices[0].text for ch in stream) == want[0]
+        with pytest.raises(openai.BadRequestError, match="onnx-genai"):
+            c.completions.create(model="genai", prompt="x", logprobs=1)
+        with pytest.raises(openai.BadRequestError, match="presence_penalty"):
+            c.completions.create(model="genai", prompt="x", presence_penalty=0.5)
+        info = {f.name: f for f in text_string_to_metric_families(httpx.get(s.url + "/metrics").text)}
+        assert info["slmops_model_info"].samples[0].labels["backend"] == "onnx-genai"
+
+
+def test_serve_refuses_a_backend_or_format_the_model_cannot_take(genai_folder, capsys):
+    from slmops.cli import main
+
+    assert main(["serve", str(genai_folder), "--format", "q4_0"]) == 2
+    assert "ONNX Runtime GenAI folder" in capsys.readouterr().err
+    assert main(["serve", "kjv-teacher", "--backend", "onnx-genai"]) == 2
+    assert main(["serve", str(genai_folder), "--backend", "native"]) == 2

@@ -80,6 +80,27 @@ class Request:
         return self.tokens[self.n_prompt : self.length].tolist()
 
 
+def encode_prompt(tokenizer: Any, prompt: str | Sequence[int] | np.ndarray, vocab: int) -> np.ndarray:
+    """Token ids of a text (the tokenizer's, with its special tokens) or of given ids."""
+    if isinstance(prompt, str):
+        if tokenizer is None:
+            raise ValueError("a text prompt needs a tokenizer: pass (model, tokenizer) or give token ids")
+        prompt = tokenizer(prompt)["input_ids"]
+    return token_array(prompt, vocab)
+
+
+def chat_prompt_ids(tokenizer: Any, messages: Sequence[dict[str, str]], vocab: int) -> np.ndarray:
+    """Token ids of ``messages`` through the tokenizer's chat template, ready for the reply."""
+    if tokenizer is None or not getattr(tokenizer, "chat_template", None):
+        raise ValueError("this model's tokenizer has no chat template")
+    if not messages:
+        raise ValueError("messages must not be empty")
+    ids = tokenizer.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=True)
+    if isinstance(ids, dict) or hasattr(ids, "keys"):  # newer transformers return a BatchEncoding
+        ids = ids["input_ids"]
+    return token_array(ids, vocab)
+
+
 def _log_softmax(z: np.ndarray) -> np.ndarray:
     z = z.astype(np.float64)
     top = z.max()
@@ -166,22 +187,11 @@ class Engine:
     # -- inputs ------------------------------------------------------------------------
     def encode(self, prompt: str | Sequence[int] | np.ndarray) -> np.ndarray:
         """Token ids of a text (the tokenizer's, with its special tokens) or of given ids."""
-        if isinstance(prompt, str):
-            if self.tokenizer is None:
-                raise ValueError("a text prompt needs a tokenizer: pass (model, tokenizer) or give token ids")
-            prompt = self.tokenizer(prompt)["input_ids"]
-        return token_array(prompt, self.vocab)
+        return encode_prompt(self.tokenizer, prompt, self.vocab)
 
     def chat_prompt(self, messages: Sequence[dict[str, str]]) -> np.ndarray:
         """Token ids of ``messages`` through the tokenizer's chat template, ready for the reply."""
-        if self.tokenizer is None or not getattr(self.tokenizer, "chat_template", None):
-            raise ValueError("this model's tokenizer has no chat template")
-        if not messages:
-            raise ValueError("messages must not be empty")
-        ids = self.tokenizer.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=True)
-        if isinstance(ids, dict) or hasattr(ids, "keys"):  # newer transformers return a BatchEncoding
-            ids = ids["input_ids"]
-        return token_array(ids, self.vocab)
+        return chat_prompt_ids(self.tokenizer, messages, self.vocab)
 
     def default_stop_ids(self) -> frozenset[int]:
         ids: set[int] = set()

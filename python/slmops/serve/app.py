@@ -32,6 +32,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..engine import Engine, SamplingOptions, StopStrings, TextDecoder
+from .genai import GenAIEngine
 from .metrics import ServerMetrics
 from .schemas import ChatCompletionRequest, CompletionRequest
 from .worker import EngineWorker, Job, QueueFull, drive
@@ -41,10 +42,12 @@ log = logging.getLogger("slmops.serve")
 
 @dataclass
 class ServedModel:
-    """A model the server answers for: ``name`` is what requests put in ``model``."""
+    """A model the server answers for: ``name`` is what requests put in ``model``;
+    ``engine`` a :class:`slmops.engine.Engine` (backend 'native') or a
+    :class:`slmops.serve.genai.GenAIEngine` ('onnx-genai')."""
 
     name: str
-    engine: Engine
+    engine: Engine | GenAIEngine
     backend: str = "native"
     created: int = field(default_factory=lambda: int(time.time()))
 

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from ..engine import Engine, SamplingOptions
+from .genai import GenAIEngine
 
 
 class QueueFull(Exception):
@@ -64,7 +65,7 @@ class EngineWorker:
 
     def __init__(
         self,
-        engine: Engine,
+        engine: Engine | GenAIEngine,
         *,
         max_waiting: int = 64,
         on_step: Callable[[WorkerStats], None] | None = None,
