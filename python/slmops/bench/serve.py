@@ -26,10 +26,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import json
 import multiprocessing as mp
 import random
 import statistics
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -119,15 +121,23 @@ def _run_clients(url: str, clients: int, requests: int, prompts: list[list[int]]
     }
 
 
-def _offline(engine: Any, prompt: list[int]) -> float:
-    """Generated tokens/s of one request as a client sees it, on the engine directly: from
-    submitting the prompt to its last token (prefill included, as in the served figure)."""
+def _generate(engine: Any, prompt: Any, new_tokens: int, stop_token_ids: list[int] | None = None) -> Any:
+    """One request through ``submit``/``step`` (either backend): the finished Request."""
     from slmops.engine import SamplingOptions
 
-    t0 = time.perf_counter()
-    engine.generate(
-        np.array(prompt), max_new_tokens=NEW_TOKENS, stop_token_ids=[], sampling=SamplingOptions()
+    req = engine.submit(
+        prompt, max_new_tokens=new_tokens, stop_token_ids=stop_token_ids, sampling=SamplingOptions()
     )
+    while req.finish_reason is None:
+        engine.step()
+    return req
+
+
+def _offline(engine: Any, prompt: list[int]) -> float:
+    """Generated tokens/s of one request as a client sees it, on the backend directly: from
+    submitting the prompt to its last token (prefill included, as in the served figure)."""
+    t0 = time.perf_counter()
+    _generate(engine, np.array(prompt), NEW_TOKENS, stop_token_ids=[])
     return NEW_TOKENS / (time.perf_counter() - t0)
 
 
@@ -229,31 +239,30 @@ def _load_test_cases(engine: Any) -> list[dict[str, Any]]:
         chat = i % 2 == 1
         messages = [{"role": "user", "content": t}]
         prompt = engine.chat_prompt(messages) if chat else engine.encode(t)
-        expect = engine.generate(prompt, max_new_tokens=16).text
+        expect = engine.tokenizer.decode(_generate(engine, prompt, 16).history, skip_special_tokens=True)
         body: dict[str, Any] = {"model": MODEL_NAME, "max_tokens": 16, "temperature": 0}
         body.update({"messages": messages} if chat else {"prompt": t})
         cases.append({"chat": chat, "body": body, "expect": expect})
     return cases
 
 
-def run(model_name: str, clients: list[int], requests: int, load_test: int) -> dict[str, Any]:
-    from slmops.engine import Engine
+def _serve_and_load(
+    engine: Any, backend: str, clients: list[int], requests: int, load_test: int, prompts: list[list[int]]
+) -> dict[str, Any]:
+    """Offline, then the served levels and the load test, then offline again, on ``engine``."""
     from slmops.serve import BackgroundServer, ServedModel, ServerOptions, create_app
 
-    from .engine import quantized_copy
-
-    model, tok = slmops.zoo.load(model_name)
-    qmodel, head = quantized_copy(model, "int4")
-    engine = Engine((qmodel, tok), head_format=head, max_batch=max(32, max(clients)))
-    rng = np.random.default_rng(0)
-    prompts = [rng.integers(100, min(20000, engine.vocab), PROMPT_TOKENS).tolist() for _ in range(64)]
     cases = _load_test_cases(engine) if load_test else []
     offline = [_offline(engine, prompts[0]) for _ in range(2)]
     levels: list[dict[str, Any]] = []
     load: dict[str, Any] = {}
     # The engine steps in this (the main) thread, as `slmops serve` runs it (see EngineWorker);
     # uvicorn and this benchmark's orchestration run on threads, the clients in processes.
-    app = create_app([ServedModel(MODEL_NAME, engine)], ServerOptions(max_waiting=256), step_in_caller=True)
+    app = create_app(
+        [ServedModel(MODEL_NAME, engine, backend=backend)],
+        ServerOptions(max_waiting=256),
+        step_in_caller=True,
+    )
     server = BackgroundServer(app)
     errors: list[BaseException] = []
 
@@ -262,7 +271,7 @@ def run(model_name: str, clients: list[int], requests: int, load_test: int) -> d
             _run_clients(server.url, 1, 1, prompts)  # warm-up
             for c in clients:
                 levels.append(_run_clients(server.url, c, requests, prompts))
-                print(json.dumps(levels[-1]), flush=True)
+                print(json.dumps({"backend": backend, **levels[-1]}), flush=True)
             if load_test:
                 rss0 = _rss_bytes()
                 ctx = mp.get_context("spawn")
@@ -274,17 +283,15 @@ def run(model_name: str, clients: list[int], requests: int, load_test: int) -> d
                 proc.join()
                 rss1 = _rss_bytes()
                 load.update(
-                    {
-                        "requests": load_test,
-                        "seconds": time.perf_counter() - t0,
-                        "failures": len(failures),
-                        "first_failures": failures[:5],
-                        "rss_after_warmup": rss0,
-                        "rss_after": rss1,
-                        "rss_growth": rss1 / rss0 - 1,
-                    }
+                    requests=load_test,
+                    seconds=time.perf_counter() - t0,
+                    failures=len(failures),
+                    first_failures=failures[:5],
+                    rss_after_warmup=rss0,
+                    rss_after=rss1,
+                    rss_growth=rss1 / rss0 - 1,
                 )
-                print(json.dumps(load), flush=True)
+                print(json.dumps({"backend": backend, **load}), flush=True)
         except BaseException as e:  # re-raised in the main thread
             errors.append(e)
         finally:
@@ -297,28 +304,51 @@ def run(model_name: str, clients: list[int], requests: int, load_test: int) -> d
     if errors:
         raise errors[0]
     offline += [_offline(engine, prompts[0]) for _ in range(2)]
-    return {
-        "model": model_name,
-        "format": "int4",
-        "threads": slmops.get_num_threads(),
-        "offline": statistics.median(offline),
-        "levels": levels,
-        "load_test": load,
-    }
+    return {"backend": backend, "offline": statistics.median(offline), "levels": levels, "load_test": load}
 
 
-def checks(result: dict[str, Any]) -> list[tuple[str, float, float, bool]]:
-    """(what, measured, target, met) per target."""
-    by = {lv["clients"]: lv for lv in result["levels"]}
+def run(
+    model_name: str, clients: list[int], requests: int, load_test: int, backends: list[str]
+) -> dict[str, Any]:
+    from slmops.engine import Engine
+
+    from .engine import quantized_copy
+
+    model, tok = slmops.zoo.load(model_name)
+    qmodel, head = quantized_copy(model, "int4")
+    rows = []
+    prompts: list[list[int]] = []
+    with tempfile.TemporaryDirectory() as work:
+        for backend in backends:
+            if backend == "native":
+                engine: Any = Engine((qmodel, tok), head_format=head, max_batch=max(32, max(clients)))
+            else:  # our onnx-genai export of the same weights, int8 activations as the native row
+                from slmops.serve.genai import GenAIEngine
+
+                folder = Path(work) / "genai"
+                slmops.export_model(qmodel, "onnx-genai", folder, tok, accuracy_level=4)
+                engine = GenAIEngine(folder, max_batch=max(32, max(clients)))
+            rng = np.random.default_rng(0)
+            prompts = prompts or [
+                rng.integers(100, min(20000, engine.vocab), PROMPT_TOKENS).tolist() for _ in range(64)
+            ]
+            rows.append(_serve_and_load(engine, backend, clients, requests, load_test, prompts))
+            del engine
+    return {"model": model_name, "format": "int4", "threads": slmops.get_num_threads(), "backends": rows}
+
+
+def checks(row: dict[str, Any]) -> list[tuple[str, float, float, bool]]:
+    """(what, measured, target, met) per target, for one backend's row."""
+    by = {lv["clients"]: lv for lv in row["levels"]}
     out = []
     if 1 in by:
-        out.append(("1 client / engine offline", by[1]["tokens_per_s"] / result["offline"], 0.9, True))
+        out.append(("1 client / offline", by[1]["tokens_per_s"] / row["offline"], 0.9, True))
     if 1 in by and 16 in by:
         out.append(("16 clients / 1 client", by[16]["tokens_per_s"] / by[1]["tokens_per_s"], 3.0, True))
         out.append(("16 clients TTFT p99 (s)", by[16]["ttft_p99"], 2.0, False))
-    out.append(("failed requests", sum(lv["failed"] for lv in result["levels"]), 0, False))
-    if result["load_test"]:
-        lt = result["load_test"]
+    out.append(("failed requests", sum(lv["failed"] for lv in row["levels"]), 0, False))
+    if row["load_test"]:
+        lt = row["load_test"]
         out.append(("load test failures", lt["failures"], 0, False))
         out.append(("load test RSS growth", lt["rss_growth"], 0.10, False))
     return [(what, v, t, v >= t if higher else v <= t) for what, v, t, higher in out]
@@ -326,29 +356,35 @@ def checks(result: dict[str, Any]) -> list[tuple[str, float, float, bool]]:
 
 def markdown(result: dict[str, Any]) -> str:
     lines = [
-        f"{result['model']} {result['format']}, {result['threads']} threads; the same request on the engine "
-        f"offline: {result['offline']:.1f} tok/s (prefill included)",
+        f"{result['model']} {result['format']}, {result['threads']} threads; offline = the same request "
+        "on the backend directly, prompt to last token",
         "",
-        "| clients | requests | failed | requests/s | tokens/s | TTFT p50 | TTFT p99 | ITL p50 | ITL p99 |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| backend | clients | requests | failed | requests/s | tokens/s | TTFT p50 | TTFT p99 | ITL p50 "
+        "| ITL p99 |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for lv in result["levels"]:
-        lines.append(
-            f"| {lv['clients']} | {lv['requests']} | {lv['failed']} | {lv['requests_per_s']:.2f} | "
-            f"{lv['tokens_per_s']:.1f} | {lv['ttft_p50'] * 1e3:.0f} ms | {lv['ttft_p99'] * 1e3:.0f} ms | "
-            f"{lv['itl_p50'] * 1e3:.1f} ms | {lv['itl_p99'] * 1e3:.1f} ms |"
-        )
-    if result["load_test"]:
-        lt = result["load_test"]
-        lines += [
-            "",
-            f"Load test: {lt['requests']} requests in {lt['seconds']:.1f} s, {lt['failures']} failures, "
-            f"RSS {lt['rss_after_warmup'] / 2**20:.0f} -> {lt['rss_after'] / 2**20:.0f} MiB "
-            f"({lt['rss_growth'] * 100:+.1f}%)",
-        ]
-    lines += ["", "| target | measured | bound | met |", "|---|---:|---:|---|"]
-    for what, v, t, met in checks(result):
-        lines.append(f"| {what} | {v:.3g} | {t:g} | {'yes' if met else 'NO'} |")
+    for row in result["backends"]:
+        lines.append(f"| {row['backend']} | offline | | | | {row['offline']:.1f} | | | | |")
+        for lv in row["levels"]:
+            ms = {k: lv[k] * 1e3 for k in ("ttft_p50", "ttft_p99", "itl_p50", "itl_p99")}
+            lines.append(
+                f"| {row['backend']} | {lv['clients']} | {lv['requests']} | {lv['failed']} | "
+                f"{lv['requests_per_s']:.2f} | {lv['tokens_per_s']:.1f} | {ms['ttft_p50']:.0f} ms | "
+                f"{ms['ttft_p99']:.0f} ms | {ms['itl_p50']:.1f} ms | {ms['itl_p99']:.1f} ms |"
+            )
+    for row in result["backends"]:
+        if row["load_test"]:
+            lt = row["load_test"]
+            lines += [
+                "",
+                f"Load test ({row['backend']}): {lt['requests']} requests in {lt['seconds']:.1f} s, "
+                f"{lt['failures']} failures, RSS {lt['rss_after_warmup'] / 2**20:.0f} -> "
+                f"{lt['rss_after'] / 2**20:.0f} MiB ({lt['rss_growth'] * 100:+.1f}%)",
+            ]
+    lines += ["", "| backend | target | measured | bound | met |", "|---|---|---:|---:|---|"]
+    for row in result["backends"]:
+        for what, v, t, met in checks(row):
+            lines.append(f"| {row['backend']} | {what} | {v:.3g} | {t:g} | {'yes' if met else 'NO'} |")
     return "\n".join(lines)
 
 
@@ -359,6 +395,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--requests", type=int, default=2, help="requests per client at each level")
     p.add_argument("--load-test", type=int, default=0, metavar="N", help="then N mixed requests (0: none)")
     p.add_argument("--threads", type=int, help="engine threads (default: OpenMP's)")
+    p.add_argument(
+        "--backends", default="native,onnx-genai", help="native, onnx-genai (our export of the same weights)"
+    )
     p.add_argument("--json", type=Path)
     p.add_argument("--markdown", type=Path)
     args = p.parse_args(argv)
@@ -368,9 +407,14 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--clients takes comma-separated integers")
     if not clients or min(clients) < 1 or args.requests < 1 or args.load_test < 0:
         p.error("--clients and --requests must be >= 1, --load-test >= 0")
+    backends = [b for b in args.backends.split(",") if b]
+    if not backends or set(backends) - {"native", "onnx-genai"}:
+        p.error("--backends takes native and/or onnx-genai")
+    if "onnx-genai" in backends and importlib.util.find_spec("onnxruntime_genai") is None:
+        p.error("the onnx-genai backend needs onnxruntime-genai: pip install onnxruntime-genai")
     if args.threads:
         slmops.set_num_threads(args.threads)
-    result = run(args.model, clients, args.requests, args.load_test)
+    result = run(args.model, clients, args.requests, args.load_test, backends)
     text = markdown(result)
     print(text)
     if args.json:
