@@ -88,6 +88,11 @@ class ApiError(Exception):
         return JSONResponse(self.body(), status_code=self.status, headers=self.headers)
 
 
+def _stopped() -> ApiError:
+    """The error of a request the server cancelled while shutting down."""
+    return ApiError(503, "the server stopped before the reply was complete", type_="unavailable_error")
+
+
 class _Served:
     """A served model with its worker."""
 
@@ -298,9 +303,7 @@ def create_app(
             finally:
                 s.worker.cancel(job)  # a no-op once it finished
             if run.reason == "cancelled":
-                raise ApiError(
-                    503, "the server stopped before the reply was complete", type_="unavailable_error"
-                )
+                raise _stopped()
             if not chat and body.echo and isinstance(body.prompt, str):
                 text = body.prompt + text
             choice: dict[str, Any] = {
@@ -358,10 +361,7 @@ def create_app(
                 async for piece in run.pieces():
                     yield chunk(piece)
                 if run.reason == "cancelled":
-                    err = ApiError(
-                        503, "the server stopped before the reply was complete", type_="unavailable_error"
-                    )
-                    yield f"data: {json.dumps(err.body())}\n\n"
+                    yield f"data: {json.dumps(_stopped().body())}\n\n"
                 else:
                     yield chunk(None, finish=run.reason)
                     if include_usage:

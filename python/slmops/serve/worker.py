@@ -1,9 +1,10 @@
-"""One engine, one thread: the server's requests join the engine's continuous batching.
+"""The server's requests join an engine's continuous batching.
 
-The engine is not thread-safe, so a single worker thread owns it: request handlers (on the
-event loop) hand jobs over a queue, the worker admits them between steps, runs
-:meth:`Engine.step` while anything is running, and hands each job its tokens through a
-callback (which the server turns into a thread-safe put on the job's asyncio queue).
+An engine is not thread-safe, so one thread steps it: request handlers (on the event loop)
+hand jobs over a queue, the stepping thread admits them between steps, runs ``step()``
+while anything is running, and hands each job its tokens through a callback (which the
+server turns into a thread-safe put on the job's asyncio queue). That thread is the
+worker's own, or the caller of :func:`drive` (``slmops serve``: the main thread).
 """
 
 from __future__ import annotations
@@ -141,10 +142,11 @@ class EngineWorker:
         job.request = req
         self._jobs[id(req)] = job
 
-    def _drop(self, job: Job) -> None:
+    def _drop(self, job: Job, notify: bool = True) -> None:
         if job.request is not None and self._jobs.pop(id(job.request), None) is not None:
             self.engine.cancel(job.request)
-            job.deliver(("done", "cancelled"))
+            if notify:
+                job.deliver(("done", "cancelled"))
 
     def _drain(self) -> bool:
         """Handles the inbox; False once told to stop."""
@@ -179,7 +181,7 @@ class EngineWorker:
             produced = self.engine.step()
         except Exception as e:  # nothing should raise here; if it does, fail every job, not the thread
             for job in list(self._jobs.values()):
-                self._drop_quietly(job)
+                self._drop(job, notify=False)
                 job.deliver(("error", e))
             return
         for req, token in produced:  # one token a request a step
@@ -202,10 +204,6 @@ class EngineWorker:
         self.stats.cache_usage = self.engine.cache_usage
         if self._on_step is not None:
             self._on_step(self.stats)
-
-    def _drop_quietly(self, job: Job) -> None:
-        if job.request is not None and self._jobs.pop(id(job.request), None) is not None:
-            self.engine.cancel(job.request)
 
 
 def drive(workers: list[EngineWorker]) -> None:
