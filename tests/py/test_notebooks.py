@@ -35,7 +35,7 @@ ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")  # IPython colors its tracebacks
 
 def test_notebooks_are_found():
     # The parametrized test below would quietly collect nothing if the folder moved.
-    expected = {"quickstart", "compression", "distillation", "finetuning", "export"}
+    expected = {"quickstart", "compression", "distillation", "finetuning", "export", "serving"}
     assert {p.stem for p in NOTEBOOKS} >= expected, NOTEBOOKS
 
 
