@@ -16,3 +16,16 @@ BENCHMARKS = (
     "quant", "qmatmul", "quality", "export", "gptq", "compress", "kd", "distill", "sparse", "finetune",
     "cuda", "engine", "serve",
 )  # fmt: skip
+
+
+def write_report(result: dict, text: str, json_path: object = None, markdown_path: object = None) -> None:
+    """Prints a benchmark's markdown and writes it and its JSON result where asked (atomically)."""
+    print(text)
+    if json_path:
+        from .._io import write_json_atomic
+
+        write_json_atomic(result, json_path)
+    if markdown_path:
+        from .._io import write_atomic
+
+        write_atomic(markdown_path, text)

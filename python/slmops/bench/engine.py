@@ -44,6 +44,8 @@ import numpy as np
 
 import slmops
 
+from . import write_report
+
 FORMATS = ("f32", "q8_0", "q4_0", "int4", "int4-g128", "nf4", "ternary", "2:4-int4")
 # Rows whose GGUF twin llama.cpp runs: our format -> the GGUF type of every tensor.
 LLAMA_CPP_TYPES = {"f32": "f32", "q8_0": "q8_0", "q4_0": "q4_0"}
@@ -374,16 +376,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--llama-bench {llama_bench}: no such file")
     with tempfile.TemporaryDirectory() as work:
         result = run(args.model, formats, threads, args.rounds, llama_bench, Path(work))
-    text = markdown(result)
-    print(text)
-    if args.json:
-        from .._io import write_json_atomic
-
-        write_json_atomic(result, args.json)
-    if args.markdown:
-        from .._io import write_atomic
-
-        write_atomic(args.markdown, text)
+    write_report(result, markdown(result), args.json, args.markdown)
     return 0
 
 

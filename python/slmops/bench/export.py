@@ -40,6 +40,8 @@ import torch
 
 import slmops
 
+from . import write_report
+
 GROUP = 32
 PROMPT_TOKENS = 64
 NEW_TOKENS = 64
@@ -230,16 +232,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--rounds must be >= 1")
     with tempfile.TemporaryDirectory() as work:
         result = run(Path(work), args.model, args.rounds)
-    text = markdown(result)
-    print(text)
-    if args.json:
-        from .._io import write_json_atomic
-
-        write_json_atomic(result, args.json)
-    if args.markdown:
-        from .._io import write_atomic
-
-        write_atomic(args.markdown, text)
+    write_report(result, markdown(result), args.json, args.markdown)
     return 0
 
 

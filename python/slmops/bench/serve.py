@@ -41,6 +41,8 @@ import numpy as np
 
 import slmops
 
+from . import write_report
+
 PROMPT_TOKENS, NEW_TOKENS = 128, 128
 MODEL_NAME = "bench"
 
@@ -415,14 +417,5 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         slmops.set_num_threads(args.threads)
     result = run(args.model, clients, args.requests, args.load_test, backends)
-    text = markdown(result)
-    print(text)
-    if args.json:
-        from .._io import write_json_atomic
-
-        write_json_atomic(result, args.json)
-    if args.markdown:
-        from .._io import write_atomic
-
-        write_atomic(args.markdown, text)
+    write_report(result, markdown(result), args.json, args.markdown)
     return 0

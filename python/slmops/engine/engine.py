@@ -74,6 +74,16 @@ class Request:
     def prompt(self) -> np.ndarray:
         return self.tokens[: self.n_prompt]
 
+    def append(self, token: int, max_context: int) -> None:
+        """Adds a generated token; a stop token ends the request with 'stop', its
+        ``max_new_tokens`` or the context with 'length'."""
+        self.tokens[self.length] = token
+        self.length += 1
+        if token in self.stop_ids:
+            self.finish_reason = "stop"
+        elif self.length - self.n_prompt >= self.max_new_tokens or self.length >= max_context:
+            self.finish_reason = "length"
+
     @property
     def history(self) -> list[int]:
         """The generated tokens (a stop token included)."""
@@ -116,7 +126,48 @@ def _top(lp: np.ndarray, k: int) -> np.ndarray:
     return part[np.lexsort((part, -lp[part]))]
 
 
-class Engine:
+class RequestQueue:
+    """The queue both engines keep (this one and the server's onnx-genai backend): submitted
+    requests wait in ``_pending`` until ``step`` admits them to ``_running``; ``cancel``
+    drops one from either. Subclasses set ``max_context`` and free a running request's
+    resources in ``_release``."""
+
+    max_context: int
+
+    def __init__(self) -> None:
+        self._pending: deque[Request] = deque()
+        self._running: list[Request] = []
+
+    def _check_lengths(self, n_prompt: int, max_new_tokens: int) -> None:
+        if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be a positive int, got {max_new_tokens!r}")
+        if n_prompt >= self.max_context:
+            raise ValueError(f"the prompt has {n_prompt} tokens; the context holds {self.max_context}")
+
+    def _release(self, req: Request) -> None:
+        raise NotImplementedError
+
+    def cancel(self, req: Request) -> None:
+        """Drops a queued or running request and frees what it holds."""
+        if req in self._pending:
+            self._pending.remove(req)
+        elif req in self._running:
+            self._running.remove(req)
+            self._release(req)
+        req.finish_reason = req.finish_reason or "cancelled"
+
+    @property
+    def running(self) -> int:
+        """Requests in the batch."""
+        return len(self._running)
+
+    @property
+    def waiting(self) -> int:
+        """Requests submitted and not yet admitted to the batch."""
+        return len(self._pending)
+
+
+class Engine(RequestQueue):
     """A model on the native engine: a Llama-family decoder (Llama, Mistral, Qwen2, Phi-3) in C++
     over slmops' kernels, every linear as the model holds it (float, any ``QuantLinear``
     format, ``SparseLinear`` n:m or CSR).
@@ -181,8 +232,7 @@ class Engine:
             kv_f16=kv_f16,
         )
         self.block_tokens = block_tokens
-        self._pending: deque[Request] = deque()
-        self._running: list[Request] = []
+        super().__init__()
 
     # -- inputs ------------------------------------------------------------------------
     def encode(self, prompt: str | Sequence[int] | np.ndarray) -> np.ndarray:
@@ -227,10 +277,7 @@ class Engine:
         is_int = isinstance(logprobs, int) and not isinstance(logprobs, bool)
         if logprobs is not None and not (is_int and 0 <= logprobs <= MAX_TOP_LOGPROBS):
             raise ValueError(f"logprobs must be an int in [0, {MAX_TOP_LOGPROBS}] or None, got {logprobs!r}")
-        if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be a positive int, got {max_new_tokens!r}")
-        if len(ids) >= self.max_context:
-            raise ValueError(f"the prompt has {len(ids)} tokens; the context holds {self.max_context}")
+        self._check_lengths(len(ids), max_new_tokens)
         if self._blocks_needed(len(ids), max_new_tokens) > self._native.max_blocks:
             raise CacheFullError(
                 f"a prompt of {len(ids)} tokens with max_new_tokens={max_new_tokens} needs more KV cache "
@@ -285,28 +332,13 @@ class Engine:
                 lp = wanted[i]
                 top = [(int(j), float(lp[j])) for j in _top(lp, r.logprobs)]
                 r.logprobs_out.append(TokenLogprob(token, float(lp[token]), top))
-            r.tokens[r.length] = token
-            r.length += 1
+            r.append(token, self.max_context)
             out.append((r, token))
-            if token in r.stop_ids:
-                r.finish_reason = "stop"
-            elif r.length - r.n_prompt >= r.max_new_tokens or r.length >= self.max_context:
-                r.finish_reason = "length"
         self._running = [r for r in active if r.finish_reason is None]
         for r in active:
             if r.finish_reason is not None:
-                self._native.remove_sequence(r.sequence)
+                self._release(r)
         return out
-
-    @property
-    def running(self) -> int:
-        """Requests in the batch."""
-        return len(self._running)
-
-    @property
-    def waiting(self) -> int:
-        """Requests submitted and not yet admitted to the batch."""
-        return len(self._pending)
 
     @property
     def cache_usage(self) -> float:
@@ -320,14 +352,8 @@ class Engine:
             self._native.set_profiling(bool(on))
         return dict(self._native.profile)
 
-    def cancel(self, req: Request) -> None:
-        """Drops a queued or running request and frees its cache."""
-        if req in self._pending:
-            self._pending.remove(req)
-        elif req in self._running:
-            self._running.remove(req)
-            self._native.remove_sequence(req.sequence)
-        req.finish_reason = req.finish_reason or "cancelled"
+    def _release(self, req: Request) -> None:
+        self._native.remove_sequence(req.sequence)  # its cache blocks go back to the pool
 
     def _finish(self, req: Request) -> Generation:
         tokens = req.history[:-1] if req.finish_reason == "stop" else req.history

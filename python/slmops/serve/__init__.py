@@ -39,29 +39,32 @@ def run(
         uvicorn.Config(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=grace)
     )
     drive = getattr(app.state, "drive", None)
-    if drive is None or threading.current_thread() is not threading.main_thread():
+    if threading.current_thread() is not threading.main_thread():  # signals reach the main thread only
         if drive is not None:
             raise RuntimeError("an app made with step_in_caller=True is run from the main thread")
         server.run()
         return
 
+    # uvicorn runs on a thread of its own (where it installs no signal handlers) and these
+    # stop it: a drained shutdown exits 0, where uvicorn's own handlers would re-raise SIGTERM.
     def on_signal(signum: int, frame: Any) -> None:
         if server.should_exit and signum == signal.SIGINT:
             server.force_exit = True  # a second Ctrl-C: do not wait for in-flight requests
         server.should_exit = True
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
-    http = threading.Thread(target=server.run, name="slmops-http", daemon=True)  # off the main thread:
-    http.start()  # uvicorn installs no signal handlers there; the ones above stop it
-
-    def stop_engines_when_http_ends() -> None:  # also when uvicorn fails to start
-        http.join()
-        for worker in app.state.workers.values():
-            worker.stop()
-
-    threading.Thread(target=stop_engines_when_http_ends, daemon=True).start()
+    http = threading.Thread(target=server.run, name="slmops-http", daemon=True)
+    http.start()
     try:
-        drive()
+        if drive is not None:
+
+            def stop_engines_when_http_ends() -> None:  # also when uvicorn fails to start
+                http.join()
+                for worker in app.state.workers.values():
+                    worker.stop()
+
+            threading.Thread(target=stop_engines_when_http_ends, daemon=True).start()
+            drive()
         http.join()
     finally:
         for sig, handler in previous.items():

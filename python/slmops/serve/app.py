@@ -315,15 +315,7 @@ def create_app(
                 choice["message"] = {"role": "assistant", "content": text}
             else:
                 choice["text"] = text
-            log.info(
-                "%s %s %d+%d tokens %s %.3fs",
-                rid,
-                s.name,
-                n_prompt,
-                run.generated,
-                run.reason,
-                time.perf_counter() - arrived,
-            )
+            run.log_finished(stream=False)
             return JSONResponse(
                 {
                     "id": rid,
@@ -375,15 +367,7 @@ def create_app(
                         }
                         yield f"data: {json.dumps(usage)}\n\n"
                 yield "data: [DONE]\n\n"
-                log.info(
-                    "%s %s %d+%d tokens %s %.3fs (stream)",
-                    rid,
-                    s.name,
-                    n_prompt,
-                    run.generated,
-                    run.reason,
-                    time.perf_counter() - arrived,
-                )
+                run.log_finished(stream=True)
             finally:  # a client gone mid-stream lands here too: its sequence leaves the batch
                 s.worker.cancel(job)
                 if run.reason is None:
@@ -468,13 +452,8 @@ class _Run:
         n_prompt: int,
         rid: str,
     ) -> None:
-        self.served, self.job, self.events, self.arrived, self.n_prompt = (
-            served,
-            job,
-            events,
-            arrived,
-            n_prompt,
-        )
+        self.served, self.job, self.events = served, job, events
+        self.arrived, self.n_prompt, self.rid = arrived, n_prompt, rid
         self.text = TextDecoder(served.engine.tokenizer)
         self.stops = StopStrings(stops)
         name = served.name
@@ -483,10 +462,8 @@ class _Run:
             metrics.itl.labels(name),
             metrics.e2e.labels(name),
         )
-        self.gen_counter, self.prompt_counter = (
-            metrics.generation_tokens.labels(name),
-            metrics.prompt_tokens.labels(name),
-        )
+        self.gen_counter = metrics.generation_tokens.labels(name)
+        self.prompt_counter = metrics.prompt_tokens.labels(name)
         self.finished = metrics.finished
         self.generated = 0
         self.reason: str | None = None
@@ -551,6 +528,19 @@ class _Run:
         if reason != "cancelled":
             self.e2e.observe(time.perf_counter() - self.arrived)
         self.finished.labels(self.served.name, reason).inc()
+
+    def log_finished(self, stream: bool) -> None:
+        """The request's log line: id, model, tokens, finish reason, time (never the prompt)."""
+        log.info(
+            "%s %s %d+%d tokens %s %.3fs%s",
+            self.rid,
+            self.served.name,
+            self.n_prompt,
+            self.generated,
+            self.reason,
+            time.perf_counter() - self.arrived,
+            " (stream)" if stream else "",
+        )
 
     def take_logprobs(self) -> list[Any]:
         taken, self._unsent = self._unsent, []

@@ -13,7 +13,6 @@ backend has them).
 from __future__ import annotations
 
 import json
-from collections import deque
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from ..engine import SamplingOptions
-from ..engine.engine import Request, chat_prompt_ids, encode_prompt
+from ..engine.engine import Request, RequestQueue, chat_prompt_ids, encode_prompt
 
 GENAI_CONFIG = "genai_config.json"
 
@@ -30,7 +29,7 @@ def is_genai_folder(path: str | Path) -> bool:
     return (Path(path) / GENAI_CONFIG).is_file()
 
 
-class GenAIEngine:
+class GenAIEngine(RequestQueue):
     """An ONNX Runtime GenAI folder behind the engine interface the server drives."""
 
     def __init__(self, folder: str | Path, *, max_batch: int = 8, max_context: int | None = None) -> None:
@@ -52,8 +51,7 @@ class GenAIEngine:
         self.kv_memory = 0  # onnxruntime-genai sizes each generator's cache itself
         eos = config.get("eos_token_id")
         self._eos = frozenset(eos if isinstance(eos, list) else [eos] if eos is not None else [])
-        self._pending: deque[Request] = deque()
-        self._running: list[Request] = []
+        super().__init__()
         self._generators: dict[int, Any] = {}
 
     # -- prompts -------------------------------------------------------------------------------
@@ -81,10 +79,7 @@ class GenAIEngine:
         if sampling.min_p:
             raise ValueError("min_p: onnxruntime-genai's search has none")
         ids = self.encode(prompt)
-        if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be a positive int, got {max_new_tokens!r}")
-        if len(ids) >= self.max_context:
-            raise ValueError(f"the prompt has {len(ids)} tokens; the context holds {self.max_context}")
+        self._check_lengths(len(ids), max_new_tokens)
         stops = self._eos if stop_token_ids is None else frozenset(int(i) for i in stop_token_ids)
         req = Request(ids, max_new_tokens, stops, sampling)
         self._pending.append(req)
@@ -118,37 +113,17 @@ class GenAIEngine:
             gen = self._generators[id(req)]
             gen.generate_next_token()
             token = int(gen.get_next_tokens()[0])
-            req.tokens[req.length] = token
-            req.length += 1
+            req.append(token, self.max_context)
+            if req.finish_reason is None and gen.is_done():  # onnxruntime-genai's own end: its EOS
+                req.finish_reason = "stop" if token in self._eos else "length"
             out.append((req, token))
-            if token in req.stop_ids or (gen.is_done() and token in self._eos):
-                req.finish_reason = "stop"  # (onnxruntime-genai also ends at its EOS)
-            elif (
-                req.length - req.n_prompt >= req.max_new_tokens
-                or req.length >= self.max_context
-                or gen.is_done()
-            ):
-                req.finish_reason = "length"
         for req in [r for r in self._running if r.finish_reason is not None]:
             self._running.remove(req)
-            del self._generators[id(req)]
+            self._release(req)
         return out
 
-    def cancel(self, req: Request) -> None:
-        if req in self._pending:
-            self._pending.remove(req)
-        elif req in self._running:
-            self._running.remove(req)
-            self._generators.pop(id(req), None)
-        req.finish_reason = req.finish_reason or "cancelled"
-
-    @property
-    def running(self) -> int:
-        return len(self._running)
-
-    @property
-    def waiting(self) -> int:
-        return len(self._pending)
+    def _release(self, req: Request) -> None:
+        self._generators.pop(id(req), None)
 
     @property
     def cache_usage(self) -> float:
