@@ -259,6 +259,78 @@ def test_a_full_queue_answers_429_with_retry_after():
         s.close()
 
 
+def test_a_failure_outside_the_step_fails_that_workers_requests_and_stops_it(reference):
+    """A bug in the stepping loop (here: the stats callback raising after 3 steps) must fail
+    the worker's in-flight and queued requests, not leave them waiting on a dead thread, and
+    the other worker driven by the same thread must go on serving."""
+    import queue
+    import threading
+
+    from slmops.serve.worker import EngineWorker, Job, WorkerStopped, drive
+
+    def broken(stats):
+        if stats.steps >= 3:
+            raise RuntimeError("stats callback broke")
+
+    wake = threading.Event()
+    bad = EngineWorker(Engine("kjv-teacher"), on_step=broken, thread=False, wake=wake)
+    good = EngineWorker(Engine("kjv-teacher"), thread=False, wake=wake)
+    stepper = threading.Thread(target=drive, args=([bad, good],), daemon=True)
+    stepper.start()
+    prompt = np.array([5, 17, 33, 101], dtype=np.int64)
+    inboxes = {name: queue.SimpleQueue() for name in ("bad", "queued", "good")}
+    jobs = {name: Job(prompt, 12, GREEDY, inbox.put, stop_token_ids=[]) for name, inbox in inboxes.items()}
+    bad.submit(jobs["bad"])
+    bad.submit(jobs["queued"])
+    good.submit(jobs["good"])
+
+    def events(name):
+        out = []
+        while not out or out[-1][0] == "tokens":
+            out.append(inboxes[name].get(timeout=30))
+        return out
+
+    for name in ("bad", "queued"):
+        *tokens, last = events(name)
+        assert last[0] == "failed" and "stats callback broke" in str(last[1])
+        assert len(tokens) <= 3
+    good_events = events("good")
+    assert good_events[-1] == ("done", "length")
+    expected = reference.generate(prompt, max_new_tokens=12, sampling=GREEDY, stop_token_ids=[])
+    assert [t for e in good_events[:-1] for t in e[1]] == expected.tokens
+    assert not bad.alive and good.alive
+    with pytest.raises(WorkerStopped, match="failed"):
+        bad.submit(Job(prompt, 4, GREEDY, lambda e: None))
+    good.stop(timeout=10)
+    stepper.join(timeout=10)
+    assert not stepper.is_alive()
+
+
+def test_a_failed_worker_answers_500_then_503_and_is_not_ready():
+    engine = Engine("kjv-teacher")
+    app = create_app([ServedModel(MODEL, engine)], ServerOptions())
+    worker = app.state.workers[MODEL]
+    s = BackgroundServer(app)
+    try:
+        publish = worker._publish
+
+        def publish_then_break():
+            publish()
+            if worker.stats.steps >= 2:
+                raise RuntimeError("stats broke")
+
+        worker._publish = publish_then_break
+        body = {"model": MODEL, "prompt": "And the LORD spake", "max_tokens": 50, "temperature": 0}
+        r = httpx.post(s.url + "/v1/completions", json=body, timeout=30)
+        assert r.status_code == 500 and error_of(r)["type"] == "server_error"
+        assert "stats broke" in error_of(r)["message"]
+        assert httpx.get(s.url + "/ready").status_code == 503
+        r = httpx.post(s.url + "/v1/completions", json=body, timeout=30)
+        assert r.status_code == 503 and error_of(r)["type"] == "unavailable_error"
+    finally:
+        s.close()
+
+
 # -- metrics and disconnects ---------------------------------------------------------------
 def test_metrics_count_the_requests_and_tokens(client, server):
     def value(samples, name, **labels):

@@ -79,8 +79,15 @@ def quantized_copy(model: Any, fmt: str) -> tuple[Any, str | None]:
     return m, fmt if fmt in LLAMA_CPP_TYPES else "q8_0"
 
 
-def _prompt(n: int, seed: int) -> np.ndarray:
-    return np.random.default_rng(seed).integers(100, 20000, n).astype(np.int32)
+def _prompt(n: int, seed: int, vocab: int) -> np.ndarray:
+    """Ids of a random prompt, ordinary tokens of a vocabulary of ``vocab`` (the first 100
+    hold a tokenizer's special tokens)."""
+    return np.random.default_rng(seed).integers(100, min(20000, vocab), n).astype(np.int32)
+
+
+def prefill_tokens(engine: Any) -> int:
+    """The prefill prompt's length: PREFILL_PROMPT, or what a shorter context holds."""
+    return min(PREFILL_PROMPT, engine.max_context - 1)
 
 
 def measure_engine(engine: Any) -> dict[str, float]:
@@ -89,7 +96,7 @@ def measure_engine(engine: Any) -> dict[str, float]:
 
     greedy = {"stop_token_ids": [], "sampling": SamplingOptions()}
     out: dict[str, float] = {}
-    prompt = _prompt(DECODE_PROMPT, 1)
+    prompt = _prompt(DECODE_PROMPT, 1, engine.vocab)
     req = engine.submit(prompt, max_new_tokens=DECODE_NEW, **greedy)
     engine.step()  # the prompt and the first token
     t0 = time.perf_counter()
@@ -97,11 +104,12 @@ def measure_engine(engine: Any) -> dict[str, float]:
         engine.step()
     out["decode"] = (DECODE_NEW - 1) / (time.perf_counter() - t0)
     t0 = time.perf_counter()
-    engine.generate(_prompt(PREFILL_PROMPT, 2), max_new_tokens=1, **greedy)
-    out["prefill"] = PREFILL_PROMPT / (time.perf_counter() - t0)
+    n = prefill_tokens(engine)
+    engine.generate(_prompt(n, 2, engine.vocab), max_new_tokens=1, **greedy)
+    out["prefill"] = n / (time.perf_counter() - t0)
     for b in BATCHES:
         reqs = [
-            engine.submit(_prompt(DECODE_PROMPT, 10 + i), max_new_tokens=DECODE_NEW, **greedy)
+            engine.submit(_prompt(DECODE_PROMPT, 10 + i, engine.vocab), max_new_tokens=DECODE_NEW, **greedy)
             for i in range(b)
         ]
         engine.step()
@@ -112,11 +120,11 @@ def measure_engine(engine: Any) -> dict[str, float]:
     return out
 
 
-def llama_bench_round(binary: Path, gguf: Path, threads: int) -> dict[str, float]:
-    """One llama-bench repetition: prefill of 512 tokens, decode of 128 after 128 (tokens/s)."""
+def llama_bench_round(binary: Path, gguf: Path, threads: int, prefill: int) -> dict[str, float]:
+    """One llama-bench repetition: prefill of ``prefill`` tokens, decode of 128 after 128 (tokens/s)."""
     out: dict[str, float] = {}
     for args, key in (
-        (["-p", str(PREFILL_PROMPT), "-n", "0"], "prefill"),
+        (["-p", str(prefill), "-n", "0"], "prefill"),
         (["-p", "0", "-n", str(DECODE_NEW), "-d", str(DECODE_PROMPT)], "decode"),
     ):
         res = subprocess.run(
@@ -234,7 +242,7 @@ class _OtherRuntimes:
             out["torch_decode"] = s["decode_tokens_per_s"]
         if self.genai is not None:
             out["ort_genai_decode"] = generate_once(
-                self.genai, _prompt(DECODE_PROMPT, 1).tolist(), DECODE_NEW
+                self.genai, _prompt(DECODE_PROMPT, 1, self.model.config.vocab_size).tolist(), DECODE_NEW
             )[1]
         return out
 
@@ -269,12 +277,14 @@ def run(
             ours: list[dict[str, float]] = []
             theirs: list[dict[str, float]] = []
             others = _OtherRuntimes(fmt, m, tokenizer, work, n)
-            engine.generate(_prompt(DECODE_PROMPT, 0), max_new_tokens=16, stop_token_ids=[])  # warm-up
+            engine.generate(
+                _prompt(DECODE_PROMPT, 0, engine.vocab), max_new_tokens=16, stop_token_ids=[]
+            )  # warm-up
             others.measure()
             for _ in range(rounds):
                 ours.append({**measure_engine(engine), **others.measure()})
                 if gguf is not None:
-                    theirs.append(llama_bench_round(llama_bench, gguf, n))
+                    theirs.append(llama_bench_round(llama_bench, gguf, n, prefill_tokens(engine)))
             row: dict[str, Any] = {"format": fmt, "threads": n}
             for key in ours[0]:
                 row[key] = statistics.median(r[key] for r in ours)

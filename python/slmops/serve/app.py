@@ -35,7 +35,7 @@ from ..engine import Engine, SamplingOptions, StopStrings, TextDecoder
 from .genai import GenAIEngine
 from .metrics import ServerMetrics
 from .schemas import ChatCompletionRequest, CompletionRequest
-from .worker import EngineWorker, Job, QueueFull, drive
+from .worker import EngineWorker, Job, QueueFull, WorkerStopped, drive
 
 log = logging.getLogger("slmops.serve")
 
@@ -91,6 +91,11 @@ class ApiError(Exception):
 def _stopped() -> ApiError:
     """The error of a request the server cancelled while shutting down."""
     return ApiError(503, "the server stopped before the reply was complete", type_="unavailable_error")
+
+
+def _failed(error: BaseException) -> ApiError:
+    """The error of a request the server failed (a bug, logged with its traceback)."""
+    return ApiError(500, f"generation failed: {error}", type_="server_error")
 
 
 class _Served:
@@ -290,6 +295,8 @@ def create_app(
                 code="rate_limit_exceeded",
                 headers={"Retry-After": "1"},
             ) from None
+        except WorkerStopped as e:
+            raise ApiError(503, f"'{s.name}' is not serving ({e})", type_="unavailable_error") from None
         run = _Run(s, metrics, job, events, body.stop_strings(), arrived, n_prompt, rid)
         try:
             await run.first()
@@ -302,6 +309,8 @@ def create_app(
                 text = await run.all_text()
             finally:
                 s.worker.cancel(job)  # a no-op once it finished
+            if run.failure is not None:
+                raise _failed(run.failure)
             if run.reason == "cancelled":
                 raise _stopped()
             if not chat and body.echo and isinstance(body.prompt, str):
@@ -352,7 +361,9 @@ def create_app(
                     yield chunk(body.prompt)
                 async for piece in run.pieces():
                     yield chunk(piece)
-                if run.reason == "cancelled":
+                if run.failure is not None:
+                    yield f"data: {json.dumps(_failed(run.failure).body())}\n\n"
+                elif run.reason == "cancelled":
                     yield f"data: {json.dumps(_stopped().body())}\n\n"
                 else:
                     yield chunk(None, finish=run.reason)
@@ -469,6 +480,7 @@ class _Run:
         self.reason: str | None = None
         self._last: float | None = None
         self._pending: tuple[str, Any] | None = None
+        self.failure: BaseException | None = None  # set when the server failed the request
         self.wants_logprobs = job.logprobs is not None
         self._unsent: list[Any] = []  # TokenLogprobs not yet in a response
         self._token_text = served.token_text
@@ -481,6 +493,9 @@ class _Run:
         if event[0] == "error":
             e = event[1]
             raise ApiError(400, str(e), param="max_tokens" if "max_new_tokens" in str(e) else None) from None
+        if event[0] == "failed":
+            self._finish("error")
+            raise _failed(event[1])
         self.prompt_counter.inc(self.n_prompt)
         self._pending = event
 
@@ -518,14 +533,14 @@ class _Run:
                     yield tail
                 self._finish(value)
                 return
-            else:  # an engine failure mid-generation
-                self._finish("cancelled")
-                log.error("generation failed: %s", value)
+            else:  # ("failed", exception): the server failed it mid-generation
+                self.failure = value
+                self._finish("error")
                 return
 
     def _finish(self, reason: str) -> None:
         self.reason = reason
-        if reason != "cancelled":
+        if reason not in ("cancelled", "error"):
             self.e2e.observe(time.perf_counter() - self.arrived)
         self.finished.labels(self.served.name, reason).inc()
 

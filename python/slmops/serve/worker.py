@@ -9,6 +9,7 @@ worker's own, or the caller of :func:`drive` (``slmops serve``: the main thread)
 
 from __future__ import annotations
 
+import logging
 import queue
 import threading
 from collections.abc import Callable
@@ -20,16 +21,23 @@ import numpy as np
 from ..engine import Engine, SamplingOptions
 from .genai import GenAIEngine
 
+log = logging.getLogger("slmops.serve")
+
 
 class QueueFull(Exception):
     """More requests are waiting than the server takes (answered 429)."""
+
+
+class WorkerStopped(Exception):
+    """The worker takes no more requests: shutting down, or failed (answered 503)."""
 
 
 @dataclass
 class Job:
     """A request for the worker. ``deliver`` is called from the stepping thread with
     ``("tokens", [ids], [TokenLogprob] or None)`` as tokens come, then once with
-    ``("done", finish_reason)`` or ``("error", exception)``."""
+    ``("done", finish_reason)``, ``("error", exception)`` (the engine refused the request) or
+    ``("failed", exception)`` (the server failed it)."""
 
     prompt: np.ndarray
     max_new_tokens: int
@@ -84,6 +92,7 @@ class EngineWorker:
         self._queued = 0  # submitted, not yet admitted to the batch
         self._jobs: dict[int, Job] = {}  # id(engine Request) -> job
         self._stopping = False
+        self._failure: BaseException | None = None
         self._stopped = threading.Event()
         self._thread = (
             threading.Thread(target=drive, args=([self],), name=name, daemon=True) if thread else None
@@ -95,7 +104,7 @@ class EngineWorker:
     def submit(self, job: Job) -> None:
         with self._lock:
             if self._stopping:
-                raise QueueFull("the server is shutting down")
+                raise WorkerStopped("failed" if self._failure is not None else "shutting down")
             if self._queued >= self.max_waiting:
                 raise QueueFull(f"{self._queued} requests are already waiting")
             self._queued += 1
@@ -148,15 +157,16 @@ class EngineWorker:
             if notify:
                 job.deliver(("done", "cancelled"))
 
-    def _drain(self) -> bool:
-        """Handles the inbox; False once told to stop."""
+    def _drain(self) -> None:
+        """Handles the inbox; finishes the worker when told to stop."""
         while True:
             try:
                 kind, job = self._inbox.get_nowait()
             except queue.Empty:
-                return True
+                return
             if kind == "stop":
-                return False
+                self._finish()
+                return
             assert job is not None
             if kind == "submit":
                 self._admit(job)
@@ -180,9 +190,10 @@ class EngineWorker:
         try:
             produced = self.engine.step()
         except Exception as e:  # nothing should raise here; if it does, fail every job, not the thread
+            log.exception("the engine's step failed")
             for job in list(self._jobs.values()):
                 self._drop(job, notify=False)
-                job.deliver(("error", e))
+                job.deliver(("failed", e))
             return
         for req, token in produced:  # one token a request a step
             job = self._jobs.get(id(req))
@@ -205,6 +216,30 @@ class EngineWorker:
         if self._on_step is not None:
             self._on_step(self.stats)
 
+    def _fail(self, error: Exception) -> None:
+        """The stepping loop broke outside the engine's step (a bug): every job of this worker,
+        admitted or queued, gets ``("failed", error)`` and the worker stops (``alive`` turns
+        False, /ready answers 503, new requests :class:`WorkerStopped`); the loop goes on with
+        the other workers."""
+        log.exception("the engine worker failed; its requests are failed and it takes no more")
+        with self._lock:
+            self._stopping, self._failure = True, error
+        jobs = list(self._jobs.values())
+        self._jobs.clear()
+        while True:
+            try:
+                kind, job = self._inbox.get_nowait()
+            except queue.Empty:
+                break
+            if kind == "submit" and job is not None:
+                jobs.append(job)
+        for job in jobs:
+            try:
+                job.deliver(("failed", error))
+            except Exception:  # one handler gone wrong must not keep the others waiting
+                log.exception("could not tell a request that it failed")
+        self._stopped.set()
+
 
 def drive(workers: list[EngineWorker]) -> None:
     """Steps ``workers`` (made with ``thread=False`` and one shared ``wake`` event) in the
@@ -217,13 +252,25 @@ def drive(workers: list[EngineWorker]) -> None:
     while live:
         wake.clear()  # before the inbox is read: a message posted after this wakes the wait below
         for w in list(live):
-            if not w._drain():
-                w._finish()
+            if not _survives(w, w._drain) or w._stopped.is_set():
                 live.remove(w)
         busy = [w for w in live if w._jobs]
         for w in busy:
-            w._step()
-        for w in live:
-            w._publish()
+            if not _survives(w, w._step):
+                live.remove(w)
+        for w in list(live):
+            if not _survives(w, w._publish):
+                live.remove(w)
         if live and not busy:
             wake.wait()
+
+
+def _survives(worker: EngineWorker, part: Callable[[], None]) -> bool:
+    """Runs one part of ``worker``'s turn; an exception fails that worker (False), so a bug
+    there neither ends the stepping thread nor leaves requests waiting on it."""
+    try:
+        part()
+    except Exception as e:
+        worker._fail(e)
+        return False
+    return True
