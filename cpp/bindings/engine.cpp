@@ -23,11 +23,14 @@ constexpr Choice<QMatmulActivation> kActivations[] = {{"float", QMatmulActivatio
                                                       {"int8_row", QMatmulActivation::kInt8Row}};
 constexpr Choice<SpmmActivation> kSparseActivations[] = {{"float", SpmmActivation::kFloat},
                                                          {"int8", SpmmActivation::kInt8}};
+constexpr Choice<engine::KvDType> kKvDTypes[] = {
+    {"float32", engine::KvDType::kF32}, {"float16", engine::KvDType::kF16}, {"int8", engine::KvDType::kI8}};
 
 class PyEngineModel {
  public:
   PyEngineModel(const py::dict& config, const py::dict& embed, const py::list& layers, py::handle final_norm,
-                const py::dict& head, int64_t block_tokens, int64_t max_blocks, int64_t max_step_tokens, bool kv_f16) {
+                const py::dict& head, int64_t block_tokens, int64_t max_blocks, int64_t max_step_tokens,
+                const std::string& kv_dtype) {
     engine::ModelConfig c;
     c.n_layers = config["n_layers"].cast<int64_t>();
     c.hidden = config["hidden"].cast<int64_t>();
@@ -79,7 +82,8 @@ class PyEngineModel {
     }
     w.final_norm = floats(final_norm, "final_norm", c.hidden);
     w.head = linear(head, "head");
-    engine::CacheOptions cache{block_tokens, max_blocks, kv_f16, max_step_tokens};
+    engine::CacheOptions cache{block_tokens, max_blocks, parse_choice(kv_dtype, kKvDTypes, "kv_dtype"),
+                               max_step_tokens};
     try {
       model_ = std::make_unique<engine::Model>(std::move(c), std::move(w), cache);
     } catch (const std::invalid_argument& e) {
@@ -227,9 +231,9 @@ void register_engine(py::module_& m) {
   py::register_exception<engine::CacheFullError>(m, "CacheFullError", PyExc_RuntimeError);
   py::class_<PyEngineModel>(m, "EngineModel", "A Llama-family decoder on the slmops kernels with a block KV cache.")
       .def(py::init<const py::dict&, const py::dict&, const py::list&, py::handle, const py::dict&, int64_t, int64_t,
-                    int64_t, bool>(),
+                    int64_t, const std::string&>(),
            py::arg("config"), py::arg("embed"), py::arg("layers"), py::arg("final_norm"), py::arg("head"),
-           py::arg("block_tokens"), py::arg("max_blocks"), py::arg("max_step_tokens"), py::arg("kv_f16"))
+           py::arg("block_tokens"), py::arg("max_blocks"), py::arg("max_step_tokens"), py::arg("kv_dtype"))
       .def("add_sequence", [](PyEngineModel& e) { return e.model().add_sequence(); })
       .def(
           "remove_sequence", [](PyEngineModel& e, int64_t id) { run_released([&] { e.model().remove_sequence(id); }); },
@@ -261,12 +265,12 @@ void register_engine(py::module_& m) {
       .def("forward", &PyEngineModel::forward, py::arg("entries"),
            "entries: (sequence, int32 tokens, all_logits) per sequence; returns logits [rows, vocab]");
   m.def("engine_cache_block_bytes",
-        [](int64_t n_layers, int64_t n_kv_heads, int64_t head_dim, int64_t block_tokens, bool kv_f16) {
+        [](int64_t n_layers, int64_t n_kv_heads, int64_t head_dim, int64_t block_tokens, const std::string& kv_dtype) {
           engine::ModelConfig c;
           c.n_layers = n_layers;
           c.n_kv_heads = n_kv_heads;
           c.head_dim = head_dim;
-          return engine::cache_block_bytes(c, block_tokens, kv_f16);
+          return engine::cache_block_bytes(c, block_tokens, parse_choice(kv_dtype, kKvDTypes, "kv_dtype"));
         });
   py::class_<PySampler>(m, "Sampler", "Penalties, temperature, top-k, top-p and min-p, then one seeded draw.")
       .def(py::init([](float temperature, int64_t top_k, float top_p, float min_p, float repetition_penalty,

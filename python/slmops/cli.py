@@ -396,7 +396,13 @@ def _engine(args: argparse.Namespace, model_arg: str | None = None, **engine_opt
         slmops.quantize_model(model, "rtn", format=args.format, activation=args.activation, progress=False)
     # A quantized model's head in q8_0 unless told: the fp32 head would be most of each step's bytes.
     head_format = args.head_format or ("q8_0" if args.format else None)
-    return Engine((model, tokenizer), head_format=head_format, kv_memory=args.kv_memory, **engine_options)
+    return Engine(
+        (model, tokenizer),
+        head_format=head_format,
+        kv_memory=args.kv_memory,
+        kv_dtype=args.kv_dtype,
+        **engine_options,
+    )
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
@@ -864,12 +870,29 @@ def _add_generate_commands(sub: argparse._SubParsersAction) -> None:
             help="quantize the output head and a tied embedding (with --format: q8_0)",
         )
         p.add_argument("--max-new-tokens", type=int, default=256)
-        p.add_argument("--kv-memory", type=int, default=256 << 20, help="bytes of KV cache (default 256 MiB)")
+        _add_kv_cache_flags(p)
         p.add_argument("--threads", type=int, help="CPU threads (default: OpenMP's)")
         for f in dataclasses.fields(SamplingOptions):  # names, defaults and help written there
             flag = "--" + f.name.replace("_", "-")
             p.add_argument(flag, type=type(f.default), default=f.default, help=f.metadata["help"])
         p.set_defaults(func=_cmd_generate if name == "generate" else _cmd_chat)
+
+
+def _add_kv_cache_flags(p: argparse.ArgumentParser, scope: str = "") -> None:
+    from .engine.cache import DEFAULT_KV_DTYPE, DEFAULT_KV_MEMORY, KV_DTYPES  # light: no torch for --help
+
+    p.add_argument(
+        "--kv-memory",
+        type=int,
+        default=DEFAULT_KV_MEMORY,
+        help=f"bytes of KV cache{scope} (default {DEFAULT_KV_MEMORY >> 20} MiB)",
+    )
+    p.add_argument(
+        "--kv-dtype",
+        choices=KV_DTYPES,
+        default=DEFAULT_KV_DTYPE,
+        help=f"how the KV cache stores keys and values (default {DEFAULT_KV_DTYPE}; int8: half the bytes)",
+    )
 
 
 def _add_serve_command(sub: argparse._SubParsersAction) -> None:
@@ -909,7 +932,7 @@ def _add_serve_command(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--head-format", choices=FORMATS, help="the output head's format (with --format: q8_0)")
     p.add_argument("--max-batch", type=int, default=32, help="sequences decoded together per model")
     p.add_argument("--ctx", type=int, help="context per sequence (default: the model's, capped by the cache)")
-    p.add_argument("--kv-memory", type=int, default=256 << 20, help="bytes of KV cache per model (256 MiB)")
+    _add_kv_cache_flags(p, " per model")
     p.add_argument("--max-waiting", type=int, default=64, help="queued requests per model before 429")
     p.add_argument("--max-body-bytes", type=int, default=1 << 20, help="largest request body (1 MiB)")
     p.add_argument(

@@ -124,6 +124,37 @@ def test_an_fp16_cache_stays_within_half_precision_of_the_fp32_one():
     )
 
 
+@pytest.mark.parametrize(
+    "arch, overrides", [("llama", {}), ("llama", {"head_dim": 24}), ("mistral", {"sliding_window": 8})]
+)
+def test_an_int8_cache_stays_within_its_rounding_and_holds_twice_the_tokens(arch, overrides):
+    # Each key and value row rounded to 127 levels of its absmax: up to 0.4% of the row's
+    # largest element each (measured 0.26-0.43% of the logits' scale on these models, fp16
+    # 0.01-0.02%); the bound is 1%, and the cache must differ from fp32 (the int8 path ran).
+    model = tiny(arch, **overrides)
+    ids = (np.arange(40) * 7 + 3) % 320
+    ref = torch_logits(model, ids)
+    kv_memory = 1 << 20
+    engine = Engine(model, kv_dtype="int8", kv_memory=kv_memory)
+    got = decode_logits(engine, ids, 8)
+    close(got, ref[7:], 0.01)
+    assert np.abs(got - decode_logits(exact(model), ids, 8)).max() > 0
+    # Bytes a block: codes plus one fp32 scale per token, head and key/value, against 2 bytes a value.
+    d = overrides.get("head_dim", 16)
+    per_token = 2 * 2 * 2  # layers x (k, v) x kv heads
+    assert engine._native.max_blocks == kv_memory // (per_token * 16 * (d + 4))
+    assert Engine(model, kv_memory=kv_memory)._native.max_blocks == kv_memory // (per_token * 16 * d * 2)
+
+
+def test_int8_cache_greedy_tokens_equal_the_fp32_caches_on_the_teacher():
+    prompt = "And the LORD spake unto Moses"
+    tokens = [
+        Engine("kjv-teacher", kv_dtype=dt).generate(prompt, max_new_tokens=64, stop_token_ids=[]).tokens
+        for dt in ("int8", "float32")
+    ]
+    assert tokens[0] == tokens[1]
+
+
 def test_int8_activations_within_their_error_of_float_activations():
     # int8 activations in blocks of 32 (qmatmul's kInt8): ~0.4% relative error per product
     # (half a step of 127 levels); through 2 layers and the head the logits stay within 3%.

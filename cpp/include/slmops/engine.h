@@ -70,16 +70,23 @@ struct ModelWeights {
   Linear head;                        // [vocab, hidden]
 };
 
+// How the KV cache stores keys and values.
+enum class KvDType : int {
+  kF32,  // the model's arithmetic
+  kF16,  // IEEE half, as llama.cpp's default cache
+  kI8,   // int8, one fp32 scale per token, head and key/value (absmax / 127): 0.53x f16's bytes at head_dim 64
+};
+
 struct CacheOptions {
   int64_t block_tokens = 16;  // positions per cache block, a multiple of 16
   int64_t max_blocks = 0;     // blocks in the pool (all sequences together)
-  bool f16 = true;            // keys and values stored as IEEE half (else fp32)
+  KvDType kv_dtype = KvDType::kF16;
   // Tokens run through the layers at once; longer batches are split (bounds activation memory).
   int64_t max_step_tokens = 512;
 };
 
 // Bytes of one cache block (keys and values of every layer) for a model.
-int64_t cache_block_bytes(const ModelConfig& c, int64_t block_tokens, bool f16);
+int64_t cache_block_bytes(const ModelConfig& c, int64_t block_tokens, KvDType kv_dtype);
 
 // The cache has no room for the tokens a forward would add. Nothing was changed.
 class CacheFullError : public std::runtime_error {
@@ -139,7 +146,8 @@ class Model {
   Sequence& sequence(int64_t id);
   const Sequence& sequence(int64_t id) const;
   // The keys (kv = 0, stored transposed: [head_dim][block_tokens]) or values (kv = 1,
-  // [block_tokens][head_dim]) of one head in one block and layer.
+  // [block_tokens][head_dim]) of one head in one block and layer; in int8, followed by
+  // their block_tokens fp32 scales (one per key / value row).
   uint8_t* cache_region(int32_t block, int64_t layer, int kv, int64_t head);
   void run_chunk(const std::vector<int32_t>& tokens, const std::vector<Row>& rows, const std::vector<Sequence*>& seqs,
                  const std::vector<int64_t>& logit_rows, float* logits);

@@ -135,8 +135,29 @@ void Model::set_profiling(bool on) {
   profiling_ = on;
 }
 
-int64_t cache_block_bytes(const ModelConfig& c, int64_t block_tokens, bool f16) {
-  return 2 * c.n_layers * c.n_kv_heads * block_tokens * c.head_dim * (f16 ? 2 : 4);
+namespace {
+// Bytes of one head's keys or values in one block and layer (engine.h: Model::cache_region).
+int64_t cache_region_bytes(int64_t block_tokens, int64_t head_dim, KvDType t) {
+  switch (t) {
+    case KvDType::kF32: return block_tokens * head_dim * 4;
+    case KvDType::kF16: return block_tokens * head_dim * 2;
+    case KvDType::kI8: return block_tokens * head_dim + block_tokens * 4;
+  }
+  fail("unknown KV cache dtype");
+}
+
+// Symmetric int8 codes of x[0, d) at codes[i * stride]; returns their scale (absmax / 127).
+float quantize_kv(const float* x, int64_t d, int8_t* codes, int64_t stride) {
+  float amax = 0.0f;
+  for (int64_t i = 0; i < d; ++i) amax = std::max(amax, std::abs(x[i]));
+  const float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
+  for (int64_t i = 0; i < d; ++i) codes[i * stride] = int8_t(std::clamp(std::lrint(x[i] * inv), -127L, 127L));
+  return amax / 127.0f;
+}
+}  // namespace
+
+int64_t cache_block_bytes(const ModelConfig& c, int64_t block_tokens, KvDType kv_dtype) {
+  return 2 * c.n_layers * c.n_kv_heads * cache_region_bytes(block_tokens, c.head_dim, kv_dtype);
 }
 
 Model::Model(ModelConfig config, ModelWeights weights, CacheOptions cache)
@@ -187,7 +208,7 @@ Model::Model(ModelConfig config, ModelWeights weights, CacheOptions cache)
   }
   if (!weights_.final_norm) fail("final norm weight missing");
   check_linear(weights_.head, c.vocab, c.hidden, "lm_head");
-  cache_pool_.assign(size_t(cache_.max_blocks * cache_block_bytes(c, cache_.block_tokens, cache_.f16)), 0);
+  cache_pool_.assign(size_t(cache_.max_blocks * cache_block_bytes(c, cache_.block_tokens, cache_.kv_dtype)), 0);
   free_blocks_.resize(size_t(cache_.max_blocks));
   // Handed out from the back: block 0 first.
   for (int64_t b = 0; b < cache_.max_blocks; ++b) free_blocks_[size_t(b)] = int32_t(cache_.max_blocks - 1 - b);
@@ -222,7 +243,7 @@ std::vector<int64_t> Model::sequences() const {
 
 uint8_t* Model::cache_region(int32_t block, int64_t layer, int kv, int64_t head) {
   const ModelConfig& c = config_;
-  const int64_t region = cache_.block_tokens * c.head_dim * (cache_.f16 ? 2 : 4);
+  const int64_t region = cache_region_bytes(cache_.block_tokens, c.head_dim, cache_.kv_dtype);
   // Blocks innermost: a sequence's blocks, mostly handed out in order, lie one after another
   // for each layer and head, so attention reads one stream that the prefetchers follow.
   return cache_pool_.data() + (((layer * 2 + kv) * c.n_kv_heads + head) * cache_.max_blocks + block) * region;
@@ -357,17 +378,29 @@ void Model::run_chunk(const std::vector<int32_t>& tokens, const std::vector<Row>
           const float* vr = &v[size_t(r * kv_width + g * d)];
           uint8_t* kt = cache_region(block, layer, 0, g);
           uint8_t* vt = cache_region(block, layer, 1, g);
-          if (cache_.f16) {
-            auto* kh = reinterpret_cast<uint16_t*>(kt);
-            auto* vh = reinterpret_cast<uint16_t*>(vt) + slot * d;
-            for (int64_t i = 0; i < d; ++i) {
-              kh[i * bt + slot] = f32_to_f16(kr[i]);
-              vh[i] = f32_to_f16(vr[i]);
+          switch (cache_.kv_dtype) {
+            case KvDType::kF16: {
+              auto* kh = reinterpret_cast<uint16_t*>(kt);
+              auto* vh = reinterpret_cast<uint16_t*>(vt) + slot * d;
+              for (int64_t i = 0; i < d; ++i) {
+                kh[i * bt + slot] = f32_to_f16(kr[i]);
+                vh[i] = f32_to_f16(vr[i]);
+              }
+              break;
             }
-          } else {
-            auto* kf = reinterpret_cast<float*>(kt);
-            for (int64_t i = 0; i < d; ++i) kf[i * bt + slot] = kr[i];
-            std::memcpy(reinterpret_cast<float*>(vt) + slot * d, vr, size_t(d) * sizeof(float));
+            case KvDType::kI8: {
+              reinterpret_cast<float*>(kt + bt * d)[slot] =
+                  quantize_kv(kr, d, reinterpret_cast<int8_t*>(kt) + slot, bt);
+              reinterpret_cast<float*>(vt + bt * d)[slot] =
+                  quantize_kv(vr, d, reinterpret_cast<int8_t*>(vt) + slot * d, 1);
+              break;
+            }
+            case KvDType::kF32: {
+              auto* kf = reinterpret_cast<float*>(kt);
+              for (int64_t i = 0; i < d; ++i) kf[i * bt + slot] = kr[i];
+              std::memcpy(reinterpret_cast<float*>(vt) + slot * d, vr, size_t(d) * sizeof(float));
+              break;
+            }
           }
         }
       }
@@ -415,8 +448,8 @@ void Model::attention(int64_t layer, const std::vector<Row>& rows, const std::ve
   const int64_t M = int64_t(rows.size());
   const float scale = 1.0f / std::sqrt(float(d));
   const cpu::EngineKernels& kern = cpu::engine_kernels_for(CpuIsa::kAuto);
-  const bool f16 = cache_.f16;
-  const int64_t block_bytes = bt * d * (f16 ? 2 : 4);
+  const KvDType kv_dtype = cache_.kv_dtype;
+  const int64_t block_bytes = cache_region_bytes(bt, d, kv_dtype);
   // A task is one query row, kv head and run of the query heads that share it (each key and
   // value is then read once for the run); groups are split into runs only when there are too
   // few tasks to keep every thread busy (a batch-1 decode step).
@@ -450,10 +483,18 @@ void Model::attention(int64_t layer, const std::vector<Row>& rows, const std::ve
         prefetch_bytes(cache_region(s.blocks[size_t(b0 / bt)], layer, 1, g), block_bytes);
         float* dst = skip ? block_scores.data() : &scores[size_t(b0 - lo)];
         const int64_t stride = skip ? bt : len;
-        if (f16)
-          kern.scores_f16(qh, heads, reinterpret_cast<const uint16_t*>(kt), n, bt, d, scale, dst, stride);
-        else
-          kern.scores_f32(qh, heads, reinterpret_cast<const float*>(kt), n, bt, d, scale, dst, stride);
+        switch (kv_dtype) {
+          case KvDType::kF16:
+            kern.scores_f16(qh, heads, reinterpret_cast<const uint16_t*>(kt), n, bt, d, scale, dst, stride);
+            break;
+          case KvDType::kI8:
+            kern.scores_i8(qh, heads, reinterpret_cast<const int8_t*>(kt), reinterpret_cast<const float*>(kt + bt * d),
+                           n, bt, d, scale, dst, stride);
+            break;
+          case KvDType::kF32:
+            kern.scores_f32(qh, heads, reinterpret_cast<const float*>(kt), n, bt, d, scale, dst, stride);
+            break;
+        }
         if (skip)
           for (int64_t h = 0; h < heads; ++h)
             std::copy(&block_scores[size_t(h * bt + skip)], &block_scores[size_t(h * bt + n)],
@@ -470,10 +511,18 @@ void Model::attention(int64_t layer, const std::vector<Row>& rows, const std::ve
         const int64_t slot = p % bt, n = std::min(bt - slot, pos + 1 - p);
         const uint8_t* vt = cache_region(s.blocks[size_t(p / bt)], layer, 1, g);
         const float* ph = &scores[size_t(p - lo)];
-        if (f16)
-          kern.accumulate_f16(ph, len, heads, reinterpret_cast<const uint16_t*>(vt) + slot * d, n, d, o);
-        else
-          kern.accumulate_f32(ph, len, heads, reinterpret_cast<const float*>(vt) + slot * d, n, d, o);
+        switch (kv_dtype) {
+          case KvDType::kF16:
+            kern.accumulate_f16(ph, len, heads, reinterpret_cast<const uint16_t*>(vt) + slot * d, n, d, o);
+            break;
+          case KvDType::kI8:
+            kern.accumulate_i8(ph, len, heads, reinterpret_cast<const int8_t*>(vt) + slot * d,
+                               reinterpret_cast<const float*>(vt + bt * d) + slot, n, d, o);
+            break;
+          case KvDType::kF32:
+            kern.accumulate_f32(ph, len, heads, reinterpret_cast<const float*>(vt) + slot * d, n, d, o);
+            break;
+        }
         p += n;
       }
     }

@@ -44,6 +44,7 @@ import numpy as np
 
 import slmops
 
+from ..engine.cache import DEFAULT_KV_DTYPE, KV_DTYPES
 from . import write_report
 
 FORMATS = ("f32", "q8_0", "q4_0", "int4", "int4-g128", "nf4", "ternary", "2:4-int4")
@@ -248,7 +249,13 @@ class _OtherRuntimes:
 
 
 def run(
-    model_name: str, formats: list[str], threads: list[int], rounds: int, llama_bench: Path | None, work: Path
+    model_name: str,
+    formats: list[str],
+    threads: list[int],
+    rounds: int,
+    llama_bench: Path | None,
+    work: Path,
+    kv_dtype: str = DEFAULT_KV_DTYPE,
 ) -> dict[str, Any]:
     from slmops.engine import Engine
 
@@ -258,7 +265,7 @@ def run(
     rows = []
     for fmt in formats:
         m, head_format = quantized_copy(model, fmt)
-        engine = Engine((m, tokenizer), head_format=head_format, max_batch=max(BATCHES))
+        engine = Engine((m, tokenizer), head_format=head_format, max_batch=max(BATCHES), kv_dtype=kv_dtype)
         gguf = None
         if llama_bench is not None and fmt in LLAMA_CPP_TYPES:
             t = LLAMA_CPP_TYPES[fmt]
@@ -316,6 +323,7 @@ def run(
     return {
         "model": model_name,
         "rounds": rounds,
+        "kv_dtype": kv_dtype,
         "llama_bench": str(llama_bench) if llama_bench else None,
         "machine": {"cpu": cpu_name(), "slmops": slmops.__version__},
         "rows": rows,
@@ -351,7 +359,8 @@ def markdown(result: dict[str, Any]) -> str:
         lines.append("| " + " | ".join(cells) + " |")
     m = result["machine"]
     lines.append(
-        f"\n{result['model']}; slmops {m['slmops']}, {m['cpu']}; medians of {result['rounds']} rounds."
+        f"\n{result['model']}, {result['kv_dtype']} KV cache; slmops {m['slmops']}, {m['cpu']}; "
+        f"medians of {result['rounds']} rounds."
     )
     return "\n".join(lines) + "\n"
 
@@ -364,6 +373,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
     p.add_argument("--llama-bench", type=Path, help="a llama-bench binary to compare against")
     p.add_argument("--with-llama-cpp", action="store_true", help="build llama-bench into the cache if needed")
+    p.add_argument("--kv-dtype", choices=KV_DTYPES, default=DEFAULT_KV_DTYPE, help="the engine's KV cache")
     p.add_argument("--json", type=Path)
     p.add_argument("--markdown", type=Path)
     args = p.parse_args(argv)
@@ -385,7 +395,7 @@ def main(argv: list[str] | None = None) -> int:
     if llama_bench is not None and not llama_bench.is_file():
         p.error(f"--llama-bench {llama_bench}: no such file")
     with tempfile.TemporaryDirectory() as work:
-        result = run(args.model, formats, threads, args.rounds, llama_bench, Path(work))
+        result = run(args.model, formats, threads, args.rounds, llama_bench, Path(work), args.kv_dtype)
     write_report(result, markdown(result), args.json, args.markdown)
     return 0
 

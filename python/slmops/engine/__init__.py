@@ -25,8 +25,9 @@ __getattr__ = lazy_getattr(
     {
         "ARCHITECTURES": "weights",
         "ROPE_TYPES": "weights",
-        "DEFAULT_KV_MEMORY": "engine",
-        "KV_DTYPES": "engine",
+        "DEFAULT_KV_DTYPE": "cache",
+        "DEFAULT_KV_MEMORY": "cache",
+        "KV_DTYPES": "cache",
         "CacheFullError": "engine",
         "Engine": "engine",
         "Generation": "engine",
@@ -40,6 +41,7 @@ __getattr__ = lazy_getattr(
 
 __all__ = [
     "ARCHITECTURES",
+    "DEFAULT_KV_DTYPE",
     "DEFAULT_KV_MEMORY",
     "KV_DTYPES",
     "ROPE_TYPES",

@@ -13,13 +13,12 @@ import numpy as np
 
 from .. import _C
 from ..models import model_and_tokenizer
+from .cache import DEFAULT_KV_DTYPE, DEFAULT_KV_MEMORY, KV_DTYPES
 from .sampling import SamplingOptions
 from .text import TextDecoder
 from .weights import cache_block_bytes, engine_model_args, token_array
 
 CacheFullError = _C.CacheFullError
-DEFAULT_KV_MEMORY = 256 << 20  # bytes of KV cache: 11,600 tokens of SmolLM2-135M in fp16
-KV_DTYPES = ("float16", "float32")
 
 
 @dataclass
@@ -184,7 +183,10 @@ class Engine(RequestQueue):
     shared by every sequence (blocks of ``block_tokens`` positions, a multiple of 16);
     ``kv_dtype``: 'float16' (half
     the memory and bandwidth of 'float32', as llama.cpp's default cache; keys and values
-    rounded to 11 significant bits) or 'float32' (the model's math exactly);
+    rounded to 11 significant bits), 'int8' (0.53x float16's bytes at head size 64: each
+    token's key and value of each head as int8 codes with one scale, absmax / 127; what
+    long contexts and large batches read is then half) or 'float32' (the model's math
+    exactly);
     ``max_context``: positions one sequence may hold (default: the model's, capped by what
     the cache holds). ``max_batch``: sequences decoded together by :meth:`step`.
     """
@@ -195,7 +197,7 @@ class Engine(RequestQueue):
         *,
         head_format: str | None = None,
         kv_memory: int = DEFAULT_KV_MEMORY,
-        kv_dtype: str = "float16",
+        kv_dtype: str = DEFAULT_KV_DTYPE,
         max_context: int | None = None,
         block_tokens: int = 16,
         max_batch: int = 32,
@@ -215,8 +217,7 @@ class Engine(RequestQueue):
         self.max_batch, self.kv_memory = max_batch, kv_memory
         context = int(max_context or getattr(model.config, "max_position_embeddings", 0) or 2048)
         args = engine_model_args(model, head_format=head_format, max_context=context)
-        kv_f16 = kv_dtype == "float16"
-        block_bytes = cache_block_bytes(args["config"], block_tokens, kv_f16)
+        block_bytes = cache_block_bytes(args["config"], block_tokens, kv_dtype)
         max_blocks = kv_memory // block_bytes
         if max_blocks < 1:
             raise ValueError(f"kv_memory={kv_memory} bytes holds no cache block ({block_bytes} bytes)")
@@ -229,7 +230,7 @@ class Engine(RequestQueue):
             block_tokens=block_tokens,
             max_blocks=max_blocks,
             max_step_tokens=max_step_tokens,
-            kv_f16=kv_f16,
+            kv_dtype=kv_dtype,
         )
         self.block_tokens = block_tokens
         super().__init__()

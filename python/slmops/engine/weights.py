@@ -208,9 +208,9 @@ def engine_model_args(model: Any, *, head_format: str | None, max_context: int) 
     }
 
 
-def cache_block_bytes(config: dict[str, Any], block_tokens: int, kv_f16: bool) -> int:
+def cache_block_bytes(config: dict[str, Any], block_tokens: int, kv_dtype: str) -> int:
     shape = (config["n_layers"], config["n_kv_heads"], config["head_dim"])
-    return int(_C.engine_cache_block_bytes(*shape, block_tokens, kv_f16))
+    return int(_C.engine_cache_block_bytes(*shape, block_tokens, kv_dtype))
 
 
 def token_array(tokens: Any, vocab: int) -> np.ndarray:
