@@ -42,21 +42,22 @@ TEST(EngineKernels, AttentionPassesMatchTheirDefinitions) {
           std::vector<float> kt_h(kt.size()), values_h(values.size());  // what the halves hold
           for (size_t i = 0; i < kt.size(); ++i) kt_h[i] = f16_to_f32(kt16[i] = f32_to_f16(kt[i]));
           for (size_t i = 0; i < values.size(); ++i) values_h[i] = f16_to_f32(values16[i] = f32_to_f16(values[i]));
-          // int8: codes over the whole range, a scale per key (ld of them) and per value row.
+          // int8: codes over the whole range, a scale per key (ld of them); the values' scales
+          // are folded into p by the caller, so the pass takes the codes alone.
           std::mt19937 rng(6);
           std::uniform_int_distribution<int> code(-127, 127);
           std::uniform_real_distribution<float> unit(0.001f, 0.02f);
           std::vector<int8_t> kt8(kt.size()), values8(values.size());
-          std::vector<float> kscale(static_cast<size_t>(ld)), vscale(static_cast<size_t>(n)), kt_q(kt.size()),
-              values_q(values.size());
+          std::vector<float> kscale(static_cast<size_t>(ld)), kt_q(kt.size()), values_q(values.size());
           for (float& x : kscale) x = unit(rng);
-          for (float& x : vscale) x = unit(rng);
           for (size_t i = 0; i < kt.size(); ++i) kt_q[i] = float(kt8[i] = int8_t(code(rng))) * kscale[i % size_t(ld)];
-          for (size_t i = 0; i < values.size(); ++i)
-            values_q[i] = float(values8[i] = int8_t(code(rng))) * vscale[i / size_t(d)];
+          for (size_t i = 0; i < values.size(); ++i) values_q[i] = float(values8[i] = int8_t(code(rng)));
+          std::vector<float> p_folded(p.size());  // p times a value scale of the size int8 rows get
+          for (size_t i = 0; i < p.size(); ++i) p_folded[i] = p[i] * unit(rng);
           for (int cache : {0, 1, 2}) {  // fp32, fp16, int8
             const std::vector<float>& K = cache == 0 ? kt : cache == 1 ? kt_h : kt_q;
             const std::vector<float>& V = cache == 0 ? values : cache == 1 ? values_h : values_q;
+            const std::vector<float>& P = cache == 2 ? p_folded : p;
             std::vector<float> s(static_cast<size_t>(heads * stride), -1.0f), out = gaussian(size_t(heads * d), 5);
             const std::vector<float> out0 = out;
             if (cache == 1) {
@@ -64,7 +65,7 @@ TEST(EngineKernels, AttentionPassesMatchTheirDefinitions) {
               k.accumulate_f16(p.data(), stride, heads, values16.data(), n, d, out.data());
             } else if (cache == 2) {
               k.scores_i8(q.data(), heads, kt8.data(), kscale.data(), n, ld, d, 0.5f, s.data(), stride);
-              k.accumulate_i8(p.data(), stride, heads, values8.data(), vscale.data(), n, d, out.data());
+              k.accumulate_i8(P.data(), stride, heads, values8.data(), n, d, out.data());
             } else {
               k.scores_f32(q.data(), heads, kt.data(), n, ld, d, 0.5f, s.data(), stride);
               k.accumulate_f32(p.data(), stride, heads, values.data(), n, d, out.data());
@@ -79,7 +80,7 @@ TEST(EngineKernels, AttentionPassesMatchTheirDefinitions) {
               EXPECT_EQ(s[size_t(h * stride + n)], -1.0f);  // nothing written past n
               for (int64_t i = 0; i < d; ++i) {
                 double ref = out0[size_t(h * d + i)];
-                for (int64_t j = 0; j < n; ++j) ref += double(p[size_t(h * stride + j)]) * V[size_t(j * d + i)];
+                for (int64_t j = 0; j < n; ++j) ref += double(P[size_t(h * stride + j)]) * V[size_t(j * d + i)];
                 EXPECT_NEAR(out[size_t(h * d + i)], ref, kRowTol * (1 + std::abs(ref)))
                     << cpu_isa_name(isa) << " cache=" << cache << " heads=" << heads << " d=" << d;
               }

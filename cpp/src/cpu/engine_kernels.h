@@ -10,9 +10,9 @@
 namespace slmops::cpu {
 
 // The KV cache holds fp32, fp16 (IEEE half) or int8 values; a pass has a version for each.
-// In int8 every key (a column of kt) and every value row carries its own fp32 scale: the
-// pass computes what the fp32 pass gives on kt[i * ld + j] * kscale[j] and
-// values[j * d + i] * vscale[j].
+// In int8 every key (a column of kt) carries its own fp32 scale: scores_i8 gives what
+// scores_f32 gives on kt[i * ld + j] * kscale[j]. The value rows' scales are the caller's
+// to fold into p (one multiply per probability, not per element).
 struct EngineKernels {
   // For the heads of one query that share a kv head (grouped-query attention), with
   // q [heads, d] and out [heads, d] contiguous: each key and value is loaded once for all.
@@ -32,8 +32,8 @@ struct EngineKernels {
                          float* out);
   void (*accumulate_f16)(const float* p, int64_t p_stride, int64_t heads, const uint16_t* values, int64_t n, int64_t d,
                          float* out);
-  void (*accumulate_i8)(const float* p, int64_t p_stride, int64_t heads, const int8_t* values, const float* vscale,
-                        int64_t n, int64_t d, float* out);
+  void (*accumulate_i8)(const float* p, int64_t p_stride, int64_t heads, const int8_t* values, int64_t n, int64_t d,
+                        float* out);
   // s[j] = exp(s[j] - max(s)) over n >= 1 scores; returns their sum.
   float (*softmax_exp)(float* s, int64_t n);
   // gate[i] = silu(gate[i]) * up[i] = gate[i] / (1 + exp(-gate[i])) * up[i].

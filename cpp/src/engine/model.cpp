@@ -515,10 +515,14 @@ void Model::attention(int64_t layer, const std::vector<Row>& rows, const std::ve
           case KvDType::kF16:
             kern.accumulate_f16(ph, len, heads, reinterpret_cast<const uint16_t*>(vt) + slot * d, n, d, o);
             break;
-          case KvDType::kI8:
-            kern.accumulate_i8(ph, len, heads, reinterpret_cast<const int8_t*>(vt) + slot * d,
-                               reinterpret_cast<const float*>(vt + bt * d) + slot, n, d, o);
+          case KvDType::kI8: {
+            // The value rows' scales go into the probabilities (read once more, below, not after).
+            const float* vscale = reinterpret_cast<const float*>(vt + bt * d) + slot;
+            for (int64_t h = 0; h < heads; ++h)
+              for (int64_t j = 0; j < n; ++j) scores[size_t(h * len + p - lo + j)] *= vscale[j];
+            kern.accumulate_i8(ph, len, heads, reinterpret_cast<const int8_t*>(vt) + slot * d, n, d, o);
             break;
+          }
           case KvDType::kF32:
             kern.accumulate_f32(ph, len, heads, reinterpret_cast<const float*>(vt) + slot * d, n, d, o);
             break;

@@ -18,7 +18,7 @@ float value(T x) {
     return x;
 }
 
-// kscale / vscale: per key / value row (int8), or nullptr (the values themselves).
+// kscale: per key (int8), or nullptr (the values themselves).
 template <class T>
 void scores_scaled(const float* q, int64_t heads, const T* kt, const float* kscale, int64_t n, int64_t ld, int64_t d,
                    float scale, float* s, int64_t s_stride) {
@@ -37,18 +37,10 @@ void scores(const float* q, int64_t heads, const T* kt, int64_t n, int64_t ld, i
 }
 
 template <class T>
-void accumulate_scaled(const float* p, int64_t p_stride, int64_t heads, const T* values, const float* vscale, int64_t n,
-                       int64_t d, float* out) {
-  for (int64_t h = 0; h < heads; ++h)
-    for (int64_t j = 0; j < n; ++j) {
-      const float pj = p[h * p_stride + j] * (vscale ? vscale[j] : 1.0f);
-      for (int64_t i = 0; i < d; ++i) out[h * d + i] += pj * value(values[j * d + i]);
-    }
-}
-
-template <class T>
 void accumulate(const float* p, int64_t p_stride, int64_t heads, const T* values, int64_t n, int64_t d, float* out) {
-  accumulate_scaled(p, p_stride, heads, values, nullptr, n, d, out);
+  for (int64_t h = 0; h < heads; ++h)
+    for (int64_t j = 0; j < n; ++j)
+      for (int64_t i = 0; i < d; ++i) out[h * d + i] += p[h * p_stride + j] * value(values[j * d + i]);
 }
 
 float softmax_exp(float* s, int64_t n) {
@@ -66,9 +58,8 @@ void silu_mul(float* gate, const float* up, int64_t n) {
 }  // namespace
 
 const EngineKernels& engine_kernels() {
-  static const EngineKernels k{
-      &scores<float>,        &scores<uint16_t>,          &scores_scaled<int8_t>, &accumulate<float>,
-      &accumulate<uint16_t>, &accumulate_scaled<int8_t>, &softmax_exp,           &silu_mul};
+  static const EngineKernels k{&scores<float>,        &scores<uint16_t>,   &scores_scaled<int8_t>, &accumulate<float>,
+                               &accumulate<uint16_t>, &accumulate<int8_t>, &softmax_exp,           &silu_mul};
   return k;
 }
 
