@@ -59,3 +59,27 @@ def test_smoothquant_model_pipeline_and_errors(tiny_llama):
         run(format="int4")
     with pytest.raises(ValueError, match="alpha must be in"):
         run(format="int8", alpha=2)
+
+
+@pytest.mark.parametrize("through_linears", [True, False])
+def test_down_proj_input_is_smoothed_through_up_proj(tiny_llama, through_linears):
+    """down_proj's int8 weights are W * s (s from its float inputs' abs max, computed here with
+    hooks on the float model) when smoothing goes through linears, W itself when it does not."""
+    from slmops.quantize.calibration import calibration_batches
+
+    model, tok = tiny_llama
+    batches = calibration_batches(tok, [CALIBRATION_TEXT * 30], n_samples=8, seq_len=32)
+    down = model.model.layers[1].mlp.down_proj
+    seen = []
+    hook = down.register_forward_hook(lambda mod, args, out: seen.append(args[0].detach().abs().amax((0, 1))))
+    with torch.no_grad():
+        model(batches)
+    hook.remove()
+    s = smooth_scales(torch.stack(seen).amax(0), [down.weight], 0.5) if through_linears else torch.ones(128)
+    m = copy.deepcopy(model)
+    slmops.quantize_model(m, "smoothquant", format="int8", calibration=batches, through_linears=through_linears,
+                          progress=False)  # fmt: skip
+    got = m.model.layers[1].mlp.down_proj.qweight.dequantize()
+    want = down.weight.detach() * s
+    step = want.abs().amax(1, keepdim=True) / 127  # int8 per row: at most half a step off
+    assert ((got - want).abs() <= 0.51 * step + 1e-6).all()

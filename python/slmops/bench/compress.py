@@ -6,7 +6,8 @@ Rows (every linear of the decoder layers; the tied embedding / lm_head stays flo
     (and AWQ without q/k/v scales, and with the paper's activation-only scales);
   * 3-bit group 128 symmetric: RTN (GPTQ's grid with an identity Hessian), GPTQ; both
     also with ``mse`` (each group's range searched), GPTQ's at 4 bits too;
-  * W8A8 (int8 weights per channel, int8 activations per token): plain, SmoothQuant;
+  * W8A8 (int8 weights per channel, int8 activations per token): plain, SmoothQuant (and
+    SmoothQuant smoothing only the inputs after a norm, as the paper);
   * 50% unstructured, 2:4 and 4:8: magnitude, Wanda, SparseGPT; SparseGPT 2:4 with its
     kept weights quantized to 4 bits in the same pass.
 Columns: perplexity on the held-out KJV slice (``slmops.zoo.eval_text()``, as ``slmops
@@ -81,6 +82,12 @@ ROWS = {  # label: (kind, method, options, baseline label)
     "gptq-3-sym-mse": ("quantize", "gptq", {"bits": 3, "symmetric": True, "mse": True, **G128}, "rtn-3-sym"),
     "w8a8": ("quantize", "rtn", {"format": "int8", "activation": "int8_row"}, None),
     "smoothquant-w8a8": ("quantize", "smoothquant", {"format": "int8", "alpha": 0.5}, "w8a8"),
+    "smoothquant-w8a8-norms": (
+        "quantize",
+        "smoothquant",
+        {"format": "int8", "alpha": 0.5, "through_linears": False},
+        "w8a8",
+    ),  # fmt: skip
     "magnitude-50%": ("prune", "magnitude", {"sparsity": 0.5}, None),
     "wanda-50%": ("prune", "wanda", {"sparsity": 0.5}, "magnitude-50%"),
     "sparsegpt-50%": ("prune", "sparsegpt", {"sparsity": 0.5}, "magnitude-50%"),

@@ -184,6 +184,11 @@ class SmoothQuantOptions(WeightOptions, CalibrationOptions):
 
     algorithm: Literal["smoothquant"] = "smoothquant"
     alpha: float = Field(0.5, description="smoothquant: migration strength, in [0, 1]")
+    through_linears: bool = Field(
+        True,
+        description="smoothquant: also smooth the inputs another linear writes (down_proj through up_proj, "
+        "o_proj through v_proj without GQA); off: only those after a norm, as the paper",
+    )
 
     @model_validator(mode="after")
     def _alpha(self):
