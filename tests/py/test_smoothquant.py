@@ -77,8 +77,8 @@ def test_down_proj_input_is_smoothed_through_up_proj(tiny_llama, through_linears
     hook.remove()
     s = smooth_scales(torch.stack(seen).amax(0), [down.weight], 0.5) if through_linears else torch.ones(128)
     m = copy.deepcopy(model)
-    slmops.quantize_model(m, "smoothquant", format="int8", calibration=batches, through_linears=through_linears,
-                          progress=False)  # fmt: skip
+    options = {"format": "int8", "calibration": batches, "through_linears": through_linears}
+    slmops.quantize_model(m, "smoothquant", progress=False, **options)
     got = m.model.layers[1].mlp.down_proj.qweight.dequantize()
     want = down.weight.detach() * s
     step = want.abs().amax(1, keepdim=True) / 127  # int8 per row: at most half a step off
