@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from . import _C, build_info
-from ._options import add_flags, given
+from ._options import add_flags, choices_of, given
 from .bench import BENCHMARKS
 from .ops import FORMATS, quantize
 
@@ -119,13 +119,19 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_GOALS_MISSED = 0, 1, 2, 3
-PRECISIONS = {  # slmops optimize --precision: the quantize pass options of each
-    "int4": {"format": "int4", "group_size": 32, "symmetric": False},
-    "int8": {"format": "int8"},
-    "nf4": {"format": "nf4"},
-    "q4_0": {"format": "q4_0"},
-    "q4_k": {"format": "q4_k"},
-    "ternary": {"format": "ternary"},
+# slmops optimize --precision: the quantize pass options of each. int8 activations (blocks of
+# 32, as llama.cpp's q8_0 products) unless --activation says otherwise: the fast path of the
+# kernels and the engine, where float activations would make the decode speedup a fraction of it.
+PRECISIONS = {
+    name: {"activation": "int8", **options}
+    for name, options in {
+        "int4": {"format": "int4", "group_size": 32, "symmetric": False},
+        "int8": {"format": "int8"},
+        "nf4": {"format": "nf4"},
+        "q4_0": {"format": "q4_0"},
+        "q4_k": {"format": "q4_k"},
+        "ternary": {"format": "ternary"},
+    }.items()
 }
 
 
@@ -179,7 +185,7 @@ def _data_entry(data: str) -> dict:
 
 
 def _cmd_optimize(args: argparse.Namespace) -> int:
-    quant = {"type": "quantize", **given(args, ("algorithm", "activation")), **PRECISIONS[args.precision]}
+    quant = {"type": "quantize", **PRECISIONS[args.precision], **given(args, ("algorithm", "activation"))}
     raw = {
         "model": args.model,
         "data": {"eval": _data_entry(args.data)},
@@ -617,7 +623,12 @@ def _add_optimize_command(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--algorithm", choices=QUANTIZE_ALGORITHMS, default=SUPPRESS, help=f"(default: {DEFAULT_ALGORITHM})"
     )
-    add_flags(p, RTNOptions, only=("activation",))
+    p.add_argument(
+        "--activation",
+        choices=choices_of(RTNOptions.model_fields["activation"]),
+        default=SUPPRESS,
+        help="activation mode of the quantized matmul (default: int8, the kernels' fast path)",
+    )
     p.add_argument(
         "--data",
         default="eval_slice",

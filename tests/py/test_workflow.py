@@ -411,11 +411,30 @@ def test_cli_quantize_optimize_evaluate_end_to_end(tmp_path, tiny_model, text_fi
     assert "best: c0" in out and "perplexity" in out
     history = json.loads((tmp_path / "o" / "run_history.json").read_text())
     assert history["candidates"][0]["passes"][0]["options"]["format"] == "int4"
+    assert history["candidates"][0]["passes"][0]["options"]["activation"] == "int8"  # the preset's fast path
+    model, _ = slmops.zoo.load(tmp_path / "o" / "model")
+    assert model.model.layers[0].mlp.down_proj.activation == "int8"
 
     assert cli(["evaluate", "-m", str(tmp_path / "o" / "model"), "--data", str(text_file),
                 "--json", str(tmp_path / "e.json")]) == 0  # fmt: skip
     ppl = json.loads((tmp_path / "e.json").read_text())["perplexity"]["perplexity"]
     assert ppl == pytest.approx(history["candidates"][0]["metrics"]["perplexity"], rel=1e-6)
+
+    # --activation overrides the preset
+    argv = [
+        "optimize",
+        "-m",
+        str(tiny_model),
+        "-p",
+        "int4",
+        "--activation",
+        "float",
+        "--data",
+        str(text_file),
+    ]
+    assert cli([*argv, "-o", str(tmp_path / "f"), "-q"]) == 0
+    history = json.loads((tmp_path / "f" / "run_history.json").read_text())
+    assert history["candidates"][0]["passes"][0]["options"]["activation"] == "float"
 
 
 def test_cli_export_and_the_export_pass(tmp_path, tiny_model, text_file, capsys):
