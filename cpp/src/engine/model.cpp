@@ -516,7 +516,7 @@ void Model::attention(int64_t layer, const std::vector<Row>& rows, const std::ve
             kern.accumulate_f16(ph, len, heads, reinterpret_cast<const uint16_t*>(vt) + slot * d, n, d, o);
             break;
           case KvDType::kI8: {
-            // The value rows' scales go into the probabilities (read once more, below, not after).
+            // The value rows' scales go into the probabilities, which only this block's pass reads after.
             const float* vscale = reinterpret_cast<const float*>(vt + bt * d) + slot;
             for (int64_t h = 0; h < heads; ++h)
               for (int64_t j = 0; j < n; ++j) scores[size_t(h * len + p - lo + j)] *= vscale[j];
