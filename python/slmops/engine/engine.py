@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -125,7 +126,7 @@ def _top(lp: np.ndarray, k: int) -> np.ndarray:
     return part[np.lexsort((part, -lp[part]))]
 
 
-class RequestQueue:
+class RequestQueue(ABC):
     """The queue both engines keep (this one and the server's onnx-genai backend): submitted
     requests wait in ``_pending`` until ``step`` admits them to ``_running``; ``cancel``
     drops one from either. Subclasses set ``max_context`` and free a running request's
@@ -143,8 +144,9 @@ class RequestQueue:
         if n_prompt >= self.max_context:
             raise ValueError(f"the prompt has {n_prompt} tokens; the context holds {self.max_context}")
 
+    @abstractmethod
     def _release(self, req: Request) -> None:
-        raise NotImplementedError
+        """Frees what a running request holds (its sequence, its generator)."""
 
     def cancel(self, req: Request) -> None:
         """Drops a queued or running request and frees what it holds."""

@@ -173,16 +173,22 @@ class EngineWorker:
             elif kind == "cancel":
                 self._drop(job)
 
-    def _finish(self) -> None:
-        for job in list(self._jobs.values()):
-            self._drop(job)
-        while True:  # jobs that never reached the engine
+    def _unadmitted(self) -> list[Job]:
+        """Empties the inbox; the jobs submitted that never reached the engine."""
+        jobs = []
+        while True:
             try:
                 kind, job = self._inbox.get_nowait()
             except queue.Empty:
-                break
+                return jobs
             if kind == "submit" and job is not None:
-                job.deliver(("done", "cancelled"))
+                jobs.append(job)
+
+    def _finish(self) -> None:
+        for job in list(self._jobs.values()):
+            self._drop(job)
+        for job in self._unadmitted():
+            job.deliver(("done", "cancelled"))
         self._publish()
         self._stopped.set()
 
@@ -224,15 +230,8 @@ class EngineWorker:
         log.exception("the engine worker failed; its requests are failed and it takes no more")
         with self._lock:
             self._stopping, self._failure = True, error
-        jobs = list(self._jobs.values())
+        jobs = [*self._jobs.values(), *self._unadmitted()]
         self._jobs.clear()
-        while True:
-            try:
-                kind, job = self._inbox.get_nowait()
-            except queue.Empty:
-                break
-            if kind == "submit" and job is not None:
-                jobs.append(job)
         for job in jobs:
             try:
                 job.deliver(("failed", error))
