@@ -400,8 +400,7 @@ def _engine(args: argparse.Namespace, model_arg: str | None = None, **engine_opt
     model, tokenizer = load_model(model_arg or args.model)
     if args.format:
         slmops.quantize_model(model, "rtn", format=args.format, activation=args.activation, progress=False)
-    # A quantized model's head in q8_0 unless told: the fp32 head would be most of each step's bytes.
-    head_format = args.head_format or ("q8_0" if args.format else None)
+    head_format = {None: "auto", "none": None}.get(args.head_format, args.head_format)
     return Engine(
         (model, tokenizer),
         head_format=head_format,
@@ -875,11 +874,7 @@ def _add_generate_commands(sub: argparse._SubParsersAction) -> None:
             default="int8",
             help="with --format: the matmuls' activations",
         )
-        p.add_argument(
-            "--head-format",
-            choices=FORMATS,
-            help="quantize the output head and a tied embedding (with --format: q8_0)",
-        )
+        _add_head_format_flag(p)
         p.add_argument("--max-new-tokens", type=int, default=256)
         _add_kv_cache_flags(p)
         p.add_argument("--threads", type=int, help="CPU threads (default: OpenMP's)")
@@ -887,6 +882,15 @@ def _add_generate_commands(sub: argparse._SubParsersAction) -> None:
             flag = "--" + f.name.replace("_", "-")
             p.add_argument(flag, type=type(f.default), default=f.default, help=f.metadata["help"])
         p.set_defaults(func=_cmd_generate if name == "generate" else _cmd_chat)
+
+
+def _add_head_format_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--head-format",
+        choices=(*FORMATS, "none"),
+        help="the output head's (and a tied embedding's) format; none keeps the model's "
+        "(default: q8_0 when the linears are quantized or sparse and the head is float)",
+    )
 
 
 def _add_kv_cache_flags(p: argparse.ArgumentParser, scope: str = "") -> None:
@@ -940,7 +944,7 @@ def _add_serve_command(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--api-key", help="require Authorization: Bearer KEY (or env SLMOPS_API_KEY)")
     p.add_argument("--format", "-f", choices=FORMATS, help="quantize the linears on load (RTN)")
     p.add_argument("--activation", choices=("float", "int8"), default="int8", help="with --format")
-    p.add_argument("--head-format", choices=FORMATS, help="the output head's format (with --format: q8_0)")
+    _add_head_format_flag(p)
     p.add_argument("--max-batch", type=int, default=32, help="sequences decoded together per model")
     p.add_argument("--ctx", type=int, help="context per sequence (default: the model's, capped by the cache)")
     _add_kv_cache_flags(p, " per model")

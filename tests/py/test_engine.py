@@ -13,8 +13,9 @@ from torch import nn
 
 
 def exact(model, **options):
-    """An engine whose cache keeps the model's fp32 keys and values (no fp16 rounding)."""
-    return Engine(model, kv_dtype="float32", **options)
+    """An engine whose cache keeps the model's fp32 keys and values (no fp16 rounding) and
+    that runs the model's own head (the default head_format quantizes a compressed model's)."""
+    return Engine(model, **{"kv_dtype": "float32", "head_format": None, **options})
 
 
 # Float engine vs float torch: the same products summed in another order (oneDNN sgemm,
@@ -108,6 +109,22 @@ def test_quantized_model_logits_equal_its_torch_forward(arch, fmt):
     ref = torch_logits(model, ids)
     close(engine.logits(ids), ref, FLOAT_TOL)
     close(decode_logits(engine, ids, 4), ref[3:], FLOAT_TOL)
+
+
+def test_default_head_is_q8_0_for_a_compressed_model_and_the_models_own_otherwise():
+    ids = (np.arange(24) * 5 + 1) % 320
+    model = tiny("llama", hidden_size=128, intermediate_size=256)
+    ref = torch_logits(model, ids)
+    close(Engine(model, kv_dtype="float32").logits(ids), ref, FLOAT_TOL)  # float model: its fp32 head
+    quantize_model(model, "rtn", format="int4", progress=False)
+    default = Engine(model, kv_dtype="float32").logits(ids)
+    np.testing.assert_array_equal(default, exact(model, head_format="q8_0").logits(ids))
+    assert np.abs(default - exact(model).logits(ids)).max() > 0  # not the fp32 head
+    # A head the model already holds quantized is its own.
+    model = tiny("llama", hidden_size=128, intermediate_size=256)
+    quantize_model(model, "rtn", format="int4", skip=[], progress=False)
+    assert type(model.lm_head).__name__ == "QuantLinear"
+    np.testing.assert_array_equal(Engine(model, kv_dtype="float32").logits(ids), exact(model).logits(ids))
 
 
 def test_an_fp16_cache_stays_within_half_precision_of_the_fp32_one():

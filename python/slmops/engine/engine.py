@@ -180,7 +180,9 @@ class Engine(RequestQueue):
 
     ``head_format``: quantize the output head (and, when tied, the embedding, one table
     for both as llama.cpp stores it) to this ``slmops.ops`` format, e.g. ``"q8_0"``; None
-    keeps the model's own. The quantized head takes the activation mode of the model's
+    keeps the model's own; 'auto' (default) is q8_0 when the model's linears are quantized
+    or sparse and its head is float (an fp32 head would be most of the bytes a decode step
+    reads), else None. The quantized head takes the activation mode of the model's
     quantized linears, int8 if they have none. ``kv_memory``: bytes of the KV cache,
     shared by every sequence (blocks of ``block_tokens`` positions, a multiple of 16);
     ``kv_dtype``: 'float16' (half the memory and bandwidth of 'float32', as llama.cpp's
@@ -196,7 +198,7 @@ class Engine(RequestQueue):
         self,
         model: Any,
         *,
-        head_format: str | None = None,
+        head_format: str | None = "auto",
         kv_memory: int = DEFAULT_KV_MEMORY,
         kv_dtype: str = DEFAULT_KV_DTYPE,
         max_context: int | None = None,

@@ -19,6 +19,10 @@ ARCHITECTURES = ("llama", "mistral", "qwen2", "phi3")
 # Rotary variants whose frequencies do not depend on the sequence length: transformers folds
 # their scaling into ``inv_freq`` (and ``attention_scaling``), which the engine takes as is.
 ROPE_TYPES = ("default", "linear", "llama3", "yarn")
+# What head_format="auto" (the engine's default) gives a model whose linears are quantized or
+# sparse and whose head is float: an fp32 head would be most of the bytes a small model's
+# decode step reads (SmolLM2: 113 MB against 60 MB of int4 linears).
+AUTO_HEAD_FORMAT = "q8_0"
 
 
 def _f32(t: torch.Tensor) -> torch.Tensor:
@@ -133,6 +137,16 @@ def _sliding_window(cfg: Any) -> int:
     return window
 
 
+def resolve_head_format(model: Any, head_format: str | None) -> str | None:
+    """``head_format`` with 'auto' resolved: AUTO_HEAD_FORMAT when the model has a quantized or
+    sparse linear and a float head, else None (the model's own head)."""
+    if head_format != "auto":
+        return head_format
+    compressed = any(isinstance(m, (QuantLinear, SparseLinear)) for m in model.modules())
+    head = model.get_output_embeddings()
+    return AUTO_HEAD_FORMAT if compressed and isinstance(head, nn.Linear) else None
+
+
 def engine_model_args(model: Any, *, head_format: str | None, max_context: int) -> dict[str, Any]:
     """The keyword arguments of ``_C.EngineModel`` for ``model`` (without the cache's)."""
     cfg = model.config
@@ -182,6 +196,7 @@ def engine_model_args(model: Any, *, head_format: str | None, max_context: int) 
     head_module = model.get_output_embeddings()
     tied = getattr(head_module, "weight", None) is embed_weight
     embed: dict[str, Any] = {"dense": _f32(embed_weight)}
+    head_format = resolve_head_format(model, head_format)
     if head_format is None:
         head = _linear(head_module, "lm_head")
     else:
