@@ -544,3 +544,23 @@ def test_a_model_that_ran_can_be_copied():
     ref = exact(model).logits(ids)
     twin = copy.deepcopy(model)
     close(exact(twin).logits(ids), ref, 0.0)
+
+
+@pytest.mark.parametrize("flag, head_format", [([], "auto"), (["--head-format", "none"], None),
+                                                (["--head-format", "q4_0"], "q4_0")])  # fmt: skip
+def test_generate_cli_passes_the_head_format_rule_to_the_engine(monkeypatch, capsys, flag, head_format):
+    import slmops.engine
+    from slmops.cli import main as cli_main
+
+    seen = []
+
+    class Recorder(Engine):
+        def __init__(self, model, **options):
+            seen.append(options["head_format"])
+            super().__init__(model, **options)
+
+    monkeypatch.setattr(slmops.engine, "Engine", Recorder)
+    args = ["generate", "-m", "kjv-teacher", "-p", "In the beginning", "--format", "int4", "--max-new-tokens", "4"]
+    assert cli_main(args + flag) == 0
+    assert seen == [head_format]
+    assert capsys.readouterr().out.strip()
