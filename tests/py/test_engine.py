@@ -560,7 +560,7 @@ def test_generate_cli_passes_the_head_format_rule_to_the_engine(monkeypatch, cap
             super().__init__(model, **options)
 
     monkeypatch.setattr(slmops.engine, "Engine", Recorder)
-    args = ["generate", "-m", "kjv-teacher", "-p", "In the beginning", "--format", "int4", "--max-new-tokens", "4"]
-    assert cli_main(args + flag) == 0
+    args = ["generate", "-m", "kjv-teacher", "-p", "In the beginning", "--format", "int4"]
+    assert cli_main([*args, "--max-new-tokens", "4", *flag]) == 0
     assert seen == [head_format]
     assert capsys.readouterr().out.strip()
