@@ -180,12 +180,13 @@ class Engine(RequestQueue):
 
     ``head_format``: quantize the output head (and, when tied, the embedding, one table
     for both as llama.cpp stores it) to this ``slmops.ops`` format, e.g. ``"q8_0"``; None
-    keeps the model's own; 'auto' (default) is q8_0 when the model's linears are quantized
-    or sparse and its head is float (an fp32 head would be most of the bytes a decode step
-    reads), else None. The quantized head takes the activation mode of the model's
-    quantized linears, int8 if they have none. ``kv_memory``: bytes of the KV cache,
-    shared by every sequence (blocks of ``block_tokens`` positions, a multiple of 16);
-    ``kv_dtype``: 'float16' (half the memory and bandwidth of 'float32', as llama.cpp's
+    keeps the model's own; 'auto' (default) is q8_0 with int8 activations when the model's
+    linears are quantized or sparse and its head is float (an fp32 head would be most of
+    the bytes a decode step reads), else None. A head format given by name takes the
+    activation mode of the model's quantized linears, int8 if they have none.
+
+    ``kv_memory``: bytes of the KV cache, shared by every sequence (blocks of
+    ``block_tokens`` positions, a multiple of 16); ``kv_dtype``: 'float16' (half the memory and bandwidth of 'float32', as llama.cpp's
     default cache; keys and values rounded to 11 significant bits), 'int8' (0.53x
     float16's bytes at head size 64: each token's key and value of each head as int8
     codes with one scale, absmax / 127; what long contexts and large batches read is then
