@@ -186,11 +186,11 @@ class Engine(RequestQueue):
     activation mode of the model's quantized linears, int8 if they have none.
 
     ``kv_memory``: bytes of the KV cache, shared by every sequence (blocks of
-    ``block_tokens`` positions, a multiple of 16); ``kv_dtype``: 'float16' (half the memory and bandwidth of 'float32', as llama.cpp's
-    default cache; keys and values rounded to 11 significant bits), 'int8' (0.53x
-    float16's bytes at head size 64: each token's key and value of each head as int8
-    codes with one scale, absmax / 127; what long contexts and large batches read is then
-    half) or 'float32' (the model's math exactly);
+    ``block_tokens`` positions, a multiple of 16); ``kv_dtype``: 'float16' (half the memory
+    and bandwidth of 'float32', as llama.cpp's default cache; keys and values rounded to 11
+    significant bits), 'int8' (0.53x float16's bytes at head size 64: each token's key and
+    value of each head as int8 codes with one scale, absmax / 127; what long contexts and
+    large batches read is then half) or 'float32' (the model's math exactly);
     ``max_context``: positions one sequence may hold (default: the model's, capped by what
     the cache holds). ``max_batch``: sequences decoded together by :meth:`step`.
     """
