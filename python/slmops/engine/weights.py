@@ -21,10 +21,10 @@ ARCHITECTURES = ("llama", "mistral", "qwen2", "phi3")
 ROPE_TYPES = ("default", "linear", "llama3", "yarn")
 # What head_format="auto" (the engine's default) gives a model whose linears are quantized or
 # sparse and whose head is float: an fp32 head would be most of the bytes a small model's
-# decode step reads (SmolLM2: 113 MB against 60 MB of int4 linears). Its activations are
+# decode step reads (SmolLM2: 113 MB against 61 MB of int4 g128 linears). Its activations are
 # int8 whatever the layers use: with float ones the q8_0 head is no faster than fp32's at
 # batch 1 (49152 x 576: 6.6 ms against 0.67 with int8).
-AUTO_HEAD_FORMAT, AUTO_HEAD_ACTIVATION = "q8_0", "int8"
+AUTO_HEAD_FORMAT = "q8_0"
 
 
 def _f32(t: torch.Tensor) -> torch.Tensor:
@@ -139,14 +139,19 @@ def _sliding_window(cfg: Any) -> int:
     return window
 
 
-def resolve_head_format(model: Any, head_format: str | None) -> str | None:
-    """``head_format`` with 'auto' resolved: AUTO_HEAD_FORMAT when the model has a quantized or
-    sparse linear and a float head, else None (the model's own head)."""
-    if head_format != "auto":
-        return head_format
-    compressed = any(isinstance(m, (QuantLinear, SparseLinear)) for m in model.modules())
-    head = model.get_output_embeddings()
-    return AUTO_HEAD_FORMAT if compressed and isinstance(head, nn.Linear) else None
+def head_quantization(model: Any, head_format: str | None) -> tuple[str, str] | None:
+    """(format, activation mode) the engine quantizes the head to, or None for the model's
+    own head. 'auto': AUTO_HEAD_FORMAT with int8 activations when the model has a quantized
+    or sparse linear and a float head, else None. A format by name multiplies activations as
+    the model's quantized and sparse linears do, int8 where they do not say (the fast path:
+    products of bytes, as llama.cpp's)."""
+    if head_format is None:
+        return None
+    acts = {m.activation for m in model.modules() if isinstance(m, (QuantLinear, SparseLinear))}
+    if head_format == "auto":
+        float_head = isinstance(model.get_output_embeddings(), nn.Linear)
+        return (AUTO_HEAD_FORMAT, "int8") if acts and float_head else None
+    return head_format, acts.pop() if len(acts) == 1 else "int8"
 
 
 def engine_model_args(model: Any, *, head_format: str | None, max_context: int) -> dict[str, Any]:
@@ -198,22 +203,17 @@ def engine_model_args(model: Any, *, head_format: str | None, max_context: int) 
     head_module = model.get_output_embeddings()
     tied = getattr(head_module, "weight", None) is embed_weight
     embed: dict[str, Any] = {"dense": _f32(embed_weight)}
-    auto = head_format == "auto"
-    head_format = resolve_head_format(model, head_format)
-    if head_format is None:
+    quantized_head = head_quantization(model, head_format)
+    if quantized_head is None:
         head = _linear(head_module, "lm_head")
     else:
+        head_format, act = quantized_head
         if isinstance(head_module, (QuantLinear, SparseLinear)):
             raise ValueError(
                 f"head_format={head_format!r}: the model's lm_head is already {type(head_module).__name__}"
             )
         qt = quantize(_f32(head_module.weight).numpy(), head_format)
         bias = getattr(head_module, "bias", None)
-        # A head format asked for multiplies its activations as the model's quantized and
-        # sparse linears do; int8 where they do not say (the fast path: products of bytes,
-        # as llama.cpp's), and always for 'auto'.
-        acts = {m.activation for m in model.modules() if isinstance(m, (QuantLinear, SparseLinear))}
-        act = AUTO_HEAD_ACTIVATION if auto or len(acts) != 1 else acts.pop()
         head = {"packed": qt.packed(), "activation": act, "N": qt.shape[0], "K": qt.shape[1]}
         head["bias"] = _f32(bias) if bias is not None else None
         if tied:  # one quantized table serves both, as llama.cpp stores a tied token_embd
