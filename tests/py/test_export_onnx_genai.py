@@ -72,13 +72,14 @@ FLOAT_TABLES = {"lm_head": "float", "embedding": "float"}
 
 def _with_vocab_tables(model, lm_head, embedding):
     """A copy whose lm_head and embedding hold what the export writes for them: the float
-    weights round-tripped through our quantizer (int4 asymmetric, int8; blocks of 32)."""
+    weights round-tripped through our quantizer (int4 asymmetric, int8; the exporter's blocks)."""
+    from slmops.export.onnx_genai import EXPORT_BLOCKS
     from slmops.ops.quant import quantize
 
     def rounded(w, fmt):
         if fmt == "float":
             return w.detach().clone()
-        opts = {"group_size": 32, "symmetric": False} if fmt == "int4" else {"group_size": 32}
+        opts = {"group_size": EXPORT_BLOCKS[fmt]} | ({"symmetric": False} if fmt == "int4" else {})
         return torch.from_numpy(
             np.asarray(quantize(w.detach().numpy(), fmt, **opts).dequantize(), np.float32)
         )
@@ -141,14 +142,16 @@ def test_quantized_graph_matches_our_kernels(model_type, format, opts):
     _check_against_torch(model)
 
 
+@pytest.mark.parametrize("hidden", [64, 192], ids=["one-padded-block", "last-block-padded"])
 @pytest.mark.parametrize("tied", [False, True], ids=["untied", "tied"])
 @pytest.mark.parametrize(
     ("lm_head", "embedding"), [("int8", "int8"), ("int4", "int4"), ("int4", "float"), ("float", "int8")]
 )
-def test_vocab_tables_quantized_at_export_match_their_rounded_weights(tied, lm_head, embedding):
+def test_vocab_tables_quantized_at_export_match_their_rounded_weights(tied, lm_head, embedding, hidden):
     """MatMulNBits (lm_head) and GatherBlockQuantized (embedding) compute with exactly the
-    weights our quantizer rounds them to, tied or not, over a quantized body."""
-    model = _tiny("llama", tie_word_embeddings=tied)
+    weights our quantizer rounds them to, tied or not, over a quantized body; int8's blocks
+    of 128 pad the last block when the width is no multiple of it (SmolLM2: 576)."""
+    model = _tiny("llama", tie_word_embeddings=tied, hidden_size=hidden)
     slmops.quantize_model(model, format="int4", group_size=32)
     _check_against_torch(model, lm_head=lm_head, embedding=embedding)
 
