@@ -20,7 +20,7 @@ and our export's peak memory over what the process held before it (the quantized
 in multiples of the float model's bytes (Linux).
 
     slmops bench export                                   # the reference teacher, about 2 min
-    slmops bench export --model smollm2-135m-instruct     # SmolLM2-135M, about 8 min on 2 cores
+    slmops bench export --model smollm2-135m-instruct     # SmolLM2-135M, about 12 min on 2 cores
     slmops bench export --json export.json --markdown export.md
 """
 
