@@ -647,7 +647,7 @@ def _add_quantize_command(sub: argparse._SubParsersAction) -> None:
         formatter_class=_FORMATTER,
         description="  slmops quantize --model kjv-teacher --format q4_k -o out\n"
         "  slmops quantize --model ./hf-folder --format int4 --group-size 128 --asymmetric -o out\n"
-        "  slmops quantize --model kjv-teacher --format int4 --algorithm gptq --act-order -o out-gptq",
+        "  slmops quantize --model kjv-teacher --format int4 --algorithm gptq -o out-gptq",
     )
     p.add_argument("--model", "-m", required=True, help=MODEL_HELP)
     p.add_argument(

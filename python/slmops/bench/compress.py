@@ -2,7 +2,7 @@
 against its uncalibrated baseline measured in the same run.
 
 Rows (every linear of the decoder layers; the tied embedding / lm_head stays float):
-  * 4-bit group 128, symmetric and asymmetric: RTN, GPTQ (and GPTQ with act-order), AWQ
+  * 4-bit group 128, symmetric and asymmetric: RTN, GPTQ (act-order, its default; and without), AWQ
     (and AWQ without q/k/v scales, and with the paper's activation-only scales);
   * 3-bit group 128 symmetric: RTN (GPTQ's grid with an identity Hessian), GPTQ; both
     also with ``mse`` (each group's range searched), GPTQ's at 4 bits too;
@@ -53,10 +53,10 @@ G128 = {"group_size": 128}
 ROWS = {  # label: (kind, method, options, baseline label)
     "rtn-4-sym": ("quantize", "rtn", {"format": "int4", "symmetric": True, **G128}, None),
     "gptq-4-sym": ("quantize", "gptq", {"bits": 4, "symmetric": True, **G128}, "rtn-4-sym"),
-    "gptq-4-sym-actorder": (
+    "gptq-4-sym-no-actorder": (
         "quantize",
         "gptq",
-        {"bits": 4, "symmetric": True, "act_order": True, **G128},
+        {"bits": 4, "symmetric": True, "act_order": False, **G128},
         "rtn-4-sym",
     ),  # fmt: skip
     "gptq-4-sym-mse": ("quantize", "gptq", {"bits": 4, "symmetric": True, "mse": True, **G128}, "rtn-4-sym"),

@@ -1,7 +1,7 @@
 """Our onnx-genai export against onnxruntime-genai's own model builder, side by side.
 
 Rows: the float model in torch (the reference perplexity); slmops' export of the model
-quantized with GPTQ (int4, group 128 as ``quantize_model``'s default, symmetric,
+quantized with GPTQ (``quantize_model``'s defaults: int4, group 128, symmetric,
 act-order) and with RTN at group 128; RTN at group 32, the builder's block, with each
 lm_head choice (``int8``, the default; ``int4``; ``float``, the export before lm_head
 quantization); the builder run on the float model with ``-p int4 -e cpu`` (its defaults:
@@ -162,9 +162,7 @@ def run(work: Path, model_name: str, rounds: int) -> dict[str, Any]:
         m = copy.deepcopy(model)
         start = time.perf_counter()
         if method == "gptq":
-            slmops.quantize_model(
-                m, "gptq", bits=4, group_size=group, act_order=True, tokenizer=tok, progress=False
-            )
+            slmops.quantize_model(m, "gptq", bits=4, group_size=group, tokenizer=tok, progress=False)
         else:
             slmops.quantize_model(m, "rtn", format="int4", group_size=group)
         quantized = time.perf_counter() - start
