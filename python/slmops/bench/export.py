@@ -8,9 +8,8 @@ quantization); the builder run on the float model with ``-p int4 -e cpu`` (its d
 RTN int4, block 32, symmetric, accuracy_level 4, the tied embedding/lm_head int4 and
 shared), and again with ``block_size=128`` (its lm_head then int4 in blocks of 128 too),
 when ``onnxruntime_genai.models.builder`` is installed. All exports at accuracy_level 4.
-MatMulNBits' int8-activation kernel does a block's scale work every ``block`` inputs, so
-block 128 decodes faster than block 32 in both exports; the ratio to the builder is to
-its default. Columns, measured in this run: perplexity of
+Block 128 decodes faster than block 32 in both exports (MatMulNBits does a block's scale
+work once per block); the ratio to the builder is to its default. Columns, measured in this run: perplexity of
 the ONNX model run by onnxruntime on the held-out KJV slice (windows of 512 tokens, stride
 256, the protocol of ``slmops.evaluate``), its change against the float model, the size of
 model.onnx + model.onnx.data, prompt and decode tokens/s through onnxruntime-genai (batch
