@@ -73,15 +73,14 @@ FLOAT_TABLES = {"lm_head": "float", "embedding": "float"}
 def _with_vocab_tables(model, lm_head, embedding):
     """A copy whose lm_head and embedding hold what the export writes for them: the float
     weights round-tripped through our quantizer (int4 asymmetric, int8; the exporter's blocks)."""
-    from slmops.export.onnx_genai import EXPORT_BLOCKS
+    from slmops.export.onnx_genai import VOCAB_QUANT_OPTIONS
     from slmops.ops.quant import quantize
 
     def rounded(w, fmt):
         if fmt == "float":
             return w.detach().clone()
-        opts = {"group_size": EXPORT_BLOCKS[fmt]} | ({"symmetric": False} if fmt == "int4" else {})
         return torch.from_numpy(
-            np.asarray(quantize(w.detach().numpy(), fmt, **opts).dequantize(), np.float32)
+            np.asarray(quantize(w.detach().numpy(), fmt, **VOCAB_QUANT_OPTIONS[fmt]).dequantize(), np.float32)
         )
 
     ref = copy.deepcopy(model)

@@ -43,9 +43,10 @@ import torch
 
 import slmops
 
+from ..quantize.gptq_model import GROUP_SIZE as GPTQ_GROUP
 from . import write_report
 
-GROUP = 128  # quantize_model's default group, what a user's export holds
+GROUP = GPTQ_GROUP  # what a GPTQ user's export holds
 BUILDER_GROUP = 32  # the builder's default block
 PROMPT_TOKENS = 64
 NEW_TOKENS = 64

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import http.client
 import importlib.util
 import json
 import multiprocessing as mp
@@ -56,8 +57,6 @@ def _percentile(values: list[float], q: float) -> float:
 
 def _stream_one(url: str, body: dict[str, Any]) -> dict[str, Any]:
     """One streamed completion: arrival times of its tokens and its text."""
-    import http.client
-
     u = urlsplit(url)
     conn = http.client.HTTPConnection(u.hostname, u.port, timeout=600)
     t0 = time.perf_counter()

@@ -41,7 +41,7 @@ VOCAB_FORMATS = ("float", "int8", "int4")  # the lm_head and embedding tables at
 # ORT's 8-bit MatMulNBits decodes SmolLM2 1.12x faster than in blocks of 32, for +0.00-0.29%
 # perplexity (docs/export.md); int4 in blocks of 32 (the builder's), as larger blocks cost
 # perplexity at 4 bits.
-EXPORT_BLOCKS = {"int8": 128, "int4": 32}
+VOCAB_QUANT_OPTIONS = {"int8": {"group_size": 128}, "int4": {"group_size": 32, "symmetric": False}}
 DEFAULT_ACCURACY_LEVEL = 4
 DEFAULT_FUSE_PROJECTIONS = True
 DEFAULT_LM_HEAD = "int8"
@@ -149,15 +149,12 @@ def _stack_matmulnbits(parts: list[dict[str, Any]]) -> dict[str, Any] | None:
 
 def _quantize_at_export(weight: Any, format: str) -> dict[str, Any]:
     """A float lm_head or embedding quantized for MatMulNBits / GatherBlockQuantized at
-    export (round to nearest, blocks of EXPORT_BLOCKS[format]; a last block past the
+    export (round to nearest with VOCAB_QUANT_OPTIONS[format]; a last block past the
     table's width is padded): int4 asymmetric or int8 symmetric."""
     from ..ops.quant import quantize
 
     w = weight.detach().float().cpu().numpy()
-    if format == "int4":
-        qt = quantize(w, "int4", group_size=EXPORT_BLOCKS["int4"], symmetric=False)
-    else:
-        qt = quantize(w, "int8", group_size=EXPORT_BLOCKS["int8"])
+    qt = quantize(w, format, **VOCAB_QUANT_OPTIONS[format])
     m = qt.to_matmulnbits()
     if m["zero_points"] is not None:
         m["zero_points"] = m["zero_points"].reshape(m["N"], -1)

@@ -16,6 +16,8 @@ from .gptq import check_options, gptq_quantize_weight
 from .linears import QuantizationSummary, replace_linear
 from .options import GPTQOptions
 
+GROUP_SIZE = 128  # GPTQ's default group below 8 bits (8 bits: one group per row)
+
 
 def _bits_and_format(format: str, bits: int | None) -> tuple[int, str]:
     if format not in ("int4", "int8"):
@@ -39,7 +41,7 @@ def gptq_quantize_model(
 ) -> QuantizationSummary:
     o = options
     bits, summary.format = _bits_and_format(o.format, o.bits)
-    group_size = (0 if bits == 8 else 128) if o.group_size is None else o.group_size
+    group_size = (0 if bits == 8 else GROUP_SIZE) if o.group_size is None else o.group_size
     symmetric = True if o.symmetric is None else o.symmetric
     check_options(bits, group_size, symmetric)
     batches = calibration_tokens(
